@@ -1,0 +1,35 @@
+#include "cli/common.h"
+#include "io/npy.h"
+#include "model/model.h"
+
+namespace deepmoe::cli {
+
+void add_logits_command(CLI::App& app) {
+  struct Options {
+    std::string model, tokens, out, attention = "auto";
+    int threads = 0;
+  };
+  auto options = std::make_shared<Options>();
+  auto* command = app.add_subcommand("logits", "Write float32 logits [n_tokens, vocab] of one forward pass as .npy");
+  command->add_option("--model", options->model, "HuggingFace model directory")->required();
+  command->add_option("--tokens", options->tokens, "comma-separated token ids, e.g. 1,2,3")->required();
+  command->add_option("--out", options->out, "output .npy file")->required();
+  command->add_option("--threads", options->threads, "threads (0: all cores)");
+  command->add_option("--attention", options->attention, "MLA form: auto, expanded or absorbed")
+      ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
+  command->callback([options] {
+    const auto tokens = parse_token_list(options->tokens);
+    const auto weights = load_model(options->model);
+    Model model(*weights, resolve_threads(options->threads));
+    if (options->attention != "auto")
+      model.forced_attention_mode =
+          options->attention == "expanded" ? AttentionMode::Expanded : AttentionMode::Absorbed;
+    const int64_t n_tokens = int64_t(tokens.size()), vocab = weights->config.vocab_size;
+    LatentCache cache(weights->config, n_tokens);
+    std::vector<float> logits(size_t(n_tokens * vocab));
+    model.forward(tokens, cache, LogitsFor::AllTokens, logits.data());
+    write_npy_f32(options->out, logits.data(), {n_tokens, vocab});
+  });
+}
+
+}  // namespace deepmoe::cli

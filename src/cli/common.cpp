@@ -1,0 +1,55 @@
+#include "cli/common.h"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+
+#include <charconv>
+#include <cstdio>
+#include <thread>
+
+#include "core/error.h"
+
+namespace deepmoe::cli {
+
+std::vector<int32_t> parse_token_list(const std::string& text) {
+  std::vector<int32_t> tokens;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    size_t end = text.find(',', begin);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(begin, end - begin);
+    int32_t value = 0;
+    const auto [ptr, error] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (item.empty() || error != std::errc() || ptr != item.data() + item.size() || value < 0)
+      fail("--tokens: '{}' is not a non-negative integer token id (expected e.g. 1,2,3)", item);
+    tokens.push_back(value);
+    begin = end + 1;
+  }
+  return tokens;
+}
+
+std::unique_ptr<ModelWeights> load_model(const std::string& dir) {
+  auto weights = ModelWeights::load(dir);
+  const auto& ignored = weights->ignored_tensors;
+  if (!ignored.empty()) {
+    const size_t shown = std::min<size_t>(ignored.size(), 10);
+    std::vector<std::string> names(ignored.begin(), ignored.begin() + long(shown));
+    fmt::print(stderr, "deepmoe: warning: ignoring {} unknown tensor(s): {}{}\n", ignored.size(),
+               fmt::join(names, ", "), ignored.size() > shown ? ", ..." : "");
+  }
+  return weights;
+}
+
+int resolve_threads(int requested) {
+  if (requested < 0) fail("--threads must be >= 0, found {}", requested);
+  if (requested > 0) return requested;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+}  // namespace deepmoe::cli

@@ -1,0 +1,34 @@
+// Helpers shared by the subcommands: each subcommand is one file with an add_*_command().
+#pragma once
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace deepmoe::cli {
+
+void add_info_command(CLI::App& app);
+void add_init_command(CLI::App& app);
+void add_logits_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+// Parses "1,2,3" into token ids; throws Error naming the bad element.
+std::vector<int32_t> parse_token_list(const std::string& text);
+
+// Loads a model directory and prints one warning line for tensors it does not use.
+std::unique_ptr<ModelWeights> load_model(const std::string& dir);
+
+// Threads to use when --threads is 0: the machine's hardware threads.
+int resolve_threads(int requested);
+
+// Peak resident set size of this process so far, in MiB.
+double peak_rss_mb();
+
+}  // namespace deepmoe::cli

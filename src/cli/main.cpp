@@ -1,0 +1,27 @@
+// deepmoe: one binary, one file per subcommand. Errors print one line and exit non-zero.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "cli/common.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"deepmoe: DeepSeek-architecture Mixture-of-Experts engine"};
+  app.require_subcommand(1);
+  deepmoe::cli::add_info_command(app);
+  deepmoe::cli::add_init_command(app);
+  deepmoe::cli::add_logits_command(app);
+  deepmoe::cli::add_generate_command(app);
+  deepmoe::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "deepmoe: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,46 @@
+#include "infer/generator.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace deepmoe {
+
+GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
+                         const std::function<void(int32_t)>& on_token) {
+  if (prompt.empty()) fail("generate: the prompt has no tokens");
+  if (n_new < 0) fail("generate: -n must be >= 0, found {}", n_new);
+  const Config& c = model.config();
+  Sampler sampler(params);
+  LatentCache cache(c, int64_t(prompt.size()) + n_new);
+  std::vector<float> logits(size_t(c.vocab_size));
+  std::vector<int32_t> history(prompt.begin(), prompt.end());
+  GenerationStats stats;
+  stats.prompt_tokens = int64_t(prompt.size());
+  if (n_new == 0) return stats;
+
+  using Clock = std::chrono::steady_clock;
+  auto start = Clock::now();
+  for (size_t first = 0; first < prompt.size(); first += kPrefillChunk) {
+    const size_t count = std::min<size_t>(kPrefillChunk, prompt.size() - first);
+    model.forward(prompt.subspan(first, count), cache, LogitsFor::LastToken, logits.data());
+  }
+  int32_t token = sampler.sample(logits, history);
+  stats.prefill_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  history.push_back(token);
+  stats.generated_tokens = 1;
+  on_token(token);
+
+  start = Clock::now();
+  while (stats.generated_tokens < n_new) {
+    model.forward(std::span<const int32_t>(&token, 1), cache, LogitsFor::LastToken, logits.data());
+    token = sampler.sample(logits, history);
+    history.push_back(token);
+    ++stats.generated_tokens;
+    on_token(token);
+  }
+  stats.decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return stats;
+}
+
+}  // namespace deepmoe

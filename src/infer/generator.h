@@ -1,0 +1,32 @@
+// One sequence's generation: prefill the prompt in chunks, then decode token by token.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/model.h"
+
+namespace deepmoe {
+
+struct GenerationStats {
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  double prefill_seconds = 0.0, decode_seconds = 0.0;
+  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0; }
+  // The first generated token comes from the prefill; decode timing covers the rest.
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0 ? double(generated_tokens - 1) / decode_seconds : 0;
+  }
+};
+
+// Prompt chunks up to this many tokens go through one forward call (bounds scratch memory).
+constexpr int64_t kPrefillChunk = 512;
+
+// Generates up to n_new tokens after `prompt`; on_token is called with each as it is chosen.
+// Allocates the latent cache for prompt + n_new tokens.
+GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
+                         const std::function<void(int32_t)>& on_token);
+
+}  // namespace deepmoe

@@ -1,0 +1,36 @@
+// Turns a row of logits into the next token: repetition penalty, then greedy (temperature 0)
+// or temperature → top-k → top-p → min-p → a draw from a seeded generator.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace deepmoe {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy
+  int64_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off; keeps tokens with p >= min_p * p_max
+  float repetition_penalty = 1.0f;  // 1: off; as HF/CTRL: divide positive logits, multiply negative
+  uint64_t seed = 0;
+};
+
+// Throws Error naming the flag when a value is out of range.
+void validate(const SamplingParams& params);
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // logits is modified (penalty, scaling). history: tokens seen so far (prompt and output).
+  int32_t sample(std::span<float> logits, std::span<const int32_t> history);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<int32_t> candidates_;
+  std::vector<float> probabilities_;
+};
+
+}  // namespace deepmoe

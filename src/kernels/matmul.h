@@ -1,0 +1,42 @@
+// y = x · Wᵀ, the one matrix product of the model. Weights keep the HuggingFace layout
+// [out_features, in_features], row-major, in F32 or BF16 (read in place from the mmap'd file);
+// activations are f32. Small M (decode) streams the weights once through our own SIMD kernel;
+// larger M goes to OpenBLAS sgemm (BF16 weights are widened panel by panel first).
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+
+namespace deepmoe {
+
+struct WeightMatrix {
+  DType dtype = DType::F32;  // F32 or BF16
+  const void* data = nullptr;
+  int64_t rows = 0;  // out_features
+  int64_t cols = 0;  // in_features
+  // Rows [first, first + count) as their own matrix (rows are contiguous, so no copy).
+  WeightMatrix row_slice(int64_t first, int64_t count) const;
+  size_t bytes() const { return size_t(rows * cols) * dtype_size(dtype); }
+};
+
+// Largest M handled by the streaming kernel; above it, GEMM.
+constexpr int64_t kSmallBatchMax = 4;
+
+// y[m, :] = W · x[m, :] for m < n_rows. x rows are x_stride apart, y rows y_stride apart
+// (defaults: packed). Uses the pool for small M and OpenBLAS's threads for large M.
+void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
+            int64_t x_stride = -1, int64_t y_stride = -1);
+
+// The streaming kernel on output rows [row_begin, row_end) only (exposed for tests and bench).
+void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
+                        float* y, int64_t y_stride, int64_t row_begin, int64_t row_end);
+
+// Plain f32 GEMM on strided row-major matrices (attention): C = A·B or A·Bᵀ, C = alpha·AB + beta·C.
+void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+              int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// Sets the thread count of the GEMM library (call once at setup).
+void set_gemm_threads(int n_threads);
+
+}  // namespace deepmoe

@@ -1,0 +1,25 @@
+// Elementwise and row-wise kernels of the model, over plain f32 buffers. Shapes in comments.
+#pragma once
+#include <cstdint>
+
+namespace deepmoe {
+
+// out[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * weight; x, out: [n_tokens, dim] with row
+// strides; out may alias x.
+void rmsnorm(const float* x, int64_t x_stride, const float* weight, int64_t n_tokens, int64_t dim,
+             float eps, float* out, int64_t out_stride);
+
+// out[i] = silu(gate[i]) * up[i] for i < n; out may alias gate.
+void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+
+// In-place softmax of one row of n values (max-subtracted, f32 accumulation).
+void softmax_inplace(float* row, int64_t n);
+
+// Rotates interleaved pairs (x[2i], x[2i+1]) of a rope vector of `dim` values by the angles
+// whose cos/sin are given ([dim/2] each), as DeepSeek's checkpoints expect.
+void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin);
+
+// y[i] += scale * x[i]
+void axpy(int64_t n, float scale, const float* x, float* y);
+
+}  // namespace deepmoe

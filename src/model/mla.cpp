@@ -1,0 +1,130 @@
+#include "model/mla.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+
+namespace deepmoe {
+
+namespace {
+
+void grow(std::vector<float>& buffer, int64_t n) {
+  if (buffer.size() < size_t(n)) buffer.resize(size_t(n));
+}
+
+// Causal softmax of `rows` score rows of length `length`: row r may see keys [0, visible(r)).
+template <typename Visible>
+void causal_softmax(float* scores, int64_t rows, int64_t length, Visible visible) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = scores + r * length;
+    const int64_t n_visible = visible(r);
+    softmax_inplace(row, n_visible);
+    std::memset(row + n_visible, 0, size_t(length - n_visible) * sizeof(float));
+  }
+}
+
+// scores/out for one head at a time over the expanded keys and values.
+void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
+                     const float* cache_layer, MlaScratch& s, ThreadPool& pool) {
+  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
+  const int64_t length = first_position + n_tokens;
+  const int64_t kv_stride = heads * (nope + v_dim);
+  grow(s.expanded_kv, length * kv_stride);
+  // kv: [length, heads, nope + v] = c_kv (normalized latents in the cache) · kv_b_projᵀ
+  matmul(pool, cache_layer, length, w.kv_b_proj, s.expanded_kv.data(), row, kv_stride);
+  grow(s.scores, n_tokens * length);
+  const float scale = float(c.softmax_scale());
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* q_head = s.q.data() + h * qk;
+    const float* kv_head = s.expanded_kv.data() + h * (nope + v_dim);
+    // scores [n_tokens, length] = scale · (q_nope·k_noneᵀ + q_pe·k_peᵀ)
+    gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, kv_head, kv_stride, 0.0f,
+             s.scores.data(), length);
+    gemm_f32(true, n_tokens, length, rope, scale, q_head + nope, heads * qk, cache_layer + rank, row,
+             1.0f, s.scores.data(), length);
+    causal_softmax(s.scores.data(), n_tokens, length, [&](int64_t t) { return first_position + t + 1; });
+    // attn[:, h, :] [n_tokens, v] = P · v_head
+    gemm_f32(false, n_tokens, v_dim, length, 1.0f, s.scores.data(), length, kv_head + nope, kv_stride,
+             0.0f, s.attn.data() + h * v_dim, heads * v_dim);
+  }
+}
+
+// All heads at once on the latent cache, as multi-query attention with head size rank + rope.
+void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
+                     const float* cache_layer, MlaScratch& s, ThreadPool& pool) {
+  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
+  const int64_t length = first_position + n_tokens;
+  const int64_t query_rows = n_tokens * heads;
+  grow(s.q_latent, query_rows * row);
+  for (int64_t h = 0; h < heads; ++h) {
+    // q_latent[:, h, :rank] = q_nope_h · W_UK_h (W_UK_h is [nope, rank]; we hold its transpose).
+    matmul(pool, s.q.data() + h * qk, n_tokens, w.kv_b_proj_keys_transposed.row_slice(h * rank, rank),
+           s.q_latent.data() + h * row, heads * qk, heads * row);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      std::memcpy(s.q_latent.data() + (t * heads + h) * row + rank, s.q.data() + (t * heads + h) * qk + nope,
+                  size_t(rope) * sizeof(float));
+  }
+  grow(s.scores, query_rows * length);
+  gemm_f32(true, query_rows, length, row, float(c.softmax_scale()), s.q_latent.data(), row, cache_layer,
+           row, 0.0f, s.scores.data(), length);
+  causal_softmax(s.scores.data(), query_rows, length,
+                 [&](int64_t r) { return first_position + r / heads + 1; });
+  // out_latent [n_tokens * heads, rank] = P · c_kv
+  grow(s.out_latent, query_rows * rank);
+  gemm_f32(false, query_rows, rank, length, 1.0f, s.scores.data(), length, cache_layer, row, 0.0f,
+           s.out_latent.data(), rank);
+  for (int64_t h = 0; h < heads; ++h) {
+    // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = kv_b_proj rows of head h's values.
+    matmul(pool, s.out_latent.data() + h * rank, n_tokens,
+           w.kv_b_proj.row_slice(h * (nope + v_dim) + nope, v_dim), s.attn.data() + h * v_dim, heads * rank,
+           heads * v_dim);
+  }
+}
+
+}  // namespace
+
+void mla_forward(const Config& c, const MlaWeights& w, const float* x, int64_t n_tokens,
+                 int64_t first_position, const RopeTable& rope, float* cache_layer, AttentionMode mode,
+                 MlaScratch& s, ThreadPool& pool, float* out) {
+  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
+  const int64_t rank = c.kv_lora_rank, row = rank + rope_dim, qk = c.qk_head_dim();
+  const float eps = float(c.rms_norm_eps);
+
+  // q: [n_tokens, heads, nope + rope]
+  grow(s.q, n_tokens * heads * qk);
+  if (c.q_lora_rank) {
+    grow(s.q_lora, n_tokens * *c.q_lora_rank);
+    matmul(pool, x, n_tokens, w.q_a_proj, s.q_lora.data());
+    rmsnorm(s.q_lora.data(), *c.q_lora_rank, w.q_a_layernorm, n_tokens, *c.q_lora_rank, eps, s.q_lora.data(),
+            *c.q_lora_rank);
+    matmul(pool, s.q_lora.data(), n_tokens, w.q_b_proj, s.q.data());
+  } else {
+    matmul(pool, x, n_tokens, w.q_proj, s.q.data());
+  }
+  // kv_a: [n_tokens, rank + rope] -> cache rows: normalized c_kv, rotated k_pe
+  grow(s.kv_a, n_tokens * row);
+  matmul(pool, x, n_tokens, w.kv_a_proj_with_mqa, s.kv_a.data());
+  float* cache_rows = cache_layer + first_position * row;
+  rmsnorm(s.kv_a.data(), row, w.kv_a_layernorm, n_tokens, rank, eps, cache_rows, row);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float* k_pe = cache_rows + t * row + rank;
+    std::memcpy(k_pe, s.kv_a.data() + t * row + rank, size_t(rope_dim) * sizeof(float));
+    rope_rotate_pairs(k_pe, rope_dim, rope.cos_at(t), rope.sin_at(t));
+    for (int64_t h = 0; h < heads; ++h)
+      rope_rotate_pairs(s.q.data() + (t * heads + h) * qk + nope, rope_dim, rope.cos_at(t), rope.sin_at(t));
+  }
+
+  grow(s.attn, n_tokens * heads * c.v_head_dim);
+  if (mode == AttentionMode::Expanded) {
+    attend_expanded(c, w, n_tokens, first_position, cache_layer, s, pool);
+  } else {
+    attend_absorbed(c, w, n_tokens, first_position, cache_layer, s, pool);
+  }
+  matmul(pool, s.attn.data(), n_tokens, w.o_proj, out);
+}
+
+}  // namespace deepmoe

@@ -1,0 +1,30 @@
+// Multi-head Latent Attention (DeepSeek-V2 §2.1): queries through an optional low-rank
+// bottleneck, keys and values through a shared latent c_kv plus one decoupled rope key.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "model/config.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace deepmoe {
+
+// Expanded: up-project every cached latent through kv_b_proj into per-head keys and values
+// (the paper's formulation; cheapest for long prompts). Absorbed: fold kv_b_proj into the
+// queries and the output so attention runs directly on the latent cache (cheapest for decode).
+enum class AttentionMode { Expanded, Absorbed };
+
+struct MlaScratch {  // grown on demand, reused across layers and calls
+  std::vector<float> q, q_lora, kv_a, expanded_kv, q_latent, scores, out_latent, attn;
+};
+
+// x: [n_tokens, hidden] at positions first_position ..; appends the tokens' latents to
+// `cache_layer` ([capacity, kv_lora_rank + qk_rope_head_dim]) and writes out: [n_tokens, hidden].
+// rope holds cos/sin for exactly these positions.
+void mla_forward(const Config& config, const MlaWeights& w, const float* x, int64_t n_tokens,
+                 int64_t first_position, const RopeTable& rope, float* cache_layer, AttentionMode mode,
+                 MlaScratch& scratch, ThreadPool& pool, float* out);
+
+}  // namespace deepmoe

@@ -1,0 +1,20 @@
+#include "model/mlp.h"
+
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+
+namespace deepmoe {
+
+void mlp_forward(const MlpWeights& w, const float* x, int64_t x_stride, int64_t n_tokens,
+                 MlpScratch& s, ThreadPool& pool, float* out) {
+  const int64_t intermediate = w.gate_proj.rows;
+  const size_t needed = size_t(n_tokens * intermediate);
+  if (s.gate.size() < needed) s.gate.resize(needed);
+  if (s.up.size() < needed) s.up.resize(needed);
+  matmul(pool, x, n_tokens, w.gate_proj, s.gate.data(), x_stride);
+  matmul(pool, x, n_tokens, w.up_proj, s.up.data(), x_stride);
+  silu_mul(s.gate.data(), s.up.data(), n_tokens * intermediate, s.gate.data());
+  matmul(pool, s.gate.data(), n_tokens, w.down_proj, out);
+}
+
+}  // namespace deepmoe

@@ -1,0 +1,77 @@
+// The model's parameters, by their HuggingFace names. F32 and BF16 matrices point straight into
+// the mmap'd safetensors files; F16 and FP8 (with 128x128 weight_scale_inv blocks) are widened
+// to f32 once at load. Norm vectors and the gate are always f32.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/matmul.h"
+#include "model/config.h"
+
+namespace deepmoe {
+
+struct MlaWeights {  // model.layers.N.self_attn.*
+  WeightMatrix q_proj;                 // [heads * qk_head_dim, hidden], when q_lora_rank is null
+  WeightMatrix q_a_proj;               // [q_lora_rank, hidden]
+  const float* q_a_layernorm = nullptr;  // [q_lora_rank]
+  WeightMatrix q_b_proj;               // [heads * qk_head_dim, q_lora_rank]
+  WeightMatrix kv_a_proj_with_mqa;     // [kv_lora_rank + qk_rope_head_dim, hidden]
+  const float* kv_a_layernorm = nullptr;  // [kv_lora_rank]
+  WeightMatrix kv_b_proj;              // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  WeightMatrix o_proj;                 // [hidden, heads * v_head_dim]
+  // Derived for absorbed decode: per head, the key up-projection transposed,
+  // [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the latent space with matmul.
+  WeightMatrix kv_b_proj_keys_transposed;
+};
+
+struct MlpWeights {  // SiLU-gated: down(silu(gate(x)) * up(x))
+  WeightMatrix gate_proj;  // [intermediate, hidden]
+  WeightMatrix up_proj;    // [intermediate, hidden]
+  WeightMatrix down_proj;  // [hidden, intermediate]
+};
+
+struct MoeWeights {  // model.layers.N.mlp.*
+  WeightMatrix gate;  // gate.weight [n_routed_experts, hidden], widened to F32 (HF routes in f32)
+  const float* e_score_correction_bias = nullptr;  // [n_routed_experts], noaux_tc only
+  std::vector<MlpWeights> experts;
+  bool has_shared_experts = false;
+  MlpWeights shared_experts;  // intermediate = moe_intermediate_size * n_shared_experts
+};
+
+struct LayerWeights {
+  const float* input_layernorm = nullptr;
+  const float* post_attention_layernorm = nullptr;
+  MlaWeights self_attn;
+  bool is_moe = false;
+  MlpWeights mlp;  // dense layers
+  MoeWeights moe;  // MoE layers
+};
+
+struct ModelWeights {
+  Config config;
+  WeightMatrix embed_tokens;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  const float* norm = nullptr;
+  WeightMatrix lm_head;  // [vocab, hidden]; embed_tokens when tied
+  std::vector<std::string> ignored_tensors;  // unknown names (warned about); MTP layers excluded
+
+  // Loads config.json and the safetensors of `model_dir`; throws Error naming the file and tensor.
+  static std::unique_ptr<ModelWeights> load(const std::string& model_dir);
+
+  int64_t parameter_count() const;         // every parameter of the main layers
+  int64_t active_parameter_count() const;  // per token: top-k routed experts only
+  size_t weight_bytes() const;             // as held (mapped or widened)
+  // Weight bytes one decoded token reads: every matrix it multiplies by, with num_experts_per_tok
+  // experts per MoE layer (the memory traffic that bounds decode speed).
+  size_t decode_weight_bytes() const;
+
+ private:
+  std::unique_ptr<CheckpointReader> reader_;
+  std::vector<std::vector<float>> owned_f32_;  // widened or derived tensors
+  std::vector<std::vector<uint16_t>> owned_bf16_;
+  friend class WeightLoader;
+};
+
+}  // namespace deepmoe

@@ -1,0 +1,96 @@
+#include "kernels/matmul.h"
+
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace deepmoe {
+namespace {
+
+using testing::random_vector;
+using testing::relative_error;
+
+// y = x·Wᵀ in double, from the f32 values the kernel sees.
+std::vector<double> naive(const std::vector<float>& x, int64_t m, const std::vector<float>& w, int64_t rows,
+                          int64_t cols) {
+  std::vector<double> y(size_t(m * rows));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < cols; ++k) sum += double(x[size_t(i * cols + k)]) * w[size_t(r * cols + k)];
+      y[size_t(i * rows + r)] = sum;
+    }
+  return y;
+}
+
+struct Shape {
+  int64_t m, rows, cols;
+};
+
+class MatmulTest : public ::testing::TestWithParam<std::tuple<Shape, DType, int>> {};
+
+TEST_P(MatmulTest, MatchesNaiveDoubleLoop) {
+  const auto [shape, dtype, threads] = GetParam();
+  auto x = random_vector(size_t(shape.m * shape.cols), 1);
+  auto w = random_vector(size_t(shape.rows * shape.cols), 2);
+  std::vector<uint16_t> w_bf16(w.size());
+  if (dtype == DType::BF16) {
+    for (size_t i = 0; i < w.size(); ++i) {
+      w_bf16[i] = f32_to_bf16(w[i]);
+      w[i] = bf16_to_f32(w_bf16[i]);  // the reference sees exactly the stored values
+    }
+  }
+  const WeightMatrix matrix{dtype, dtype == DType::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(),
+                            shape.rows, shape.cols};
+  std::vector<float> y(size_t(shape.m * shape.rows));
+  ThreadPool pool(threads);
+  matmul(pool, x.data(), shape.m, matrix, y.data());
+  EXPECT_LT(relative_error(y, naive(x, shape.m, w, shape.rows, shape.cols)), 1e-5)
+      << "m=" << shape.m << " rows=" << shape.rows << " cols=" << shape.cols;
+}
+
+// Awkward sizes: not multiples of the 16-wide SIMD blocks, both sides of the small-batch cutoff.
+INSTANTIATE_TEST_SUITE_P(AwkwardShapes, MatmulTest,
+                         ::testing::Combine(::testing::Values(Shape{1, 19, 37}, Shape{2, 33, 131}, Shape{3, 7, 16},
+                                                              Shape{4, 65, 200}, Shape{5, 19, 37}, Shape{17, 600, 45},
+                                                              Shape{64, 513, 130}),
+                                            ::testing::Values(DType::F32, DType::BF16), ::testing::Values(1, 2)));
+
+TEST(MatmulTest, StridedRowsReadAndWriteOnlyTheirColumns) {
+  const int64_t m = 3, rows = 21, cols = 29, x_stride = 40, y_stride = 50;
+  auto x = random_vector(size_t(m * x_stride), 3);
+  auto w = random_vector(size_t(rows * cols), 4);
+  std::vector<float> y(size_t(m * y_stride), 7.0f);
+  ThreadPool pool(2);
+  matmul(pool, x.data(), m, {DType::F32, w.data(), rows, cols}, y.data(), x_stride, y_stride);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < cols; ++k) sum += double(x[size_t(i * x_stride + k)]) * w[size_t(r * cols + k)];
+      EXPECT_NEAR(y[size_t(i * y_stride + r)], sum, 1e-4 * (1 + std::abs(sum)));
+    }
+    for (int64_t r = rows; r < y_stride; ++r) EXPECT_EQ(y[size_t(i * y_stride + r)], 7.0f);
+  }
+}
+
+TEST(GemmF32Test, TransposedAndPlainBMatchNaive) {
+  const int64_t m = 7, n = 13, k = 29;
+  auto a = random_vector(size_t(m * k), 5);
+  auto b = random_vector(size_t(n * k), 6);
+  std::vector<float> c_nt(size_t(m * n)), c_nn(size_t(m * n));
+  gemm_f32(true, m, n, k, 0.5f, a.data(), k, b.data(), k, 0.0f, c_nt.data(), n);
+  // b read as [k, n] for the plain product
+  gemm_f32(false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c_nn.data(), n);
+  std::vector<double> expect_nt(size_t(m * n)), expect_nn(size_t(m * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t p = 0; p < k; ++p) {
+        expect_nt[size_t(i * n + j)] += 0.5 * a[size_t(i * k + p)] * b[size_t(j * k + p)];
+        expect_nn[size_t(i * n + j)] += double(a[size_t(i * k + p)]) * b[size_t(p * n + j)];
+      }
+  EXPECT_LT(relative_error(c_nt, expect_nt), 1e-6);
+  EXPECT_LT(relative_error(c_nn, expect_nn), 1e-6);
+}
+
+}  // namespace
+}  // namespace deepmoe

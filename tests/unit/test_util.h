@@ -1,0 +1,28 @@
+// Helpers for unit tests: seeded random inputs and the relative error ‖a−b‖/‖b‖.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace deepmoe::testing {
+
+inline std::vector<float> random_vector(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(n);
+  for (auto& value : values) value = normal(rng);
+  return values;
+}
+
+template <typename A, typename B>
+double relative_error(const A& actual, const B& expected) {
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff += (double(actual[i]) - double(expected[i])) * (double(actual[i]) - double(expected[i]));
+    norm += double(expected[i]) * double(expected[i]);
+  }
+  return std::sqrt(diff / norm);
+}
+
+}  // namespace deepmoe::testing
