@@ -194,8 +194,6 @@ class SpinPool {
 // accumulators on the stack or picked a poor reduction scheme (and a bare
 // "avx512f" clone enables neither FMA3 nor AVX512VL, so it emitted 256-bit
 // vmulps+vaddps), hence generic vectors and arch=x86-64-v4/v3 clones.
-// Four weight rows are processed together (4 independent FMA chains); for
-// M > 1 the same 4 rows (4*K*2 bytes, L1-resident) are re-read per activation row.
 typedef float v16sf __attribute__((vector_size(64)));
 typedef std::uint32_t v16su __attribute__((vector_size(64)));
 typedef std::uint16_t v16hu __attribute__((vector_size(32)));
@@ -221,54 +219,62 @@ inline __attribute__((always_inline)) float hsum16(v16sf v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-inline __attribute__((always_inline)) void dot4_bf16(const float* __restrict x, const bf16_t* __restrict w0,
-                                                     std::size_t K, float* __restrict y) {
-  const bf16_t* __restrict w1 = w0 + K;
-  const bf16_t* __restrict w2 = w1 + K;
-  const bf16_t* __restrict w3 = w2 + K;
-  v16sf a0 = {}, a1 = {}, a2 = {}, a3 = {};
+// One weight row against MR activation rows: the row's 64-element chunk is
+// loaded and converted once, then FMA'd into 4 accumulators per activation row
+// (4 x 16 lanes; K-direction unrolling keeps a single sequential weight stream,
+// which measured ~40 GB/s on one core vs ~22 GB/s for 4 interleaved row streams).
+template <int MR>
+inline __attribute__((always_inline)) void rowdot_bf16(const float* __restrict X, std::size_t K,
+                                                       const bf16_t* __restrict w, float* __restrict y,
+                                                       std::size_t ystride) {
+  v16sf a[MR][4] = {};
   std::size_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    const v16sf w0 = load_bf16x16(w + k), w1 = load_bf16x16(w + k + 16);
+    const v16sf w2 = load_bf16x16(w + k + 32), w3 = load_bf16x16(w + k + 48);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) {
+      const float* xm = X + m * K + k;
+      a[m][0] += load_f32x16(xm) * w0;
+      a[m][1] += load_f32x16(xm + 16) * w1;
+      a[m][2] += load_f32x16(xm + 32) * w2;
+      a[m][3] += load_f32x16(xm + 48) * w3;
+    }
+  }
   for (; k + 16 <= K; k += 16) {
-    const v16sf xv = load_f32x16(x + k);
-    a0 += xv * load_bf16x16(w0 + k);
-    a1 += xv * load_bf16x16(w1 + k);
-    a2 += xv * load_bf16x16(w2 + k);
-    a3 += xv * load_bf16x16(w3 + k);
+    const v16sf w0 = load_bf16x16(w + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) a[m][0] += load_f32x16(X + m * K + k) * w0;
   }
-  float s0 = hsum16(a0), s1 = hsum16(a1), s2 = hsum16(a2), s3 = hsum16(a3);
-  for (; k < K; ++k) {
-    s0 += x[k] * bf16_to_f32(w0[k]);
-    s1 += x[k] * bf16_to_f32(w1[k]);
-    s2 += x[k] * bf16_to_f32(w2[k]);
-    s3 += x[k] * bf16_to_f32(w3[k]);
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+    float s = hsum16((a[m][0] + a[m][1]) + (a[m][2] + a[m][3]));
+    for (std::size_t kk = k; kk < K; ++kk) s += X[m * K + kk] * bf16_to_f32(w[kk]);
+    y[m * ystride] = s;
   }
-  y[0] = s0;
-  y[1] = s1;
-  y[2] = s2;
-  y[3] = s3;
-}
-
-inline __attribute__((always_inline)) float dot1_bf16(const float* __restrict x, const bf16_t* __restrict w,
-                                                      std::size_t K) {
-  v16sf a = {};
-  std::size_t k = 0;
-  for (; k + 16 <= K; k += 16) a += load_f32x16(x + k) * load_bf16x16(w + k);
-  float s = hsum16(a);
-  for (; k < K; ++k) s += x[k] * bf16_to_f32(w[k]);
-  return s;
 }
 
 #define DM_CLONES target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")
 
-// Y[m, n0:n1] = X[m,:] . W[n,:] for m < M (M <= 4 in the benchmark, any M works).
+// Y[m, n0:n1] = X[m,:] . W[n,:] for all m < M (meant for M <= 4; larger M is
+// handled in groups of 4 but re-streams the weights once per group).
 __attribute__((DM_CLONES)) void ref_bf16_gemm(int M, const float* X, int K, const bf16_t* W, float* Y, int N,
                                               int n0, int n1) {
-  const std::size_t Ks = static_cast<std::size_t>(K);
-  int n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int m = 0; m < M; ++m) dot4_bf16(X + m * Ks, W + n * Ks, Ks, Y + static_cast<std::size_t>(m) * N + n);
-  for (; n < n1; ++n)
-    for (int m = 0; m < M; ++m) Y[static_cast<std::size_t>(m) * N + n] = dot1_bf16(X + m * Ks, W + n * Ks, Ks);
+  const std::size_t Ks = static_cast<std::size_t>(K), Ns = static_cast<std::size_t>(N);
+  for (int m0 = 0; m0 < M; m0 += 4) {
+    const float* Xm = X + m0 * Ks;
+    float* Ym = Y + m0 * Ns;
+    const int mr = std::min(4, M - m0);
+    for (int n = n0; n < n1; ++n) {
+      const bf16_t* w = W + n * Ks;
+      switch (mr) {
+        case 1: rowdot_bf16<1>(Xm, Ks, w, Ym + n, Ns); break;
+        case 2: rowdot_bf16<2>(Xm, Ks, w, Ym + n, Ns); break;
+        case 3: rowdot_bf16<3>(Xm, Ks, w, Ym + n, Ns); break;
+        default: rowdot_bf16<4>(Xm, Ks, w, Ym + n, Ns); break;
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------- runners
@@ -411,7 +417,7 @@ struct RefBf16 : Runner {
            " clone, " + std::to_string(threads) + " thr";
     job = [this](int t) {
       const int T = pool.size();
-      const int per = ((N + T - 1) / T + 3) & ~3;
+      const int per = (N + T - 1) / T;
       const int n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
       if (n0 < n1) ref_bf16_gemm(M, x_f32(), K, W, Y.data(), N, n0, n1);
     };
@@ -476,6 +482,9 @@ bool is_bf16(Backend b) {
 }
 
 std::unique_ptr<Runner> make_runner(Backend b, int M, int N, int K, int T) {
+  // Materialize the lazily created inputs first so first_ms does not include them.
+  (void)x_f32();
+  (void)(is_bf16(b) ? static_cast<const void*>(pool_bf16()) : static_cast<const void*>(pool_f32()));
   openblas_set_num_threads(T);
   omp_set_num_threads(T);
   switch (b) {

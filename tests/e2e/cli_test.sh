@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The CLI as a user drives it: contracts of every subcommand, and one-line errors with a
+# non-zero exit for bad flags, files and inputs. Prints "N passed, M failed".
+set -u
+deepmoe=$1
+work=$2
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "PASS $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+
+# expect_error NAME PATTERN CMD...: non-zero exit, exactly one stderr line, containing PATTERN.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  "$@" >out.txt 2>err.txt
+  local rc=$?
+  local lines
+  lines=$(wc -l <err.txt)
+  if [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [ "$lines" -eq 1 ] && grep -q -- "$pattern" err.txt; then
+    ok "$name"
+  else
+    bad "$name (exit $rc, $lines stderr lines: $(head -c 300 err.txt))"
+  fi
+}
+
+cat >config.json <<'JSON'
+{"model_type": "deepseek_v3", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
+ "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "q_lora_rank": 32,
+ "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+ "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+ "n_group": 4, "topk_group": 2}
+JSON
+
+"$deepmoe" --help >/dev/null && ok "help" || bad "help"
+for sub in info init logits generate bench; do
+  "$deepmoe" $sub --help >/dev/null && ok "$sub --help" || bad "$sub --help"
+done
+"$deepmoe" init --config config.json --out model --seed 5 >/dev/null && ok "init" || bad "init"
+"$deepmoe" info --model model >info.txt && grep -q "kv cache per token" info.txt && ok "info" || bad "info"
+
+"$deepmoe" logits --model model --tokens 1,2,3,299 --out logits.npy 2>/dev/null &&
+  /usr/bin/python3 -c "import numpy as n; a = n.load('logits.npy'); assert a.shape == (4, 300) and a.dtype == n.float32 and a.std() > 0" &&
+  ok "logits writes [n_tokens, vocab] float32" || bad "logits writes [n_tokens, vocab] float32"
+
+a=$("$deepmoe" generate --model model --tokens 5,6,7 -n 12 --temperature 0 --threads 1 2>/dev/null)
+b=$("$deepmoe" generate --model model --tokens 5,6,7 -n 12 --temperature 0 --threads 2 2>/dev/null)
+c=$("$deepmoe" generate --model model --tokens 5,6,7 -n 12 --temperature 0 --threads 2 2>/dev/null)
+[ -n "$a" ] && [ "$a" = "$b" ] && [ "$b" = "$c" ] && [ "$(echo "$a" | tr ',' '\n' | wc -l)" -eq 12 ] &&
+  ok "greedy generate is deterministic across runs and thread counts" || bad "greedy determinism ($a / $b / $c)"
+s1=$("$deepmoe" generate --model model --tokens 5,6,7 -n 12 --temperature 1 --top-p 0.9 --seed 3 2>/dev/null)
+s2=$("$deepmoe" generate --model model --tokens 5,6,7 -n 12 --temperature 1 --top-p 0.9 --seed 3 2>/dev/null)
+[ -n "$s1" ] && [ "$s1" = "$s2" ] && ok "seeded sampling repeats" || bad "seeded sampling repeats"
+"$deepmoe" generate --model model --tokens 5,6,7 -n 4 2>err.txt >/dev/null && grep -q "decode:.*tok/s" err.txt &&
+  ok "generate reports tokens/s on stderr" || bad "generate reports tokens/s on stderr"
+
+"$deepmoe" bench --model model --threads 1 --prompt 8 --gen 4 --reps 2 --json >bench.json &&
+  /usr/bin/python3 -c "import json; d = json.load(open('bench.json')); assert all(d[k] > 0 for k in ('prefill_tok_s', 'decode_tok_s', 'peak_rss_mb'))" &&
+  ok "bench --json" || bad "bench --json"
+
+# Bad input: one line, non-zero exit, never a crash.
+expect_error "unknown flag" "bogus" "$deepmoe" logits --model model --tokens 1 --out x.npy --bogus
+expect_error "missing required flag" "tokens" "$deepmoe" logits --model model --out x.npy
+expect_error "no subcommand" "subcommand" "$deepmoe"
+expect_error "missing model directory" "no_such_dir" "$deepmoe" info --model no_such_dir
+expect_error "malformed token list" "'x'" "$deepmoe" logits --model model --tokens 1,x,3 --out x.npy
+expect_error "token outside vocabulary" "outside the vocabulary" "$deepmoe" logits --model model --tokens 1,300 --out x.npy
+expect_error "negative temperature" "temperature" "$deepmoe" generate --model model --tokens 1 --temperature -1
+expect_error "bad top-p" "top-p" "$deepmoe" generate --model model --tokens 1 --temperature 1 --top-p 1.5
+expect_error "bad init dtype" "dtype" "$deepmoe" init --config config.json --out m2 --dtype f64
+
+mkdir -p broken && cp model/config.json broken/
+head -c 100 model/model.safetensors >broken/model.safetensors
+expect_error "truncated safetensors" "model.safetensors" "$deepmoe" info --model broken
+head -c 20000 /dev/urandom >broken/model.safetensors
+expect_error "garbage safetensors" "model.safetensors" "$deepmoe" info --model broken
+cp model/model.safetensors broken/ && echo '{"model_type": "deepseek_v3", "hidden_size": "wide"}' >broken/config.json
+expect_error "bad config field" "hidden_size" "$deepmoe" info --model broken
+echo '{"hidden_size": 64,' >broken/config.json
+expect_error "config not JSON" "config.json" "$deepmoe" info --model broken
+sed 's/"hidden_size": 64/"hidden_size": 80/' model/config.json >broken/config.json
+expect_error "shape mismatch names the tensor" "expected shape" "$deepmoe" info --model broken
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
