@@ -340,6 +340,19 @@ dnnl::stream& strm() {
 
 enum class DnnlMode { Plain, RuntimeM, Packed };
 
+// Describes a blocked weights layout (dims {K,N}: 'a' = K, 'b' = N), e.g.
+// "outer_strides=..., inner=16a64b2a", so one can see whether the packed layout
+// oneDNN picks depends on M (it matters if weights are packed once at load time).
+std::string blocking_str(const dnnl::memory::desc& md) {
+  const auto& d = md.data;
+  const auto& b = d.format_desc.blocking;
+  std::string s = "strides=";
+  for (int i = 0; i < d.ndims; ++i) s += std::to_string(b.strides[i]) + (i + 1 < d.ndims ? "," : "");
+  s += " inner=";
+  for (int i = 0; i < b.inner_nblks; ++i) s += std::to_string(b.inner_blks[i]) + "ab"[b.inner_idxs[i]];
+  return s;
+}
+
 struct DnnlRunner : Runner {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
@@ -380,6 +393,7 @@ struct DnnlRunner : Runner {
     dnnl::memory::desc plain_md({k, n}, sdt, tag::ba);
     if (mode == DnnlMode::Packed) {
       const dnnl::memory::desc pmd = pd.weights_desc();
+      impl += " w[" + blocking_str(pmd) + "]";
       const std::size_t psz = (pmd.get_size() + 63) & ~std::size_t{63};
       copies = std::max<std::size_t>(1, kPoolBytes / psz);
       packed = alloc<char>(psz * copies);

@@ -15,10 +15,11 @@ from collections import defaultdict
 
 NAME_RE = re.compile(r"^(?P<b>[^/]+)/M:(?P<M>\d+)/N:(?P<N>\d+)/K:(?P<K>\d+)/T:(?P<T>\d+)")
 
-F32_BACKENDS = ["openblas_f32[Haswell]", "openblas_f32[SkylakeX]", "openblas_f32_gemv[Haswell]",
-                "openblas_f32_gemv[SkylakeX]", "dnnl_f32", "dnnl_f32_rtM", "dnnl_f32_packed"]
-BF16_BACKENDS = ["openblas_bf16[Haswell]", "openblas_bf16[SkylakeX]", "dnnl_bf16", "dnnl_bf16_rtM",
-                 "dnnl_bf16_packed", "ref_bf16"]
+CORES = ["Haswell", "SkylakeX", "Cooperlake"]
+F32_BACKENDS = ([f"openblas_f32[{c}]" for c in CORES] + [f"openblas_f32_gemv[{c}]" for c in CORES]
+                + ["dnnl_f32", "dnnl_f32_rtM", "dnnl_f32_packed"])
+BF16_BACKENDS = [f"openblas_bf16[{c}]" for c in CORES] + ["dnnl_bf16", "dnnl_bf16_rtM", "dnnl_bf16_packed",
+                                                         "ref_bf16"]
 SHAPES = [(2048, 2048, "q_proj/o_proj-like"), (576, 2048, "kv_a_proj_with_mqa"), (1408, 2048, "expert gate/up"),
           (2048, 1408, "expert down"), (32000, 512, "small lm_head"), (512, 512, "small proj")]
 MS = [1, 4, 16, 64, 128, 512]
@@ -82,7 +83,7 @@ def main():
     loadavg = ""
     p = os.path.join(rdir, "loadavg.txt")
     if os.path.exists(p):
-        loadavg = open(p).read().strip()
+        loadavg = "; ".join(l.strip() for l in open(p) if l.strip())
 
     out = []
     w = out.append
@@ -108,6 +109,11 @@ def main():
       "so 2 x 32 flop x 3.5 GHz = 226 GFLOP/s per core (the 281 GFLOP/s ballpark would need ~4.4 GHz).\n")
 
     w("## Library facts\n")
+    p = os.path.join(rdir, "env.txt")
+    if os.path.exists(p):
+        envs = [l.strip() for l in open(p) if l.strip()]
+        w("Inherited environment (before run.sh overrides it per run): "
+          + (", ".join(f"`{e}`" for e in envs) if envs else "none of OPENBLAS_*/OMP_*/DNNL_* set") + "\n")
     for name, ctx in sorted(contexts.items()):
         w(f"- `{name}`: OpenBLAS core `{ctx.get('openblas_corename')}`, sbgemm symbol **{ctx.get('openblas_sbgemm_symbol')}**, "
           f"oneDNN {ctx.get('dnnl_version')}, omp_max_threads={ctx.get('omp_max_threads')}, "

@@ -44,15 +44,27 @@ inline void dot_rows(const float* x, int64_t x_stride, const WeightT* w, int64_t
 }
 
 template <typename WeightT>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_any_m(
-    const float* x, int64_t x_stride, int64_t n_rows, const WeightT* w, int64_t cols, float* y,
-    int64_t y_stride, int64_t row_begin, int64_t row_end) {
+inline void dot_rows_any_m(const float* x, int64_t x_stride, int64_t n_rows, const WeightT* w, int64_t cols, float* y,
+                           int64_t y_stride, int64_t row_begin, int64_t row_end) {
   switch (n_rows) {
     case 1: return dot_rows<1>(x, x_stride, w, cols, y, y_stride, row_begin, row_end);
     case 2: return dot_rows<2>(x, x_stride, w, cols, y, y_stride, row_begin, row_end);
     case 3: return dot_rows<3>(x, x_stride, w, cols, y, y_stride, row_begin, row_end);
     default: return dot_rows<4>(x, x_stride, w, cols, y, y_stride, row_begin, row_end);
   }
+}
+
+// One multiversioned entry per weight type (clang does not multiversion templates).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_f32(
+    const float* x, int64_t x_stride, int64_t n_rows, const float* w, int64_t cols, float* y, int64_t y_stride,
+    int64_t row_begin, int64_t row_end) {
+  dot_rows_any_m(x, x_stride, n_rows, w, cols, y, y_stride, row_begin, row_end);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_bf16(
+    const float* x, int64_t x_stride, int64_t n_rows, const uint16_t* w, int64_t cols, float* y, int64_t y_stride,
+    int64_t row_begin, int64_t row_end) {
+  dot_rows_any_m(x, x_stride, n_rows, w, cols, y, y_stride, row_begin, row_end);
 }
 
 }  // namespace
@@ -62,10 +74,10 @@ void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const 
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("matmul_small_batch: {} rows", n_rows);
   switch (w.dtype) {
     case DType::F32:
-      return dot_rows_any_m(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y,
+      return dot_rows_f32(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
     case DType::BF16:
-      return dot_rows_any_m(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y,
+      return dot_rows_bf16(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
     default:
       fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
