@@ -1,17 +1,21 @@
 // The decode kernel: for M <= 4 activation rows, each weight row is read once and dotted with
 // every activation row. It is memory-bound, so the goal is to stream W at full bandwidth.
-// GCC vectorizes the 16-wide accumulator loops; target_clones builds AVX-512, AVX2 and generic
-// versions and the loader picks one for the running CPU.
+// GCC vectorizes the 64-wide accumulator loops; target_clones builds AVX-512, AVX2 and generic
+// versions and the loader picks one for the running CPU; where AVX-512 BW/VL exist, the
+// explicit kernel of matmul_small_batch_avx512.cpp runs instead.
 #include <cstring>
 
 #include "core/error.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_small_batch_avx512.h"
 
 namespace deepmoe {
 
 namespace {
 
-constexpr int kLanes = 16;
+// 64 lanes = four 16-wide vectors per activation row: four independent FMA chains hide the FMA
+// latency, which a single chain would make the bottleneck (~8 bytes of weights per cycle).
+constexpr int kLanes = 64;
 
 inline float load_weight(const float* w, int64_t i) { return w[i]; }
 inline float load_weight(const uint16_t* w, int64_t i) {
@@ -72,11 +76,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_bf16(
 void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
                         float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("matmul_small_batch: {} rows", n_rows);
+  const bool avx512 = cpu_has_avx512();
   switch (w.dtype) {
     case DType::F32:
+      if (avx512)
+        return dot_rows_avx512(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y, y_stride, row_begin,
+                               row_end);
       return dot_rows_f32(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
     case DType::BF16:
+      if (avx512)
+        return dot_rows_avx512(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y, y_stride,
+                               row_begin, row_end);
       return dot_rows_bf16(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
     default:

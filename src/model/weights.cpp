@@ -45,6 +45,8 @@ class WeightLoader {
   }
 
   bool has(const std::string& name) const { return reader_.find(name) != nullptr; }
+  // Marks a tensor as known but unused, so it is not reported as unknown.
+  void skip(const std::string& name) { used_.insert(name); }
 
   std::vector<std::string> unused_names() const {
     std::vector<std::string> unused;
@@ -207,8 +209,10 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
           load_mlp(loader, m + "shared_experts.", hidden, c.moe_intermediate_size * c.n_shared_experts);
   }
   model->norm = loader.vector("model.norm.weight", hidden);
-  if (c.tie_word_embeddings && !loader.has("lm_head.weight")) {
+  if (c.tie_word_embeddings) {
+    // As HF ties them: the embedding is the head, and a stored lm_head.weight is not used.
     model->lm_head = model->embed_tokens;
+    loader.skip("lm_head.weight");
   } else {
     model->lm_head = loader.matrix("lm_head.weight", c.vocab_size, hidden);
   }

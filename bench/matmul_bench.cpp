@@ -1,0 +1,107 @@
+// y = x·Wᵀ on the model's shapes: deepmoe's matmul (BF16 and F32 weights) against OpenBLAS
+// sgemv/sgemm with F32 weights. Weights rotate through a pool larger than the last-level cache
+// so M=1 numbers are DRAM-bound, as in real decode. Counters: GFLOP/s and weight GB/s.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kernels/matmul.h"
+
+namespace {
+
+using deepmoe::DType;
+
+constexpr size_t kPoolBytes = size_t(256) << 20;
+
+struct Weights {
+  std::vector<std::vector<float>> f32;
+  std::vector<std::vector<uint16_t>> bf16;
+};
+
+Weights make_pool(int64_t rows, int64_t cols, bool bf16) {
+  const size_t bytes = size_t(rows * cols) * (bf16 ? 2 : 4);
+  const size_t copies = std::max<size_t>(2, kPoolBytes / bytes);
+  Weights pool;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (size_t c = 0; c < copies; ++c) {
+    if (bf16) {
+      auto& w = pool.bf16.emplace_back(size_t(rows * cols));
+      for (auto& v : w) v = deepmoe::f32_to_bf16(normal(rng));
+    } else {
+      auto& w = pool.f32.emplace_back(size_t(rows * cols));
+      for (auto& v : w) v = normal(rng);
+    }
+  }
+  return pool;
+}
+
+void report(benchmark::State& state, int64_t m, int64_t rows, int64_t cols, size_t weight_bytes) {
+  state.counters["GFLOP/s"] = benchmark::Counter(double(2 * m * rows * cols) * double(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(double(weight_bytes) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+}
+
+// args: M, rows (N), cols (K), threads
+void BM_deepmoe(benchmark::State& state, DType dtype) {
+  const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
+  const int threads = int(state.range(3));
+  const bool bf16 = dtype == DType::BF16;
+  Weights pool = make_pool(rows, cols, bf16);
+  std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
+  deepmoe::ThreadPool threads_pool(threads);
+  deepmoe::set_gemm_threads(threads);
+  size_t next = 0;
+  const size_t copies = bf16 ? pool.bf16.size() : pool.f32.size();
+  for (auto _ : state) {
+    const void* data = bf16 ? static_cast<const void*>(pool.bf16[next].data()) : pool.f32[next].data();
+    deepmoe::matmul(threads_pool, x.data(), m, {dtype, data, rows, cols}, y.data());
+    benchmark::DoNotOptimize(y.data());
+    next = (next + 1) % copies;
+  }
+  report(state, m, rows, cols, size_t(rows * cols) * (bf16 ? 2 : 4));
+}
+
+void BM_openblas_f32(benchmark::State& state) {
+  const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
+  Weights pool = make_pool(rows, cols, false);
+  std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
+  openblas_set_num_threads(int(state.range(3)));
+  size_t next = 0;
+  for (auto _ : state) {
+    const float* w = pool.f32[next].data();
+    if (m == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(rows), blasint(cols), 1.0f, w, blasint(cols), x.data(), 1,
+                  0.0f, y.data(), 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(m), blasint(rows), blasint(cols), 1.0f, x.data(),
+                  blasint(cols), w, blasint(cols), 0.0f, y.data(), blasint(rows));
+    }
+    benchmark::DoNotOptimize(y.data());
+    next = (next + 1) % pool.f32.size();
+  }
+  report(state, m, rows, cols, size_t(rows * cols) * 4);
+}
+
+// DeepSeek-V2-Lite shapes (hidden 2048): q_proj 3072x2048, kv_a 576x2048, expert gate 1408x2048,
+// expert down 2048x1408, plus the small model's lm_head 32000x512.
+void shapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2})
+    for (int64_t m : {1, 4, 64, 512})
+      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{3072, 2048}, {576, 2048}, {1408, 2048},
+                                                                        {2048, 1408}, {32000, 512}})
+        b->Args({m, rows, cols, threads});
+  b->ArgNames({"M", "N", "K", "threads"})->UseRealTime();
+}
+
+BENCHMARK_CAPTURE(BM_deepmoe, bf16, DType::BF16)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe, f32, DType::F32)->Apply(shapes);
+BENCHMARK(BM_openblas_f32)->Apply(shapes);
+
+}  // namespace
+
+BENCHMARK_MAIN();
