@@ -56,6 +56,12 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
   if (x_stride < 0) x_stride = w.cols;
   if (y_stride < 0) y_stride = w.rows;
   if (n_rows == 0 || w.rows == 0) return;
+  if (n_rows == 1 && w.dtype == DType::F32) {
+    // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(w.rows), blasint(w.cols), 1.0f, static_cast<const float*>(w.data),
+                blasint(w.cols), x, 1, 0.0f, y, 1);
+    return;
+  }
   if (n_rows <= kSmallBatchMax) {
     // Split output rows in blocks of 16 so each thread streams its own slice of W.
     pool.parallel_for(w.rows, 16, [&](int64_t begin, int64_t end) {
