@@ -54,7 +54,7 @@ void BM_deepmoe(benchmark::State& state, DType dtype) {
   Weights pool = make_pool(rows, cols, bf16);
   std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
   deepmoe::ThreadPool threads_pool(threads);
-  deepmoe::set_gemm_threads(threads);
+  deepmoe::use_single_threaded_blas();
   size_t next = 0;
   const size_t copies = bf16 ? pool.bf16.size() : pool.f32.size();
   for (auto _ : state) {

@@ -7,6 +7,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/generator.h"
+#include "kernels/matmul.h"
 
 namespace deepmoe::cli {
 
@@ -42,6 +43,7 @@ void add_bench_command(CLI::App& app) {
     const auto weights = load_model(options->model);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     const int threads = resolve_threads(options->threads);
+    warn_if_gemm_is_held_back();
     Model model(*weights, threads);
     std::mt19937 rng(1234);
     std::vector<int32_t> prompt(size_t(options->prompt));
@@ -58,6 +60,7 @@ void add_bench_command(CLI::App& app) {
     nlohmann::ordered_json result = {
         {"model", options->model},
         {"threads", threads},
+        {"gemm", gemm_library_name()},
         {"prompt_tokens", options->prompt},
         {"gen_tokens", options->gen},
         {"reps", options->reps},

@@ -23,6 +23,9 @@ void add_bench_command(CLI::App& app);
 std::vector<int32_t> parse_token_list(const std::string& text);
 
 // Loads a model directory and prints one warning line for tensors it does not use.
+// One stderr line when OPENBLAS_CORETYPE holds OpenBLAS to pre-AVX-512 kernels on an AVX-512 CPU.
+void warn_if_gemm_is_held_back();
+
 std::unique_ptr<ModelWeights> load_model(const std::string& dir);
 
 // Threads to use when --threads is 0: the machine's hardware threads.

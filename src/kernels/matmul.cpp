@@ -16,7 +16,11 @@ WeightMatrix WeightMatrix::row_slice(int64_t first, int64_t count) const {
   return slice;
 }
 
-void set_gemm_threads(int n_threads) { openblas_set_num_threads(std::max(1, n_threads)); }
+// The pool owns the cores: OpenBLAS only ever runs single-threaded inside one of our slices.
+// Its own threads would spin after each call and steal the core our next loop needs.
+std::string gemm_library_name() { return std::string("OpenBLAS ") + openblas_get_corename(); }
+
+void use_single_threaded_blas() { openblas_set_num_threads(1); }
 
 void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -27,59 +31,76 @@ void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, co
 
 namespace {
 
-// Rows of a BF16 weight widened to f32 per sgemm call: big enough to keep sgemm efficient,
-// small enough (a few MB) to stay in cache-friendly scratch.
-constexpr int64_t kPanelRows = 512;
+// Output features per GEMM call: many blocks per matrix keep two or three threads balanced,
+// and 128 columns of C keep OpenBLAS's packing of x a small share of the work.
+constexpr int64_t kGemmBlockRows = 128;
 
-void matmul_bf16_panels(ThreadPool& pool, const float* x, int64_t x_stride, int64_t n_rows,
-                        const WeightMatrix& w, float* y, int64_t y_stride) {
-  thread_local std::vector<float> panel_storage;
-  panel_storage.resize(size_t(std::min(kPanelRows, w.rows) * w.cols));
-  // A plain pointer: inside the lambda a thread_local name would mean each worker's own copy.
-  float* panel = panel_storage.data();
+// Floats of a BF16 weight widened per sgemm call: big enough to keep sgemm efficient, small
+// enough (1 MiB) to stay in L2 while sgemm reads it.
+constexpr int64_t kPanelFloats = int64_t(1) << 18;
+
+// y[:, row_begin:row_end] for BF16 weights through f32 sgemm, a panel of rows at a time.
+void matmul_bf16_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                      int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  const int64_t panel_rows = std::clamp<int64_t>(kPanelFloats / w.cols / 16 * 16, 16, kGemmBlockRows);
+  thread_local std::vector<float> panel;
+  panel.resize(size_t(panel_rows * w.cols));
   const auto* bits = static_cast<const uint16_t*>(w.data);
-  for (int64_t first = 0; first < w.rows; first += kPanelRows) {
-    const int64_t count = std::min(kPanelRows, w.rows - first);
+  for (int64_t first = row_begin; first < row_end; first += panel_rows) {
+    const int64_t count = std::min(panel_rows, row_end - first);
     const uint16_t* source = bits + first * w.cols;
-    pool.parallel_for(count * w.cols, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) panel[i] = bf16_to_f32(source[i]);
-    });
-    gemm_f32(true, n_rows, count, w.cols, 1.0f, x, x_stride, panel, w.cols, 0.0f, y + first,
-             y_stride);
+    for (int64_t i = 0; i < count * w.cols; ++i) panel[size_t(i)] = bf16_to_f32(source[i]);
+    gemm_f32(true, n_rows, count, w.cols, 1.0f, x, x_stride, panel.data(), w.cols, 0.0f, y + first, y_stride);
   }
 }
 
 }  // namespace
+
+void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                 int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  if (row_begin >= row_end || n_rows == 0) return;
+  if (n_rows == 1 && w.dtype == DType::F32) {
+    // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
+    const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(part.rows), blasint(part.cols), 1.0f,
+                static_cast<const float*>(part.data), blasint(part.cols), x, 1, 0.0f, y + row_begin, 1);
+    return;
+  }
+  if (n_rows <= kSmallBatchMax) {
+    matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    return;
+  }
+  switch (w.dtype) {
+    case DType::F32: {
+      const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
+      gemm_f32(true, n_rows, part.rows, part.cols, 1.0f, x, x_stride, static_cast<const float*>(part.data),
+               part.cols, 0.0f, y + row_begin, y_stride);
+      return;
+    }
+    case DType::BF16:
+      matmul_bf16_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+      return;
+    default:
+      fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+  }
+}
 
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride, int64_t y_stride) {
   if (x_stride < 0) x_stride = w.cols;
   if (y_stride < 0) y_stride = w.rows;
   if (n_rows == 0 || w.rows == 0) return;
-  if (n_rows == 1 && w.dtype == DType::F32) {
-    // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(w.rows), blasint(w.cols), 1.0f, static_cast<const float*>(w.data),
-                blasint(w.cols), x, 1, 0.0f, y, 1);
-    return;
-  }
-  if (n_rows <= kSmallBatchMax) {
-    // Split output rows in blocks of 16 so each thread streams its own slice of W.
-    pool.parallel_for(w.rows, 16, [&](int64_t begin, int64_t end) {
-      matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, begin, end);
-    });
-    return;
-  }
-  switch (w.dtype) {
-    case DType::F32:
-      gemm_f32(true, n_rows, w.rows, w.cols, 1.0f, x, x_stride, static_cast<const float*>(w.data),
-               w.cols, 0.0f, y, y_stride);
-      return;
-    case DType::BF16:
-      matmul_bf16_panels(pool, x, x_stride, n_rows, w, y, y_stride);
-      return;
-    default:
-      fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
-  }
+  if (w.dtype != DType::F32 && w.dtype != DType::BF16)
+    fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+  // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
+  // its part of W. Library calls see the same block shapes whatever the thread count, so results
+  // are bit-identical across thread counts (BLAS kernels round differently on different tails).
+  const int64_t block = n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows;
+  const int64_t n_blocks = (w.rows + block - 1) / block;
+  pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
+    for (int64_t b = first_block; b < end_block; ++b)
+      matmul_rows(x, x_stride, n_rows, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
+  });
 }
 
 }  // namespace deepmoe

@@ -2,9 +2,11 @@
 // [out_features, in_features], row-major, in F32 or BF16 (read in place from the mmap'd file);
 // activations are f32. Small M (decode) streams the weights once through our own SIMD kernel;
 // larger M goes to OpenBLAS sgemm (BF16 weights are widened panel by panel first). F32 weights
-// with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32.
+// with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32. Threads come
+// from our pool only; OpenBLAS runs single-threaded on each thread's slice.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
@@ -25,9 +27,14 @@ struct WeightMatrix {
 constexpr int64_t kSmallBatchMax = 4;
 
 // y[m, :] = W · x[m, :] for m < n_rows. x rows are x_stride apart, y rows y_stride apart
-// (defaults: packed). Uses the pool for small M and OpenBLAS's threads for large M.
+// (defaults: packed). The pool splits the output features across threads.
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride = -1, int64_t y_stride = -1);
+
+// matmul on output rows [row_begin, row_end) only, on the calling thread (for callers that
+// parallelize at a coarser level, e.g. over attention heads).
+void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                 int64_t y_stride, int64_t row_begin, int64_t row_end);
 
 // The streaming kernel on output rows [row_begin, row_end) only (exposed for tests and bench).
 void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
@@ -37,7 +44,10 @@ void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const 
 void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
-// Sets the thread count of the GEMM library (call once at setup).
-void set_gemm_threads(int n_threads);
+// "OpenBLAS <core>": the library and the CPU kernels it chose (OPENBLAS_CORETYPE overrides them).
+std::string gemm_library_name();
+
+// Makes the GEMM library run on the calling thread only (call once at setup; idempotent).
+void use_single_threaded_blas();
 
 }  // namespace deepmoe

@@ -1,5 +1,6 @@
 #include "model/mla.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -35,21 +36,25 @@ void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int
   grow(s.expanded_kv, length * kv_stride);
   // kv: [length, heads, nope + v] = c_kv (normalized latents in the cache) · kv_b_projᵀ
   matmul(pool, cache_layer, length, w.kv_b_proj, s.expanded_kv.data(), row, kv_stride);
-  grow(s.scores, n_tokens * length);
   const float scale = float(c.softmax_scale());
-  for (int64_t h = 0; h < heads; ++h) {
-    const float* q_head = s.q.data() + h * qk;
-    const float* kv_head = s.expanded_kv.data() + h * (nope + v_dim);
-    // scores [n_tokens, length] = scale · (q_nope·k_noneᵀ + q_pe·k_peᵀ)
-    gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, kv_head, kv_stride, 0.0f,
-             s.scores.data(), length);
-    gemm_f32(true, n_tokens, length, rope, scale, q_head + nope, heads * qk, cache_layer + rank, row,
-             1.0f, s.scores.data(), length);
-    causal_softmax(s.scores.data(), n_tokens, length, [&](int64_t t) { return first_position + t + 1; });
-    // attn[:, h, :] [n_tokens, v] = P · v_head
-    gemm_f32(false, n_tokens, v_dim, length, 1.0f, s.scores.data(), length, kv_head + nope, kv_stride,
-             0.0f, s.attn.data() + h * v_dim, heads * v_dim);
-  }
+  // Heads are independent: each thread takes a block of heads with its own score buffer.
+  pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
+    thread_local std::vector<float> scores;
+    grow(scores, n_tokens * length);
+    for (int64_t h = head_begin; h < head_end; ++h) {
+      const float* q_head = s.q.data() + h * qk;
+      const float* kv_head = s.expanded_kv.data() + h * (nope + v_dim);
+      // scores [n_tokens, length] = scale · (q_nope·k_noneᵀ + q_pe·k_peᵀ)
+      gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, kv_head, kv_stride, 0.0f, scores.data(),
+               length);
+      gemm_f32(true, n_tokens, length, rope, scale, q_head + nope, heads * qk, cache_layer + rank, row, 1.0f,
+               scores.data(), length);
+      causal_softmax(scores.data(), n_tokens, length, [&](int64_t t) { return first_position + t + 1; });
+      // attn[:, h, :] [n_tokens, v] = P · v_head
+      gemm_f32(false, n_tokens, v_dim, length, 1.0f, scores.data(), length, kv_head + nope, kv_stride, 0.0f,
+               s.attn.data() + h * v_dim, heads * v_dim);
+    }
+  });
 }
 
 // All heads at once on the latent cache, as multi-query attention with head size rank + rope.
@@ -60,29 +65,41 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
   const int64_t length = first_position + n_tokens;
   const int64_t query_rows = n_tokens * heads;
   grow(s.q_latent, query_rows * row);
-  for (int64_t h = 0; h < heads; ++h) {
-    // q_latent[:, h, :rank] = q_nope_h · W_UK_h (W_UK_h is [nope, rank]; we hold its transpose).
-    matmul(pool, s.q.data() + h * qk, n_tokens, w.kv_b_proj_keys_transposed.row_slice(h * rank, rank),
-           s.q_latent.data() + h * row, heads * qk, heads * row);
-    for (int64_t t = 0; t < n_tokens; ++t)
-      std::memcpy(s.q_latent.data() + (t * heads + h) * row + rank, s.q.data() + (t * heads + h) * qk + nope,
-                  size_t(rope) * sizeof(float));
-  }
+  pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
+    for (int64_t h = head_begin; h < head_end; ++h) {
+      // q_latent[:, h, :rank] = q_nope_h · W_UK_h (W_UK_h is [nope, rank]; we hold its transpose).
+      const WeightMatrix w_uk = w.kv_b_proj_keys_transposed.row_slice(h * rank, rank);
+      matmul_rows(s.q.data() + h * qk, heads * qk, n_tokens, w_uk, s.q_latent.data() + h * row, heads * row, 0,
+                  rank);
+      for (int64_t t = 0; t < n_tokens; ++t)
+        std::memcpy(s.q_latent.data() + (t * heads + h) * row + rank, s.q.data() + (t * heads + h) * qk + nope,
+                    size_t(rope) * sizeof(float));
+    }
+  });
   grow(s.scores, query_rows * length);
-  gemm_f32(true, query_rows, length, row, float(c.softmax_scale()), s.q_latent.data(), row, cache_layer,
-           row, 0.0f, s.scores.data(), length);
-  causal_softmax(s.scores.data(), query_rows, length,
-                 [&](int64_t r) { return first_position + r / heads + 1; });
-  // out_latent [n_tokens * heads, rank] = P · c_kv
   grow(s.out_latent, query_rows * rank);
-  gemm_f32(false, query_rows, rank, length, 1.0f, s.scores.data(), length, cache_layer, row, 0.0f,
-           s.out_latent.data(), rank);
-  for (int64_t h = 0; h < heads; ++h) {
-    // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = kv_b_proj rows of head h's values.
-    matmul(pool, s.out_latent.data() + h * rank, n_tokens,
-           w.kv_b_proj.row_slice(h * (nope + v_dim) + nope, v_dim), s.attn.data() + h * v_dim, heads * rank,
-           heads * v_dim);
-  }
+  // Query rows (token, head) are independent: scores, softmax and P·c_kv per block of 4 rows
+  // (a fixed block, so the GEMM shapes and hence the rounding do not depend on the thread count).
+  constexpr int64_t kRowsPerBlock = 4;
+  pool.parallel_for((query_rows + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
+    const int64_t r_begin = b_begin * kRowsPerBlock, r_end = std::min(query_rows, b_end * kRowsPerBlock);
+    const int64_t rows = r_end - r_begin;
+    float* scores = s.scores.data() + r_begin * length;
+    gemm_f32(true, rows, length, row, float(c.softmax_scale()), s.q_latent.data() + r_begin * row, row,
+             cache_layer, row, 0.0f, scores, length);
+    causal_softmax(scores, rows, length, [&](int64_t r) { return first_position + (r_begin + r) / heads + 1; });
+    // out_latent [rows, rank] = P · c_kv
+    gemm_f32(false, rows, rank, length, 1.0f, scores, length, cache_layer, row, 0.0f,
+             s.out_latent.data() + r_begin * rank, rank);
+  });
+  pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
+    for (int64_t h = head_begin; h < head_end; ++h) {
+      // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = kv_b_proj rows of head h's values.
+      const WeightMatrix w_uv = w.kv_b_proj.row_slice(h * (nope + v_dim) + nope, v_dim);
+      matmul_rows(s.out_latent.data() + h * rank, heads * rank, n_tokens, w_uv, s.attn.data() + h * v_dim,
+                  heads * v_dim, 0, v_dim);
+    }
+  });
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 namespace deepmoe {
 
 Model::Model(const ModelWeights& weights, int n_threads) : weights_(weights), pool_(n_threads) {
-  set_gemm_threads(n_threads);
+  use_single_threaded_blas();
 }
 
 void Model::forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 namespace deepmoe {
@@ -30,6 +32,17 @@ TEST(ThreadPoolTest, ManySuccessiveCallsComplete) {
   for (int call = 0; call < 2000; ++call)
     pool.parallel_for(10, 1, [&](int64_t begin, int64_t end) { total += end - begin; });
   EXPECT_EQ(total.load(), 20000);
+}
+
+// Idle workers spin only briefly, then sleep; a call after a pause must wake them, not hang.
+TEST(ThreadPoolTest, WakesWorkersThatFellAsleep) {
+  ThreadPool pool(3);
+  std::atomic<int64_t> total{0};
+  for (int call = 0; call < 20; ++call) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(call % 2 ? 3 : 0));
+    pool.parallel_for(300, 1, [&](int64_t begin, int64_t end) { total += end - begin; });
+  }
+  EXPECT_EQ(total.load(), 6000);
 }
 
 }  // namespace
