@@ -1,11 +1,14 @@
 #include "cli/common.h"
 
 #include <fmt/format.h>
+#include <sched.h>
 #include <sys/resource.h>
 
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -14,7 +17,7 @@
 
 namespace deepmoe::cli {
 
-std::vector<int32_t> parse_token_list(const std::string& text) {
+std::vector<int32_t> parse_token_list(const std::string& text, const char* flag) {
   std::vector<int32_t> tokens;
   size_t begin = 0;
   while (begin <= text.size()) {
@@ -24,11 +27,20 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
     int32_t value = 0;
     const auto [ptr, error] = std::from_chars(item.data(), item.data() + item.size(), value);
     if (item.empty() || error != std::errc() || ptr != item.data() + item.size() || value < 0)
-      fail("--tokens: '{}' is not a non-negative integer token id (expected e.g. 1,2,3)", item);
+      fail("{}: '{}' is not a non-negative integer token id (expected e.g. 1,2,3)", flag, item);
     tokens.push_back(value);
     begin = end + 1;
   }
   return tokens;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open for reading", path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) fail("{}: read error", path);
+  return std::move(text).str();
 }
 
 // OpenBLAS reads OPENBLAS_CORETYPE before main, so we cannot undo it; we can say what it costs.
@@ -58,6 +70,9 @@ std::unique_ptr<ModelWeights> load_model(const std::string& dir) {
 int resolve_threads(int requested) {
   if (requested < 0) fail("--threads must be >= 0, found {}", requested);
   if (requested > 0) return requested;
+  // The CPUs this process may run on (taskset, cgroups' cpusets), not all the machine has.
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) return std::max(1, CPU_COUNT(&allowed));
   return std::max(1u, std::thread::hardware_concurrency());
 }
 

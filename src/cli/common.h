@@ -18,9 +18,14 @@ void add_init_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_detokenize_command(CLI::App& app);
 
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
-std::vector<int32_t> parse_token_list(const std::string& text);
+std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");
+
+// Reads a whole file as bytes; throws Error naming it when it cannot be read.
+std::string read_file(const std::string& path);
 
 // Loads a model directory and prints one warning line for tensors it does not use.
 // One stderr line when OPENBLAS_CORETYPE holds OpenBLAS to pre-AVX-512 kernels on an AVX-512 CPU.

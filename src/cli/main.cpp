@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   deepmoe::cli::add_logits_command(app);
   deepmoe::cli::add_generate_command(app);
   deepmoe::cli::add_bench_command(app);
+  deepmoe::cli::add_tokenize_command(app);
+  deepmoe::cli::add_detokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
