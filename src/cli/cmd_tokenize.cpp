@@ -65,20 +65,43 @@ void add_tokenize_command(CLI::App& app) {
   });
 }
 
+// --jsonl: one JSON array of ids per input line, one JSON string per output line.
+void detokenize_jsonl(const Tokenizer& tokenizer, const std::string& path, bool skip_special) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open for reading", path);
+  std::string line;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    std::vector<int32_t> ids;
+    try {
+      ids = nlohmann::json::parse(line).get<std::vector<int32_t>>();
+    } catch (const nlohmann::json::exception&) {
+      fail("{}:{}: expected a JSON array of token ids", path, number);
+    }
+    fmt::print("{}\n", nlohmann::json(tokenizer.decode(ids, skip_special)).dump());
+  }
+}
+
 void add_detokenize_command(CLI::App& app) {
   struct Options {
-    std::string tokenizer, ids;
+    std::string tokenizer, ids, jsonl;
     bool skip_special = false;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("detokenize", "Print the text of token ids (exactly, no newline added)");
   command->add_option("--tokenizer", options->tokenizer, "tokenizer.json or a directory holding one")->required();
-  command->add_option("--ids", options->ids, "comma-separated token ids")->required();
+  auto* ids = command->add_option("--ids", options->ids, "comma-separated token ids");
+  auto* jsonl = command->add_option("--jsonl", options->jsonl, "a file of one JSON array of ids per line");
+  ids->excludes(jsonl);
   command->add_flag("--skip-special-tokens", options->skip_special, "leave special tokens out");
-  command->callback([options] {
-    const auto ids = parse_token_list(options->ids, "--ids");
+  command->callback([options, ids, jsonl] {
+    if (!*ids && !*jsonl) fail("detokenize needs --ids or --jsonl");
+    if (*jsonl) {
+      detokenize_jsonl(*Tokenizer::load(options->tokenizer), options->jsonl, options->skip_special);
+      return;
+    }
+    const auto id_list = parse_token_list(options->ids, "--ids");
     const auto tokenizer = Tokenizer::load(options->tokenizer);
-    const std::string text = tokenizer->decode(ids, options->skip_special);
+    const std::string text = tokenizer->decode(id_list, options->skip_special);
     std::fwrite(text.data(), 1, text.size(), stdout);
   });
 }

@@ -20,6 +20,8 @@ void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_detokenize_command(CLI::App& app);
+void add_chat_template_command(CLI::App& app);
+void add_tokenizer_train_command(CLI::App& app);
 
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
 std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/tokenizer_config.h"
 #include "tokenizer/utf8.h"
 
 namespace deepmoe {
@@ -24,14 +25,6 @@ std::string read_text_file(const fs::path& path) {
   std::ostringstream text;
   text << in.rdbuf();
   return std::move(text).str();
-}
-
-json parse_json(std::string_view text, const std::string& source) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", source, e.what());
-  }
 }
 
 // The large parts of tokenizer.json (vocabulary, merges) go through simdjson: nlohmann's DOM
@@ -117,29 +110,6 @@ AddedToken parse_added_token(const json& spec, size_t index) {
   return token;
 }
 
-// A special token in tokenizer_config.json: a string or {"content": ...}.
-std::string config_token(const json& config, const char* key) {
-  if (!config.contains(key) || config[key].is_null()) return "";
-  const json& v = config[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-  fail("tokenizer_config.json: \"{}\" must be a string or an object with \"content\"", key);
-}
-
-// chat_template: a string, or a list of {name, template} of which "default" is the one to use.
-std::string config_chat_template(const json& config) {
-  if (!config.contains("chat_template") || config["chat_template"].is_null()) return "";
-  const json& t = config["chat_template"];
-  if (t.is_string()) return t.get<std::string>();
-  if (t.is_array()) {
-    for (const json& named : t)
-      if (named.is_object() && named.value("name", std::string()) == "default" && named.contains("template") &&
-          named["template"].is_string())
-        return named["template"].get<std::string>();
-  }
-  fail("tokenizer_config.json: \"chat_template\" must be a string or a list with a \"default\" entry");
-}
-
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
@@ -154,7 +124,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
 std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json, std::string_view config_json,
                                                 const std::string& source) {
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  const json config = config_json.empty() ? json::object() : parse_json(config_json, source + " (tokenizer_config.json)");
+  const TokenizerConfig config = TokenizerConfig::parse(config_json, source + " (tokenizer_config.json)");
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   const simdjson::padded_string padded(tokenizer_json);
@@ -162,7 +132,6 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
     fail("{}: not valid JSON: {}", source, simdjson::error_message(error));
   try {
     if (!root.is_object()) fail("expected a JSON object");
-    if (!config.is_object()) fail("tokenizer_config.json must be a JSON object");
     // The small top-level parts as nlohmann documents; "model" stays in simdjson.
     json spec = json::object();
     for (const auto field : simdjson::dom::object(root))
@@ -197,17 +166,17 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
     t->raw_matcher_ = AddedTokenMatcher(std::move(raw));
     t->normalized_matcher_ = AddedTokenMatcher(std::move(normalized));
 
-    t->bos_token_ = config_token(config, "bos_token");
-    t->eos_token_ = config_token(config, "eos_token");
+    t->bos_token_ = config.bos_token;
+    t->eos_token_ = config.eos_token;
     if (!t->bos_token_.empty()) t->bos_id_ = t->token_to_id(t->bos_token_);
     if (!t->eos_token_.empty()) t->eos_id_ = t->token_to_id(t->eos_token_);
-    t->chat_template_ = config_chat_template(config);
+    t->chat_template_ = config.chat_template;
 
     // What encode(add_special_tokens) adds. transformers' Llama-style tokenizers rebuild the
     // post-processor from add_bos_token / add_eos_token; otherwise tokenizer.json's TemplateProcessing.
-    if (config.contains("add_bos_token") || config.contains("add_eos_token")) {
-      if (config.value("add_bos_token", false) && t->bos_id_) t->prefix_ids_.push_back(*t->bos_id_);
-      if (config.value("add_eos_token", false) && t->eos_id_) t->suffix_ids_.push_back(*t->eos_id_);
+    if (config.add_bos_token || config.add_eos_token) {
+      if (config.add_bos_token.value_or(false) && t->bos_id_) t->prefix_ids_.push_back(*t->bos_id_);
+      if (config.add_eos_token.value_or(false) && t->eos_id_) t->suffix_ids_.push_back(*t->eos_id_);
     } else {
       json post = spec.value("post_processor", json());
       std::vector<json> processors;

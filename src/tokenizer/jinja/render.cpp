@@ -1,0 +1,842 @@
+#include "tokenizer/jinja/render.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "tokenizer/jinja/value.h"
+#include "tokenizer/utf8.h"
+
+namespace deepmoe::jinja {
+namespace {
+
+using Args = std::vector<Value>;
+using Kwargs = std::vector<std::pair<std::string, Value>>;
+
+// Code points of a UTF-8 string, for Python's character-based len() and slicing.
+std::vector<std::string> characters(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t pos = 0; pos < s.size();) {
+    const size_t start = pos;
+    const size_t n = utf8::valid_sequence_length(s, pos);
+    pos += std::max<size_t>(n, 1);
+    out.push_back(s.substr(start, pos - start));
+  }
+  return out;
+}
+
+bool is_py_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+std::string strip(const std::string& s, bool left, bool right, const Value& chars) {
+  const auto drop = [&](char c) { return chars.is_string() ? chars.str().find(c) != std::string::npos : is_py_space(c); };
+  size_t b = 0, e = s.size();
+  if (left)
+    while (b < e && drop(s[b])) ++b;
+  if (right)
+    while (e > b && drop(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+std::string ascii_case(std::string s, bool upper) {
+  for (char& c : s) c = char(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string title_case(const std::string& s) {
+  std::string out = s;
+  bool start = true;
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalpha(u)) {
+      c = char(start ? std::toupper(u) : std::tolower(u));
+      start = false;
+    } else {
+      start = true;
+    }
+  }
+  return out;
+}
+
+std::string replace_all(const std::string& s, const std::string& from, const std::string& to, int64_t count) {
+  if (from.empty()) return s;
+  std::string out;
+  size_t pos = 0;
+  for (int64_t n = 0; count < 0 || n < count; ++n) {
+    const size_t hit = s.find(from, pos);
+    if (hit == std::string::npos) break;
+    out.append(s, pos, hit - pos);
+    out += to;
+    pos = hit + from.size();
+  }
+  return out + s.substr(pos);
+}
+
+List split(const std::string& s, const Value& separator, int64_t max_split) {
+  List out;
+  if (!separator.is_string() || separator.str().empty()) {  // Python's split(): runs of whitespace
+    size_t i = 0;
+    int64_t splits = 0;
+    while (true) {
+      while (i < s.size() && is_py_space(s[i])) ++i;
+      if (i >= s.size()) break;
+      if (max_split >= 0 && splits == max_split) {
+        out.emplace_back(strip(s.substr(i), false, true, Value()));
+        break;
+      }
+      size_t j = i;
+      while (j < s.size() && !is_py_space(s[j])) ++j;
+      out.emplace_back(s.substr(i, j - i));
+      ++splits;
+      i = j;
+    }
+    return out;
+  }
+  const std::string& sep = separator.str();
+  size_t pos = 0;
+  for (int64_t n = 0; max_split < 0 || n < max_split; ++n) {
+    const size_t hit = s.find(sep, pos);
+    if (hit == std::string::npos) break;
+    out.emplace_back(s.substr(pos, hit - pos));
+    pos = hit + sep.size();
+  }
+  out.emplace_back(s.substr(pos));
+  return out;
+}
+
+int compare(const Value& a, const Value& b, int line) {
+  if (a.is_number() && b.is_number()) return a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
+  if ((a.is_bool() || a.is_number()) && (b.is_bool() || b.is_number())) {
+    const double x = a.is_bool() ? double(std::get<bool>(a.data)) : a.number();
+    const double y = b.is_bool() ? double(std::get<bool>(b.data)) : b.number();
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+  if (a.is_string() && b.is_string()) return a.str().compare(b.str()) < 0 ? -1 : a.str() == b.str() ? 0 : 1;
+  fail("chat template line {}: cannot compare {} with {}", line, a.type_name(), b.type_name());
+}
+
+const Value* kwarg(const Kwargs& kwargs, const char* name) {
+  for (const auto& [k, v] : kwargs)
+    if (k == name) return &v;
+  return nullptr;
+}
+
+// Positional argument i, or keyword `name`, or the fallback.
+Value argument(const Args& args, const Kwargs& kwargs, size_t i, const char* name, Value fallback = Value()) {
+  if (i < args.size()) return args[i];
+  if (const Value* v = kwarg(kwargs, name)) return *v;
+  return fallback;
+}
+
+int64_t to_int(const Value& v) {
+  if (v.is_int()) return std::get<int64_t>(v.data);
+  if (v.is_float()) return int64_t(std::get<double>(v.data));
+  if (v.is_bool()) return std::get<bool>(v.data);
+  if (v.is_string()) {
+    try {
+      return std::stoll(v.str());
+    } catch (...) {
+      return 0;
+    }
+  }
+  return 0;
+}
+
+// Python's index normalization: negative counts from the end.
+bool normalize_index(int64_t& i, int64_t size) {
+  if (i < 0) i += size;
+  return i >= 0 && i < size;
+}
+
+class Interpreter {
+ public:
+  explicit Interpreter(const nlohmann::json& context) {
+    scopes_.emplace_back();
+    auto& globals = scopes_.back();
+    for (const auto& [k, v] : context.items()) globals[k] = from_json(v);
+    define("raise_exception", [](Args& args, Kwargs&) -> Value {
+      fail("chat template raised an exception: {}", args.empty() ? std::string() : to_output(args[0]));
+    });
+    define("namespace", [](Args&, Kwargs& kwargs) -> Value {
+      auto fields = std::make_shared<Dict>();
+      for (auto& [k, v] : kwargs) fields->emplace_back(k, v);
+      return Value(Namespace{fields});
+    });
+    define("range", [](Args& args, Kwargs&) -> Value {
+      int64_t start = 0, stop = 0, step = 1;
+      if (args.size() == 1) stop = to_int(args[0]);
+      if (args.size() >= 2) start = to_int(args[0]), stop = to_int(args[1]);
+      if (args.size() >= 3) step = to_int(args[2]);
+      if (step == 0) fail("range() step must not be zero");
+      List out;
+      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.emplace_back(i);
+      return Value(std::move(out));
+    });
+    define("strftime_now", [](Args& args, Kwargs&) -> Value {
+      const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+      std::tm local{};
+      localtime_r(&now, &local);
+      char buffer[256];
+      const std::string format = args.empty() ? "%Y-%m-%d" : to_output(args[0]);
+      return Value(std::string(buffer, std::strftime(buffer, sizeof buffer, format.c_str(), &local)));
+    });
+  }
+
+  std::string run(const Template& t) {
+    std::string out;
+    render(t.body, out);
+    return out;
+  }
+
+ private:
+  enum class Flow { kNormal, kBreak, kContinue };
+
+  void define(const std::string& name, std::function<Value(Args&, Kwargs&)> f) {
+    scopes_.front()[name] = Value(std::make_shared<Callable>(Callable{name, std::move(f)}));
+  }
+
+  Value lookup(const std::string& name) const {
+    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it)
+      if (const auto found = it->find(name); found != it->end()) return found->second;
+    return Value();
+  }
+
+  Flow render(const Body& body, std::string& out) {
+    for (const auto& node : body) {
+      const Flow flow = render(*node, out);
+      if (flow != Flow::kNormal) return flow;
+    }
+    return Flow::kNormal;
+  }
+
+  Flow render(const Node& node, std::string& out) {
+    switch (node.kind) {
+      case Node::Kind::kText: out += node.text; return Flow::kNormal;
+      case Node::Kind::kOutput: out += to_output(eval(*node.expr)); return Flow::kNormal;
+      case Node::Kind::kIf:
+        for (const auto& [condition, body] : node.branches)
+          if (!condition || eval(*condition).truthy()) return render(body, out);
+        return Flow::kNormal;
+      case Node::Kind::kFor: return render_for(node, out);
+      case Node::Kind::kSet: {
+        Value value;
+        if (node.expr) {
+          value = eval(*node.expr);
+        } else {
+          std::string captured;
+          render(node.body, captured);
+          value = Value(std::move(captured));
+        }
+        if (node.attribute.empty()) {
+          scopes_.back()[node.text] = std::move(value);
+        } else {
+          const Value target = lookup(node.text);
+          if (!target.is_namespace())
+            fail("chat template line {}: cannot set '{}.{}': '{}' is a {}, not a namespace", node.line, node.text,
+                 node.attribute, node.text, target.type_name());
+          Dict& fields = *std::get<Namespace>(target.data).fields;
+          auto it = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == node.attribute; });
+          if (it == fields.end()) {
+            fields.emplace_back(node.attribute, std::move(value));
+          } else {
+            it->second = std::move(value);
+          }
+        }
+        return Flow::kNormal;
+      }
+      case Node::Kind::kMacro: define_macro(node); return Flow::kNormal;
+      case Node::Kind::kBreak: return Flow::kBreak;
+      case Node::Kind::kContinue: return Flow::kContinue;
+    }
+    return Flow::kNormal;
+  }
+
+  void define_macro(const Node& node) {
+    const Node* macro = &node;
+    scopes_.back()[node.text] = Value(std::make_shared<Callable>(Callable{
+        node.text, [this, macro](Args& args, Kwargs& kwargs) -> Value {
+          std::unordered_map<std::string, Value> frame;
+          for (size_t i = 0; i < macro->targets.size(); ++i) {
+            Value v = argument(args, kwargs, i, macro->targets[i].c_str());
+            if (v.is_undefined() && macro->defaults[i]) v = eval(*macro->defaults[i]);
+            frame[macro->targets[i]] = v;
+          }
+          scopes_.push_back(std::move(frame));
+          std::string out;
+          render(macro->body, out);
+          scopes_.pop_back();
+          return Value(std::move(out));
+        }}));
+  }
+
+  List iterable(const Value& v, int line) {
+    if (v.is_list()) return v.list();
+    if (v.is_dict()) {
+      List keys;
+      for (const auto& [k, _] : v.dict()) keys.emplace_back(k);
+      return keys;
+    }
+    if (v.is_string()) {
+      List chars;
+      for (auto& c : characters(v.str())) chars.emplace_back(std::move(c));
+      return chars;
+    }
+    if (v.is_undefined() || v.is_none()) return {};
+    fail("chat template line {}: cannot iterate over a {}", line, v.type_name());
+  }
+
+  Flow render_for(const Node& node, std::string& out) {
+    List items = iterable(eval(*node.expr), node.line);
+    if (node.filter) {
+      List kept;
+      for (auto& item : items) {
+        scopes_.emplace_back();
+        bind_targets(node, item);
+        if (eval(*node.filter).truthy()) kept.push_back(item);
+        scopes_.pop_back();
+      }
+      items = std::move(kept);
+    }
+    if (items.empty()) return render(node.else_body, out);
+    const int64_t n = int64_t(items.size());
+    for (int64_t i = 0; i < n; ++i) {
+      scopes_.emplace_back();
+      bind_targets(node, items[size_t(i)]);
+      Dict loop = {{"index", Value(i + 1)},
+                   {"index0", Value(i)},
+                   {"revindex", Value(n - i)},
+                   {"revindex0", Value(n - i - 1)},
+                   {"first", Value(i == 0)},
+                   {"last", Value(i == n - 1)},
+                   {"length", Value(n)},
+                   {"previtem", i > 0 ? items[size_t(i - 1)] : Value()},
+                   {"nextitem", i + 1 < n ? items[size_t(i + 1)] : Value()}};
+      scopes_.back()["loop"] = Value(std::move(loop));
+      const Flow flow = render(node.body, out);
+      scopes_.pop_back();
+      if (flow == Flow::kBreak) break;
+    }
+    return Flow::kNormal;
+  }
+
+  void bind_targets(const Node& node, const Value& item) {
+    if (node.targets.size() == 1) {
+      scopes_.back()[node.targets[0]] = item;
+      return;
+    }
+    if (!item.is_list() || item.list().size() != node.targets.size())
+      fail("chat template line {}: cannot unpack {} into {} loop variables", node.line, item.type_name(),
+           node.targets.size());
+    for (size_t i = 0; i < node.targets.size(); ++i) scopes_.back()[node.targets[i]] = item.list()[i];
+  }
+
+  Value eval(const Expr& e) {
+    switch (e.kind) {
+      case Expr::Kind::kLiteral:
+        switch (e.literal) {
+          case Expr::Literal::kNone: return Value(None{});
+          case Expr::Literal::kBool: return Value(!e.name.empty());
+          case Expr::Literal::kInt: return Value(int64_t(std::stoll(e.name)));
+          case Expr::Literal::kFloat: return Value(std::stod(e.name));
+          case Expr::Literal::kString: return Value(e.name);
+        }
+        return Value();
+      case Expr::Kind::kName: return lookup(e.name);
+      case Expr::Kind::kList: {
+        List list;
+        for (const auto& a : e.args) list.push_back(eval(*a));
+        return Value(std::move(list));
+      }
+      case Expr::Kind::kDict: {
+        Dict dict;
+        for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
+          const Value key = eval(*e.args[i]);
+          if (!key.is_string()) fail("chat template line {}: dict keys must be strings", e.line);
+          dict.emplace_back(key.str(), eval(*e.args[i + 1]));
+        }
+        return Value(std::move(dict));
+      }
+      case Expr::Kind::kAttribute: return attribute(eval(*e.args[0]), e.name, e.line);
+      case Expr::Kind::kSubscript: return subscript(eval(*e.args[0]), eval(*e.args[1]), e.line);
+      case Expr::Kind::kSlice: return slice(e);
+      case Expr::Kind::kCall: return call(e);
+      case Expr::Kind::kFilter: return filter(e);
+      case Expr::Kind::kTest: return Value(test(e) != e.negated);
+      case Expr::Kind::kUnary: {
+        const Value v = eval(*e.args[0]);
+        if (e.name == "not") return Value(!v.truthy());
+        if (!v.is_number()) fail("chat template line {}: unary '{}' on a {}", e.line, e.name, v.type_name());
+        if (e.name == "+") return v;
+        return v.is_int() ? Value(-std::get<int64_t>(v.data)) : Value(-std::get<double>(v.data));
+      }
+      case Expr::Kind::kBinary: return binary(e);
+      case Expr::Kind::kConditional:
+        if (eval(*e.args[0]).truthy()) return eval(*e.args[1]);
+        return e.args[2] ? eval(*e.args[2]) : Value();
+    }
+    return Value();
+  }
+
+  Value attribute(const Value& object, const std::string& name, int line) {
+    if (object.is_dict()) {
+      if (const Value* v = find(object.dict(), name)) return *v;
+    } else if (object.is_namespace()) {
+      if (const Value* v = find(*std::get<Namespace>(object.data).fields, name)) return *v;
+      return Value();
+    }
+    // Methods of strings, lists and dicts come back as bound callables; any other name of a
+    // dict is a missing key (undefined), as in Jinja.
+    static const char* const kStringMethods[] = {"strip", "lstrip", "rstrip", "upper", "lower", "title", "capitalize",
+                                                 "startswith", "endswith", "split", "replace", "find", "count", "join"};
+    static const char* const kDictMethods[] = {"items", "keys", "values", "get"};
+    static const char* const kListMethods[] = {"append", "index"};
+    const auto known = [&](const auto& names) {
+      return std::find(std::begin(names), std::end(names), name) != std::end(names);
+    };
+    if ((object.is_string() && known(kStringMethods)) || (object.is_dict() && known(kDictMethods)) ||
+        (object.is_list() && known(kListMethods))) {
+      Value self = object;
+      const std::string method = name;
+      return Value(std::make_shared<Callable>(Callable{
+          name, [this, self, method, line](Args& args, Kwargs& kwargs) { return call_method(self, method, args, kwargs, line); }}));
+    }
+    return Value();
+  }
+
+  Value subscript(const Value& object, const Value& key, int line) {
+    if (object.is_dict()) {
+      if (!key.is_string()) return Value();
+      const Value* v = find(object.dict(), key.str());
+      return v ? *v : Value();
+    }
+    if (object.is_namespace() && key.is_string()) return attribute(object, key.str(), line);
+    if (object.is_list() && (key.is_int() || key.is_bool())) {
+      int64_t i = to_int(key);
+      return normalize_index(i, int64_t(object.list().size())) ? object.list()[size_t(i)] : Value();
+    }
+    if (object.is_string() && key.is_int()) {
+      const auto chars = characters(object.str());
+      int64_t i = to_int(key);
+      return normalize_index(i, int64_t(chars.size())) ? Value(chars[size_t(i)]) : Value();
+    }
+    if (object.is_undefined() || object.is_none()) return Value();
+    fail("chat template line {}: cannot index a {} with a {}", line, object.type_name(), key.type_name());
+  }
+
+  Value slice(const Expr& e) {
+    const Value object = eval(*e.args[0]);
+    const auto part = [&](size_t i) -> std::optional<int64_t> {
+      if (!e.args[i]) return std::nullopt;
+      const Value v = eval(*e.args[i]);
+      if (v.is_none()) return std::nullopt;
+      return to_int(v);
+    };
+    const std::optional<int64_t> start = part(1), stop = part(2), step_opt = part(3);
+    const int64_t step = step_opt.value_or(1);
+    if (step == 0) fail("chat template line {}: slice step cannot be zero", e.line);
+    List items;
+    std::vector<std::string> chars;
+    if (object.is_list()) {
+      items = object.list();
+    } else if (object.is_string()) {
+      chars = characters(object.str());
+      for (auto& c : chars) items.emplace_back(c);
+    } else {
+      fail("chat template line {}: cannot slice a {}", e.line, object.type_name());
+    }
+    const int64_t n = int64_t(items.size());
+    // Python's slice.indices().
+    const auto clamp = [&](std::optional<int64_t> v, int64_t fallback, bool is_start) {
+      if (!v) return fallback;
+      int64_t x = *v;
+      if (x < 0) x += n;
+      if (step > 0) return std::clamp<int64_t>(x, 0, n);
+      (void)is_start;
+      return std::clamp<int64_t>(x, -1, n - 1);
+    };
+    const int64_t b = clamp(start, step > 0 ? 0 : n - 1, true), end = clamp(stop, step > 0 ? n : -1, false);
+    List out;
+    for (int64_t i = b; step > 0 ? i < end : i > end; i += step) out.push_back(items[size_t(i)]);
+    if (object.is_string()) {
+      std::string s;
+      for (const auto& v : out) s += v.str();
+      return Value(std::move(s));
+    }
+    return Value(std::move(out));
+  }
+
+  void evaluate_arguments(const Expr& e, size_t first, Args& args, Kwargs& kwargs) {
+    for (size_t i = first; i < e.args.size(); ++i) args.push_back(eval(*e.args[i]));
+    for (const auto& [k, v] : e.kwargs) kwargs.emplace_back(k, eval(*v));
+  }
+
+  Value call(const Expr& e) {
+    const Value callee = eval(*e.args[0]);
+    Args args;
+    Kwargs kwargs;
+    evaluate_arguments(e, 1, args, kwargs);
+    if (!callee.is_callable() && e.args[0]->kind == Expr::Kind::kAttribute) {
+      const Value object = eval(*e.args[0]->args[0]);
+      if (object.is_string() || object.is_list() || object.is_dict())
+        fail("chat template line {}: unsupported method '{}' of a {}", e.line, e.args[0]->name, object.type_name());
+    }
+    if (!callee.is_callable()) {
+      const std::string what = e.args[0]->kind == Expr::Kind::kName || e.args[0]->kind == Expr::Kind::kAttribute
+                                   ? "'" + e.args[0]->name + "'"
+                                   : "this value";
+      fail("chat template line {}: {} is not a function (unsupported or undefined)", e.line, what);
+    }
+    auto& c = *std::get<std::shared_ptr<Callable>>(callee.data);
+    return c.call(args, kwargs);
+  }
+
+  Value call_method(const Value& self, const std::string& method, Args& args, Kwargs& kwargs, int line) {
+    if (self.is_string()) {
+      const std::string& s = self.str();
+      if (method == "strip") return Value(strip(s, true, true, argument(args, kwargs, 0, "chars")));
+      if (method == "lstrip") return Value(strip(s, true, false, argument(args, kwargs, 0, "chars")));
+      if (method == "rstrip") return Value(strip(s, false, true, argument(args, kwargs, 0, "chars")));
+      if (method == "upper") return Value(ascii_case(s, true));
+      if (method == "lower") return Value(ascii_case(s, false));
+      if (method == "title") return Value(title_case(s));
+      if (method == "capitalize") return Value(s.empty() ? s : ascii_case(s.substr(0, 1), true) + ascii_case(s.substr(1), false));
+      if (method == "startswith" || method == "endswith") {
+        const Value prefix = argument(args, kwargs, 0, "prefix");
+        const auto check = [&](const std::string& p) {
+          return method == "startswith" ? s.compare(0, p.size(), p) == 0
+                                        : s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+        };
+        if (prefix.is_string()) return Value(check(prefix.str()));
+        if (prefix.is_list()) {
+          for (const auto& p : prefix.list())
+            if (p.is_string() && check(p.str())) return Value(true);
+          return Value(false);
+        }
+      }
+      if (method == "split") return Value(split(s, argument(args, kwargs, 0, "sep"), to_int(argument(args, kwargs, 1, "maxsplit", Value(-1)))));
+      if (method == "replace") {
+        const Value from = argument(args, kwargs, 0, "old"), to = argument(args, kwargs, 1, "new");
+        if (from.is_string() && to.is_string())
+          return Value(replace_all(s, from.str(), to.str(), to_int(argument(args, kwargs, 2, "count", Value(-1)))));
+      }
+      if (method == "find") {
+        const Value sub = argument(args, kwargs, 0, "sub");
+        if (sub.is_string()) {
+          const size_t hit = s.find(sub.str());
+          return Value(hit == std::string::npos ? int64_t(-1) : int64_t(characters(s.substr(0, hit)).size()));
+        }
+      }
+      if (method == "count") {
+        const Value sub = argument(args, kwargs, 0, "sub");
+        if (sub.is_string() && !sub.str().empty()) {
+          int64_t n = 0;
+          for (size_t pos = s.find(sub.str()); pos != std::string::npos; pos = s.find(sub.str(), pos + sub.str().size())) ++n;
+          return Value(n);
+        }
+      }
+      if (method == "join") {
+        std::string out;
+        const List items = iterable(argument(args, kwargs, 0, "iterable"), line);
+        for (size_t i = 0; i < items.size(); ++i) out += (i ? s : "") + to_output(items[i]);
+        return Value(std::move(out));
+      }
+    } else if (self.is_dict()) {
+      if (method == "items") {
+        List out;
+        for (const auto& [k, v] : self.dict()) out.emplace_back(List{Value(k), v});
+        return Value(std::move(out));
+      }
+      if (method == "keys" || method == "values") {
+        List out;
+        for (const auto& [k, v] : self.dict()) out.push_back(method == "keys" ? Value(k) : v);
+        return Value(std::move(out));
+      }
+      if (method == "get") {
+        const Value key = argument(args, kwargs, 0, "key");
+        if (key.is_string())
+          if (const Value* v = find(self.dict(), key.str())) return *v;
+        return argument(args, kwargs, 1, "default", Value(None{}));
+      }
+    } else if (self.is_list()) {
+      if (method == "append" && args.size() == 1) {
+        self.list().push_back(args[0]);
+        return Value(None{});
+      }
+      if (method == "index" && args.size() == 1) {
+        for (size_t i = 0; i < self.list().size(); ++i)
+          if (equal(self.list()[i], args[0])) return Value(int64_t(i));
+        fail("chat template line {}: list.index(): value not in list", line);
+      }
+    }
+    fail("chat template line {}: unsupported method '{}' of a {}", line, method, self.type_name());
+  }
+
+  Value binary(const Expr& e) {
+    const std::string& op = e.name;
+    if (op == "and") {
+      const Value left = eval(*e.args[0]);
+      return left.truthy() ? eval(*e.args[1]) : left;
+    }
+    if (op == "or") {
+      const Value left = eval(*e.args[0]);
+      return left.truthy() ? left : eval(*e.args[1]);
+    }
+    const Value a = eval(*e.args[0]), b = eval(*e.args[1]);
+    if (op == "==") return Value(equal(a, b));
+    if (op == "!=") return Value(!equal(a, b));
+    if (op == "<") return Value(compare(a, b, e.line) < 0);
+    if (op == ">") return Value(compare(a, b, e.line) > 0);
+    if (op == "<=") return Value(compare(a, b, e.line) <= 0);
+    if (op == ">=") return Value(compare(a, b, e.line) >= 0);
+    if (op == "in" || op == "not in") return Value(contains(b, a, e.line) == (op == "in"));
+    if (op == "~") return Value(to_output(a) + to_output(b));
+    if (op == "+") {
+      if (a.is_string() && b.is_string()) return Value(a.str() + b.str());
+      if (a.is_list() && b.is_list()) {
+        List out = a.list();
+        out.insert(out.end(), b.list().begin(), b.list().end());
+        return Value(std::move(out));
+      }
+    }
+    if (op == "*" && a.is_string() && b.is_int()) {
+      std::string out;
+      for (int64_t i = 0; i < std::get<int64_t>(b.data); ++i) out += a.str();
+      return Value(std::move(out));
+    }
+    if ((a.is_number() || a.is_bool()) && (b.is_number() || b.is_bool())) {
+      const bool ints = !a.is_float() && !b.is_float();
+      const int64_t x = ints ? to_int(a) : 0, y = ints ? to_int(b) : 0;
+      const double fx = a.is_bool() ? double(to_int(a)) : a.number(), fy = b.is_bool() ? double(to_int(b)) : b.number();
+      if (op == "+") return ints ? Value(x + y) : Value(fx + fy);
+      if (op == "-") return ints ? Value(x - y) : Value(fx - fy);
+      if (op == "*") return ints ? Value(x * y) : Value(fx * fy);
+      if (op == "/" ) {
+        if (fy == 0) fail("chat template line {}: division by zero", e.line);
+        return Value(fx / fy);
+      }
+      if (op == "//" || op == "%") {
+        if (fy == 0) fail("chat template line {}: division by zero", e.line);
+        if (ints) {
+          int64_t q = x / y, r = x % y;
+          if (r != 0 && ((r < 0) != (y < 0))) --q, r += y;  // Python floors
+          return op == "//" ? Value(q) : Value(r);
+        }
+        const double q = std::floor(fx / fy);
+        return op == "//" ? Value(q) : Value(fx - q * fy);
+      }
+      if (op == "**") return ints && y >= 0 ? Value(int64_t(std::llround(std::pow(double(x), double(y))))) : Value(std::pow(fx, fy));
+    }
+    fail("chat template line {}: unsupported operands for '{}': {} and {}", e.line, op, a.type_name(), b.type_name());
+  }
+
+  bool contains(const Value& container, const Value& item, int line) {
+    if (container.is_string()) {
+      if (!item.is_string()) fail("chat template line {}: 'in <string>' needs a string on the left", line);
+      return container.str().find(item.str()) != std::string::npos;
+    }
+    if (container.is_list()) {
+      for (const auto& v : container.list())
+        if (equal(v, item)) return true;
+      return false;
+    }
+    if (container.is_dict()) return item.is_string() && find(container.dict(), item.str()) != nullptr;
+    if (container.is_undefined() || container.is_none()) return false;
+    fail("chat template line {}: 'in' on a {}", line, container.type_name());
+  }
+
+  bool test(const Expr& e) {
+    const Value v = eval(*e.args[0]);
+    Args args;
+    Kwargs kwargs;
+    evaluate_arguments(e, 1, args, kwargs);
+    return apply_test(e.name, v, args, e.line);
+  }
+
+  bool apply_test(const std::string& name, const Value& v, const Args& args, int line) {
+    if (name == "defined") return !v.is_undefined();
+    if (name == "undefined") return v.is_undefined();
+    if (name == "none") return v.is_none();
+    if (name == "string") return v.is_string();
+    if (name == "number") return v.is_number();
+    if (name == "integer") return v.is_int();
+    if (name == "float") return v.is_float();
+    if (name == "boolean") return v.is_bool();
+    if (name == "true") return v.is_bool() && std::get<bool>(v.data);
+    if (name == "false") return v.is_bool() && !std::get<bool>(v.data);
+    if (name == "mapping") return v.is_dict();
+    if (name == "sequence") return v.is_list() || v.is_string();
+    if (name == "iterable") return v.is_list() || v.is_string() || v.is_dict();
+    if (name == "callable") return v.is_callable();
+    if (name == "odd" || name == "even") return v.is_int() && (std::get<int64_t>(v.data) % 2 != 0) == (name == "odd");
+    if (name == "divisibleby" && args.size() == 1) return to_int(args[0]) != 0 && to_int(v) % to_int(args[0]) == 0;
+    if ((name == "equalto" || name == "eq" || name == "sameas") && args.size() == 1) return equal(v, args[0]);
+    if (name == "ne" && args.size() == 1) return !equal(v, args[0]);
+    if (name == "in" && args.size() == 1) return contains(args[0], v, line);
+    if (name == "lower") return v.is_string() && ascii_case(v.str(), false) == v.str();
+    if (name == "upper") return v.is_string() && ascii_case(v.str(), true) == v.str();
+    fail("chat template line {}: unsupported test '{}'", line, name);
+  }
+
+  // selectattr / rejectattr / select / reject share the "attribute, test, argument" form.
+  List select(const Value& input, const Args& args, bool by_attribute, bool keep, int line) {
+    List out;
+    for (const auto& item : iterable(input, line)) {
+      size_t next = 0;
+      Value subject = item;
+      if (by_attribute) {
+        if (args.empty() || !args[0].is_string()) fail("chat template line {}: selectattr needs an attribute name", line);
+        subject = attribute(item, args[0].str(), line);
+        next = 1;
+      }
+      bool result;
+      if (next < args.size()) {
+        if (!args[next].is_string()) fail("chat template line {}: the test name must be a string", line);
+        const Args rest(args.begin() + long(next) + 1, args.end());
+        result = apply_test(args[next].str(), subject, rest, line);
+      } else {
+        result = subject.truthy();
+      }
+      if (result == keep) out.push_back(item);
+    }
+    return out;
+  }
+
+  Value filter(const Expr& e) {
+    const Value v = eval(*e.args[0]);
+    Args args;
+    Kwargs kwargs;
+    evaluate_arguments(e, 1, args, kwargs);
+    const std::string& name = e.name;
+    if (name == "trim") return Value(v.is_string() ? strip(v.str(), true, true, argument(args, kwargs, 0, "chars")) : to_output(v));
+    if (name == "upper") return Value(ascii_case(to_output(v), true));
+    if (name == "lower") return Value(ascii_case(to_output(v), false));
+    if (name == "title") return Value(title_case(to_output(v)));
+    if (name == "capitalize") {
+      const std::string s = to_output(v);
+      return Value(s.empty() ? s : ascii_case(s.substr(0, 1), true) + ascii_case(s.substr(1), false));
+    }
+    if (name == "length" || name == "count") {
+      if (v.is_string()) return Value(int64_t(characters(v.str()).size()));
+      if (v.is_list()) return Value(int64_t(v.list().size()));
+      if (v.is_dict()) return Value(int64_t(v.dict().size()));
+      if (v.is_undefined()) return Value(int64_t(0));
+      fail("chat template line {}: length of a {}", e.line, v.type_name());
+    }
+    if (name == "first" || name == "last") {
+      const List items = iterable(v, e.line);
+      if (items.empty()) return Value();
+      return name == "first" ? items.front() : items.back();
+    }
+    if (name == "join") {
+      const Value sep = argument(args, kwargs, 0, "d", Value(""));
+      const Value attr = argument(args, kwargs, 1, "attribute");
+      std::string out;
+      const List items = iterable(v, e.line);
+      for (size_t i = 0; i < items.size(); ++i)
+        out += (i ? to_output(sep) : "") + to_output(attr.is_string() ? attribute(items[i], attr.str(), e.line) : items[i]);
+      return Value(std::move(out));
+    }
+    if (name == "default" || name == "d") {
+      const bool boolean = argument(args, kwargs, 1, "boolean", Value(false)).truthy();
+      if (v.is_undefined() || (boolean && !v.truthy())) return argument(args, kwargs, 0, "default_value", Value(""));
+      return v;
+    }
+    if (name == "string") return Value(to_output(v));
+    if (name == "int") return Value(to_int(v));
+    if (name == "float") return Value(v.is_number() ? v.number() : v.is_string() ? std::strtod(v.str().c_str(), nullptr) : 0.0);
+    if (name == "abs" && v.is_number()) return v.is_int() ? Value(int64_t(std::llabs(std::get<int64_t>(v.data)))) : Value(std::fabs(v.number()));
+    if (name == "tojson") return Value(to_json(v, int(to_int(argument(args, kwargs, 0, "indent", Value(0))))));
+    if (name == "replace" && v.is_string()) {
+      const Value from = argument(args, kwargs, 0, "old"), to = argument(args, kwargs, 1, "new");
+      if (from.is_string() && to.is_string())
+        return Value(replace_all(v.str(), from.str(), to.str(), to_int(argument(args, kwargs, 2, "count", Value(-1)))));
+    }
+    if (name == "list") return Value(iterable(v, e.line));
+    if (name == "items" && v.is_dict()) {
+      List out;
+      for (const auto& [k, item] : v.dict()) out.emplace_back(List{Value(k), item});
+      return Value(std::move(out));
+    }
+    if (name == "reverse") {
+      if (v.is_string()) {
+        auto chars = characters(v.str());
+        std::reverse(chars.begin(), chars.end());
+        std::string out;
+        for (auto& c : chars) out += c;
+        return Value(std::move(out));
+      }
+      List items = iterable(v, e.line);
+      std::reverse(items.begin(), items.end());
+      return Value(std::move(items));
+    }
+    if (name == "selectattr" || name == "rejectattr") return Value(select(v, args, true, name == "selectattr", e.line));
+    if (name == "select" || name == "reject") return Value(select(v, args, false, name == "select", e.line));
+    if (name == "map") {
+      List out;
+      const Value attr = kwarg(kwargs, "attribute") ? *kwarg(kwargs, "attribute") : Value();
+      for (const auto& item : iterable(v, e.line)) {
+        if (attr.is_string()) {
+          Value got = attribute(item, attr.str(), e.line);
+          if (got.is_undefined() && kwarg(kwargs, "default")) got = *kwarg(kwargs, "default");
+          out.push_back(got);
+        } else if (!args.empty() && args[0].is_string()) {
+          Expr call;
+          call.kind = Expr::Kind::kFilter;
+          call.name = args[0].str();
+          call.line = e.line;
+          out.push_back(apply_simple_filter(args[0].str(), item, e.line));
+        } else {
+          fail("chat template line {}: map needs attribute= or a filter name", e.line);
+        }
+      }
+      return Value(std::move(out));
+    }
+    if (name == "unique") {
+      List out;
+      for (const auto& item : iterable(v, e.line))
+        if (std::none_of(out.begin(), out.end(), [&](const Value& o) { return equal(o, item); })) out.push_back(item);
+      return Value(std::move(out));
+    }
+    if (name == "safe" || name == "e" || name == "escape") {
+      if (name == "safe") return v;
+    }
+    if (name == "indent" && v.is_string()) {
+      const int64_t width = to_int(argument(args, kwargs, 0, "width", Value(4)));
+      const bool first = argument(args, kwargs, 1, "first", Value(false)).truthy();
+      const std::string pad(size_t(std::max<int64_t>(width, 0)), ' ');
+      std::string out = first ? pad : "";
+      for (const char c : v.str()) {
+        out += c;
+        if (c == '\n') out += pad;
+      }
+      return Value(std::move(out));
+    }
+    fail("chat template line {}: unsupported filter '{}'", e.line, name);
+  }
+
+  // Filters applied by name from map(): the one-argument ones.
+  Value apply_simple_filter(const std::string& name, const Value& v, int line) {
+    if (name == "string") return Value(to_output(v));
+    if (name == "trim") return Value(strip(to_output(v), true, true, Value()));
+    if (name == "lower") return Value(ascii_case(to_output(v), false));
+    if (name == "upper") return Value(ascii_case(to_output(v), true));
+    if (name == "int") return Value(to_int(v));
+    if (name == "tojson") return Value(to_json(v, 0));
+    fail("chat template line {}: unsupported filter '{}' in map()", line, name);
+  }
+
+  std::vector<std::unordered_map<std::string, Value>> scopes_;
+};
+
+}  // namespace
+
+std::string render(const Template& tmpl, const nlohmann::json& context) {
+  Interpreter interpreter(context);
+  return interpreter.run(tmpl);
+}
+
+}  // namespace deepmoe::jinja
