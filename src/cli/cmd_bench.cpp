@@ -51,7 +51,7 @@ void add_bench_command(CLI::App& app) {
 
     std::vector<double> prefill, decode;
     for (int64_t rep = 0; rep < options->reps; ++rep) {
-      const auto stats = generate(model, prompt, options->gen, SamplingParams{}, [](int32_t) {});
+      const auto stats = generate(model, prompt, options->gen, SamplingParams{}, [](int32_t) { return true; });
       prefill.push_back(stats.prefill_tokens_per_second());
       decode.push_back(stats.decode_tokens_per_second());
     }

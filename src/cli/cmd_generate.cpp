@@ -3,21 +3,24 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/generator.h"
+#include "tokenizer/tokenizer.h"
 
 namespace deepmoe::cli {
 
 void add_generate_command(CLI::App& app) {
   struct Options {
-    std::string model, tokens;
+    std::string model, tokens, prompt;
     int64_t n_new = 16;
     int threads = 0;
     SamplingParams sampling;
   };
   auto options = std::make_shared<Options>();
-  auto* command = app.add_subcommand("generate", "Generate tokens after a prompt");
+  auto* command = app.add_subcommand("generate", "Generate after a prompt (text, or token ids)");
   command->add_option("--model", options->model, "HuggingFace model directory")->required();
-  command->add_option("--tokens", options->tokens, "prompt as comma-separated token ids")->required();
-  command->add_option("-n", options->n_new, "tokens to generate");
+  auto* tokens = command->add_option("--tokens", options->tokens, "prompt as comma-separated token ids (prints ids)");
+  auto* prompt = command->add_option("--prompt", options->prompt, "prompt text (needs the model's tokenizer.json; prints text)");
+  tokens->excludes(prompt);
+  command->add_option("-n", options->n_new, "tokens to generate (text generation also stops at EOS)");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   command->add_option("--temperature", options->sampling.temperature, "0: greedy and deterministic");
   command->add_option("--top-k", options->sampling.top_k, "keep the k most likely tokens (0: off)");
@@ -25,19 +28,35 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--min-p", options->sampling.min_p, "drop tokens below min-p times the best (0: off)");
   command->add_option("--repetition-penalty", options->sampling.repetition_penalty, "1: off");
   command->add_option("--seed", options->sampling.seed, "sampling seed");
-  command->callback([options] {
+  command->callback([options, tokens, prompt] {
+    if (!*tokens && !*prompt) fail("generate needs --prompt TEXT or --tokens IDS");
     validate(options->sampling);
     if (options->n_new < 0) fail("-n must be >= 0, found {}", options->n_new);
-    const auto prompt = parse_token_list(options->tokens);
+    std::unique_ptr<Tokenizer> tokenizer;
+    std::vector<int32_t> ids;
+    if (*prompt) {
+      tokenizer = load_model_tokenizer(options->model);
+      ids = tokenizer->encode(options->prompt, true);  // BOS as the tokenizer's config says, like HF
+    } else {
+      ids = parse_token_list(options->tokens);
+    }
     const auto weights = load_model(options->model);
     Model model(*weights, resolve_threads(options->threads));
     bool first = true;
-    const auto stats = generate(model, prompt, options->n_new, options->sampling, [&](int32_t token) {
-      fmt::print("{}{}", first ? "" : ",", token);
+    std::unique_ptr<StreamingDecoder> text;
+    if (tokenizer) text = std::make_unique<StreamingDecoder>(*tokenizer, true);
+    const auto stats = generate(model, ids, options->n_new, options->sampling, [&](int32_t token) {
+      if (text) {
+        if (tokenizer->eos_id() && token == *tokenizer->eos_id()) return false;
+        fmt::print("{}", text->push(token));
+      } else {
+        fmt::print("{}{}", first ? "" : ",", token);
+      }
       std::fflush(stdout);
       first = false;
+      return true;
     });
-    fmt::print("\n");
+    fmt::print("{}\n", text ? text->finish() : "");
     fmt::print(stderr, "prefill: {} tokens, {:.1f} tok/s; decode: {} tokens, {:.1f} tok/s\n", stats.prompt_tokens,
                stats.prefill_tokens_per_second(), stats.generated_tokens, stats.decode_tokens_per_second());
   });

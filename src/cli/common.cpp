@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -65,6 +66,22 @@ std::unique_ptr<ModelWeights> load_model(const std::string& dir) {
                fmt::join(names, ", "), ignored.size() > shown ? ", ..." : "");
   }
   return weights;
+}
+
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir) {
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json"))
+    fail("{}: no tokenizer.json (give token ids with --tokens, or add one: deepmoe init --tokenizer DIR)", model_dir);
+  return Tokenizer::load(model_dir);
+}
+
+void copy_tokenizer_files(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  const fs::path source = fs::is_directory(from) ? fs::path(from) : fs::path(from).parent_path();
+  const fs::path json = fs::is_directory(from) ? source / "tokenizer.json" : fs::path(from);
+  fs::copy_file(json, fs::path(to) / "tokenizer.json", fs::copy_options::overwrite_existing);
+  if (fs::exists(source / "tokenizer_config.json"))
+    fs::copy_file(source / "tokenizer_config.json", fs::path(to) / "tokenizer_config.json",
+                  fs::copy_options::overwrite_existing);
 }
 
 int resolve_threads(int requested) {

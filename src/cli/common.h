@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace deepmoe::cli {
 
@@ -22,6 +23,7 @@ void add_tokenize_command(CLI::App& app);
 void add_detokenize_command(CLI::App& app);
 void add_chat_template_command(CLI::App& app);
 void add_tokenizer_train_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
 
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
 std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");
@@ -34,6 +36,13 @@ std::string read_file(const std::string& path);
 void warn_if_gemm_is_held_back();
 
 std::unique_ptr<ModelWeights> load_model(const std::string& dir);
+
+// The tokenizer of a model directory; the error says how to add one when it is missing.
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir);
+
+// Copies tokenizer.json and (if present) tokenizer_config.json from `from` (a directory or a
+// tokenizer.json) into the directory `to`.
+void copy_tokenizer_files(const std::string& from, const std::string& to);
 
 // Threads to use when --threads is 0: the machine's hardware threads.
 int resolve_threads(int requested);

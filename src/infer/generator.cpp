@@ -7,7 +7,7 @@
 namespace deepmoe {
 
 GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                         const std::function<void(int32_t)>& on_token) {
+                         const std::function<bool(int32_t)>& on_token) {
   if (prompt.empty()) fail("generate: the prompt has no tokens");
   if (n_new < 0) fail("generate: -n must be >= 0, found {}", n_new);
   const Config& c = model.config();
@@ -29,15 +29,15 @@ GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t 
   stats.prefill_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   history.push_back(token);
   stats.generated_tokens = 1;
-  on_token(token);
+  bool more = on_token(token);
 
   start = Clock::now();
-  while (stats.generated_tokens < n_new) {
+  while (more && stats.generated_tokens < n_new) {
     model.forward(std::span<const int32_t>(&token, 1), cache, LogitsFor::LastToken, logits.data());
     token = sampler.sample(logits, history);
     history.push_back(token);
     ++stats.generated_tokens;
-    on_token(token);
+    more = on_token(token);
   }
   stats.decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return stats;

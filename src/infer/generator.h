@@ -24,9 +24,10 @@ struct GenerationStats {
 // Prompt chunks up to this many tokens go through one forward call (bounds scratch memory).
 constexpr int64_t kPrefillChunk = 512;
 
-// Generates up to n_new tokens after `prompt`; on_token is called with each as it is chosen.
+// Generates up to n_new tokens after `prompt`; on_token is called with each as it is chosen and
+// returns false to stop there (an end-of-sequence token, a stop string).
 // Allocates the latent cache for prompt + n_new tokens.
 GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                         const std::function<void(int32_t)>& on_token);
+                         const std::function<bool(int32_t)>& on_token);
 
 }  // namespace deepmoe

@@ -15,6 +15,9 @@ BpeModel::BpeModel(TokenIds vocab, const std::vector<std::pair<std::string_view,
     if (id < 0) fail("vocabulary: token '{}' has negative id {}", token, id);
     max_id = std::max(max_id, id);
   }
+  // Ids index a table, so they must be (nearly) dense, as every real vocabulary is.
+  if (size_t(max_id) >= vocab_.size() + 65536)
+    fail("vocabulary ids are not dense: id {} among only {} tokens", max_id, vocab_.size());
   id_to_token_.resize(size_t(max_id + 1));
   for (const auto& [token, id] : vocab_) id_to_token_[size_t(id)] = token;
   for (int b = 0; b < 256; ++b) {

@@ -99,15 +99,30 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
     ~MatchData() { pcre2_match_data_free(data); }
   };
   thread_local MatchData match_data;
+  // Bounds for patterns from untrusted tokenizer.json files: a catastrophic pattern ends in an
+  // error instead of a hang, and long inputs get a JIT stack larger than the 32 KiB default.
+  struct Limits {
+    pcre2_match_context* context = pcre2_match_context_create(nullptr);
+    pcre2_jit_stack* stack = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, nullptr);
+    Limits() {
+      pcre2_set_match_limit(context, 50'000'000);
+      pcre2_jit_stack_assign(context, nullptr, stack);
+    }
+    ~Limits() {
+      pcre2_jit_stack_free(stack);
+      pcre2_match_context_free(context);
+    }
+  };
+  thread_local Limits limits;
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t offset = 0;
   while (offset <= text.size()) {
     // The text was validated (or sanitized) once by the caller; PCRE2 need not check it again.
     const uint32_t options = PCRE2_NO_UTF_CHECK;
     const int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), offset, options, match_data.data,
-                                                nullptr)
+                                                limits.context)
                               : pcre2_match(impl_->code, subject, text.size(), offset, options, match_data.data,
-                                            nullptr);
+                                            limits.context);
     if (rc == PCRE2_ERROR_NOMATCH) return;
     if (rc < 0) {
       PCRE2_UCHAR message[256];

@@ -34,7 +34,7 @@ cat >config.json <<'JSON'
 JSON
 
 "$deepmoe" --help >/dev/null && ok "help" || bad "help"
-for sub in info init logits generate bench; do
+for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat; do
   "$deepmoe" $sub --help >/dev/null && ok "$sub --help" || bad "$sub --help"
 done
 "$deepmoe" init --config config.json --out model --seed 5 >/dev/null && ok "init" || bad "init"
@@ -81,6 +81,44 @@ echo '{"hidden_size": 64,' >broken/config.json
 expect_error "config not JSON" "config.json" "$deepmoe" info --model broken
 sed 's/"hidden_size": 64/"hidden_size": 80/' model/config.json >broken/config.json
 expect_error "shape mismatch names the tensor" "expected shape" "$deepmoe" info --model broken
+
+# Tokenizer commands on a tokenizer trained here (the comparison with HF is tokenizer_vs_hf.sh).
+for i in $(seq 1 40); do echo "the quick brown fox jumps over the lazy dog $i times, then naps." ; done >text.txt
+"$deepmoe" tokenizer-train --vocab-size 280 --out tok text.txt 2>/dev/null && [ -f tok/tokenizer.json ] &&
+  ok "tokenizer-train" || bad "tokenizer-train"
+ids=$("$deepmoe" tokenize --tokenizer tok --text "the lazy fox<｜User｜>é" 2>/dev/null)
+text=$("$deepmoe" detokenize --tokenizer tok --ids "$ids" 2>/dev/null)
+[ "$text" = "the lazy fox<｜User｜>é" ] && ok "tokenize / detokenize round trip" || bad "round trip ($ids -> $text)"
+"$deepmoe" tokenize --tokenizer tok/tokenizer.json --text "dog" --json | grep -q '^\[[0-9,]*\]$' &&
+  ok "tokenize --json, tokenizer.json path" || bad "tokenize --json"
+printf '"a b"\n"c"\n' >lines.jsonl
+[ "$("$deepmoe" tokenize --tokenizer tok --jsonl lines.jsonl | wc -l)" -eq 2 ] && ok "tokenize --jsonl" || bad "tokenize --jsonl"
+echo '[{"role": "user", "content": "hi"}]' >messages.json
+"$deepmoe" chat-template --tokenizer tok --messages messages.json --add-generation-prompt | grep -q "hi<｜Assistant｜>$" &&
+  ok "chat-template" || bad "chat-template"
+"$deepmoe" init --config config.json --out tmodel --seed 5 --tokenizer tok >/dev/null &&
+  "$deepmoe" generate --model tmodel --prompt "the fox" -n 5 --temperature 0 >gen.txt 2>/dev/null && [ -s gen.txt ] &&
+  ok "init --tokenizer, generate --prompt" || bad "generate --prompt"
+printf 'hello\nagain\n' | "$deepmoe" chat --model tmodel -n 3 --temperature 0 >chat.txt 2>/dev/null &&
+  [ "$(wc -l <chat.txt)" -eq 2 ] && ok "chat reads stdin line by line" || bad "chat"
+
+expect_error "missing tokenizer" "no such file" "$deepmoe" tokenize --tokenizer nowhere --text x
+/usr/bin/python3 -c "
+import json; t = json.load(open('tok/tokenizer.json')); t['model']['type'] = 'Unigram'; json.dump(t, open('uni.json', 'w'))"
+expect_error "unsupported tokenizer model" "Unigram" "$deepmoe" tokenize --tokenizer uni.json --text x
+echo '{"model": {"type": "BPE", "vocab": {' >trunc.json
+expect_error "truncated tokenizer.json" "not valid JSON" "$deepmoe" tokenize --tokenizer trunc.json --text x
+expect_error "id outside the tokenizer" "99999" "$deepmoe" detokenize --tokenizer tok --ids 1,99999
+printf '"ok"\n42\n' >badlines.jsonl
+expect_error "jsonl line not a string" "badlines.jsonl:2" "$deepmoe" tokenize --tokenizer tok --jsonl badlines.jsonl
+echo '[{"content": "no role"}]' >badmessages.json
+expect_error "message without role" "role" "$deepmoe" chat-template --tokenizer tok --messages badmessages.json
+echo '{% for m in messages %}{{ m.content | wordwrap }}{% endfor %}' >bad.jinja
+expect_error "unsupported template filter" "wordwrap" "$deepmoe" chat-template --tokenizer tok --messages messages.json --template bad.jinja
+expect_error "prompt without tokenizer" "tokenizer.json" "$deepmoe" generate --model model --prompt "hi"
+expect_error "vocab too small to train" "vocab-size" "$deepmoe" tokenizer-train --vocab-size 10 --out t2 text.txt
+sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
+expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

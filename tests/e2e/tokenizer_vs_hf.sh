@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deepmoe's tokenizer against HF tokenizers' JavaScript port, id for id, on a varied corpus
 # (Brown, nlp-corpus, hand-written edge cases), for the DeepSeek-V3, Llama 3 and GPT-2
-# tokenizers; invalid UTF-8 files against WHATWG decoding; and decode(encode(x)) == x.
+# tokenizers and one trained here by `deepmoe tokenizer-train` (HF's loader must read it as we
+# do); invalid UTF-8 files against WHATWG decoding; and decode(encode(x)) == x.
 #   tests/e2e/tokenizer_vs_hf.sh path/to/deepmoe work-dir
 set -euo pipefail
 deepmoe=$1
@@ -16,9 +17,13 @@ printf '\xff\xfe plain \x80\x80 text' >"$work/bad2.bin"
 printf 'overlong \xc0\xaf and surrogate \xed\xa0\x80 and big \xf4\x90\x80\x80!' >"$work/bad3.bin"
 printf 'emoji cut \xf0\x9f\x98 then more \xf0\x9f\x98\x80 whole' >"$work/bad4.bin"
 
+node "$npm_dir/brown_text.mjs" "$work/brown.txt" 4
+"$deepmoe" tokenizer-train --vocab-size 3000 --out "$work/trained" "$work/brown.txt" 2>/dev/null
+
 status=0
-for model in deepseek_v3 llama3 gpt2; do
+for model in deepseek_v3 llama3 gpt2 trained; do
   dir=$npm_dir/node_modules/@lenml/tokenizer-$model/models
+  [ "$model" = trained ] && dir=$work/trained
   node "$npm_dir/hf_encode.mjs" "$dir" "$work/corpus.jsonl" >"$work/$model.expected"
   "$deepmoe" tokenize --tokenizer "$dir" --jsonl "$work/corpus.jsonl" >"$work/$model.actual"
   lines=$(wc -l <"$work/corpus.jsonl")

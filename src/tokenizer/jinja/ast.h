@@ -28,7 +28,7 @@ struct Expr {
     kConditional  // args[1] if args[0] else args[2] (args[2] may be null)
   };
   enum class Literal { kNone, kBool, kInt, kFloat, kString };
-  Kind kind;
+  Kind kind = Kind::kLiteral;
   std::string name;  // variable, attribute, filter, test or operator; literal text
   Literal literal = Literal::kNone;
   bool negated = false;
@@ -48,7 +48,7 @@ struct Node {
     kBreak,
     kContinue
   };
-  Kind kind;
+  Kind kind = Kind::kText;
   int line = 0;
   std::string text;                  // kText; kSet/kMacro: the name
   std::string attribute;             // kSet: "ns.attr" form

@@ -223,11 +223,11 @@ class Parser {
     while (!at(Token::Kind::kEnd)) {
       const Token& t = next();
       if (t.kind == Token::Kind::kText) {
-        auto node = std::make_unique<Node>(Node{Node::Kind::kText, t.line});
+        auto node = make_node(Node::Kind::kText, t.line);
         node->text = t.text;
         body.push_back(std::move(node));
       } else if (t.kind == Token::Kind::kOpenOutput) {
-        auto node = std::make_unique<Node>(Node{Node::Kind::kOutput, t.line});
+        auto node = make_node(Node::Kind::kOutput, t.line);
         node->expr = parse_expression();
         expect_close();
         body.push_back(std::move(node));
@@ -255,13 +255,13 @@ class Parser {
     if (keyword == "macro") return parse_macro(line);
     if (keyword == "break" || keyword == "continue") {
       expect_close();
-      return std::make_unique<Node>(Node{keyword == "break" ? Node::Kind::kBreak : Node::Kind::kContinue, line});
+      return make_node(keyword == "break" ? Node::Kind::kBreak : Node::Kind::kContinue, line);
     }
     fail("chat template line {}: unsupported statement '{{% {} %}}'", line, keyword);
   }
 
   std::unique_ptr<Node> parse_if(int line) {
-    auto node = std::make_unique<Node>(Node{Node::Kind::kIf, line});
+    auto node = make_node(Node::Kind::kIf, line);
     ExprPtr condition = parse_expression();
     expect_close();
     while (true) {
@@ -288,7 +288,7 @@ class Parser {
   }
 
   std::unique_ptr<Node> parse_for(int line) {
-    auto node = std::make_unique<Node>(Node{Node::Kind::kFor, line});
+    auto node = make_node(Node::Kind::kFor, line);
     do node->targets.push_back(expect_name());
     while (accept_op(","));
     if (!accept_name("in")) error("expected 'in'");
@@ -306,7 +306,7 @@ class Parser {
   }
 
   std::unique_ptr<Node> parse_set(int line) {
-    auto node = std::make_unique<Node>(Node{Node::Kind::kSet, line});
+    auto node = make_node(Node::Kind::kSet, line);
     node->text = expect_name();
     if (accept_op(".")) node->attribute = expect_name();
     if (at_op(",")) error("unsupported: tuple assignment in '{% set %}'");
@@ -322,7 +322,7 @@ class Parser {
   }
 
   std::unique_ptr<Node> parse_macro(int line) {
-    auto node = std::make_unique<Node>(Node{Node::Kind::kMacro, line});
+    auto node = make_node(Node::Kind::kMacro, line);
     node->text = expect_name();
     expect_op("(");
     while (!accept_op(")")) {
@@ -333,6 +333,13 @@ class Parser {
     expect_close();
     if (parse_body(node->body, {"endmacro"}).empty()) fail("chat template line {}: macro without endmacro", line);
     expect_close();
+    return node;
+  }
+
+  static std::unique_ptr<Node> make_node(Node::Kind kind, int line) {
+    auto node = std::make_unique<Node>();
+    node->kind = kind;
+    node->line = line;
     return node;
   }
 

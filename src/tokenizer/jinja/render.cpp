@@ -15,6 +15,11 @@
 namespace deepmoe::jinja {
 namespace {
 
+// Templates come with downloaded models: bound what one can make us do.
+constexpr size_t kMaxRange = 1'000'000;
+constexpr size_t kMaxOutputBytes = 64u << 20;
+constexpr int kMaxCallDepth = 128;
+
 using Args = std::vector<Value>;
 using Kwargs = std::vector<std::pair<std::string, Value>>;
 
@@ -173,7 +178,10 @@ class Interpreter {
       if (args.size() >= 3) step = to_int(args[2]);
       if (step == 0) fail("range() step must not be zero");
       List out;
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.emplace_back(i);
+      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+        if (out.size() >= kMaxRange) fail("range() longer than {} items", kMaxRange);
+        out.emplace_back(i);
+      }
       return Value(std::move(out));
     });
     define("strftime_now", [](Args& args, Kwargs&) -> Value {
@@ -207,6 +215,7 @@ class Interpreter {
 
   Flow render(const Body& body, std::string& out) {
     for (const auto& node : body) {
+      if (out.size() > kMaxOutputBytes) fail("chat template output exceeds {} MiB", kMaxOutputBytes >> 20);
       const Flow flow = render(*node, out);
       if (flow != Flow::kNormal) return flow;
     }
@@ -265,10 +274,12 @@ class Interpreter {
             if (v.is_undefined() && macro->defaults[i]) v = eval(*macro->defaults[i]);
             frame[macro->targets[i]] = v;
           }
+          if (++call_depth_ > kMaxCallDepth) fail("chat template: macro calls nested deeper than {}", kMaxCallDepth);
           scopes_.push_back(std::move(frame));
           std::string out;
           render(macro->body, out);
           scopes_.pop_back();
+          --call_depth_;
           return Value(std::move(out));
         }}));
   }
@@ -603,6 +614,8 @@ class Interpreter {
       }
     }
     if (op == "*" && a.is_string() && b.is_int()) {
+      if (double(a.str().size()) * double(std::get<int64_t>(b.data)) > double(kMaxOutputBytes))
+        fail("chat template line {}: string repetition exceeds {} MiB", e.line, kMaxOutputBytes >> 20);
       std::string out;
       for (int64_t i = 0; i < std::get<int64_t>(b.data); ++i) out += a.str();
       return Value(std::move(out));
@@ -830,6 +843,7 @@ class Interpreter {
   }
 
   std::vector<std::unordered_map<std::string, Value>> scopes_;
+  int call_depth_ = 0;
 };
 
 }  // namespace

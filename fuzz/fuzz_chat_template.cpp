@@ -1,0 +1,22 @@
+// Chat templates come with downloaded models: any template text renders or throws Error, within
+// bounded time and memory (range, output size and macro depth are capped).
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "tokenizer/chat_template.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const nlohmann::json messages = nlohmann::json::parse(
+      R"([{"role": "system", "content": "s"}, {"role": "user", "content": "hi </think> x"},
+          {"role": "assistant", "content": "yo"}])");
+  try {
+    deepmoe::ChatTemplate t(std::string(reinterpret_cast<const char*>(data), size));
+    (void)t.render(messages, true, "<s>", "</s>");
+  } catch (const deepmoe::Error&) {
+  }
+  return 0;
+}
