@@ -25,11 +25,7 @@ void add_chat_command(CLI::App& app) {
   command->add_option("--system", options->system, "system prompt");
   command->add_option("-n", options->max_reply, "most tokens per reply");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
-  command->add_option("--temperature", options->sampling.temperature, "0: greedy and deterministic");
-  command->add_option("--top-k", options->sampling.top_k, "keep the k most likely tokens (0: off)");
-  command->add_option("--top-p", options->sampling.top_p, "nucleus sampling mass (1: off)");
-  command->add_option("--min-p", options->sampling.min_p, "drop tokens below min-p times the best (0: off)");
-  command->add_option("--seed", options->sampling.seed, "sampling seed");
+  add_sampling_options(command, options->sampling);
   command->callback([options] {
     validate(options->sampling);
     if (options->max_reply < 1) fail("-n must be >= 1, found {}", options->max_reply);

@@ -22,12 +22,7 @@ void add_generate_command(CLI::App& app) {
   tokens->excludes(prompt);
   command->add_option("-n", options->n_new, "tokens to generate (text generation also stops at EOS)");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
-  command->add_option("--temperature", options->sampling.temperature, "0: greedy and deterministic");
-  command->add_option("--top-k", options->sampling.top_k, "keep the k most likely tokens (0: off)");
-  command->add_option("--top-p", options->sampling.top_p, "nucleus sampling mass (1: off)");
-  command->add_option("--min-p", options->sampling.min_p, "drop tokens below min-p times the best (0: off)");
-  command->add_option("--repetition-penalty", options->sampling.repetition_penalty, "1: off");
-  command->add_option("--seed", options->sampling.seed, "sampling seed");
+  add_sampling_options(command, options->sampling);
   command->callback([options, tokens, prompt] {
     if (!*tokens && !*prompt) fail("generate needs --prompt TEXT or --tokens IDS");
     validate(options->sampling);

@@ -35,6 +35,15 @@ std::vector<int32_t> parse_token_list(const std::string& text, const char* flag)
   return tokens;
 }
 
+void add_sampling_options(CLI::App* command, SamplingParams& sampling) {
+  command->add_option("--temperature", sampling.temperature, "0: greedy and deterministic");
+  command->add_option("--top-k", sampling.top_k, "keep the k most likely tokens (0: off)");
+  command->add_option("--top-p", sampling.top_p, "nucleus sampling mass (1: off)");
+  command->add_option("--min-p", sampling.min_p, "drop tokens below min-p times the best (0: off)");
+  command->add_option("--repetition-penalty", sampling.repetition_penalty, "1: off");
+  command->add_option("--seed", sampling.seed, "sampling seed");
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", path);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "infer/sampler.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,6 +25,10 @@ void add_detokenize_command(CLI::App& app);
 void add_chat_template_command(CLI::App& app);
 void add_tokenizer_train_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+
+// --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed, for every command
+// that samples.
+void add_sampling_options(CLI::App* command, SamplingParams& sampling);
 
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
 std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");
