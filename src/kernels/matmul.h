@@ -40,6 +40,11 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
 void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
                         float* y, int64_t y_stride, int64_t row_begin, int64_t row_end);
 
+// Plain f32 GEMM on strided row-major matrices: C = alpha·op(A)·op(B) + beta·C, op = identity or
+// transpose (training's backward passes need Aᵀ·B as well as A·Bᵀ).
+void gemm_f32_ex(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 // Plain f32 GEMM on strided row-major matrices (attention): C = A·B or A·Bᵀ, C = alpha·AB + beta·C.
 void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);

@@ -2,7 +2,6 @@
 // Jinja: conditional < or < and < not < comparison (in, ==, ...) < ~ < + - < * / // % < ** <
 // unary < postfix (attribute, subscript, call, | filter, is test).
 #include <cctype>
-#include <regex>
 
 #include "core/error.h"
 #include "tokenizer/jinja/ast.h"
@@ -13,12 +12,65 @@ namespace {
 // HF's settings (transformers and @huggingface/jinja): drop one trailing newline, lstrip_blocks
 // (spaces and tabs before a block tag on its line), trim_blocks (the newline after a block tag),
 // and the transformers-only {% generation %} markers.
+bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+// Removes {% generation %} / {% endgeneration %} tags; a '-' on a side also drops the
+// whitespace on that side.
+std::string drop_generation_tags(const std::string& s) {
+  std::string out;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s.compare(i, 2, "{%") == 0) {
+      size_t j = i + 2;
+      const bool left = j < s.size() && s[j] == '-';
+      if (left) ++j;
+      while (j < s.size() && is_blank(s[j])) ++j;
+      if (s.compare(j, 3, "end") == 0) j += 3;
+      if (s.compare(j, 10, "generation") == 0) {
+        j += 10;
+        while (j < s.size() && is_blank(s[j])) ++j;
+        const bool right = j < s.size() && s[j] == '-';
+        if (right) ++j;
+        if (s.compare(j, 2, "%}") == 0) {
+          j += 2;
+          if (left)
+            while (!out.empty() && is_blank(out.back())) out.pop_back();
+          if (right)
+            while (j < s.size() && is_blank(s[j])) ++j;
+          i = j;
+          continue;
+        }
+      }
+    }
+    out += s[i++];
+  }
+  return out;
+}
+
+// HF's settings (transformers and @huggingface/jinja): drop one trailing newline, lstrip_blocks
+// (spaces and tabs before a block or comment tag on its line), trim_blocks (the newline right
+// after a block or comment tag), and the transformers-only {% generation %} markers.
 std::string preprocess(std::string source) {
   if (!source.empty() && source.back() == '\n') source.pop_back();
-  source = std::regex_replace(source, std::regex(R"((^|\n)[ \t]*(\{[#%-]))"), "$1$2");
-  source = std::regex_replace(source, std::regex(R"(([#%-]\})\n)"), "$1");
-  source = std::regex_replace(source, std::regex(R"(\{%-?\s*(end)?generation\s*-?%\})"), "");
-  return source;
+  std::string stripped;
+  for (size_t i = 0; i < source.size();) {
+    if (i == 0 || source[i - 1] == '\n') {
+      size_t j = i;
+      while (j < source.size() && (source[j] == ' ' || source[j] == '\t')) ++j;
+      if (j + 1 < source.size() && source[j] == '{' && (source[j + 1] == '#' || source[j + 1] == '%' || source[j + 1] == '-')) {
+        i = j;
+      }
+    }
+    stripped += source[i++];
+  }
+  std::string trimmed;
+  for (size_t i = 0; i < stripped.size(); ++i) {
+    trimmed += stripped[i];
+    if (stripped[i] == '}' && i > 0 && (stripped[i - 1] == '#' || stripped[i - 1] == '%' || stripped[i - 1] == '-') &&
+        i + 1 < stripped.size() && stripped[i + 1] == '\n')
+      ++i;
+  }
+  return drop_generation_tags(trimmed);
 }
 
 struct Token {
@@ -28,7 +80,6 @@ struct Token {
   int line;
 };
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 class Lexer {
  public:
@@ -75,11 +126,11 @@ class Lexer {
     return n;
   }
   static void rtrim(std::string& s) {
-    while (!s.empty() && is_space(s.back())) s.pop_back();
+    while (!s.empty() && is_blank(s.back())) s.pop_back();
   }
   static void ltrim(std::string& s) {
     size_t i = 0;
-    while (i < s.size() && is_space(s[i])) ++i;
+    while (i < s.size() && is_blank(s[i])) ++i;
     s.erase(0, i);
   }
   void push(Token::Kind kind, std::string text) { tokens_.push_back({kind, std::move(text), line_}); }
@@ -87,7 +138,7 @@ class Lexer {
   // Tokens up to the closing "}}" or "%}" (with an optional '-' that trims the text after).
   void lex_tag(char closer) {
     while (true) {
-      while (pos_ < src_.size() && is_space(src_[pos_])) line_ += src_[pos_++] == '\n';
+      while (pos_ < src_.size() && is_blank(src_[pos_])) line_ += src_[pos_++] == '\n';
       if (pos_ >= src_.size()) fail("chat template line {}: unterminated tag", line_);
       const char c = src_[pos_];
       if ((c == '-' || c == '+') && pos_ + 2 < src_.size() + 0 && src_[pos_ + 1] == closer && src_[pos_ + 2] == '}') {

@@ -1,0 +1,86 @@
+#include "train/layers.h"
+
+#include <cmath>
+
+#include "kernels/matmul.h"
+
+namespace deepmoe::train {
+
+void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
+  gemm_f32_ex(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+}
+
+void linear_backward(const float* x, const float* dy, int64_t n, const float* w, int64_t out, int64_t in, float* dx,
+                     float* dw) {
+  if (dx != nullptr) gemm_f32_ex(false, false, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
+  gemm_f32_ex(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+}
+
+void rmsnorm_forward(const float* x, int64_t stride, const float* w, int64_t n, int64_t dim, float eps, float* y,
+                     float* inv_rms) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = x + r * stride;
+    double sum = 0;
+    for (int64_t i = 0; i < dim; ++i) sum += double(row[i]) * row[i];
+    const float inv = float(1.0 / std::sqrt(sum / double(dim) + eps));
+    inv_rms[r] = inv;
+    for (int64_t i = 0; i < dim; ++i) y[r * dim + i] = row[i] * inv * w[i];
+  }
+}
+
+void rmsnorm_backward(const float* x, int64_t stride, const float* w, const float* inv_rms, const float* dy,
+                      int64_t n, int64_t dim, float* dx, float* dw) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = x + r * stride;
+    const float* g = dy + r * dim;
+    const float inv = inv_rms[r];
+    // y_i = x_i·inv·w_i with inv = (mean(x²)+eps)^-1/2:  dx_j = inv·g_j·w_j − x_j·inv³·mean_i(g_i·w_i·x_i)
+    double dot = 0;
+    for (int64_t i = 0; i < dim; ++i) {
+      dot += double(g[i]) * w[i] * row[i];
+      dw[i] += g[i] * row[i] * inv;
+    }
+    const float coefficient = float(dot / double(dim)) * inv * inv * inv;
+    float* out = dx + r * stride;
+    for (int64_t i = 0; i < dim; ++i) out[i] += inv * g[i] * w[i] - row[i] * coefficient;
+  }
+}
+
+void rope_backward_pairs(float* dx, int64_t dim, const float* cos, const float* sin) {
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float even = dx[2 * i], odd = dx[2 * i + 1];
+    // forward: e' = e·c − o·s, o' = e·s + o·c; its transpose:
+    dx[2 * i] = even * cos[i] + odd * sin[i];
+    dx[2 * i + 1] = -even * sin[i] + odd * cos[i];
+  }
+}
+
+namespace {
+float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+}  // namespace
+
+void mlp_forward(const MlpTensors& t, const float* x, int64_t n, MlpSaved& saved, float* y) {
+  const size_t cells = size_t(n * t.intermediate);
+  saved.gate.resize(cells);
+  saved.up.resize(cells);
+  saved.act.resize(cells);
+  linear_forward(x, n, t.gate, t.intermediate, t.hidden, saved.gate.data());
+  linear_forward(x, n, t.up, t.intermediate, t.hidden, saved.up.data());
+  for (size_t i = 0; i < cells; ++i) saved.act[i] = saved.gate[i] * sigmoid(saved.gate[i]) * saved.up[i];
+  linear_forward(saved.act.data(), n, t.down, t.hidden, t.intermediate, y);
+}
+
+void mlp_backward(const MlpTensors& t, const float* x, int64_t n, const MlpSaved& saved, const float* dy, float* dx) {
+  const size_t cells = size_t(n * t.intermediate);
+  std::vector<float> d_act(cells, 0.0f), d_gate(cells), d_up(cells);
+  linear_backward(saved.act.data(), dy, n, t.down, t.hidden, t.intermediate, d_act.data(), t.d_down);
+  for (size_t i = 0; i < cells; ++i) {
+    const float g = saved.gate[i], s = sigmoid(g);
+    d_up[i] = d_act[i] * g * s;
+    d_gate[i] = d_act[i] * saved.up[i] * s * (1.0f + g * (1.0f - s));
+  }
+  linear_backward(x, d_gate.data(), n, t.gate, t.intermediate, t.hidden, dx, t.d_gate);
+  linear_backward(x, d_up.data(), n, t.up, t.intermediate, t.hidden, dx, t.d_up);
+}
+
+}  // namespace deepmoe::train

@@ -1,0 +1,39 @@
+// Forward and backward of the small layers training composes (all f32, row-major, weights
+// [out_features, in_features] as HF stores them). Backward functions *accumulate* into input
+// and weight gradients (+=), so a tensor used twice (tied embeddings, residuals) sums its parts.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace deepmoe::train {
+
+// y[n, out] = x[n, in] · Wᵀ
+void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y);
+// dx[n, in] += dy · W (skipped when dx is null); dw[out, in] += dyᵀ · x
+void linear_backward(const float* x, const float* dy, int64_t n, const float* w, int64_t out, int64_t in, float* dx,
+                     float* dw);
+
+// y = x / rms(x) * w per row of `dim` values (rows `stride` apart in x); inv_rms[n] is saved.
+void rmsnorm_forward(const float* x, int64_t stride, const float* w, int64_t n, int64_t dim, float eps, float* y,
+                     float* inv_rms);
+// dx rows `stride` apart, accumulated.
+void rmsnorm_backward(const float* x, int64_t stride, const float* w, const float* inv_rms, const float* dy,
+                      int64_t n, int64_t dim, float* dx, float* dw);
+
+// The inverse of rope_rotate_pairs for a gradient: rotate pairs back by the same angles (cos and
+// sin carry YaRN's scale, which the chain rule keeps).
+void rope_backward_pairs(float* dx, int64_t dim, const float* cos, const float* sin);
+
+// SiLU-gated MLP: y = (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ. Saves gate and up pre-activations.
+struct MlpSaved {
+  std::vector<float> gate, up, act;  // [n, intermediate]
+};
+struct MlpTensors {
+  const float *gate, *up, *down;
+  float *d_gate, *d_up, *d_down;
+  int64_t hidden, intermediate;
+};
+void mlp_forward(const MlpTensors& t, const float* x, int64_t n, MlpSaved& saved, float* y);
+void mlp_backward(const MlpTensors& t, const float* x, int64_t n, const MlpSaved& saved, const float* dy, float* dx);
+
+}  // namespace deepmoe::train

@@ -1,0 +1,84 @@
+#include "train/parameters.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "io/mapped_file.h"
+#include "io/safetensors.h"
+
+namespace deepmoe {
+
+Parameters::Parameters(const Config& config) : config_(config) {
+  size_t offset = 0;
+  for (const TensorSpec& spec : tensor_specs(config)) {
+    ParameterTensor t;
+    t.name = spec.name;
+    t.shape = spec.shape;
+    t.size = 1;
+    for (const int64_t extent : spec.shape) t.size *= size_t(extent);
+    t.offset = offset;
+    t.trainable = spec.init != Init::Bias;
+    offset += t.size;
+    index_[t.name] = tensors_.size();
+    tensors_.push_back(std::move(t));
+  }
+  values_.assign(offset, 0.0f);
+  grads_.assign(offset, 0.0f);
+}
+
+Parameters Parameters::load(const std::string& model_dir) {
+  const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
+  Parameters p(load_config(config_path));
+  p.config_text_ = read_text_file(config_path);
+  const CheckpointReader reader(model_dir);
+  for (const ParameterTensor& t : p.tensors_) {
+    const TensorView* view = reader.find(t.name);
+    if (view == nullptr) fail("{}: missing tensor {}", model_dir, t.name);
+    if (view->shape != t.shape) fail("{}: tensor {} has the wrong shape", view->file, t.name);
+    if (view->dtype != DType::F32 && view->dtype != DType::BF16 && view->dtype != DType::F16)
+      fail("{}: tensor {}: training reads F32, BF16 or F16 weights, found {}", view->file, t.name,
+           dtype_name(view->dtype));
+    convert_to_f32(view->dtype, view->data, p.values_.data() + t.offset, t.size);
+  }
+  return p;
+}
+
+const ParameterTensor* Parameters::find(const std::string& name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+float* Parameters::value(const std::string& name) {
+  const ParameterTensor* t = find(name);
+  return t ? values_.data() + t->offset : nullptr;
+}
+
+const float* Parameters::value(const std::string& name) const {
+  const ParameterTensor* t = find(name);
+  return t ? values_.data() + t->offset : nullptr;
+}
+
+float* Parameters::grad(const std::string& name) {
+  const ParameterTensor* t = find(name);
+  return t ? grads_.data() + t->offset : nullptr;
+}
+
+void Parameters::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+
+void Parameters::save(const std::string& dir, Which which) const {
+  std::filesystem::create_directories(dir);
+  std::vector<TensorHeader> headers;
+  for (const auto& t : tensors_) headers.push_back({t.name, DType::F32, t.shape});
+  SafetensorsWriter writer((std::filesystem::path(dir) / "model.safetensors").string(), headers);
+  const std::vector<float>& data = which == Which::Values ? values_ : grads_;
+  for (const auto& t : tensors_)
+    writer.write_next({reinterpret_cast<const uint8_t*>(data.data() + t.offset), t.size * sizeof(float)});
+  writer.finish();
+  if (!config_text_.empty())
+    write_file_atomically((std::filesystem::path(dir) / "config.json").string(),
+                          {reinterpret_cast<const uint8_t*>(config_text_.data()), config_text_.size()});
+}
+
+}  // namespace deepmoe
