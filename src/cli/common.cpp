@@ -93,6 +93,10 @@ void copy_tokenizer_files(const std::string& from, const std::string& to) {
                   fs::copy_options::overwrite_existing);
 }
 
+void copy_tokenizer_files_if_present(const std::string& from, const std::string& to) {
+  if (std::filesystem::exists(std::filesystem::path(from) / "tokenizer.json")) copy_tokenizer_files(from, to);
+}
+
 int resolve_threads(int requested) {
   if (requested < 0) fail("--threads must be >= 0, found {}", requested);
   if (requested > 0) return requested;

@@ -25,6 +25,7 @@ void add_detokenize_command(CLI::App& app);
 void add_chat_template_command(CLI::App& app);
 void add_tokenizer_train_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+void add_train_command(CLI::App& app);
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed, for every command
 // that samples.
@@ -48,6 +49,9 @@ std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir);
 // Copies tokenizer.json and (if present) tokenizer_config.json from `from` (a directory or a
 // tokenizer.json) into the directory `to`.
 void copy_tokenizer_files(const std::string& from, const std::string& to);
+
+// copy_tokenizer_files when `from` holds a tokenizer.json; nothing otherwise.
+void copy_tokenizer_files_if_present(const std::string& from, const std::string& to);
 
 // Threads to use when --threads is 0: the machine's hardware threads.
 int resolve_threads(int requested);

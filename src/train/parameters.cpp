@@ -8,7 +8,7 @@
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
 
-namespace deepmoe {
+namespace deepmoe::train {
 
 Parameters::Parameters(const Config& config) : config_(config) {
   size_t offset = 0;
@@ -81,4 +81,4 @@ void Parameters::save(const std::string& dir, Which which) const {
                           {reinterpret_cast<const uint8_t*>(config_text_.data()), config_text_.size()});
 }
 
-}  // namespace deepmoe
+}  // namespace deepmoe::train

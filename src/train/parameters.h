@@ -10,7 +10,7 @@
 #include "model/config.h"
 #include "model/tensor_specs.h"
 
-namespace deepmoe {
+namespace deepmoe::train {
 
 struct ParameterTensor {
   std::string name;
@@ -53,4 +53,4 @@ class Parameters {
   std::vector<float> values_, grads_;
 };
 
-}  // namespace deepmoe
+}  // namespace deepmoe::train

@@ -1,0 +1,86 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+#include <numbers>
+
+namespace deepmoe::train {
+
+Optimizer::Optimizer(const Parameters& p, OptimizerOptions options) : options_(options) {
+  m_.assign(p.values().size(), 0.0f);
+  if (options_.kind == OptimizerKind::AdamW) v_.assign(p.values().size(), 0.0f);
+  for (const auto& t : p.tensors())
+    if (t.trainable) ranges_.emplace_back(t.offset, t.offset + t.size);
+}
+
+void Optimizer::step(Parameters& p, double lr) {
+  ++steps_;
+  float* w = p.values().data();
+  const float* g = p.grads().data();
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const float decay = float(1.0 - lr * options_.weight_decay);
+  if (options_.kind == OptimizerKind::AdamW) {
+    const double correction1 = 1.0 - std::pow(b1, double(steps_));
+    const double correction2 = 1.0 - std::pow(b2, double(steps_));
+    const float step_size = float(lr / correction1);
+    const float root_correction2 = float(std::sqrt(correction2));
+    for (const auto& [begin, end] : ranges_)
+      for (size_t i = begin; i < end; ++i) {
+        w[i] *= decay;
+        m_[i] = float(b1) * m_[i] + float(1 - b1) * g[i];
+        v_[i] = float(b2) * v_[i] + float(1 - b2) * g[i] * g[i];
+        w[i] -= step_size * m_[i] / (std::sqrt(v_[i]) / root_correction2 + float(options_.eps));
+      }
+    return;
+  }
+  for (const auto& [begin, end] : ranges_)
+    for (size_t i = begin; i < end; ++i) {
+      w[i] *= decay;
+      const float blend = float(b1) * m_[i] + float(1 - b1) * g[i];
+      const float sign = float((blend > 0) - (blend < 0));
+      w[i] -= float(lr) * sign;
+      m_[i] = float(b2) * m_[i] + float(1 - b2) * g[i];
+    }
+}
+
+double learning_rate(const ScheduleOptions& s, int64_t step) {
+  if (step < s.warmup) return s.lr * double(step + 1) / double(s.warmup);
+  const int64_t after = step - s.warmup, span = std::max<int64_t>(1, s.total_steps - s.warmup);
+  switch (s.kind) {
+    case Schedule::Constant: return s.lr;
+    case Schedule::Cosine: {
+      const double progress = std::min(1.0, double(after) / double(span));
+      return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
+    }
+    case Schedule::Wsd: {
+      const int64_t decay_steps = std::max<int64_t>(1, int64_t(double(span) * s.decay_fraction));
+      const int64_t decay_start = span - decay_steps;
+      if (after < decay_start) return s.lr;
+      const double progress = std::min(1.0, double(after - decay_start + 1) / double(decay_steps));
+      return s.lr + (s.min_lr - s.lr) * progress;
+    }
+  }
+  return s.lr;
+}
+
+double clip_gradients(Parameters& p, double max_norm) {
+  double sum = 0;
+  for (const auto& t : p.tensors()) {
+    if (!t.trainable) continue;
+    const float* g = p.grads().data() + t.offset;
+    for (size_t i = 0; i < t.size; ++i) sum += double(g[i]) * g[i];
+  }
+  const double norm = std::sqrt(sum);
+  if (max_norm > 0) {
+    const double coefficient = max_norm / (norm + 1e-6);
+    if (coefficient < 1.0) {
+      for (const auto& t : p.tensors()) {
+        if (!t.trainable) continue;
+        float* g = p.grads().data() + t.offset;
+        for (size_t i = 0; i < t.size; ++i) g[i] = float(g[i] * coefficient);
+      }
+    }
+  }
+  return norm;
+}
+
+}  // namespace deepmoe::train

@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""`deepmoe train --dump-grads` against PyTorch float64 autograd (Debian python3-torch) on the same
+weights and batch: the loss is the mean token cross-entropy plus A x the DeepSeek-V3 sequence-wise
+balance loss (per MoE layer and sequence: sum_i f_i P_i, f_i = E/(K T) x selections of i, a constant;
+P_i the mean over tokens of expert i's score normalized over all experts; summed over layers,
+averaged over sequences), written here from those formulas with the forward pass of deepseek_ref.py.
+Every parameter's gradient must match within 1e-4 relative (norm of the difference over the norm of
+the reference), for each routing variant, with and without q_lora, tied and untied. Prints
+'N passed, M failed'."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import deepseek_ref as ref  # noqa: E402
+from safetensors_io import ModelWeights, read_safetensors  # noqa: E402
+
+BASE = {
+    "vocab_size": 97, "hidden_size": 48, "intermediate_size": 80, "moe_intermediate_size": 24,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "kv_lora_rank": 24, "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 8, "v_head_dim": 12, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+    "max_position_embeddings": 4096,
+}
+YARN = {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8, "beta_fast": 32,
+        "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+VARIANTS = {
+    "v3_noaux_tc_sigmoid_qlora_yarn_aux": (dict(
+        model_type="deepseek_v3", q_lora_rank=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid", n_group=4, topk_group=2,
+        norm_topk_prob=True, routed_scaling_factor=2.5, rope_scaling=YARN), 0.01),
+    "v2_greedy_softmax_no_qlora_aux": (dict(
+        model_type="deepseek_v2", q_lora_rank=None, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
+        first_k_dense_replace=1, topk_method="greedy", scoring_func="softmax", n_group=1, topk_group=1,
+        norm_topk_prob=False, routed_scaling_factor=1.5), 0.05),
+    "v2_group_limited_normalized_tied": (dict(
+        model_type="deepseek_v2", q_lora_rank=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        first_k_dense_replace=1, topk_method="group_limited_greedy", scoring_func="softmax", n_group=4,
+        topk_group=2, norm_topk_prob=True, routed_scaling_factor=1.0, tie_word_embeddings=True), 0.0),
+    "v3_greedy_sigmoid_unnormalized": (dict(
+        model_type="deepseek_v3", q_lora_rank=None, n_routed_experts=8, n_shared_experts=0, num_experts_per_tok=2,
+        first_k_dense_replace=0, topk_method="greedy", scoring_func="sigmoid", n_group=1, topk_group=1,
+        norm_topk_prob=False, routed_scaling_factor=2.0), 0.02),
+}
+SEQ, BATCH = 12, 3
+
+
+def scores_of(x, w, prefix, cfg):
+    logits = ref.linear(x, w[prefix + "gate.weight"])
+    return torch.softmax(logits, dim=-1) if cfg.scoring_func == "softmax" else torch.sigmoid(logits)
+
+
+def sequence_loss(tokens, targets, w, cfg):
+    """(cross-entropy sum over positions, balance loss of this sequence summed over MoE layers)."""
+    T = len(tokens)
+    cos, sin = ref.rope_tables(cfg, T)
+    eps = cfg.rms_norm_eps
+    x = w["model.embed_tokens.weight"][torch.as_tensor(tokens)]
+    balance = torch.zeros((), dtype=torch.float64)
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        h = x + ref.mla_attention(ref.rms_norm(x, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.", cfg, cos, sin)
+        normed = ref.rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+        if ref.is_moe_layer(cfg, layer):
+            out = ref.moe(normed, w, p + "mlp.", cfg)
+            idx, _ = ref.route(normed, w, p + "mlp.", cfg)
+            s = scores_of(normed, w, p + "mlp.", cfg)
+            probs = s if cfg.scoring_func == "softmax" else s / s.sum(dim=-1, keepdim=True)
+            E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
+            counts = torch.bincount(idx.reshape(-1), minlength=E).to(torch.float64)
+            f = E / (K * T) * counts  # constant
+            balance = balance + (f * probs.mean(dim=0)).sum()
+        else:
+            out = ref.gated_mlp(normed, w, p + "mlp.")
+        x = h + out
+    x = ref.rms_norm(x, w["model.norm.weight"], eps)
+    head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]
+    logits = ref.linear(x, head)
+    ce = torch.nn.functional.cross_entropy(logits, torch.as_tensor(targets), reduction="sum")
+    return ce, balance
+
+
+def check(name, overrides, aux, deepmoe, work):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    cfg_raw = dict(BASE, **overrides)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg_raw, f)
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    data = rng.integers(0, cfg_raw["vocab_size"], size=SEQ * BATCH + 1 + 5, dtype=np.uint32)
+    data.tofile(os.path.join(d, "data.u32"))
+    subprocess.run([deepmoe, "init", "--config", os.path.join(d, "config.json"), "--out", os.path.join(d, "model"),
+                    "--seed", "3"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([deepmoe, "train", "--init", os.path.join(d, "model"), "--data", os.path.join(d, "data.u32"),
+                    "--seq", str(SEQ), "--batch", str(BATCH), "--steps", "1", "--order", "sequential",
+                    "--aux-loss", str(aux), "--lr", "1e-3", "--dump-grads", os.path.join(d, "grads"),
+                    "--out", os.path.join(d, "trained")], check=True, stdout=subprocess.DEVNULL)
+    ours = read_safetensors(os.path.join(d, "grads", "model.safetensors"))
+    with open(os.path.join(d, "trained", "metrics.jsonl")) as f:
+        our_loss = json.loads(f.readline())["loss"]
+
+    cfg = ref.Config(cfg_raw)
+    stored = ModelWeights(os.path.join(d, "model"))
+    w = {n: stored[n].to(torch.float64).clone().requires_grad_(True) for n in stored.names()}
+    ce_total = torch.zeros((), dtype=torch.float64)
+    balance_total = torch.zeros((), dtype=torch.float64)
+    for b in range(BATCH):
+        window = data[b * SEQ: b * SEQ + SEQ + 1].astype(np.int64)
+        ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
+        ce_total = ce_total + ce
+        balance_total = balance_total + balance
+    loss = ce_total / (BATCH * SEQ) + aux * balance_total / BATCH
+    loss.backward()
+
+    failures = []
+    if abs(loss.item() - our_loss) > 1e-4 * abs(loss.item()):
+        failures.append(f"loss {our_loss} vs reference {loss.item()}")
+    for n, leaf in w.items():
+        if n.endswith("e_score_correction_bias"):
+            if n in ours and ours[n].abs().max() != 0:
+                failures.append(f"{n}: the selection bias got a gradient")
+            continue
+        expected = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        if n not in ours:
+            failures.append(f"{n}: no gradient written")
+            continue
+        got = ours[n]
+        scale = expected.norm().item()
+        diff = (got - expected).norm().item()
+        if scale == 0:
+            if got.abs().max().item() != 0:
+                failures.append(f"{n}: reference gradient is zero, ours is not")
+        elif diff / scale > 1e-4:
+            failures.append(f"{n}: relative error {diff / scale:.2e}")
+    if failures:
+        print(f"FAIL {name}")
+        for line in failures[:12]:
+            print("   ", line)
+        return False
+    print(f"PASS {name} (loss {our_loss:.6f}, {len(w)} tensors)")
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deepmoe", required=True)
+    parser.add_argument("--work", required=True)
+    args = parser.parse_args()
+    results = [check(n, o, a, args.deepmoe, args.work) for n, (o, a) in VARIANTS.items()]
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""Weights after `deepmoe train` steps against PyTorch float64 on the same batches: 3 steps of AdamW
+(torch.optim.AdamW) and 1 of Lion (written here from its paper: update = sign(b1 m + (1-b1) g),
+p -= lr (update + wd p), m = b2 m + (1-b2) g; sign(0) = 0). Lion gets one step because sign() turns
+f32-vs-f64 noise in a near-zero gradient into a 2·lr difference, which later steps amplify
+chaotically; its moment arithmetic over several steps is unit-tested. Both with global-norm clipping
+(torch.nn.utils.clip_grad_norm_), weight decay on every trainable tensor, a cosine schedule with
+warmup, and the balance loss on. Every tensor must match within 1e-4 relative. Prints
+'N passed, M failed'."""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import deepseek_ref as ref  # noqa: E402
+from safetensors_io import ModelWeights, read_safetensors  # noqa: E402
+from test_grads_vs_reference import BASE, SEQ, BATCH, sequence_loss  # noqa: E402
+
+CONFIG = dict(BASE, model_type="deepseek_v3", q_lora_rank=16, n_routed_experts=8, n_shared_experts=1,
+              num_experts_per_tok=2, first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid",
+              n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5)
+STEPS, LR, MIN_LR, WARMUP, CLIP, WD, AUX = 3, 2e-2, 2e-3, 1, 0.5, 0.1, 0.01
+
+
+def lr_at(step, steps):  # linear warmup, then cosine to MIN_LR over the remaining steps
+    if step < WARMUP:
+        return LR * (step + 1) / WARMUP
+    progress = min(1.0, (step - WARMUP) / max(1, steps - WARMUP))
+    return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
+
+
+def check(optimizer, deepmoe, work):
+    steps = STEPS if optimizer == "adamw" else 1
+    d = os.path.join(work, optimizer)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(CONFIG, f)
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, CONFIG["vocab_size"], size=SEQ * BATCH * steps + 1, dtype=np.uint32)
+    data.tofile(os.path.join(d, "data.u32"))
+    subprocess.run([deepmoe, "init", "--config", os.path.join(d, "config.json"), "--out", os.path.join(d, "model"),
+                    "--seed", "4"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([deepmoe, "train", "--init", os.path.join(d, "model"), "--data", os.path.join(d, "data.u32"),
+                    "--seq", str(SEQ), "--batch", str(BATCH), "--steps", str(steps), "--order", "sequential",
+                    "--optimizer", optimizer, "--lr", str(LR), "--min-lr", str(MIN_LR), "--warmup", str(WARMUP),
+                    "--schedule", "cosine", "--clip", str(CLIP), "--weight-decay", str(WD), "--aux-loss", str(AUX),
+                    "--out", os.path.join(d, "trained")], check=True, stdout=subprocess.DEVNULL)
+    ours = read_safetensors(os.path.join(d, "trained", "model.safetensors"))
+
+    cfg = ref.Config(CONFIG)
+    stored = ModelWeights(os.path.join(d, "model"))
+    w = {n: stored[n].to(torch.float64).clone().requires_grad_(not n.endswith("e_score_correction_bias"))
+         for n in stored.names()}
+    trainable = [t for t in w.values() if t.requires_grad]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(trainable, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
+    moments = {id(t): torch.zeros_like(t) for t in trainable}
+    # Lion's sign() is discontinuous: where the blend is ~0, f32 and f64 may take opposite signs.
+    # Such elements (recorded here) may differ by 2·lr; every other one must match.
+    ambiguous = {id(t): torch.zeros_like(t, dtype=torch.bool) for t in trainable}
+    for step in range(steps):
+        for t in trainable:
+            t.grad = None
+        ce_total = balance_total = 0
+        for b in range(BATCH):
+            k = step * BATCH + b
+            window = data[k * SEQ: k * SEQ + SEQ + 1].astype(np.int64)
+            ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
+            ce_total = ce_total + ce
+            balance_total = balance_total + balance
+        loss = ce_total / (BATCH * SEQ) + AUX * balance_total / BATCH
+        loss.backward()
+        for t in trainable:  # unused experts get a zero gradient (and weight decay), as in deepmoe
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+        torch.nn.utils.clip_grad_norm_(trainable, CLIP)
+        lr = lr_at(step, steps)
+        with torch.no_grad():
+            if optimizer == "adamw":
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+            else:
+                for t in trainable:
+                    m = moments[id(t)]
+                    blend = 0.9 * m + 0.1 * t.grad
+                    ambiguous[id(t)] |= (blend.abs() <= 1e-3 * blend.abs().max()) & (blend != 0)
+                    update = torch.sign(blend)
+                    t.mul_(1 - lr * WD).sub_(lr * update)
+                    m.mul_(0.99).add_(0.01 * t.grad)
+
+    failures = []
+    skipped = total = 0
+    for n, t in w.items():
+        got, expected = ours[n].clone(), t.detach()
+        if optimizer == "lion" and id(t) in ambiguous:
+            mask = ambiguous[id(t)]
+            skipped += int(mask.sum())
+            total += mask.numel()
+            got[mask] = expected[mask]
+        error = (got - expected).norm().item() / max(expected.norm().item(), 1e-30)
+        if error > 1e-4:
+            failures.append(f"{n}: relative error {error:.2e}")
+    if total and skipped > 0.03 * total:
+        failures.append(f"{skipped} of {total} Lion updates had a near-zero blend (too many to skip)")
+    if failures:
+        print(f"FAIL {optimizer}")
+        for line in failures[:10]:
+            print("   ", line)
+        return False
+    note = f", {skipped} near-zero Lion signs not compared" if optimizer == "lion" else ""
+    print(f"PASS {optimizer} ({steps} steps, {len(w)} tensors{note})")
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deepmoe", required=True)
+    parser.add_argument("--work", required=True)
+    args = parser.parse_args()
+    results = [check(o, args.deepmoe, args.work) for o in ("adamw", "lion")]
+    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
