@@ -7,7 +7,6 @@ chaotically; its moment arithmetic over several steps is unit-tested. Both with 
 (torch.nn.utils.clip_grad_norm_), weight decay on every trainable tensor, a cosine schedule with
 warmup, and the balance loss on. Every tensor must match within 1e-4 relative. Prints
 'N passed, M failed'."""
-import argparse
 import json
 import math
 import os
@@ -21,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import deepseek_ref as ref  # noqa: E402
 from safetensors_io import ModelWeights, read_safetensors  # noqa: E402
-from test_grads_vs_reference import BASE, SEQ, BATCH, sequence_loss  # noqa: E402
+from test_grads_vs_reference import BASE, SEQ, BATCH, report, run_cases, sequence_loss  # noqa: E402
 
 CONFIG = dict(BASE, model_type="deepseek_v3", q_lora_rank=16, n_routed_experts=8, n_shared_experts=1,
               num_experts_per_tok=2, first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid",
@@ -110,24 +109,12 @@ def check(optimizer, deepmoe, work):
             failures.append(f"{n}: relative error {error:.2e}")
     if total and skipped > 0.03 * total:
         failures.append(f"{skipped} of {total} Lion updates had a near-zero blend (too many to skip)")
-    if failures:
-        print(f"FAIL {optimizer}")
-        for line in failures[:10]:
-            print("   ", line)
-        return False
     note = f", {skipped} near-zero Lion signs not compared" if optimizer == "lion" else ""
-    print(f"PASS {optimizer} ({steps} steps, {len(w)} tensors{note})")
-    return True
+    return report(optimizer, failures, f"{steps} steps, {len(w)} tensors{note}")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--deepmoe", required=True)
-    parser.add_argument("--work", required=True)
-    args = parser.parse_args()
-    results = [check(o, args.deepmoe, args.work) for o in ("adamw", "lion")]
-    print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
-    sys.exit(0 if all(results) else 1)
+    run_cases(__doc__, [lambda d, w, o=o: check(o, d, w) for o in ("adamw", "lion")])
 
 
 if __name__ == "__main__":
