@@ -34,7 +34,7 @@ cat >config.json <<'JSON'
 JSON
 
 "$deepmoe" --help >/dev/null && ok "help" || bad "help"
-for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat; do
+for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat train; do
   "$deepmoe" $sub --help >/dev/null && ok "$sub --help" || bad "$sub --help"
 done
 "$deepmoe" init --config config.json --out model --seed 5 >/dev/null && ok "init" || bad "init"
@@ -119,6 +119,16 @@ expect_error "prompt without tokenizer" "tokenizer.json" "$deepmoe" generate --m
 expect_error "vocab too small to train" "vocab-size" "$deepmoe" tokenizer-train --vocab-size 10 --out t2 text.txt
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
+
+# Training: a few steps run and write a loadable model; bad data and flags are refused.
+/usr/bin/python3 -c "import numpy as n; n.random.default_rng(1).integers(0, 300, 2000, dtype=n.uint32).tofile('tokens.u32')"
+"$deepmoe" train --init model --data tokens.u32 --seq 16 --batch 2 --steps 3 --lr 1e-3 --out trained >train.txt 2>&1 &&
+  [ "$(wc -l <trained/metrics.jsonl)" -eq 3 ] && "$deepmoe" info --model trained >/dev/null &&
+  ok "train writes metrics and a loadable model" || bad "train ($(tail -c 300 train.txt))"
+head -c 4001 tokens.u32 >odd.u32
+expect_error "token file not whole uint32" "odd.u32" "$deepmoe" train --init model --data odd.u32 --seq 16 --out t2
+expect_error "train without a model" "--init" "$deepmoe" train --data tokens.u32 --out t3
+expect_error "negative learning rate" "--lr" "$deepmoe" train --init model --data tokens.u32 --lr -1 --out t4
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
