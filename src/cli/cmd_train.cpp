@@ -5,12 +5,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "cli/common.h"
 #include "core/error.h"
 #include "model/random_init.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
@@ -22,7 +26,8 @@ namespace {
 struct TrainOptions {
   std::string init, config, data, val_data, out, dump_grads;
   std::string schedule = "constant", optimizer = "adamw", order = "random";
-  int64_t seq = 128, batch = 8, grad_accum = 1, steps = 100, warmup = 0, eval_every = 0;
+  int64_t seq = 128, batch = 8, grad_accum = 1, steps = 100, warmup = 0, eval_every = 0, save_every = 0, keep_last = 3;
+  bool resume = false;
   double lr = 1e-3, min_lr = 0.0, weight_decay = 0.0, clip = 1.0, aux_loss = 0.0, bias_update = 0.0, eps = 1e-8;
   std::optional<double> beta1, beta2;
   uint64_t seed = 0;
@@ -87,11 +92,32 @@ void run_training(const TrainOptions& o) {
   schedule.warmup = o.warmup;
   schedule.total_steps = o.steps;
 
+  // What a checkpoint must agree with to be resumed exactly.
+  const nlohmann::json run = {{"seq", o.seq}, {"batch", o.batch}, {"grad_accum", o.grad_accum}, {"seed", o.seed},
+                              {"order", o.order}, {"optimizer", o.optimizer}};
+  int64_t first_step = 0;
+  const std::string metrics_path = (std::filesystem::path(o.out) / "metrics.jsonl").string();
+  std::vector<std::string> kept_metrics;
+  if (o.resume) {
+    const auto newest = train::newest_checkpoint(o.out);
+    if (!newest) fail("--resume: no checkpoint under {}/checkpoints", o.out);
+    const nlohmann::json state = train::load_checkpoint(*newest, p, optimizer);
+    if (state.value("run", nlohmann::json()) != run)
+      fail("--resume: {} was made with different settings ({}), not {}", *newest, state.value("run", nlohmann::json()).dump(),
+           run.dump());
+    first_step = state.value("step", int64_t(0));
+    std::ifstream old(metrics_path);
+    for (std::string line; std::getline(old, line) && int64_t(kept_metrics.size()) < first_step;) kept_metrics.push_back(line);
+    fmt::print("resuming from {} (step {})\n", *newest, first_step);
+  }
+
   train::TrainGraph graph(c);
-  std::ofstream metrics((std::filesystem::path(o.out) / "metrics.jsonl").string(), std::ios::trunc);
+  std::ofstream metrics(metrics_path, std::ios::trunc);
+  for (const auto& line : kept_metrics) metrics << line << "\n";
+  const bool terminal = isatty(STDOUT_FILENO) != 0;
   std::vector<int32_t> inputs, targets;
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < o.steps; ++step) {
+  for (int64_t step = first_step; step < o.steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
     p.zero_grads();
     double loss = 0, ce = 0;
@@ -133,11 +159,25 @@ void run_training(const TrainOptions& o) {
       line["val_loss"] = validation_loss(graph, p, *val, o);
     metrics << line.dump() << "\n";
     metrics.flush();
-    fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}\n", step + 1, o.steps, loss, lr,
-               norm, tokens_per_second,
-               line.contains("val_loss") ? fmt::format("  val {:.4f}", line["val_loss"].get<double>()) : "");
+    const std::string val_text =
+        line.contains("val_loss") ? fmt::format("  val {:.4f}", line["val_loss"].get<double>()) : "";
+    if (terminal) {  // one line that redraws: a bar, the numbers, and the time left
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double eta = elapsed / double(step + 1 - first_step) * double(o.steps - step - 1);
+      const int width = 24, filled = int(double(width) * double(step + 1) / double(o.steps));
+      fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ", std::string(size_t(filled), '#'),
+                 std::string(size_t(width - filled), '.'), step + 1, o.steps, loss, lr, tokens_per_second, eta, val_text);
+    } else {
+      fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}\n", step + 1, o.steps, loss,
+                 lr, norm, tokens_per_second, val_text);
+    }
     std::fflush(stdout);
+    if (o.save_every > 0 && ((step + 1) % o.save_every == 0 || step + 1 == o.steps)) {
+      const nlohmann::json state = {{"step", step + 1}, {"optimizer_steps", optimizer.steps_taken()}, {"run", run}};
+      train::save_checkpoint(o.out, step + 1, p, optimizer, state, o.keep_last);
+    }
   }
+  if (terminal) fmt::print("\n");
   p.save(o.out);
   copy_tokenizer_files_if_present(model_dir, o.out);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -174,6 +214,9 @@ void add_train_command(CLI::App& app) {
   command->add_option("--seed", o->seed, "seed for windows and --config initialization");
   command->add_option("--eval-every", o->eval_every, "validation loss every N steps (needs --val-data)");
   command->add_option("--dump-grads", o->dump_grads, "write step 0's unclipped gradients here (HF names)");
+  command->add_option("--save-every", o->save_every, "checkpoint every N steps into OUT/checkpoints (0: never)");
+  command->add_option("--keep-last", o->keep_last, "checkpoints to keep");
+  command->add_flag("--resume", o->resume, "continue from the newest checkpoint in OUT");
   command->add_option("--out", o->out, "output directory")->required();
   command->callback([o, init, config] {
     if (!*init && !*config) fail("train needs --init DIR or --config FILE.json");

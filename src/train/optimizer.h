@@ -28,7 +28,9 @@ class Optimizer {
   void step(Parameters& p, double lr);
   int64_t steps_taken() const { return steps_; }
   std::vector<float>& first_moment() { return m_; }
-  std::vector<float>& second_moment() { return v_; }
+  std::vector<float>& second_moment() { return v_; }  // empty for Lion
+  const std::vector<float>& first_moment() const { return m_; }
+  const std::vector<float>& second_moment() const { return v_; }
   void set_steps_taken(int64_t steps) { steps_ = steps; }
 
  private:
