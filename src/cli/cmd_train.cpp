@@ -18,6 +18,7 @@
 #include "train/data.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
+#include "train/plots.h"
 
 namespace deepmoe::cli {
 
@@ -180,6 +181,7 @@ void run_training(const TrainOptions& o) {
   if (terminal) fmt::print("\n");
   p.save(o.out);
   copy_tokenizer_files_if_present(model_dir, o.out);
+  train::write_plots(o.out);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print("trained {} steps in {:.1f} s -> {}\n", o.steps, total, o.out);
 }
