@@ -124,7 +124,7 @@ expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --co
 /usr/bin/python3 -c "import numpy as n; n.random.default_rng(1).integers(0, 300, 2000, dtype=n.uint32).tofile('tokens.u32')"
 "$deepmoe" train --init model --data tokens.u32 --seq 16 --batch 2 --steps 3 --lr 1e-3 --out trained >train.txt 2>&1 &&
   [ "$(wc -l <trained/metrics.jsonl)" -eq 3 ] && "$deepmoe" info --model trained >/dev/null &&
-  /usr/bin/python3 -c "import xml.dom.minidom as m; [m.parse("trained/" + f) for f in ("loss.svg", "lr.svg", "expert_load.svg")]" &&
+  /usr/bin/python3 -c "import xml.dom.minidom as m; [m.parse('trained/' + f) for f in ('loss.svg', 'lr.svg', 'expert_load.svg')]" &&
   ok "train writes metrics and a loadable model" || bad "train ($(tail -c 300 train.txt))"
 # Checkpoints: resuming reproduces the uninterrupted run's losses exactly; a half-written
 # checkpoint (what a kill during a save leaves) is ignored; only the last K are kept.
