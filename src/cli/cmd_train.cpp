@@ -29,6 +29,7 @@ struct TrainOptions {
   std::string schedule = "constant", optimizer = "adamw", order = "random";
   int64_t seq = 128, batch = 8, grad_accum = 1, steps = 100, warmup = 0, eval_every = 0, save_every = 0, keep_last = 3;
   bool resume = false;
+  int threads = 0;
   double lr = 1e-3, min_lr = 0.0, weight_decay = 0.0, clip = 1.0, aux_loss = 0.0, bias_update = 0.0, eps = 1e-8;
   std::optional<double> beta1, beta2;
   uint64_t seed = 0;
@@ -112,7 +113,7 @@ void run_training(const TrainOptions& o) {
     fmt::print("resuming from {} (step {})\n", *newest, first_step);
   }
 
-  train::TrainGraph graph(c);
+  train::TrainGraph graph(c, resolve_threads(o.threads));
   std::ofstream metrics(metrics_path, std::ios::trunc);
   for (const auto& line : kept_metrics) metrics << line << "\n";
   const bool terminal = isatty(STDOUT_FILENO) != 0;
@@ -219,6 +220,7 @@ void add_train_command(CLI::App& app) {
   command->add_option("--save-every", o->save_every, "checkpoint every N steps into OUT/checkpoints (0: never)");
   command->add_option("--keep-last", o->keep_last, "checkpoints to keep");
   command->add_flag("--resume", o->resume, "continue from the newest checkpoint in OUT");
+  command->add_option("--threads", o->threads, "threads (0: all cores)");
   command->add_option("--out", o->out, "output directory")->required();
   command->callback([o, init, config] {
     if (!*init && !*config) fail("train needs --init DIR or --config FILE.json");

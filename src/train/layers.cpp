@@ -6,19 +6,45 @@
 
 namespace deepmoe::train {
 
+namespace {
+ThreadPool* g_pool = nullptr;
+thread_local bool t_serial = false;
+// Rows per GEMM block: big enough for BLAS efficiency, small enough to balance two threads.
+constexpr int64_t kRowBlock = 64;
+}  // namespace
+
+void set_training_pool(ThreadPool* pool) { g_pool = pool; }
+
+ThreadPool& training_pool() {
+  thread_local ThreadPool single(1);
+  return g_pool != nullptr && !t_serial ? *g_pool : single;
+}
+
+SerialLayers::SerialLayers() : previous_(t_serial) { t_serial = true; }
+SerialLayers::~SerialLayers() { t_serial = previous_; }
+
 void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
-  gemm_f32_ex(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
+    gemm_f32_ex(false, true, end - begin, out, in, 1.0f, x + begin * in, in, w, in, 0.0f, y + begin * out, out);
+  });
 }
 
 void linear_backward(const float* x, const float* dy, int64_t n, const float* w, int64_t out, int64_t in, float* dx,
                      float* dw) {
-  if (dx != nullptr) gemm_f32_ex(false, false, n, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
-  gemm_f32_ex(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  if (dx != nullptr)
+    training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
+      gemm_f32_ex(false, false, end - begin, in, out, 1.0f, dy + begin * out, out, w, in, 1.0f, dx + begin * in, in);
+    });
+  // dW rows are independent: each block owns output features [begin, end).
+  training_pool().parallel_for(out, kRowBlock, [&](int64_t begin, int64_t end) {
+    gemm_f32_ex(true, false, end - begin, in, n, 1.0f, dy + begin, out, x, in, 1.0f, dw + begin * in, in);
+  });
 }
 
 void rmsnorm_forward(const float* x, int64_t stride, const float* w, int64_t n, int64_t dim, float eps, float* y,
                      float* inv_rms) {
-  for (int64_t r = 0; r < n; ++r) {
+  training_pool().parallel_for(n, 16, [&](int64_t r_begin, int64_t r_end) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
     const float* row = x + r * stride;
     double sum = 0;
     for (int64_t i = 0; i < dim; ++i) sum += double(row[i]) * row[i];
@@ -26,6 +52,7 @@ void rmsnorm_forward(const float* x, int64_t stride, const float* w, int64_t n, 
     inv_rms[r] = inv;
     for (int64_t i = 0; i < dim; ++i) y[r * dim + i] = row[i] * inv * w[i];
   }
+  });
 }
 
 void rmsnorm_backward(const float* x, int64_t stride, const float* w, const float* inv_rms, const float* dy,

@@ -5,7 +5,28 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/thread_pool.h"
+
 namespace deepmoe::train {
+
+// The pool every training layer splits its work over (set once by TrainGraph; BLAS runs one
+// thread per block, so results do not depend on the thread count).
+void set_training_pool(ThreadPool* pool);
+ThreadPool& training_pool();
+
+// Inside a parallel region (experts in parallel), the layers must not split their work again:
+// while one of these lives on a thread, training_pool() is a one-thread pool on that thread.
+// Create it inside the parallel body.
+class SerialLayers {
+ public:
+  SerialLayers();
+  ~SerialLayers();
+  SerialLayers(const SerialLayers&) = delete;
+  SerialLayers& operator=(const SerialLayers&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // y[n, out] = x[n, in] · Wᵀ
 void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y);

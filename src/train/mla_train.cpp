@@ -67,7 +67,9 @@ void mla_train_forward(const Config& c, Parameters& p, const std::string& prefix
   s.probs.assign(size_t(batch * d.heads * seq * seq), 0.0f);
   s.attn.assign(size_t(n * d.heads * d.v), 0.0f);
   const int64_t q_stride = d.heads * d.qk, kv_stride = d.heads * (d.nope + d.v);
-  for (int64_t b = 0; b < batch; ++b) {
+  // Sequences are independent: one per pool block.
+  training_pool().parallel_for(batch, 1, [&](int64_t b_begin, int64_t b_end) {
+  for (int64_t b = b_begin; b < b_end; ++b) {
     const int64_t row0 = b * seq;
     for (int64_t h = 0; h < d.heads; ++h) {
       float* probs = s.probs.data() + (b * d.heads + h) * seq * seq;
@@ -85,6 +87,7 @@ void mla_train_forward(const Config& c, Parameters& p, const std::string& prefix
                   s.attn.data() + row0 * d.heads * d.v + h * d.v, d.heads * d.v);
     }
   }
+  });
   linear_forward(s.attn.data(), n, p.value(prefix + "o_proj.weight"), d.hidden, d.heads * d.v, out);
 }
 
@@ -100,8 +103,10 @@ void mla_train_backward(const Config& c, Parameters& p, const std::string& prefi
                   p.grad(prefix + "o_proj.weight"));
 
   std::vector<float> dq(s.q.size(), 0.0f), dkv(s.kv.size(), 0.0f), dk_rope(s.k_rope.size(), 0.0f);
-  std::vector<float> dp(size_t(seq * seq));
-  for (int64_t b = 0; b < batch; ++b) {
+  // Per sequence: its rows of dq, dkv and dk_rope are its own, so sequences run in parallel.
+  training_pool().parallel_for(batch, 1, [&](int64_t b_begin, int64_t b_end) {
+  std::vector<float> dp(static_cast<size_t>(seq * seq));
+  for (int64_t b = b_begin; b < b_end; ++b) {
     const int64_t row0 = b * seq;
     for (int64_t h = 0; h < d.heads; ++h) {
       const float* probs = s.probs.data() + (b * d.heads + h) * seq * seq;
@@ -130,6 +135,7 @@ void mla_train_backward(const Config& c, Parameters& p, const std::string& prefi
                   dk_rope.data() + row0 * d.rope, d.rope);
     }
   }
+  });
   // Undo the rotations on the gradients of the rope parts.
   std::vector<float> dkv_a(size_t(n * kv_a_width), 0.0f);
   for (int64_t r = 0; r < n; ++r) {

@@ -6,9 +6,17 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/matmul.h"
 #include "train/layers.h"
 
 namespace deepmoe::train {
+
+TrainGraph::TrainGraph(const Config& config, int n_threads) : config_(config), pool_(n_threads) {
+  use_single_threaded_blas();
+  set_training_pool(&pool_);
+}
+
+TrainGraph::~TrainGraph() { set_training_pool(nullptr); }
 
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
                          int64_t batch, int64_t seq, double aux_weight, bool backward, float grad_scale) {
@@ -69,19 +77,23 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   linear_forward(final_normed_.data(), n, p.value(head_name), vocab, hidden, logits_.data());
 
   // Cross-entropy; logits_ becomes d loss / d logits = (softmax - onehot) / n.
-  double total = 0;
-  for (int64_t r = 0; r < n; ++r) {
+  std::vector<double> row_loss(static_cast<size_t>(n));
+  pool_.parallel_for(n, 8, [&](int64_t r_begin, int64_t r_end) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
     float* row = logits_.data() + r * vocab;
     const float max = *std::max_element(row, row + vocab);
     double sum = 0;
     for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v] - max));
     const double log_sum = std::log(sum) + max;
-    total += log_sum - row[targets[size_t(r)]];
+    row_loss[size_t(r)] = log_sum - row[targets[size_t(r)]];
     if (backward) {
       for (int64_t v = 0; v < vocab; ++v) row[v] = float(std::exp(double(row[v]) - log_sum) / double(n)) * grad_scale;
       row[targets[size_t(r)]] -= grad_scale / float(n);
     }
   }
+  });
+  double total = 0;
+  for (const double v : row_loss) total += v;
   result.cross_entropy = total / double(n);
   result.loss = result.cross_entropy + aux_weight * result.balance;
   if (!backward) return result;

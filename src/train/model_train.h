@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "model/rope.h"
 #include "train/mla_train.h"
 #include "train/moe_train.h"
@@ -23,7 +24,9 @@ struct StepLoss {
 
 class TrainGraph {
  public:
-  explicit TrainGraph(const Config& config) : config_(config) {}
+  // n_threads: the pool every layer splits its work over (BLAS runs one thread per block).
+  TrainGraph(const Config& config, int n_threads);
+  ~TrainGraph();
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
   // p.grads() (grad_scale = 1 / accumulation steps). Throws Error for an id outside the vocabulary.
@@ -38,6 +41,7 @@ class TrainGraph {
     MlpSaved mlp;
   };
   Config config_;
+  ThreadPool pool_;
   RopeTable rope_;
   int64_t rope_positions_ = 0;
   std::vector<LayerSaved> layers_;

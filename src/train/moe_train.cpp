@@ -92,17 +92,29 @@ void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix
       s.rows[size_t(expert)].push_back(int32_t(r));
       s.slots[size_t(expert)].push_back(int32_t(j));
     }
+  // Experts run in parallel (each on one thread); their outputs are combined afterwards, in
+  // expert order, so the sums do not depend on the schedule.
+  std::vector<MlpTensors> tensors;
+  for (int64_t ex = 0; ex < e; ++ex)
+    tensors.push_back(expert_tensors(p, fmt::format("{}experts.{}.", prefix, ex), hidden, c.moe_intermediate_size));
+  training_pool().parallel_for(e, 1, [&](int64_t ex_begin, int64_t ex_end) {
+    SerialLayers serial;
+      for (int64_t ex = ex_begin; ex < ex_end; ++ex) {
+        const auto& rows = s.rows[size_t(ex)];
+        const int64_t m = int64_t(rows.size());
+        if (m == 0) continue;
+        auto& in = s.inputs[size_t(ex)];
+        auto& y = s.outputs[size_t(ex)];
+        in.resize(size_t(m * hidden));
+        y.resize(size_t(m * hidden));
+        for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * hidden, hidden, in.data() + i * hidden);
+        mlp_forward(tensors[size_t(ex)], in.data(), m, s.experts[size_t(ex)], y.data());
+      }
+  });
   for (int64_t ex = 0; ex < e; ++ex) {
     const auto& rows = s.rows[size_t(ex)];
     const int64_t m = int64_t(rows.size());
-    if (m == 0) continue;
-    auto& in = s.inputs[size_t(ex)];
     auto& y = s.outputs[size_t(ex)];
-    in.resize(size_t(m * hidden));
-    y.resize(size_t(m * hidden));
-    for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * hidden, hidden, in.data() + i * hidden);
-    mlp_forward(expert_tensors(p, fmt::format("{}experts.{}.", prefix, ex), hidden, c.moe_intermediate_size), in.data(),
-                m, s.experts[size_t(ex)], y.data());
     for (int64_t i = 0; i < m; ++i) {
       const float w = s.weights[size_t(rows[size_t(i)] * k + s.slots[size_t(ex)][size_t(i)])];
       axpy(hidden, w, y.data() + i * hidden, out + rows[size_t(i)] * hidden);
@@ -141,11 +153,16 @@ void moe_train_backward(const Config& c, Parameters& p, const std::string& prefi
 
   // Routed experts: d(expert output) = w·d_out, and d(w) = d_out · expert output.
   std::vector<float> d_weights(size_t(n * k), 0.0f);
-  for (int64_t ex = 0; ex < e; ++ex) {
+  std::vector<std::vector<float>> d_inputs(static_cast<size_t>(e));
+  training_pool().parallel_for(e, 1, [&](int64_t ex_begin, int64_t ex_end) {
+  SerialLayers serial;
+  for (int64_t ex = ex_begin; ex < ex_end; ++ex) {
     const auto& rows = s.rows[size_t(ex)];
     const int64_t m = int64_t(rows.size());
     if (m == 0) continue;
-    std::vector<float> dy(size_t(m * hidden)), d_in(size_t(m * hidden), 0.0f);
+    std::vector<float> dy(size_t(m * hidden));
+    auto& d_in = d_inputs[size_t(ex)];
+    d_in.assign(size_t(m * hidden), 0.0f);
     for (int64_t i = 0; i < m; ++i) {
       const int64_t r = rows[size_t(i)], slot = s.slots[size_t(ex)][size_t(i)];
       const float w = s.weights[size_t(r * k + slot)];
@@ -160,7 +177,12 @@ void moe_train_backward(const Config& c, Parameters& p, const std::string& prefi
     }
     mlp_backward(expert_tensors(p, fmt::format("{}experts.{}.", prefix, ex), hidden, c.moe_intermediate_size),
                  s.inputs[size_t(ex)].data(), m, s.experts[size_t(ex)], dy.data(), d_in.data());
-    for (int64_t i = 0; i < m; ++i) axpy(hidden, 1.0f, d_in.data() + i * hidden, dx + rows[size_t(i)] * hidden);
+  }
+  });
+  for (int64_t ex = 0; ex < e; ++ex) {  // in expert order: a fixed summation order
+    const auto& rows = s.rows[size_t(ex)];
+    for (size_t i = 0; i < rows.size(); ++i)
+      axpy(hidden, 1.0f, d_inputs[size_t(ex)].data() + i * size_t(hidden), dx + rows[i] * hidden);
   }
 
   // Combine weights -> scores.
