@@ -38,6 +38,9 @@ TEST(ChatTemplateTest, NamesWhatIsUnsupportedOrWrong) {
   EXPECT_NE(render_error("{% if true %}open").find("without '{% endif %}'"), std::string::npos);
   EXPECT_NE(render_error("{{ raise_exception('roles must alternate') }}").find("roles must alternate"), std::string::npos);
   EXPECT_NE(render_error("{{ 'unterminated }}").find("unterminated string"), std::string::npos);
+  EXPECT_NE(render_error("{{ " + std::string(5000, '[') + " }}").find("nested deeper"), std::string::npos);
+  EXPECT_NE(render_error(std::string(3000, '-') + "1").find("no error"), std::string::npos);  // plain text
+  EXPECT_NE(render_error("{{ " + std::string(3000, '-') + "1 }}").find("nested deeper"), std::string::npos);
   EXPECT_NE(render_error("x", nlohmann::json::parse(R"([{"content": "no role"}])")).find("role"), std::string::npos);
 }
 

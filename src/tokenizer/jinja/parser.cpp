@@ -298,6 +298,7 @@ class Parser {
   }
 
   std::unique_ptr<Node> parse_statement() {
+    DepthGuard guard(*this);
     const int line = peek().line;
     const std::string keyword = expect_name();
     if (keyword == "if") return parse_if(line);
@@ -408,7 +409,10 @@ class Parser {
     return e;
   }
 
-  ExprPtr parse_expression() { return parse_conditional(true); }
+  ExprPtr parse_expression() {
+    DepthGuard guard(*this);
+    return parse_conditional(true);
+  }
 
   ExprPtr parse_conditional(bool allow) {
     ExprPtr value = parse_or();
@@ -433,6 +437,7 @@ class Parser {
     return left;
   }
   ExprPtr parse_not() {
+    DepthGuard guard(*this);
     if (at_name("not")) {
       const int line = next().line;
       auto e = make(Expr::Kind::kUnary, "not", line);
@@ -486,6 +491,7 @@ class Parser {
     return left;
   }
   ExprPtr parse_unary() {
+    DepthGuard guard(*this);
     if (at_op("-") || at_op("+")) {
       const Token& t = next();
       auto e = make(Expr::Kind::kUnary, t.text, t.line);
@@ -632,8 +638,19 @@ class Parser {
     fail("chat template line {}: unexpected '{}' in an expression", t.line, t.text.empty() ? "end of tag" : t.text);
   }
 
+  // Nesting bound: templates are untrusted input and the parser recurses.
+  struct DepthGuard {
+    Parser& parser;
+    explicit DepthGuard(Parser& p) : parser(p) {
+      if (++parser.depth_ > kMaxDepth) fail("chat template line {}: nested deeper than {} levels", parser.peek().line, kMaxDepth);
+    }
+    ~DepthGuard() { --parser.depth_; }
+  };
+  static constexpr int kMaxDepth = 100;
+
   std::vector<Token> tokens_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

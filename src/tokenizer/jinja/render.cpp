@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <climits>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -139,7 +141,11 @@ Value argument(const Args& args, const Kwargs& kwargs, size_t i, const char* nam
 
 int64_t to_int(const Value& v) {
   if (v.is_int()) return std::get<int64_t>(v.data);
-  if (v.is_float()) return int64_t(std::get<double>(v.data));
+  if (v.is_float()) {  // clamped: casting a float beyond int64 (or NaN) is undefined in C++
+    const double d = std::get<double>(v.data);
+    if (std::isnan(d)) return 0;
+    return d >= 9.2e18 ? INT64_MAX : d <= -9.2e18 ? INT64_MIN : int64_t(d);
+  }
   if (v.is_bool()) return std::get<bool>(v.data);
   if (v.is_string()) {
     try {
@@ -178,9 +184,10 @@ class Interpreter {
       if (args.size() >= 3) step = to_int(args[2]);
       if (step == 0) fail("range() step must not be zero");
       List out;
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+      for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
         if (out.size() >= kMaxRange) fail("range() longer than {} items", kMaxRange);
         out.emplace_back(i);
+        if (__builtin_add_overflow(i, step, &i)) break;
       }
       return Value(std::move(out));
     });
@@ -351,8 +358,14 @@ class Interpreter {
         switch (e.literal) {
           case Expr::Literal::kNone: return Value(None{});
           case Expr::Literal::kBool: return Value(!e.name.empty());
-          case Expr::Literal::kInt: return Value(int64_t(std::stoll(e.name)));
-          case Expr::Literal::kFloat: return Value(std::stod(e.name));
+          case Expr::Literal::kInt: {
+            int64_t v = 0;
+            const auto [end, error] = std::from_chars(e.name.data(), e.name.data() + e.name.size(), v);
+            if (error != std::errc() || end != e.name.data() + e.name.size())
+              return Value(std::strtod(e.name.c_str(), nullptr));  // beyond int64: a float, not a crash
+            return Value(v);
+          }
+          case Expr::Literal::kFloat: return Value(std::strtod(e.name.c_str(), nullptr));
           case Expr::Literal::kString: return Value(e.name);
         }
         return Value();
@@ -382,7 +395,8 @@ class Interpreter {
         if (e.name == "not") return Value(!v.truthy());
         if (!v.is_number()) fail("chat template line {}: unary '{}' on a {}", e.line, e.name, v.type_name());
         if (e.name == "+") return v;
-        return v.is_int() ? Value(-std::get<int64_t>(v.data)) : Value(-std::get<double>(v.data));
+        if (v.is_int() && std::get<int64_t>(v.data) != INT64_MIN) return Value(-std::get<int64_t>(v.data));
+        return Value(-v.number());
       }
       case Expr::Kind::kBinary: return binary(e);
       case Expr::Kind::kConditional:
@@ -471,7 +485,10 @@ class Interpreter {
     };
     const int64_t b = clamp(start, step > 0 ? 0 : n - 1, true), end = clamp(stop, step > 0 ? n : -1, false);
     List out;
-    for (int64_t i = b; step > 0 ? i < end : i > end; i += step) out.push_back(items[size_t(i)]);
+    for (int64_t i = b; step > 0 ? i < end : i > end;) {
+      out.push_back(items[size_t(i)]);
+      if (__builtin_add_overflow(i, step, &i)) break;
+    }
     if (object.is_string()) {
       std::string s;
       for (const auto& v : out) s += v.str();
@@ -624,16 +641,18 @@ class Interpreter {
       const bool ints = !a.is_float() && !b.is_float();
       const int64_t x = ints ? to_int(a) : 0, y = ints ? to_int(b) : 0;
       const double fx = a.is_bool() ? double(to_int(a)) : a.number(), fy = b.is_bool() ? double(to_int(b)) : b.number();
-      if (op == "+") return ints ? Value(x + y) : Value(fx + fy);
-      if (op == "-") return ints ? Value(x - y) : Value(fx - fy);
-      if (op == "*") return ints ? Value(x * y) : Value(fx * fy);
+      // Python's ints do not overflow; ours turn into floats where int64 would.
+      int64_t exact = 0;
+      if (op == "+") return ints && !__builtin_add_overflow(x, y, &exact) ? Value(exact) : Value(fx + fy);
+      if (op == "-") return ints && !__builtin_sub_overflow(x, y, &exact) ? Value(exact) : Value(fx - fy);
+      if (op == "*") return ints && !__builtin_mul_overflow(x, y, &exact) ? Value(exact) : Value(fx * fy);
       if (op == "/" ) {
         if (fy == 0) fail("chat template line {}: division by zero", e.line);
         return Value(fx / fy);
       }
       if (op == "//" || op == "%") {
         if (fy == 0) fail("chat template line {}: division by zero", e.line);
-        if (ints) {
+        if (ints && !(x == INT64_MIN && y == -1)) {
           int64_t q = x / y, r = x % y;
           if (r != 0 && ((r < 0) != (y < 0))) --q, r += y;  // Python floors
           return op == "//" ? Value(q) : Value(r);
@@ -641,7 +660,11 @@ class Interpreter {
         const double q = std::floor(fx / fy);
         return op == "//" ? Value(q) : Value(fx - q * fy);
       }
-      if (op == "**") return ints && y >= 0 ? Value(int64_t(std::llround(std::pow(double(x), double(y))))) : Value(std::pow(fx, fy));
+      if (op == "**") {
+        const double power = std::pow(fx, fy);
+        if (ints && y >= 0 && std::fabs(power) < 9.0e18) return Value(int64_t(std::llround(power)));
+        return Value(power);
+      }
     }
     fail("chat template line {}: unsupported operands for '{}': {} and {}", e.line, op, a.type_name(), b.type_name());
   }
