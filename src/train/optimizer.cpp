@@ -3,13 +3,31 @@
 #include <cmath>
 #include <numbers>
 
+#include "train/layers.h"
+
 namespace deepmoe::train {
+
+namespace {
+
+// Trainable elements cut into chunks the pool hands out (a fixed cut, so sums are reproducible).
+constexpr size_t kChunk = 1 << 15;
+
+std::vector<std::pair<size_t, size_t>> trainable_chunks(const Parameters& p) {
+  std::vector<std::pair<size_t, size_t>> chunks;
+  for (const auto& t : p.tensors()) {
+    if (!t.trainable) continue;
+    for (size_t begin = t.offset; begin < t.offset + t.size; begin += kChunk)
+      chunks.emplace_back(begin, std::min(begin + kChunk, t.offset + t.size));
+  }
+  return chunks;
+}
+
+}  // namespace
 
 Optimizer::Optimizer(const Parameters& p, OptimizerOptions options) : options_(options) {
   m_.assign(p.values().size(), 0.0f);
   if (options_.kind == OptimizerKind::AdamW) v_.assign(p.values().size(), 0.0f);
-  for (const auto& t : p.tensors())
-    if (t.trainable) ranges_.emplace_back(t.offset, t.offset + t.size);
+  ranges_ = trainable_chunks(p);
 }
 
 void Optimizer::step(Parameters& p, double lr) {
@@ -23,23 +41,27 @@ void Optimizer::step(Parameters& p, double lr) {
     const double correction2 = 1.0 - std::pow(b2, double(steps_));
     const float step_size = float(lr / correction1);
     const float root_correction2 = float(std::sqrt(correction2));
-    for (const auto& [begin, end] : ranges_)
-      for (size_t i = begin; i < end; ++i) {
+    training_pool().parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c)
+      for (size_t i = ranges_[size_t(c)].first; i < ranges_[size_t(c)].second; ++i) {
         w[i] *= decay;
         m_[i] = float(b1) * m_[i] + float(1 - b1) * g[i];
         v_[i] = float(b2) * v_[i] + float(1 - b2) * g[i] * g[i];
         w[i] -= step_size * m_[i] / (std::sqrt(v_[i]) / root_correction2 + float(options_.eps));
       }
+    });
     return;
   }
-  for (const auto& [begin, end] : ranges_)
-    for (size_t i = begin; i < end; ++i) {
+  training_pool().parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+  for (int64_t c = c_begin; c < c_end; ++c)
+    for (size_t i = ranges_[size_t(c)].first; i < ranges_[size_t(c)].second; ++i) {
       w[i] *= decay;
       const float blend = float(b1) * m_[i] + float(1 - b1) * g[i];
       const float sign = float((blend > 0) - (blend < 0));
       w[i] -= float(lr) * sign;
       m_[i] = float(b2) * m_[i] + float(1 - b2) * g[i];
     }
+  });
 }
 
 double learning_rate(const ScheduleOptions& s, int64_t step) {
@@ -63,22 +85,26 @@ double learning_rate(const ScheduleOptions& s, int64_t step) {
 }
 
 double clip_gradients(Parameters& p, double max_norm) {
+  const auto chunks = trainable_chunks(p);
+  std::vector<double> partial(chunks.size(), 0.0);
+  float* g = p.grads().data();
+  training_pool().parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      double sum = 0;
+      for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) sum += double(g[i]) * g[i];
+      partial[size_t(c)] = sum;
+    }
+  });
   double sum = 0;
-  for (const auto& t : p.tensors()) {
-    if (!t.trainable) continue;
-    const float* g = p.grads().data() + t.offset;
-    for (size_t i = 0; i < t.size; ++i) sum += double(g[i]) * g[i];
-  }
+  for (const double v : partial) sum += v;  // in chunk order: the same norm for any thread count
   const double norm = std::sqrt(sum);
   if (max_norm > 0) {
     const double coefficient = max_norm / (norm + 1e-6);
-    if (coefficient < 1.0) {
-      for (const auto& t : p.tensors()) {
-        if (!t.trainable) continue;
-        float* g = p.grads().data() + t.offset;
-        for (size_t i = 0; i < t.size; ++i) g[i] = float(g[i] * coefficient);
-      }
-    }
+    if (coefficient < 1.0)
+      training_pool().parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+        for (int64_t c = c_begin; c < c_end; ++c)
+          for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) g[i] = float(g[i] * coefficient);
+      });
   }
   return norm;
 }

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
+#include "train/layers.h"
 
 namespace deepmoe::train {
 
@@ -65,7 +66,12 @@ float* Parameters::grad(const std::string& name) {
   return t ? grads_.data() + t->offset : nullptr;
 }
 
-void Parameters::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+void Parameters::zero_grads() {
+  const int64_t n = int64_t(grads_.size());
+  training_pool().parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
+    std::fill(grads_.begin() + begin, grads_.begin() + end, 0.0f);
+  });
+}
 
 void Parameters::save(const std::string& dir, Which which) const {
   std::filesystem::create_directories(dir);
