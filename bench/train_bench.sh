@@ -19,17 +19,21 @@ cat >"$work/config.json" <<'JSON'
  "n_group": 4, "topk_group": 2, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": true,
  "routed_scaling_factor": 2.5, "tie_word_embeddings": false}
 JSON
-seq=128 batch=8 steps=8
+seq=128 batch=8 steps=20
 "$build/deepmoe" init --config "$work/config.json" --out "$work/model" --seed 1 >/dev/null
 /usr/bin/python3 -c "import numpy as n; n.random.default_rng(0).integers(0, 4096, 200000, dtype=n.uint32).tofile('$work/tokens.u32')"
-"$build/deepmoe" train --init "$work/model" --data "$work/tokens.u32" --seq $seq --batch $batch --steps $steps \
-  --order sequential --lr 1e-3 --threads "$threads" --out "$work/run" >/dev/null
-/usr/bin/python3 - "$work" "$threads" <<'PY'
+# f32, then bf16 GEMM operands (falls back to f32, with a note, on CPUs without AVX512-BF16).
+for precision in f32 bf16; do
+  "$build/deepmoe" train --init "$work/model" --data "$work/tokens.u32" --seq $seq --batch $batch --steps $steps \
+    --order sequential --lr 1e-3 --threads "$threads" --precision $precision --out "$work/run-$precision" >/dev/null
+  /usr/bin/python3 - "$work/run-$precision" "$threads" $precision <<'PY'
 import json, statistics, sys
-work, threads = sys.argv[1], int(sys.argv[2])
-rates = [json.loads(l)["tokens_per_second"] for l in open(f"{work}/run/metrics.jsonl")][1:]
-print(json.dumps({"engine": "deepmoe", "threads": threads, "tokens_per_second": statistics.median(rates)}))
+run, threads, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rates = [json.loads(l)["tokens_per_second"] for l in open(f"{run}/metrics.jsonl")][1:]
+print(json.dumps({"engine": "deepmoe", "precision": precision, "threads": threads,
+                  "tokens_per_second": statistics.median(rates)}))
 PY
+done
 /usr/bin/python3 "$here/train_peer_torch.py" --model "$work/model" --data "$work/tokens.u32" --seq $seq --batch $batch \
   --steps 4 --threads "$threads"
 # Model FLOPs per trained token: 3 x (2 x active matmul parameters + causal attention), as in

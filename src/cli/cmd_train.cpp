@@ -2,9 +2,11 @@
 // clipping, optimizer, schedule, balance bias update), writing metrics.jsonl and the model.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -13,6 +15,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "kernels/gemm_bf16.h"
 #include "model/random_init.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -26,14 +29,20 @@ namespace {
 
 struct TrainOptions {
   std::string init, config, data, val_data, out, dump_grads;
-  std::string schedule = "constant", optimizer = "adamw", order = "random";
+  std::string schedule = "constant", optimizer = "adamw", order = "random", precision = "f32";
   int64_t seq = 128, batch = 8, grad_accum = 1, steps = 100, warmup = 0, eval_every = 0, save_every = 0, keep_last = 3;
-  bool resume = false;
+  bool resume = false, recompute = false;
   int threads = 0;
   double lr = 1e-3, min_lr = 0.0, weight_decay = 0.0, clip = 1.0, aux_loss = 0.0, bias_update = 0.0, eps = 1e-8;
   std::optional<double> beta1, beta2;
   uint64_t seed = 0;
 };
+
+size_t peak_resident_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return size_t(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
 
 // Adds γ·sign(mean load − load_i) to each noaux_tc layer's e_score_correction_bias.
 void update_balance_bias(const Config& c, train::Parameters& p, const std::vector<std::vector<int64_t>>& loads,
@@ -55,7 +64,8 @@ double validation_loss(train::TrainGraph& graph, train::Parameters& p, const tra
                        const TrainOptions& o) {
   std::vector<int32_t> inputs, targets;
   double total = 0;
-  const int64_t batches = 4;
+  // The whole validation file once (sequential windows), up to 32 batches.
+  const int64_t batches = std::clamp<int64_t>((windows.tokens() - 1) / (o.seq * o.batch), 1, 32);
   for (int64_t b = 0; b < batches; ++b) {
     windows.batch(b, o.batch, inputs, targets);
     total += graph.run(p, inputs, targets, o.batch, o.seq, 0.0, false).cross_entropy;
@@ -96,7 +106,7 @@ void run_training(const TrainOptions& o) {
 
   // What a checkpoint must agree with to be resumed exactly.
   const nlohmann::json run = {{"seq", o.seq}, {"batch", o.batch}, {"grad_accum", o.grad_accum}, {"seed", o.seed},
-                              {"order", o.order}, {"optimizer", o.optimizer}};
+                              {"order", o.order}, {"optimizer", o.optimizer}, {"precision", o.precision}};
   int64_t first_step = 0;
   const std::string metrics_path = (std::filesystem::path(o.out) / "metrics.jsonl").string();
   std::vector<std::string> kept_metrics;
@@ -113,11 +123,19 @@ void run_training(const TrainOptions& o) {
     fmt::print("resuming from {} (step {})\n", *newest, first_step);
   }
 
-  train::TrainGraph graph(c, resolve_threads(o.threads));
+  train::GemmPrecision precision = train::GemmPrecision::F32;
+  if (o.precision == "bf16") {
+    if (cpu_has_bf16_gemm())
+      precision = train::GemmPrecision::BF16;
+    else
+      fmt::print(stderr, "deepmoe: note: this CPU has no AVX512-BF16, so --precision bf16 trains in f32\n");
+  }
+  train::TrainGraph graph(c, resolve_threads(o.threads), precision, o.recompute);
   std::ofstream metrics(metrics_path, std::ios::trunc);
   for (const auto& line : kept_metrics) metrics << line << "\n";
   const bool terminal = isatty(STDOUT_FILENO) != 0;
   std::vector<int32_t> inputs, targets;
+  std::optional<double> last_val_loss;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = first_step; step < o.steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
@@ -157,8 +175,10 @@ void run_training(const TrainOptions& o) {
       load_stats.push_back({{"max_over_mean", max / mean}, {"cv", std::sqrt(var) / mean}});
     }
     line["expert_load"] = load_stats;
-    if (val && o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps))
-      line["val_loss"] = validation_loss(graph, p, *val, o);
+    if (val && o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
+      last_val_loss = validation_loss(graph, p, *val, o);
+      line["val_loss"] = *last_val_loss;
+    }
     metrics << line.dump() << "\n";
     metrics.flush();
     const std::string val_text =
@@ -185,6 +205,10 @@ void run_training(const TrainOptions& o) {
   train::write_plots(o.out);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print("trained {} steps in {:.1f} s -> {}\n", o.steps, total, o.out);
+  if (last_val_loss)
+    fmt::print("validation loss {:.4f}, perplexity {:.1f}\n", *last_val_loss, std::exp(*last_val_loss));
+  fmt::print("memory: activations {:.1f} MiB{}, peak resident {:.1f} MiB\n", double(graph.activation_bytes()) / 1048576.0,
+             o.recompute ? " (recomputed per layer)" : "", double(peak_resident_bytes()) / 1048576.0);
 }
 
 }  // namespace
@@ -220,6 +244,9 @@ void add_train_command(CLI::App& app) {
   command->add_option("--save-every", o->save_every, "checkpoint every N steps into OUT/checkpoints (0: never)");
   command->add_option("--keep-last", o->keep_last, "checkpoints to keep");
   command->add_flag("--resume", o->resume, "continue from the newest checkpoint in OUT");
+  command->add_option("--precision", o->precision, "GEMM operands: f32, or bf16 with f32 accumulation and f32 master "
+                      "weights (needs AVX512-BF16; f32 otherwise)")->check(CLI::IsMember({"f32", "bf16"}));
+  command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
   command->add_option("--threads", o->threads, "threads (0: all cores)");
   command->add_option("--out", o->out, "output directory")->required();
   command->callback([o, init, config] {

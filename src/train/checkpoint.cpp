@@ -89,8 +89,20 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
     fs::remove_all(partial, ignored);
     fail("checkpoint {}: {} (the previous checkpoints are kept)", final_dir.string(), e.what());
   }
+  // Old checkpoints go by rename first: a kill halfway through deleting one must not leave a
+  // directory that still looks complete. Leftovers of earlier kills (.partial, .old) go too.
   auto all = complete_checkpoints(out_dir);
-  for (size_t i = 0; i + size_t(std::max<int64_t>(keep_last, 1)) < all.size(); ++i) fs::remove_all(all[i].second);
+  for (size_t i = 0; i + size_t(std::max<int64_t>(keep_last, 1)) < all.size(); ++i) {
+    fs::path doomed = all[i].second;
+    doomed += ".old";
+    fs::rename(all[i].second, doomed);
+  }
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator(root, ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (name.ends_with(".old") || (name.ends_with(".partial") && entry.path() != partial))
+      fs::remove_all(entry.path(), ignored);
+  }
 }
 
 std::optional<std::string> newest_checkpoint(const std::string& out_dir) {

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/gemm_bf16.h"
+#include "core/error.h"
 #include "kernels/matmul.h"
 
 namespace deepmoe::train {
@@ -9,6 +11,8 @@ namespace deepmoe::train {
 namespace {
 ThreadPool* g_pool = nullptr;
 thread_local bool t_serial = false;
+GemmPrecision g_precision = GemmPrecision::F32;
+const Bf16Weights* g_bf16_weights = nullptr;
 // Rows per GEMM block: big enough for BLAS efficiency, small enough to balance two threads.
 constexpr int64_t kRowBlock = 64;
 }  // namespace
@@ -23,7 +27,78 @@ ThreadPool& training_pool() {
 SerialLayers::SerialLayers() : previous_(t_serial) { t_serial = true; }
 SerialLayers::~SerialLayers() { t_serial = previous_; }
 
+void set_training_precision(GemmPrecision precision) { g_precision = precision; }
+GemmPrecision training_precision() { return g_precision; }
+void set_bf16_weights(const Bf16Weights* weights) { g_bf16_weights = weights; }
+
+void Bf16Weights::refresh(const float* values, size_t count) {
+  base_ = values;
+  bits_.resize(count);
+  constexpr int64_t kChunk = 1 << 16;
+  training_pool().parallel_for(int64_t(count), kChunk, [&](int64_t begin, int64_t end) {
+    convert_f32_to_bf16(values + begin, bits_.data() + begin, size_t(end - begin));
+  });
+}
+
+const uint16_t* Bf16Weights::find(const float* w, size_t count) const {
+  if (base_ == nullptr || w < base_ || w + count > base_ + bits_.size()) return nullptr;
+  return bits_.data() + (w - base_);
+}
+
+namespace {
+
+// rows × cols f32 → bf16 into `out`, split over the pool.
+const uint16_t* to_bf16(const float* x, int64_t rows, int64_t cols, std::vector<uint16_t>& out) {
+  out.resize(size_t(rows * cols));
+  training_pool().parallel_for(rows, kRowBlock, [&](int64_t begin, int64_t end) {
+    convert_f32_to_bf16(x + begin * cols, out.data() + begin * cols, size_t((end - begin) * cols));
+  });
+  return out.data();
+}
+
+const uint16_t* weight_bf16(const float* w, int64_t out, int64_t in, std::vector<uint16_t>& scratch) {
+  const uint16_t* found = g_bf16_weights != nullptr ? g_bf16_weights->find(w, size_t(out * in)) : nullptr;
+  return found != nullptr ? found : to_bf16(w, out, in, scratch);
+}
+
+// Buffers of the calling thread (layers inside a parallel region run on several threads at once).
+struct Bf16Scratch {
+  std::vector<uint16_t> x, dy, w;
+};
+Bf16Scratch& bf16_scratch() {
+  thread_local Bf16Scratch scratch;
+  return scratch;
+}
+
+void linear_forward_bf16(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
+  Bf16Scratch& scratch = bf16_scratch();
+  const uint16_t* xb = to_bf16(x, n, in, scratch.x);
+  const uint16_t* wb = weight_bf16(w, out, in, scratch.w);
+  training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
+    gemm_bf16(false, true, end - begin, out, in, xb + begin * in, in, wb, in, false, y + begin * out, out);
+  });
+}
+
+void linear_backward_bf16(const float* x, const float* dy, int64_t n, const float* w, int64_t out, int64_t in,
+                          float* dx, float* dw) {
+  Bf16Scratch& scratch = bf16_scratch();
+  const uint16_t* dyb = to_bf16(dy, n, out, scratch.dy);
+  const uint16_t* xb = to_bf16(x, n, in, scratch.x);
+  if (dx != nullptr) {
+    const uint16_t* wb = weight_bf16(w, out, in, scratch.w);
+    training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
+      gemm_bf16(false, false, end - begin, in, out, dyb + begin * out, out, wb, in, true, dx + begin * in, in);
+    });
+  }
+  training_pool().parallel_for(out, kRowBlock, [&](int64_t begin, int64_t end) {
+    gemm_bf16(true, false, end - begin, in, n, dyb + begin, out, xb, in, true, dw + begin * in, in);
+  });
+}
+
+}  // namespace
+
 void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y) {
+  if (g_precision == GemmPrecision::BF16) return linear_forward_bf16(x, n, w, out, in, y);
   training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
     gemm_f32_ex(false, true, end - begin, out, in, 1.0f, x + begin * in, in, w, in, 0.0f, y + begin * out, out);
   });
@@ -31,6 +106,7 @@ void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int6
 
 void linear_backward(const float* x, const float* dy, int64_t n, const float* w, int64_t out, int64_t in, float* dx,
                      float* dw) {
+  if (g_precision == GemmPrecision::BF16) return linear_backward_bf16(x, dy, n, w, out, in, dx, dw);
   if (dx != nullptr)
     training_pool().parallel_for(n, kRowBlock, [&](int64_t begin, int64_t end) {
       gemm_f32_ex(false, false, end - begin, in, out, 1.0f, dy + begin * out, out, w, in, 1.0f, dx + begin * in, in);
@@ -86,11 +162,18 @@ namespace {
 float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
 }  // namespace
 
-void mlp_forward(const MlpTensors& t, const float* x, int64_t n, MlpSaved& saved, float* y) {
+MlpSaved MlpSaved::take(ActivationSlab& slab, int64_t n, int64_t intermediate) {
+  const size_t cells = size_t(n * intermediate);
+  MlpSaved saved;
+  saved.gate = slab.take(cells);
+  saved.up = slab.take(cells);
+  saved.act = slab.take(cells);
+  return saved;
+}
+
+void mlp_forward(const MlpTensors& t, const float* x, int64_t n, const MlpSaved& saved, float* y) {
   const size_t cells = size_t(n * t.intermediate);
-  saved.gate.resize(cells);
-  saved.up.resize(cells);
-  saved.act.resize(cells);
+  if (saved.act.size() != cells) fail("mlp_forward: saved activations for {} cells, not {}", saved.act.size(), cells);
   linear_forward(x, n, t.gate, t.intermediate, t.hidden, saved.gate.data());
   linear_forward(x, n, t.up, t.intermediate, t.hidden, saved.up.data());
   for (size_t i = 0; i < cells; ++i) saved.act[i] = saved.gate[i] * sigmoid(saved.gate[i]) * saved.up[i];

@@ -3,9 +3,11 @@
 // and weight gradients (+=), so a tensor used twice (tied embeddings, residuals) sums its parts.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "train/activation_slab.h"
 
 namespace deepmoe::train {
 
@@ -28,6 +30,26 @@ class SerialLayers {
   bool previous_;
 };
 
+// The linear layers' GEMM operands: f32, or bf16 with f32 accumulation (mixed precision; the
+// weights stay f32 masters, their bf16 copy comes from Bf16Weights). Set once by TrainGraph.
+enum class GemmPrecision { F32, BF16 };
+void set_training_precision(GemmPrecision precision);
+GemmPrecision training_precision();
+
+// The bf16 copy of the parameters' flat f32 buffer, refreshed whenever the weights change. In
+// bf16 mode the linear layers find a weight's copy by its address in the f32 buffer; a weight
+// outside it (layer tests) is converted on the fly.
+class Bf16Weights {
+ public:
+  void refresh(const float* values, size_t count);  // converts on the training pool
+  const uint16_t* find(const float* w, size_t count) const;
+
+ private:
+  const float* base_ = nullptr;
+  std::vector<uint16_t> bits_;
+};
+void set_bf16_weights(const Bf16Weights* weights);
+
 // y[n, out] = x[n, in] · Wᵀ
 void linear_forward(const float* x, int64_t n, const float* w, int64_t out, int64_t in, float* y);
 // dx[n, in] += dy · W (skipped when dx is null); dw[out, in] += dyᵀ · x
@@ -47,14 +69,17 @@ void rope_backward_pairs(float* dx, int64_t dim, const float* cos, const float* 
 
 // SiLU-gated MLP: y = (silu(x·Wgᵀ) ⊙ x·Wuᵀ)·Wdᵀ. Saves gate and up pre-activations.
 struct MlpSaved {
-  std::vector<float> gate, up, act;  // [n, intermediate]
+  std::span<float> gate, up, act;  // [n, intermediate]
+  // Carves the spans for n rows (before a parallel region: the slab is not thread-safe).
+  static MlpSaved take(ActivationSlab& slab, int64_t n, int64_t intermediate);
 };
 struct MlpTensors {
   const float *gate, *up, *down;
   float *d_gate, *d_up, *d_down;
   int64_t hidden, intermediate;
 };
-void mlp_forward(const MlpTensors& t, const float* x, int64_t n, MlpSaved& saved, float* y);
+// saved: from MlpSaved::take for n rows.
+void mlp_forward(const MlpTensors& t, const float* x, int64_t n, const MlpSaved& saved, float* y);
 void mlp_backward(const MlpTensors& t, const float* x, int64_t n, const MlpSaved& saved, const float* dy, float* dx);
 
 }  // namespace deepmoe::train

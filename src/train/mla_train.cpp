@@ -24,17 +24,17 @@ Dims dims_of(const Config& c) {
 }  // namespace
 
 void mla_train_forward(const Config& c, Parameters& p, const std::string& prefix, const float* x, int64_t batch,
-                       int64_t seq, const RopeTable& rope, MlaSaved& s, float* out) {
+                       int64_t seq, const RopeTable& rope, ActivationSlab& slab, MlaSaved& s, float* out) {
   const Dims d = dims_of(c);
   const int64_t n = batch * seq;
   const float eps = float(c.rms_norm_eps);
 
   // Queries: [N, heads * (nope + rope)].
-  s.q.assign(size_t(n * d.heads * d.qk), 0.0f);
+  s.q = slab.take(size_t(n * d.heads * d.qk));
   if (c.q_lora_rank) {
-    s.q_a.resize(size_t(n * d.q_rank));
-    s.q_a_inv_rms.resize(size_t(n));
-    s.q_latent.resize(size_t(n * d.q_rank));
+    s.q_a = slab.take(size_t(n * d.q_rank));
+    s.q_a_inv_rms = slab.take(size_t(n));
+    s.q_latent = slab.take(size_t(n * d.q_rank));
     linear_forward(x, n, p.value(prefix + "q_a_proj.weight"), d.q_rank, d.hidden, s.q_a.data());
     rmsnorm_forward(s.q_a.data(), d.q_rank, p.value(prefix + "q_a_layernorm.weight"), n, d.q_rank, eps,
                     s.q_latent.data(), s.q_a_inv_rms.data());
@@ -44,11 +44,11 @@ void mla_train_forward(const Config& c, Parameters& p, const std::string& prefix
   }
   // Keys and values through the latent.
   const int64_t kv_a_width = d.kv_rank + d.rope;
-  s.kv_a.resize(size_t(n * kv_a_width));
-  s.c_inv_rms.resize(size_t(n));
-  s.c_normed.resize(size_t(n * d.kv_rank));
-  s.kv.resize(size_t(n * d.heads * (d.nope + d.v)));
-  s.k_rope.resize(size_t(n * d.rope));
+  s.kv_a = slab.take(size_t(n * kv_a_width));
+  s.c_inv_rms = slab.take(size_t(n));
+  s.c_normed = slab.take(size_t(n * d.kv_rank));
+  s.kv = slab.take(size_t(n * d.heads * (d.nope + d.v)));
+  s.k_rope = slab.take(size_t(n * d.rope));
   linear_forward(x, n, p.value(prefix + "kv_a_proj_with_mqa.weight"), kv_a_width, d.hidden, s.kv_a.data());
   rmsnorm_forward(s.kv_a.data(), kv_a_width, p.value(prefix + "kv_a_layernorm.weight"), n, d.kv_rank, eps,
                   s.c_normed.data(), s.c_inv_rms.data());
@@ -64,8 +64,8 @@ void mla_train_forward(const Config& c, Parameters& p, const std::string& prefix
 
   // Causal attention per sequence and head.
   const float scale = float(c.softmax_scale());
-  s.probs.assign(size_t(batch * d.heads * seq * seq), 0.0f);
-  s.attn.assign(size_t(n * d.heads * d.v), 0.0f);
+  s.probs = slab.take(size_t(batch * d.heads * seq * seq));  // every row written below
+  s.attn = slab.take(size_t(n * d.heads * d.v));                // every head's columns written below
   const int64_t q_stride = d.heads * d.qk, kv_stride = d.heads * (d.nope + d.v);
   // Sequences are independent: one per pool block.
   training_pool().parallel_for(batch, 1, [&](int64_t b_begin, int64_t b_end) {

@@ -46,14 +46,14 @@ void balance_probabilities(const Config& c, const float* scores, float* out) {
 }  // namespace
 
 void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix, const float* x, int64_t batch,
-                       int64_t seq, MoeSaved& s, float* out) {
+                       int64_t seq, ActivationSlab& slab, MoeSaved& s, float* out) {
   const int64_t n = batch * seq, e = c.n_routed_experts, k = c.num_experts_per_tok, hidden = c.hidden_size;
   std::vector<float> logits(size_t(n * e));
   linear_forward(x, n, p.value(prefix + "gate.weight"), e, hidden, logits.data());
   const float* bias = p.value(prefix + "gate.e_score_correction_bias");
-  s.scores.resize(size_t(n * e));
+  s.scores = slab.take(size_t(n * e));
   s.chosen.resize(size_t(n * k));
-  s.weights.resize(size_t(n * k));
+  s.weights = slab.take(size_t(n * k));
   s.counts.assign(size_t(e), 0);
   bool normalize;
   float factor;
@@ -83,15 +83,24 @@ void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix
   std::fill(out, out + n * hidden, 0.0f);
   s.rows.assign(size_t(e), {});
   s.slots.assign(size_t(e), {});
-  s.inputs.resize(size_t(e));
-  s.outputs.resize(size_t(e));
-  s.experts.resize(size_t(e));
+  s.inputs.assign(size_t(e), {});
+  s.outputs.assign(size_t(e), {});
+  s.experts.assign(size_t(e), {});
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < k; ++j) {
       const int32_t expert = s.chosen[size_t(r * k + j)];
       s.rows[size_t(expert)].push_back(int32_t(r));
       s.slots[size_t(expert)].push_back(int32_t(j));
     }
+  // Carved in expert order before the parallel region (the slab is not thread-safe); the
+  // experts share n·k rows between them, so the total is the same every step.
+  for (int64_t ex = 0; ex < e; ++ex) {
+    const int64_t m = int64_t(s.rows[size_t(ex)].size());
+    if (m == 0) continue;
+    s.inputs[size_t(ex)] = slab.take(size_t(m * hidden));
+    s.outputs[size_t(ex)] = slab.take(size_t(m * hidden));
+    s.experts[size_t(ex)] = MlpSaved::take(slab, m, c.moe_intermediate_size);
+  }
   // Experts run in parallel (each on one thread); their outputs are combined afterwards, in
   // expert order, so the sums do not depend on the schedule.
   std::vector<MlpTensors> tensors;
@@ -103,10 +112,8 @@ void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix
         const auto& rows = s.rows[size_t(ex)];
         const int64_t m = int64_t(rows.size());
         if (m == 0) continue;
-        auto& in = s.inputs[size_t(ex)];
-        auto& y = s.outputs[size_t(ex)];
-        in.resize(size_t(m * hidden));
-        y.resize(size_t(m * hidden));
+        const auto in = s.inputs[size_t(ex)];
+        const auto y = s.outputs[size_t(ex)];
         for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[size_t(i)] * hidden, hidden, in.data() + i * hidden);
         mlp_forward(tensors[size_t(ex)], in.data(), m, s.experts[size_t(ex)], y.data());
       }
@@ -114,7 +121,7 @@ void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix
   for (int64_t ex = 0; ex < e; ++ex) {
     const auto& rows = s.rows[size_t(ex)];
     const int64_t m = int64_t(rows.size());
-    auto& y = s.outputs[size_t(ex)];
+    const auto y = s.outputs[size_t(ex)];
     for (int64_t i = 0; i < m; ++i) {
       const float w = s.weights[size_t(rows[size_t(i)] * k + s.slots[size_t(ex)][size_t(i)])];
       axpy(hidden, w, y.data() + i * hidden, out + rows[size_t(i)] * hidden);
@@ -122,6 +129,7 @@ void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix
   }
   if (c.n_shared_experts > 0) {
     std::vector<float> shared(size_t(n * hidden));
+    s.shared = MlpSaved::take(slab, n, c.moe_intermediate_size * c.n_shared_experts);
     mlp_forward(expert_tensors(p, prefix + "shared_experts.", hidden, c.moe_intermediate_size * c.n_shared_experts),
                 x, n, s.shared, shared.data());
     for (size_t i = 0; i < shared.size(); ++i) out[i] += shared[i];

@@ -4,6 +4,7 @@
 // combine weights (selection itself is not differentiable).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -13,14 +14,15 @@
 
 namespace deepmoe::train {
 
+// Float activations are spans into the step's ActivationSlab; the small index lists are vectors.
 struct MoeSaved {
-  std::vector<float> scores;     // [N, experts] after softmax / sigmoid
+  std::span<float> scores;       // [N, experts] after softmax / sigmoid
   std::vector<int32_t> chosen;   // [N, k]
-  std::vector<float> weights;    // [N, k] combine weights
+  std::span<float> weights;      // [N, k] combine weights
   std::vector<int32_t> counts;   // [experts] selections in this call (load statistics, bias update)
   // Per expert: the tokens (row, slot) routed to it, their gathered inputs and saved activations.
   std::vector<std::vector<int32_t>> rows, slots;
-  std::vector<std::vector<float>> inputs, outputs;
+  std::vector<std::span<float>> inputs, outputs;
   std::vector<MlpSaved> experts;
   MlpSaved shared;
   double aux_loss = 0;  // Σ over sequences of Σᵢ fᵢ·Pᵢ, divided by the batch (not yet weighted)
@@ -29,7 +31,7 @@ struct MoeSaved {
 // x: [batch * seq, hidden] (normed) -> out. With aux_weight > 0 the balance loss is computed and
 // its gradient added in backward.
 void moe_train_forward(const Config& c, Parameters& p, const std::string& prefix, const float* x, int64_t batch,
-                       int64_t seq, MoeSaved& saved, float* out);
+                       int64_t seq, ActivationSlab& slab, MoeSaved& saved, float* out);
 void moe_train_backward(const Config& c, Parameters& p, const std::string& prefix, const float* x, int64_t batch,
                         int64_t seq, double aux_weight, const MoeSaved& saved, const float* d_out, float* dx);
 

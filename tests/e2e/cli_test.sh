@@ -139,6 +139,67 @@ losses() { /usr/bin/python3 -c "import json,sys; print([json.loads(l)['loss'] fo
   bad "resume ($(losses full/metrics.jsonl) vs $(losses part/metrics.jsonl))"
 [ "$(ls full/checkpoints | tr '\n' ' ')" = "step-4 step-6 " ] && "$deepmoe" info --model full/checkpoints/step-6 >/dev/null &&
   ok "keeps the last 2 checkpoints, each loadable" || bad "keep-last ($(ls full/checkpoints | tr '\n' ' '))"
+# --recompute: the same losses bit for bit, fewer activation bytes; --precision bf16 tracks f32.
+"$deepmoe" train "${common[@]}" --steps 6 --recompute --out recomputed >recompute.txt 2>&1
+activations() { sed -n 's/^memory: activations \([0-9.]*\) MiB.*/\1/p' "$1"; }
+"$deepmoe" train "${common[@]}" --steps 6 --out full_again >full_again.txt 2>&1
+[ "$(losses full/metrics.jsonl)" = "$(losses recomputed/metrics.jsonl)" ] &&
+  /usr/bin/python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" \
+    "$(activations recompute.txt)" "$(activations full_again.txt)" &&
+  ok "recompute: identical losses, $(activations recompute.txt) vs $(activations full_again.txt) MiB of activations" ||
+  bad "recompute ($(losses recomputed/metrics.jsonl); $(tail -c 200 recompute.txt))"
+"$deepmoe" train "${common[@]}" --steps 6 --precision bf16 --out bf16 >bf16.txt 2>&1 &&
+  /usr/bin/python3 - full/metrics.jsonl bf16/metrics.jsonl <<'PY' && ok "bf16 losses within 1% of f32" || bad "bf16 ($(tail -c 200 bf16.txt))"
+import json, sys
+f32, bf16 = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:])
+sys.exit(not (len(f32) == len(bf16) == 6 and all(abs(a - b) <= 0.01 * a for a, b in zip(f32, bf16))))
+PY
+# kill -9 at random moments while checkpoints are being written (a model whose checkpoint is
+# ~100 MB, saved every step, so most of the time goes to saving): the newest complete checkpoint
+# always loads and resumes, and at least one kill must have landed mid-save.
+sed 's/"vocab_size": 300, "hidden_size": 64/"vocab_size": 32000, "hidden_size": 128/' config.json >config_big.json
+"$deepmoe" init --config config_big.json --out big --seed 2 >/dev/null
+/usr/bin/python3 -c "import numpy as n; n.random.default_rng(1).integers(0, 32000, 4000, dtype=n.uint32).tofile('big.u32')"
+big=(--init big --data big.u32 --seq 8 --batch 1 --lr 1e-3 --save-every 1 --keep-last 2 --threads 1)
+hits=0 usable=1
+for attempt in 1 2 3 4 5 6 7 8; do
+  "$deepmoe" train "${big[@]}" --steps 100000 --out killed >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do [ -f killed/checkpoints/step-1/state.json ] && break; sleep 0.05; done
+  sleep "0.$((RANDOM % 9 + 1))"
+  kill -9 "$pid"
+  wait "$pid" 2>/dev/null
+  ls killed/checkpoints | grep -q partial && hits=$((hits + 1))
+  newest=$(ls -d killed/checkpoints/step-* 2>/dev/null | grep -v '\.' | sort -t- -k2 -n | tail -1)
+  step=${newest##*step-}
+  if ! "$deepmoe" info --model "$newest" >/dev/null 2>&1 ||
+     ! "$deepmoe" train "${big[@]}" --steps $((step + 1)) --resume --out killed >/dev/null 2>&1; then
+    usable=0
+    break
+  fi
+  [ "$hits" -ge 2 ] && break
+done
+[ "$usable" -eq 1 ] && [ "$hits" -ge 1 ] && ok "kill -9 during saves ($hits of $attempt mid-save): the newest checkpoint loads and resumes" ||
+  bad "kill -9 during save (usable $usable, mid-save hits $hits, newest $newest)"
+# A full disk during a save: one error line naming the checkpoint, the previous checkpoints kept
+# and loadable, nothing half-written left. A 6 MiB tmpfs holds two of this model's checkpoints
+# (~2.3 MiB each), not three; it needs a mount namespace (root or user namespaces).
+full_disk() {
+  mkdir -p disk && mount -t tmpfs -o size=6m tmpfs disk || return 2
+  "$deepmoe" train "${common[@]}" --steps 8 --out disk/run >disk_out.txt 2>disk_err.txt
+  local rc=$?
+  [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [ "$(wc -l <disk_err.txt)" -eq 1 ] && grep -q "No space left" disk_err.txt &&
+    grep -q "previous checkpoints are kept" disk_err.txt && [ "$(ls disk/run/checkpoints | tr '\n' ' ')" = "step-2 step-4 " ] &&
+    "$deepmoe" info --model disk/run/checkpoints/step-4 >/dev/null
+}
+if unshare -rm true 2>/dev/null; then
+  common_text="${common[*]}"
+  deepmoe="$deepmoe" unshare -rm bash -c "common=($common_text); $(declare -f full_disk); full_disk" &&
+    ok "full disk during a save: clear error, previous checkpoints kept" ||
+    bad "full disk ($(cat disk_err.txt 2>/dev/null | head -c 300))"
+else
+  echo "SKIP full disk: no mount namespace here (unshare -rm)"
+fi
 expect_error "resume without checkpoints" "no checkpoint" "$deepmoe" train --init model --data tokens.u32 --resume --out empty
 head -c 4001 tokens.u32 >odd.u32
 expect_error "token file not whole uint32" "odd.u32" "$deepmoe" train --init model --data odd.u32 --seq 16 --out t2
