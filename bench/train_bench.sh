@@ -35,7 +35,7 @@ print(json.dumps({"engine": "deepmoe", "precision": precision, "threads": thread
 PY
 done
 /usr/bin/python3 "$here/train_peer_torch.py" --model "$work/model" --data "$work/tokens.u32" --seq $seq --batch $batch \
-  --steps 4 --threads "$threads"
+  --steps 10 --threads "$threads"
 # Model FLOPs per trained token: 3 x (2 x active matmul parameters + causal attention), as in
 # the PaLM paper's MFU; printed so the table can divide by the roofline's FMA peak.
 /usr/bin/python3 - "$work/config.json" $seq <<'PY'

@@ -6,7 +6,7 @@
 #   bench/train_precision.sh [build-dir] [steps]
 set -euo pipefail
 build=${1:-build}
-steps=${2:-2000}
+steps=${2:-4000}
 [ -f out/brown.u32 ] && [ -d out/quickstart-init ] || { echo "run scripts/quickstart first (needs out/brown.u32)" >&2; exit 1; }
 for precision in f32 bf16; do
   "$build/deepmoe" train --init out/quickstart-init --data out/brown.u32 --val-data out/brown.val.u32 --seq 128 --batch 8 \

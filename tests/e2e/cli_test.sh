@@ -200,6 +200,8 @@ if unshare -rm true 2>/dev/null; then
 else
   echo "SKIP full disk: no mount namespace here (unshare -rm)"
 fi
+expect_error "a diverging run stops with a clear message" "diverged" "$deepmoe" train --init model --data tokens.u32 \
+  --seq 16 --batch 2 --steps 6 --lr 1e30 --clip 0 --out diverged
 expect_error "resume without checkpoints" "no checkpoint" "$deepmoe" train --init model --data tokens.u32 --resume --out empty
 head -c 4001 tokens.u32 >odd.u32
 expect_error "token file not whole uint32" "odd.u32" "$deepmoe" train --init model --data odd.u32 --seq 16 --out t2
