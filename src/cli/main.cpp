@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   deepmoe::cli::add_tokenizer_train_command(app);
   deepmoe::cli::add_chat_command(app);
   deepmoe::cli::add_prepare_command(app);
+  deepmoe::cli::add_convert_command(app);
   deepmoe::cli::add_train_command(app);
   try {
     app.parse(argc, argv);

@@ -55,6 +55,23 @@ float f16_to_f32(uint16_t bits) {
   return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+uint16_t f32_to_f16(float value) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value);
+  const uint16_t sign = uint16_t((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));  // NaN
+  if (magnitude >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds past 65504: infinity
+  if (magnitude < 0x38800000u) {  // below 2^-14: a subnormal half (or zero), in units of 2^-24
+    const float scaled = std::bit_cast<float>(magnitude) * 16777216.0f;  // exact: a power of two
+    return uint16_t(sign | uint16_t(std::nearbyint(scaled)));  // default rounding: to nearest even
+  }
+  // Normal: rebias the exponent (127 → 15) and round the 23-bit mantissa to 10 bits, ties to even;
+  // a carry out of the mantissa correctly bumps the exponent.
+  const uint32_t rebased = magnitude - (uint32_t(127 - 15) << 23);
+  const uint32_t rounded = rebased + 0xfffu + ((rebased >> 13) & 1u);
+  return uint16_t(sign | uint16_t(rounded >> 13));
+}
+
 float fp8_e4m3_to_f32(uint8_t bits) {
   const bool negative = bits & 0x80;
   const int exponent = (bits >> 3) & 0xf;

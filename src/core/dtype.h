@@ -29,6 +29,9 @@ inline uint16_t f32_to_bf16(float value) {
 }
 
 float f16_to_f32(uint16_t bits);
+// IEEE binary16, round to nearest even (as F16C's vcvtps2ph and numpy), overflow to infinity,
+// NaN stays NaN.
+uint16_t f32_to_f16(float value);
 // OCP e4m3fn (as DeepSeek-V3 ships): bias 7, no infinities, 0x7f/0xff are NaN.
 float fp8_e4m3_to_f32(uint8_t bits);
 

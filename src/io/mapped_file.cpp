@@ -52,31 +52,47 @@ std::string read_text_file(const std::string& path) {
   return text.str();
 }
 
-void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  const std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail("{}: cannot create: {}", temporary, std::strerror(errno));
+AtomicFile::AtomicFile(const std::string& path) : path_(path), temporary_(path + ".tmp") {
+  fd_ = ::open(temporary_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("{}: cannot create: {}", temporary_, std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  ::unlink(temporary_.c_str());
+}
+
+void AtomicFile::write(std::span<const uint8_t> bytes) {
   size_t written = 0;
   while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+    const ssize_t n = ::write(fd_, bytes.data() + written, bytes.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int error = errno;
-      ::close(fd);
-      ::unlink(temporary.c_str());
-      fail("{}: write failed: {}", temporary, std::strerror(error));
+      fail("{}: write failed: {}", temporary_, std::strerror(errno));
     }
     written += size_t(n);
   }
+}
+
+void AtomicFile::commit() {
+  const int fd = fd_;
+  fd_ = -1;
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(temporary.c_str());
-    fail("{}: cannot flush to disk", temporary);
+    ::unlink(temporary_.c_str());
+    fail("{}: cannot flush to disk", temporary_);
   }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+  if (::rename(temporary_.c_str(), path_.c_str()) != 0) {
     const int error = errno;
-    ::unlink(temporary.c_str());
-    fail("{}: cannot rename into place: {}", path, std::strerror(error));
+    ::unlink(temporary_.c_str());
+    fail("{}: cannot rename into place: {}", path_, std::strerror(error));
   }
+}
+
+void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
+  AtomicFile file(path);
+  file.write(bytes);
+  file.commit();
 }
 
 }  // namespace deepmoe

@@ -208,5 +208,12 @@ expect_error "token file not whole uint32" "odd.u32" "$deepmoe" train --init mod
 expect_error "train without a model" "--init" "$deepmoe" train --data tokens.u32 --out t3
 expect_error "negative learning rate" "--lr" "$deepmoe" train --init model --data tokens.u32 --lr -1 --out t4
 
+# GGUF export (its contents are checked against a numpy reference in tests/reference).
+"$deepmoe" convert --to gguf --model model --out model.gguf --type q4_0 >/dev/null && [ "$(head -c 4 model.gguf)" = "GGUF" ] &&
+  ok "convert --to gguf writes a GGUF file" || bad "convert --to gguf"
+expect_error "convert: unknown target" "--to" "$deepmoe" convert --to onnx --model model --out x.gguf
+expect_error "convert: unknown type" "--type" "$deepmoe" convert --to gguf --model model --out x.gguf --type q2_k
+expect_error "convert: missing model" "config.json" "$deepmoe" convert --to gguf --model no_such_dir --out x.gguf
+expect_error "convert: unwritable output" "x.gguf" "$deepmoe" convert --to gguf --model model --out no_such_dir/x.gguf
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

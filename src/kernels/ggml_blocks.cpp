@@ -1,0 +1,69 @@
+#include "kernels/ggml_blocks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+
+namespace deepmoe {
+
+namespace {
+void put_f16(uint8_t* p, float v) {
+  const uint16_t bits = f32_to_f16(v);
+  std::memcpy(p, &bits, 2);
+}
+float get_f16(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return f16_to_f32(bits);
+}
+}  // namespace
+
+void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / kGgmlBlock; ++b, x += kGgmlBlock, out += kQ8_0BlockBytes) {
+    float amax = 0;
+    for (int64_t j = 0; j < kGgmlBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    put_f16(out, d);  // the f32 d quantizes; its f16 rounding is what is stored
+    for (int64_t j = 0; j < kGgmlBlock; ++j) out[2 + j] = uint8_t(int8_t(std::lround(x[j] * id)));
+  }
+}
+
+void dequantize_q8_0(const uint8_t* in, int64_t n, float* y) {
+  for (int64_t b = 0; b < n / kGgmlBlock; ++b, in += kQ8_0BlockBytes, y += kGgmlBlock) {
+    const float d = get_f16(in);
+    for (int64_t j = 0; j < kGgmlBlock; ++j) y[j] = float(int8_t(in[2 + j])) * d;
+  }
+}
+
+void quantize_q4_0(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / kGgmlBlock; ++b, x += kGgmlBlock, out += kQ4_0BlockBytes) {
+    float amax = 0, max = 0;
+    for (int64_t j = 0; j < kGgmlBlock; ++j)
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    const float d = max / -8.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    put_f16(out, d);
+    for (int64_t j = 0; j < kGgmlBlock / 2; ++j) {
+      const auto level = [&](float v) { return uint8_t(std::min(15, int(int8_t(v * id + 8.5f)))); };
+      out[2 + j] = uint8_t(level(x[j]) | (level(x[j + kGgmlBlock / 2]) << 4));
+    }
+  }
+}
+
+void dequantize_q4_0(const uint8_t* in, int64_t n, float* y) {
+  for (int64_t b = 0; b < n / kGgmlBlock; ++b, in += kQ4_0BlockBytes, y += kGgmlBlock) {
+    const float d = get_f16(in);
+    for (int64_t j = 0; j < kGgmlBlock / 2; ++j) {
+      y[j] = float(int(in[2 + j] & 0x0f) - 8) * d;
+      y[j + kGgmlBlock / 2] = float(int(in[2 + j] >> 4) - 8) * d;
+    }
+  }
+}
+
+}  // namespace deepmoe

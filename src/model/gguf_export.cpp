@@ -1,0 +1,296 @@
+#include "model/gguf_export.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "io/mapped_file.h"
+#include "io/safetensors.h"
+#include "kernels/ggml_blocks.h"
+#include "model/config.h"
+#include "tokenizer/tokenizer_config.h"
+
+namespace deepmoe {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// llama.cpp's token types.
+constexpr int kNormal = 1, kControl = 3, kUserDefined = 4, kUnused = 5;
+
+class TensorSource {
+ public:
+  explicit TensorSource(const std::string& dir) : reader_(dir) {}
+
+  // The tensor widened to f32, checked against the expected HF shape.
+  std::vector<float> f32(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorView* view = reader_.find(name);
+    if (view == nullptr) fail("{}: missing tensor {}", reader_.dir(), name);
+    if (view->shape != shape) fail("{}: tensor {} has shape [{}], expected [{}]", view->file, name,
+                                   fmt::join(view->shape, ", "), fmt::join(shape, ", "));
+    if (view->dtype == DType::F8_E4M3) fail("{}: tensor {} is FP8: convert the checkpoint to BF16 first", view->file, name);
+    std::vector<float> out(size_t(view->numel()));
+    std::vector<uint8_t> bounce(view->data, view->data + view->n_bytes);  // aligned reads
+    convert_to_f32(view->dtype, bounce.data(), out.data(), out.size());
+    return out;
+  }
+  bool has(const std::string& name) const { return reader_.find(name) != nullptr; }
+
+ private:
+  CheckpointReader reader_;
+};
+
+std::vector<uint8_t> encode(const std::vector<float>& values, GgmlType type) {
+  const size_t n = values.size();
+  std::vector<uint8_t> out(n / size_t(ggml_block_values(type)) * size_t(ggml_block_bytes(type)));
+  switch (type) {
+    case GgmlType::F32: std::memcpy(out.data(), values.data(), n * 4); break;
+    case GgmlType::F16:
+    case GgmlType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t bits = type == GgmlType::F16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i]);
+        std::memcpy(out.data() + 2 * i, &bits, 2);
+      }
+      break;
+    case GgmlType::Q8_0: quantize_q8_0(values.data(), int64_t(n), out.data()); break;
+    case GgmlType::Q4_0: quantize_q4_0(values.data(), int64_t(n), out.data()); break;
+  }
+  return out;
+}
+
+struct Exporter {
+  const Config& c;
+  std::shared_ptr<TensorSource> source;
+  GgmlType weight_type;
+  GgufWriter& writer;
+
+  GgmlType matrix_type(int64_t row) const {
+    if (row % ggml_block_values(weight_type) == 0) return weight_type;
+    return GgmlType::F16;
+  }
+
+  // A tensor whose GGUF bytes are the HF tensor's bytes: HF [out, in] is ggml {in, out}.
+  void plain(const std::string& gguf, const std::string& hf, std::vector<int64_t> hf_shape, bool keep_f32 = false) {
+    std::vector<int64_t> dims(hf_shape.rbegin(), hf_shape.rend());
+    const GgmlType type = keep_f32 || hf_shape.size() == 1 ? GgmlType::F32 : matrix_type(dims[0]);
+    auto src = source;
+    writer.add_tensor(gguf, type, dims, [src, hf, hf_shape, type] { return encode(src->f32(hf, hf_shape), type); });
+  }
+
+  // Experts stacked into one {in, out, experts} tensor.
+  void experts(const std::string& gguf, const std::string& prefix, const std::string& proj, int64_t out,
+               int64_t in) {
+    const GgmlType type = matrix_type(in);
+    auto src = source;
+    const int64_t n = c.n_routed_experts;
+    writer.add_tensor(gguf, type, {in, out, n}, [src, prefix, proj, out, in, n, type] {
+      std::vector<float> all;
+      all.reserve(size_t(n * out * in));
+      for (int64_t e = 0; e < n; ++e) {
+        const auto one = src->f32(fmt::format("{}experts.{}.{}.weight", prefix, e, proj), {out, in});
+        all.insert(all.end(), one.begin(), one.end());
+      }
+      return encode(all, type);
+    });
+  }
+
+  // kv_b_proj [heads·(nope + v), kv_rank] split per head into k_b {nope, kv_rank, heads}
+  // (transposed: k_b[h][r][d] = W[h·(nope+v) + d][r]) and v_b {kv_rank, v, heads}.
+  void split_kv_b(const std::string& blk, const std::string& hf) {
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim, rank = c.kv_lora_rank;
+    const std::vector<int64_t> shape{heads * (nope + v), rank};
+    auto src = source;
+    const GgmlType k_type = matrix_type(nope), v_type = matrix_type(rank);
+    writer.add_tensor(blk + "attn_k_b.weight", k_type, {nope, rank, heads}, [=] {
+      const auto w = src->f32(hf, shape);
+      std::vector<float> k(size_t(heads * rank * nope));
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t r = 0; r < rank; ++r)
+          for (int64_t d = 0; d < nope; ++d) k[size_t((h * rank + r) * nope + d)] = w[size_t((h * (nope + v) + d) * rank + r)];
+      return encode(k, k_type);
+    });
+    writer.add_tensor(blk + "attn_v_b.weight", v_type, {rank, v, heads}, [=] {
+      const auto w = src->f32(hf, shape);
+      std::vector<float> out(size_t(heads * v * rank));
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t j = 0; j < v; ++j)
+          std::copy_n(w.begin() + (h * (nope + v) + nope + j) * rank, rank, out.begin() + (h * v + j) * rank);
+      return encode(out, v_type);
+    });
+  }
+};
+
+void add_metadata(const Config& c, const std::string& name, GgmlType weight_type, GgufWriter& w) {
+  const auto u32 = [](int64_t v) { return GgufValue::u32(uint32_t(v)); };
+  const std::string a = "deepseek2.";
+  w.add("general.architecture", GgufValue::string("deepseek2"));
+  w.add("general.name", GgufValue::string(name));
+  const uint32_t file_type = weight_type == GgmlType::F32 ? 0 : weight_type == GgmlType::F16 ? 1
+                             : weight_type == GgmlType::Q4_0 ? 2 : weight_type == GgmlType::Q8_0 ? 7 : 32;
+  w.add("general.file_type", GgufValue::u32(file_type));
+  if (weight_type == GgmlType::Q8_0 || weight_type == GgmlType::Q4_0) w.add("general.quantization_version", u32(2));
+  w.add(a + "context_length", u32(c.max_position_embeddings));
+  w.add(a + "embedding_length", u32(c.hidden_size));
+  w.add(a + "block_count", u32(c.num_hidden_layers));
+  w.add(a + "feed_forward_length", u32(c.intermediate_size));
+  w.add(a + "attention.head_count", u32(c.num_attention_heads));
+  w.add(a + "attention.head_count_kv", u32(1));  // MLA: one latent "head" shared by all
+  w.add(a + "attention.key_length", u32(c.kv_lora_rank + c.qk_rope_head_dim));
+  w.add(a + "attention.value_length", u32(c.kv_lora_rank));
+  w.add(a + "attention.key_length_mla", u32(c.qk_nope_head_dim + c.qk_rope_head_dim));
+  w.add(a + "attention.value_length_mla", u32(c.v_head_dim));
+  w.add(a + "attention.layer_norm_rms_epsilon", GgufValue::f32(float(c.rms_norm_eps)));
+  if (c.q_lora_rank) w.add(a + "attention.q_lora_rank", u32(*c.q_lora_rank));
+  w.add(a + "attention.kv_lora_rank", u32(c.kv_lora_rank));
+  w.add(a + "rope.dimension_count", u32(c.qk_rope_head_dim));
+  w.add(a + "rope.freq_base", GgufValue::f32(float(c.rope_theta)));
+  if (c.rope_scaling) {
+    w.add(a + "rope.scaling.type", GgufValue::string("yarn"));
+    w.add(a + "rope.scaling.factor", GgufValue::f32(float(c.rope_scaling->factor)));
+    w.add(a + "rope.scaling.original_context_length", u32(c.rope_scaling->original_max_position_embeddings));
+    w.add(a + "rope.scaling.yarn_log_multiplier", GgufValue::f32(float(0.1 * c.rope_scaling->mscale_all_dim)));
+  }
+  w.add(a + "leading_dense_block_count", u32(c.first_k_dense_replace));
+  w.add(a + "vocab_size", u32(c.vocab_size));
+  if (c.n_routed_experts > 0) {
+    w.add(a + "expert_feed_forward_length", u32(c.moe_intermediate_size));
+    w.add(a + "expert_count", u32(c.n_routed_experts));
+    w.add(a + "expert_used_count", u32(c.num_experts_per_tok));
+    w.add(a + "expert_shared_count", u32(c.n_shared_experts));
+    w.add(a + "expert_weights_scale", GgufValue::f32(float(c.routed_scaling_factor)));
+    w.add(a + "expert_weights_norm", GgufValue::boolean(c.norm_topk_prob));
+    w.add(a + "expert_gating_func", u32(c.scoring_func == ScoringFunc::Sigmoid ? 2 : 1));
+    if (c.n_group > 1 && c.topk_group < c.n_group) {
+      w.add(a + "expert_group_count", u32(c.n_group));
+      w.add(a + "expert_group_used_count", u32(c.topk_group));
+    }
+  }
+}
+
+// llama.cpp names the pre-tokenizer (its regexes are built in): recognized by the patterns.
+std::string pre_tokenizer_name(const nlohmann::json& tokenizer, const std::string& file) {
+  const std::string text = tokenizer.contains("pre_tokenizer") ? tokenizer["pre_tokenizer"].dump() : "";
+  if (text.find(R"(\\p{N}{1,3})") != std::string::npos && text.find("\u4e00") != std::string::npos) return "deepseek-v3";  // 一, as UTF-8
+  if (text.find(R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3})") != std::string::npos)
+    return "llama-bpe";
+  if (text.find("\"ByteLevel\"") != std::string::npos && text.find("\"use_regex\":true") != std::string::npos)
+    return "gpt-2";
+  fail("{}: pre-tokenizer is none that llama.cpp knows by name (DeepSeek-V3, Llama 3, GPT-2)", file);
+}
+
+void add_tokenizer(const Config& c, const std::string& dir, GgufWriter& w) {
+  const std::string file = (fs::path(dir) / "tokenizer.json").string();
+  nlohmann::json t;
+  try {
+    t = nlohmann::json::parse(read_text_file(file));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: {}", file, e.what());
+  }
+  if (!t.contains("model") || t["model"].value("type", "") != "BPE" || !t["model"]["vocab"].is_object())
+    fail("{}: only byte-level BPE tokenizers convert to GGUF", file);
+  int64_t n = c.vocab_size;
+  std::vector<std::string> tokens;
+  std::vector<int64_t> types;
+  const auto place = [&](int64_t id, const std::string& text, int type) {
+    if (id < 0 || id >= (int64_t(1) << 24)) fail("{}: token id {} out of range", file, id);
+    if (id >= n) n = id + 1;
+    if (int64_t(tokens.size()) < n) {
+      tokens.resize(size_t(n));
+      types.resize(size_t(n), 0);
+    }
+    tokens[size_t(id)] = text;
+    types[size_t(id)] = type;
+  };
+  for (const auto& [text, id] : t["model"]["vocab"].items()) place(id.get<int64_t>(), text, kNormal);
+  for (const auto& added : t.value("added_tokens", nlohmann::json::array()))
+    place(added.at("id").get<int64_t>(), added.at("content").get<std::string>(),
+          added.value("special", false) ? kControl : kUserDefined);
+  if (n > c.vocab_size) fail("{}: {} token ids, but the model's vocabulary has {} rows", file, n, c.vocab_size);
+  tokens.resize(size_t(n));
+  types.resize(size_t(n), 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (types[size_t(i)] == 0) {  // ids the vocabulary skips: padding, as llama.cpp's converter writes
+      tokens[size_t(i)] = fmt::format("[PAD{}]", i);
+      types[size_t(i)] = kUnused;
+    }
+  std::vector<std::string> merges;
+  for (const auto& m : t["model"].value("merges", nlohmann::json::array()))
+    merges.push_back(m.is_string() ? m.get<std::string>() : m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+  w.add("tokenizer.ggml.model", GgufValue::string("gpt2"));
+  w.add("tokenizer.ggml.pre", GgufValue::string(pre_tokenizer_name(t, file)));
+  const TokenizerConfig config = TokenizerConfig::load(dir);
+  const auto id_of = [&](const std::string& text) -> std::optional<int64_t> {
+    for (size_t i = 0; i < tokens.size(); ++i)
+      if (!text.empty() && tokens[i] == text) return int64_t(i);
+    return std::nullopt;
+  };
+  w.add("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
+  w.add("tokenizer.ggml.token_type", GgufValue::i32_array(std::move(types)));
+  w.add("tokenizer.ggml.merges", GgufValue::string_array(std::move(merges)));
+  if (const auto bos = id_of(config.bos_token)) w.add("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(*bos)));
+  if (const auto eos = id_of(config.eos_token)) w.add("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(*eos)));
+  if (config.add_bos_token) w.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(*config.add_bos_token));
+  if (config.add_eos_token) w.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(*config.add_eos_token));
+  if (!config.chat_template.empty()) w.add("tokenizer.chat_template", GgufValue::string(config.chat_template));
+}
+
+}  // namespace
+
+void export_gguf(const std::string& model_dir, const std::string& out_path, GgmlType weight_type) {
+  const Config c = load_config((fs::path(model_dir) / "config.json").string());
+  if (c.moe_layer_freq != 1) fail("{}: moe_layer_freq {} has no deepseek2 GGUF form", model_dir, c.moe_layer_freq);
+  GgufWriter writer;
+  add_metadata(c, fs::path(model_dir).filename().string(), weight_type, writer);
+  if (fs::exists(fs::path(model_dir) / "tokenizer.json")) add_tokenizer(c, model_dir, writer);
+
+  Exporter ex{c, std::make_shared<TensorSource>(model_dir), weight_type, writer};
+  const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, qk = c.qk_head_dim();
+  ex.plain("token_embd.weight", "model.embed_tokens.weight", {c.vocab_size, hidden});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string blk = fmt::format("blk.{}.", l), hf = fmt::format("model.layers.{}.", l);
+    ex.plain(blk + "attn_norm.weight", hf + "input_layernorm.weight", {hidden});
+    if (c.q_lora_rank) {
+      ex.plain(blk + "attn_q_a.weight", hf + "self_attn.q_a_proj.weight", {*c.q_lora_rank, hidden});
+      ex.plain(blk + "attn_q_a_norm.weight", hf + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
+      ex.plain(blk + "attn_q_b.weight", hf + "self_attn.q_b_proj.weight", {heads * qk, *c.q_lora_rank});
+    } else {
+      ex.plain(blk + "attn_q.weight", hf + "self_attn.q_proj.weight", {heads * qk, hidden});
+    }
+    ex.plain(blk + "attn_kv_a_mqa.weight", hf + "self_attn.kv_a_proj_with_mqa.weight",
+             {c.kv_lora_rank + c.qk_rope_head_dim, hidden});
+    ex.plain(blk + "attn_kv_a_norm.weight", hf + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+    ex.split_kv_b(blk, hf + "self_attn.kv_b_proj.weight");
+    ex.plain(blk + "attn_output.weight", hf + "self_attn.o_proj.weight", {hidden, heads * c.v_head_dim});
+    ex.plain(blk + "ffn_norm.weight", hf + "post_attention_layernorm.weight", {hidden});
+    const std::string mlp = hf + "mlp.";
+    if (!c.is_moe_layer(l)) {
+      ex.plain(blk + "ffn_gate.weight", mlp + "gate_proj.weight", {c.intermediate_size, hidden});
+      ex.plain(blk + "ffn_up.weight", mlp + "up_proj.weight", {c.intermediate_size, hidden});
+      ex.plain(blk + "ffn_down.weight", mlp + "down_proj.weight", {hidden, c.intermediate_size});
+      continue;
+    }
+    const int64_t expert = c.moe_intermediate_size, shared = expert * c.n_shared_experts;
+    ex.plain(blk + "ffn_gate_inp.weight", mlp + "gate.weight", {c.n_routed_experts, hidden}, true);
+    if (ex.source->has(mlp + "gate.e_score_correction_bias"))
+      ex.plain(blk + "exp_probs_b.bias", mlp + "gate.e_score_correction_bias", {c.n_routed_experts});
+    ex.experts(blk + "ffn_gate_exps.weight", mlp, "gate_proj", expert, hidden);
+    ex.experts(blk + "ffn_up_exps.weight", mlp, "up_proj", expert, hidden);
+    ex.experts(blk + "ffn_down_exps.weight", mlp, "down_proj", hidden, expert);
+    if (c.n_shared_experts > 0) {
+      ex.plain(blk + "ffn_gate_shexp.weight", mlp + "shared_experts.gate_proj.weight", {shared, hidden});
+      ex.plain(blk + "ffn_up_shexp.weight", mlp + "shared_experts.up_proj.weight", {shared, hidden});
+      ex.plain(blk + "ffn_down_shexp.weight", mlp + "shared_experts.down_proj.weight", {hidden, shared});
+    }
+  }
+  ex.plain("output_norm.weight", "model.norm.weight", {hidden});
+  ex.plain("output.weight", c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+           {c.vocab_size, hidden});
+  writer.write(out_path);
+}
+
+}  // namespace deepmoe
