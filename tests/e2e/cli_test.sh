@@ -208,6 +208,20 @@ expect_error "token file not whole uint32" "odd.u32" "$deepmoe" train --init mod
 expect_error "train without a model" "--init" "$deepmoe" train --data tokens.u32 --out t3
 expect_error "negative learning rate" "--lr" "$deepmoe" train --init model --data tokens.u32 --lr -1 --out t4
 
+# ppl scores the windows validation reads, with the inference forward pass: the same number.
+head -c 260 tokens.u32 >val.u32  # 65 tokens: 4 windows of 16
+"$deepmoe" train --init model --data tokens.u32 --val-data val.u32 --seq 16 --batch 2 --steps 2 --eval-every 2 \
+  --lr 1e-3 --out with_val >/dev/null 2>&1
+"$deepmoe" ppl --model with_val --data val.u32 --seq 16 --json >ppl.json 2>ppl_err.txt &&
+  /usr/bin/python3 - with_val/metrics.jsonl ppl.json <<'PY' && ok "ppl equals training's validation loss" || bad "ppl ($(cat ppl.json ppl_err.txt | head -c 300))"
+import json, math, sys
+val = [json.loads(l) for l in open(sys.argv[1])][-1]["val_loss"]
+ppl = json.load(open(sys.argv[2]))
+sys.exit(not (ppl["windows"] == 4 and abs(ppl["cross_entropy"] - val) <= 1e-5 * val
+              and abs(ppl["perplexity"] - math.exp(val)) <= 1e-4 * math.exp(val)))
+PY
+expect_error "ppl: window longer than the data" "seq" "$deepmoe" ppl --model with_val --data val.u32 --seq 100
+expect_error "ppl: missing token file" "no_such.u32" "$deepmoe" ppl --model with_val --data no_such.u32
 # GGUF export (its contents are checked against a numpy reference in tests/reference).
 "$deepmoe" convert --to gguf --model model --out model.gguf --type q4_0 >/dev/null && [ "$(head -c 4 model.gguf)" = "GGUF" ] &&
   ok "convert --to gguf writes a GGUF file" || bad "convert --to gguf"

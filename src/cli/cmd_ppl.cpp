@@ -1,0 +1,64 @@
+// deepmoe ppl: perplexity of a model on a token file (how quantization is judged): the mean
+// next-token cross-entropy over consecutive windows of T + 1 tokens, window k starting at k·T
+// (the windows training's sequential order and validation read), exponentiated.
+#include <cmath>
+
+#include "cli/common.h"
+#include "core/error.h"
+#include "model/model.h"
+#include "train/data.h"
+
+namespace deepmoe::cli {
+
+void add_ppl_command(CLI::App& app) {
+  struct Options {
+    std::string model, data;
+    int64_t seq = 512, max_windows = 0;
+    int threads = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<Options>();
+  auto* command = app.add_subcommand("ppl", "Perplexity of a model on a uint32 token file");
+  command->add_option("--model", o->model, "HuggingFace model directory")->required();
+  command->add_option("--data", o->data, "tokens (uint32 file, deepmoe prepare's output)")->required();
+  command->add_option("--seq", o->seq, "tokens per window (each predicts its next token)");
+  command->add_option("--max-windows", o->max_windows, "score only the first N windows (0: all)");
+  command->add_option("--threads", o->threads, "threads (0: all cores)");
+  command->add_flag("--json", o->json, "one JSON line instead of text");
+  command->callback([o] {
+    if (o->seq < 1) fail("--seq must be >= 1");
+    const train::TokenWindows data(o->data, o->seq, train::WindowOrder::Sequential, 0);
+    const auto weights = load_model(o->model);
+    const Config& c = weights->config;
+    if (o->seq > c.max_position_embeddings)
+      fail("--seq {} is longer than the model's max_position_embeddings {}", o->seq, c.max_position_embeddings);
+    int64_t windows = (data.tokens() - 1) / o->seq;
+    if (o->max_windows > 0) windows = std::min(windows, o->max_windows);
+    Model model(*weights, resolve_threads(o->threads));
+    std::vector<int32_t> inputs, targets;
+    std::vector<float> logits(size_t(o->seq * c.vocab_size));
+    double total = 0;
+    for (int64_t k = 0; k < windows; ++k) {
+      data.batch(k, 1, inputs, targets);
+      LatentCache cache(c, o->seq);
+      model.forward(inputs, cache, LogitsFor::AllTokens, logits.data());
+      for (int64_t t = 0; t < o->seq; ++t) {
+        const float* row = logits.data() + t * c.vocab_size;
+        double max = row[0], sum = 0;
+        for (int64_t v = 1; v < c.vocab_size; ++v) max = std::max(max, double(row[v]));
+        for (int64_t v = 0; v < c.vocab_size; ++v) sum += std::exp(double(row[v]) - max);
+        total += std::log(sum) + max - double(row[targets[size_t(t)]]);
+      }
+    }
+    const int64_t n = windows * o->seq;
+    const double mean = total / double(n);
+    if (o->json)
+      fmt::print("{{\"perplexity\": {:.6f}, \"cross_entropy\": {:.8f}, \"tokens\": {}, \"windows\": {}, \"seq\": {}}}\n",
+                 std::exp(mean), mean, n, windows, o->seq);
+    else
+      fmt::print("perplexity {:.4f} (mean cross-entropy {:.6f} over {} tokens in {} windows of {})\n", std::exp(mean),
+                 mean, n, windows, o->seq);
+  });
+}
+
+}  // namespace deepmoe::cli
