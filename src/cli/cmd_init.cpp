@@ -21,7 +21,7 @@ void add_init_command(CLI::App& app) {
   command->callback([options] {
     if (!options->tokenizer.empty()) {  // checked before anything is written
       const int64_t vocab = load_config(options->config).vocab_size;
-      const int32_t ids = Tokenizer::load(options->tokenizer)->id_limit();
+      const int32_t ids = load_tokenizer(options->tokenizer)->id_limit();
       if (ids > vocab)
         fail("{}: the tokenizer has ids up to {} but the model's vocab_size is {}", options->tokenizer, ids - 1, vocab);
     }

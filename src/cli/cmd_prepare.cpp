@@ -42,7 +42,7 @@ void add_prepare_command(CLI::App& app) {
   command->add_option("--val-fraction", o->val_fraction, "share of the tokens (taken from the end) for validation");
   command->callback([o] {
     if (!(o->val_fraction >= 0 && o->val_fraction < 1)) fail("--val-fraction must be in [0, 1), found {}", o->val_fraction);
-    const auto tokenizer = Tokenizer::load(o->tokenizer);
+    const auto tokenizer = load_tokenizer(o->tokenizer);
     uintmax_t total_bytes = 0, done_bytes = 0;
     for (const auto& f : o->files) {
       if (!std::filesystem::is_regular_file(f)) fail("{}: no such file", f);

@@ -55,7 +55,7 @@ void add_tokenize_command(CLI::App& app) {
   command->add_flag("--add-special-tokens", options->add_special, "add BOS/EOS as the tokenizer's post-processor does");
   command->callback([options, text, file, jsonl] {
     if (!*text && !*file && !*jsonl) fail("tokenize needs one of --text, --file or --jsonl");
-    const auto tokenizer = Tokenizer::load(options->tokenizer);
+    const auto tokenizer = load_tokenizer(options->tokenizer);
     if (*jsonl) {
       tokenize_jsonl(*tokenizer, options->jsonl, options->add_special);
       return;
@@ -96,11 +96,11 @@ void add_detokenize_command(CLI::App& app) {
   command->callback([options, ids, jsonl] {
     if (!*ids && !*jsonl) fail("detokenize needs --ids or --jsonl");
     if (*jsonl) {
-      detokenize_jsonl(*Tokenizer::load(options->tokenizer), options->jsonl, options->skip_special);
+      detokenize_jsonl(*load_tokenizer(options->tokenizer), options->jsonl, options->skip_special);
       return;
     }
     const auto id_list = parse_token_list(options->ids, "--ids");
-    const auto tokenizer = Tokenizer::load(options->tokenizer);
+    const auto tokenizer = load_tokenizer(options->tokenizer);
     const std::string text = tokenizer->decode(id_list, options->skip_special);
     std::fwrite(text.data(), 1, text.size(), stdout);
   });

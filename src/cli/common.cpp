@@ -13,6 +13,10 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/gguf.h"
+#include "io/mapped_file.h"
+#include "model/gguf_import.h"
+#include "tokenizer/gguf_tokenizer.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_small_batch_avx512.h"
 
@@ -77,7 +81,16 @@ std::unique_ptr<ModelWeights> load_model(const std::string& dir) {
   return weights;
 }
 
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  if (is_gguf_path(path)) {
+    const MappedFile file(path);
+    return tokenizer_from_gguf(parse_gguf(file.bytes(), path));
+  }
+  return Tokenizer::load(path);
+}
+
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir) {
+  if (is_gguf_path(model_dir)) return load_tokenizer(model_dir);
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json"))
     fail("{}: no tokenizer.json (give token ids with --tokens, or add one: deepmoe init --tokenizer DIR)", model_dir);
   return Tokenizer::load(model_dir);

@@ -46,6 +46,8 @@ void warn_if_gemm_is_held_back();
 
 std::unique_ptr<ModelWeights> load_model(const std::string& dir);
 
+// A tokenizer.json, a directory holding one, or a .gguf carrying one.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // The tokenizer of a model directory; the error says how to add one when it is missing.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir);
 

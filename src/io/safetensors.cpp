@@ -227,6 +227,12 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
   }
 }
 
+CheckpointReader::CheckpointReader(std::string source, std::unique_ptr<MappedFile> file,
+                                   std::map<std::string, TensorView> tensors, std::vector<std::vector<float>> owned)
+    : dir_(std::move(source)), tensors_(std::move(tensors)), owned_(std::move(owned)) {
+  files_.push_back(std::move(file));
+}
+
 void CheckpointReader::add_file(const std::string& path) {
   files_.push_back(std::make_unique<MappedFile>(path));
   for (auto& view : parse_safetensors(files_.back()->bytes(), path)) {

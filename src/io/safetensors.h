@@ -68,6 +68,10 @@ class SafetensorsWriter {
 class CheckpointReader {
  public:
   explicit CheckpointReader(const std::string& model_dir);
+  // Tensors that another format (GGUF) presents under HF names: `file` stays mapped, `owned`
+  // holds what had to be decoded; the views point into either.
+  CheckpointReader(std::string source, std::unique_ptr<MappedFile> file, std::map<std::string, TensorView> tensors,
+                   std::vector<std::vector<float>> owned);
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;
@@ -80,6 +84,7 @@ class CheckpointReader {
   std::string dir_;
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::map<std::string, TensorView> tensors_;
+  std::vector<std::vector<float>> owned_;
 };
 
 }  // namespace deepmoe

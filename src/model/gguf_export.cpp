@@ -229,11 +229,12 @@ void add_tokenizer(const Config& c, const std::string& dir, GgufWriter& w) {
       if (!text.empty() && tokens[i] == text) return int64_t(i);
     return std::nullopt;
   };
+  const auto bos = id_of(config.bos_token), eos = id_of(config.eos_token);  // before the tokens move
   w.add("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
   w.add("tokenizer.ggml.token_type", GgufValue::i32_array(std::move(types)));
   w.add("tokenizer.ggml.merges", GgufValue::string_array(std::move(merges)));
-  if (const auto bos = id_of(config.bos_token)) w.add("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(*bos)));
-  if (const auto eos = id_of(config.eos_token)) w.add("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(*eos)));
+  if (bos) w.add("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(*bos)));
+  if (eos) w.add("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(*eos)));
   if (config.add_bos_token) w.add("tokenizer.ggml.add_bos_token", GgufValue::boolean(*config.add_bos_token));
   if (config.add_eos_token) w.add("tokenizer.ggml.add_eos_token", GgufValue::boolean(*config.add_eos_token));
   if (!config.chat_template.empty()) w.add("tokenizer.chat_template", GgufValue::string(config.chat_template));

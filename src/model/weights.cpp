@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "model/gguf_import.h"
 
 namespace deepmoe {
 
@@ -161,8 +162,14 @@ WeightMatrix transpose_key_up_projection(WeightLoader& loader, const Config& c, 
 
 std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
   auto model = std::make_unique<ModelWeights>();
-  model->config = load_config((std::filesystem::path(model_dir) / "config.json").string());
-  model->reader_ = std::make_unique<CheckpointReader>(model_dir);
+  if (is_gguf_path(model_dir)) {
+    GgufCheckpoint gguf = import_gguf(model_dir);
+    model->config = gguf.config;
+    model->reader_ = std::move(gguf.reader);
+  } else {
+    model->config = load_config((std::filesystem::path(model_dir) / "config.json").string());
+    model->reader_ = std::make_unique<CheckpointReader>(model_dir);
+  }
   const Config& c = model->config;
   WeightLoader loader(*model, *model->reader_);
 

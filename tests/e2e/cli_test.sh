@@ -225,6 +225,30 @@ expect_error "ppl: missing token file" "no_such.u32" "$deepmoe" ppl --model with
 # GGUF export (its contents are checked against a numpy reference in tests/reference).
 "$deepmoe" convert --to gguf --model model --out model.gguf --type q4_0 >/dev/null && [ "$(head -c 4 model.gguf)" = "GGUF" ] &&
   ok "convert --to gguf writes a GGUF file" || bad "convert --to gguf"
+# A .gguf loads wherever a model directory does: f32 gives the HF model's logits bit for bit,
+# q8_0 stays close (its error is the quantization's).
+"$deepmoe" convert --to gguf --model model --out model_f32.gguf >/dev/null
+"$deepmoe" convert --to gguf --model model --out model_q8.gguf --type q8_0 >/dev/null
+"$deepmoe" logits --model model --tokens 5,17,42,99,3,250,7,8 --out hf_logits.npy &&
+  "$deepmoe" logits --model model_f32.gguf --tokens 5,17,42,99,3,250,7,8 --out f32_logits.npy &&
+  "$deepmoe" logits --model model_q8.gguf --tokens 5,17,42,99,3,250,7,8 --out q8_logits.npy &&
+  "$deepmoe" info --model model_q8.gguf >/dev/null &&
+  /usr/bin/python3 -c "
+import numpy as n, sys
+ref, f32, q8 = (n.load(f) for f in ('hf_logits.npy', 'f32_logits.npy', 'q8_logits.npy'))
+sys.exit(not ((f32 == ref).all() and n.linalg.norm(q8 - ref) / n.linalg.norm(ref) < 5e-2))" &&
+  ok "a .gguf loads as a model: f32 logits identical, q8_0 close" || bad "gguf as a model"
+# The tokenizer travels inside the .gguf: greedy generation from text is the same as from the
+# HF directory.
+"$deepmoe" init --config config.json --out model_tok --seed 5 --tokenizer tok >/dev/null
+"$deepmoe" convert --to gguf --model model_tok --out model_tok.gguf >/dev/null &&
+  "$deepmoe" generate --model model_tok --prompt "the quick brown" -n 12 --temperature 0 >gen_hf.txt 2>/dev/null &&
+  "$deepmoe" generate --model model_tok.gguf --prompt "the quick brown" -n 12 --temperature 0 >gen_gguf.txt 2>/dev/null &&
+  [ -s gen_hf.txt ] && cmp -s gen_hf.txt gen_gguf.txt &&
+  ok "generate from a .gguf with its own tokenizer: same text as the HF directory" ||
+  bad "gguf tokenizer ($(head -c 100 gen_hf.txt) vs $(head -c 100 gen_gguf.txt))"
+printf 'GGUF\x03\x00\x00\x00' >broken.gguf
+expect_error "a corrupt .gguf is one error" "broken.gguf" "$deepmoe" info --model broken.gguf
 expect_error "convert: unknown target" "--to" "$deepmoe" convert --to onnx --model model --out x.gguf
 expect_error "convert: unknown type" "--type" "$deepmoe" convert --to gguf --model model --out x.gguf --type q2_k
 expect_error "convert: missing model" "config.json" "$deepmoe" convert --to gguf --model no_such_dir --out x.gguf

@@ -55,5 +55,24 @@ sys.exit(1 if bad or len(a) != len(b) else 0)
   else
     echo "$model: FAIL round trip"; status=1
   fi
+
+  # The same tokenizer carried inside a GGUF file (deepmoe convert) and rebuilt from it.
+  vocab=$(python3 -c "
+import json, sys
+t = json.load(open(sys.argv[1]))
+print(max(list(t['model']['vocab'].values()) + [a['id'] for a in t.get('added_tokens', [])]) + 1)" "$dir/tokenizer.json")
+  cat >"$work/$model.config.json" <<JSON
+{"model_type": "deepseek_v3", "vocab_size": $vocab, "hidden_size": 32, "intermediate_size": 32,
+ "moe_intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1, "q_lora_rank": 32,
+ "kv_lora_rank": 32, "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "v_head_dim": 32, "n_routed_experts": 0}
+JSON
+  "$deepmoe" init --config "$work/$model.config.json" --out "$work/$model.model" --tokenizer "$dir" --dtype bf16 >/dev/null
+  "$deepmoe" convert --to gguf --model "$work/$model.model" --out "$work/$model.gguf" --type f16 >/dev/null
+  "$deepmoe" tokenize --tokenizer "$work/$model.gguf" --jsonl "$work/corpus.jsonl" >"$work/$model.gguf.actual"
+  if cmp -s "$work/$model.expected" "$work/$model.gguf.actual"; then
+    echo "$model: the tokenizer rebuilt from a GGUF file encodes identically"
+  else
+    echo "$model: FAIL through GGUF"; diff "$work/$model.expected" "$work/$model.gguf.actual" | head -6; status=1
+  fi
 done
 exit $status

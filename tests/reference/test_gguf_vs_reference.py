@@ -128,6 +128,11 @@ def check(name, overrides, deepmoe, work):
         run("convert", "--to", "gguf", "--model", os.path.join(d, "model"), "--out", path, "--type", type_name)
         metadata, tensors = g.read_gguf(path)
         keys, floats = expected_metadata(cfg)
+        tok_config = json.load(open(os.path.join(d, "tok", "tokenizer_config.json")))
+        ids = {a["content"]: a["id"] for a in tok["added_tokens"]}
+        keys["tokenizer.ggml.bos_token_id"] = ("U32", ids[tok_config["bos_token"]])
+        keys["tokenizer.ggml.eos_token_id"] = ("U32", ids[tok_config["eos_token"]])
+        keys["tokenizer.ggml.add_bos_token"] = ("BOOL", tok_config["add_bos_token"])
         for key, (vtype, value) in keys.items():
             if metadata.get(key) != (vtype, value):
                 failures.append(f"{type_name}: {key} = {metadata.get(key)}, want {(vtype, value)}")

@@ -1,0 +1,232 @@
+#include "model/gguf_import.h"
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/gguf.h"
+#include "kernels/ggml_blocks.h"
+
+namespace deepmoe {
+
+namespace {
+
+// GGUF block-tensor suffix → HF name inside model.layers.N.
+const std::map<std::string, std::string>& layer_names() {
+  static const std::map<std::string, std::string> names{
+      {"attn_norm.weight", "input_layernorm.weight"},
+      {"attn_q_a.weight", "self_attn.q_a_proj.weight"},
+      {"attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"},
+      {"attn_q_b.weight", "self_attn.q_b_proj.weight"},
+      {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight"},
+      {"attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"},
+      {"attn_kv_b.weight", "self_attn.kv_b_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},
+      {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+      {"ffn_gate_inp.weight", "mlp.gate.weight"},
+      {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"},
+      {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight"},
+      {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"},
+      {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"},
+  };
+  return names;
+}
+
+const std::map<std::string, std::string>& expert_names() {
+  static const std::map<std::string, std::string> names{
+      {"ffn_gate_exps.weight", "gate_proj"}, {"ffn_up_exps.weight", "up_proj"}, {"ffn_down_exps.weight", "down_proj"}};
+  return names;
+}
+
+std::vector<float> decode(const GgufTensor& t, const uint8_t* data, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  switch (t.type) {
+    case GgmlType::F32: std::memcpy(out.data(), data, size_t(n) * 4); break;
+    case GgmlType::F16: case GgmlType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, data + 2 * i, 2);
+        out[size_t(i)] = t.type == GgmlType::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+      }
+      break;
+    case GgmlType::Q8_0: dequantize_q8_0(data, n, out.data()); break;
+    case GgmlType::Q4_0: dequantize_q4_0(data, n, out.data()); break;
+  }
+  return out;
+}
+
+class Importer {
+ public:
+  explicit Importer(const std::string& path) : path_(path) {}
+
+  // values elements of `t` starting at element `first`, as an HF tensor of `shape`.
+  void add(const std::string& name, const GgufTensor& t, std::vector<int64_t> shape, int64_t first = 0) {
+    int64_t n = 1;
+    for (const int64_t d : shape) n *= d;
+    const int64_t block = ggml_block_values(t.type);
+    const uint8_t* data = t.data + first / block * ggml_block_bytes(t.type);
+    TensorView v;
+    v.name = name;
+    v.shape = std::move(shape);
+    v.file = path_;
+    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+      v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+      v.data = data;
+      v.n_bytes = size_t(n * ggml_block_bytes(t.type));
+    } else {
+      owned_.push_back(decode(t, data, n));
+      v.dtype = DType::F32;
+      v.data = reinterpret_cast<const uint8_t*>(owned_.back().data());
+      v.n_bytes = size_t(n) * 4;
+    }
+    views_[name] = std::move(v);
+  }
+
+  // kv_b_proj [heads·(nope + v), rank] from k_b {nope, rank, heads} and v_b {rank, v, heads}.
+  void join_kv_b(const std::string& name, const GgufTensor& k_b, const GgufTensor& v_b) {
+    if (k_b.dims.size() != 3 || v_b.dims.size() != 3 || k_b.dims[1] != v_b.dims[0] || k_b.dims[2] != v_b.dims[2])
+      fail("{}: {} and its attn_v_b have mismatched shapes", path_, k_b.name);
+    const int64_t nope = k_b.dims[0], rank = k_b.dims[1], heads = k_b.dims[2], v = v_b.dims[1];
+    const auto k = decode(k_b, k_b.data, k_b.numel()), values = decode(v_b, v_b.data, v_b.numel());
+    std::vector<float> w(size_t(heads * (nope + v) * rank));
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t d = 0; d < nope; ++d)
+        for (int64_t r = 0; r < rank; ++r) w[size_t((h * (nope + v) + d) * rank + r)] = k[size_t((h * rank + r) * nope + d)];
+      for (int64_t j = 0; j < v; ++j)
+        std::copy_n(values.begin() + (h * v + j) * rank, rank, w.begin() + (h * (nope + v) + nope + j) * rank);
+    }
+    owned_.push_back(std::move(w));
+    TensorView view;
+    view.name = name;
+    view.dtype = DType::F32;
+    view.shape = {heads * (nope + v), rank};
+    view.data = reinterpret_cast<const uint8_t*>(owned_.back().data());
+    view.n_bytes = owned_.back().size() * 4;
+    view.file = path_;
+    views_[name] = std::move(view);
+  }
+
+  std::map<std::string, TensorView> views_;
+  std::vector<std::vector<float>> owned_;
+
+ private:
+  const std::string& path_;
+};
+
+std::vector<int64_t> reversed(const std::vector<int64_t>& dims) { return {dims.rbegin(), dims.rend()}; }
+
+nlohmann::json config_json(const GgufFile& f) {
+  const std::string a = "deepseek2.";
+  const std::string arch = f.get_string("general.architecture");
+  if (arch != "deepseek2") fail("{}: architecture {} is not deepseek2", f.file, arch);
+  const auto u32_or = [&](const std::string& key, int64_t fallback) -> int64_t {
+    return f.find(key) ? int64_t(f.get_u32(key)) : fallback;
+  };
+  const auto f32_or = [&](const std::string& key, double fallback) -> double {
+    return f.find(key) ? double(f.get_f32(key)) : fallback;
+  };
+  bool has_bias = false;
+  for (const auto& t : f.tensors) has_bias = has_bias || t.name.ends_with("exp_probs_b.bias");
+  const bool mla_layout = f.find(a + "attention.key_length_mla") != nullptr;
+  const int64_t rope = f.get_u32(a + "rope.dimension_count");
+  const int64_t key_length = mla_layout ? f.get_u32(a + "attention.key_length_mla") : f.get_u32(a + "attention.key_length");
+  const int64_t value_length = mla_layout ? f.get_u32(a + "attention.value_length_mla") : f.get_u32(a + "attention.value_length");
+  const bool sigmoid = u32_or(a + "expert_gating_func", 1) == 2;
+  const int64_t groups = u32_or(a + "expert_group_count", 1);
+  const GgufTensor* embed = f.find_tensor("token_embd.weight");
+  if (embed == nullptr || embed->dims.size() != 2) fail("{}: missing tensor token_embd.weight", f.file);
+  nlohmann::json c = {
+      {"model_type", sigmoid || has_bias ? "deepseek_v3" : "deepseek_v2"},
+      {"vocab_size", u32_or(a + "vocab_size", embed->dims[1])},
+      {"hidden_size", f.get_u32(a + "embedding_length")},
+      {"intermediate_size", f.get_u32(a + "feed_forward_length")},
+      {"moe_intermediate_size", u32_or(a + "expert_feed_forward_length", 0)},
+      {"num_hidden_layers", f.get_u32(a + "block_count")},
+      {"num_attention_heads", f.get_u32(a + "attention.head_count")},
+      {"kv_lora_rank", f.get_u32(a + "attention.kv_lora_rank")},
+      {"qk_rope_head_dim", rope},
+      {"qk_nope_head_dim", key_length - rope},
+      {"v_head_dim", value_length},
+      {"n_routed_experts", u32_or(a + "expert_count", 0)},
+      {"n_shared_experts", u32_or(a + "expert_shared_count", 0)},
+      {"num_experts_per_tok", u32_or(a + "expert_used_count", 0)},
+      {"first_k_dense_replace", u32_or(a + "leading_dense_block_count", 0)},
+      {"routed_scaling_factor", f32_or(a + "expert_weights_scale", 1.0)},
+      {"scoring_func", sigmoid ? "sigmoid" : "softmax"},
+      {"topk_method", has_bias ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy"},
+      {"n_group", groups},
+      {"topk_group", u32_or(a + "expert_group_used_count", 1)},
+      {"norm_topk_prob", f.find(a + "expert_weights_norm") && f.find(a + "expert_weights_norm")->bool_value},
+      {"rms_norm_eps", f.get_f32(a + "attention.layer_norm_rms_epsilon")},
+      {"rope_theta", f32_or(a + "rope.freq_base", 10000.0)},
+      {"max_position_embeddings", f.get_u32(a + "context_length")},
+      {"tie_word_embeddings", f.find_tensor("output.weight") == nullptr},
+  };
+  const int64_t q_lora = u32_or(a + "attention.q_lora_rank", 0);
+  c["q_lora_rank"] = q_lora > 0 ? nlohmann::json(q_lora) : nlohmann::json(nullptr);
+  if (f.find(a + "rope.scaling.type") && f.get_string(a + "rope.scaling.type") == "yarn") {
+    // llama.cpp keeps only mscale_all_dim (as 0.1 × it) and takes mscale equal to it, as
+    // DeepSeek's V2-Lite and V3 configs have them.
+    const double mscale_all_dim = f32_or(a + "rope.scaling.yarn_log_multiplier", 0.0) / 0.1;
+    c["rope_scaling"] = {{"type", "yarn"},
+                         {"factor", f.get_f32(a + "rope.scaling.factor")},
+                         {"original_max_position_embeddings", f.get_u32(a + "rope.scaling.original_context_length")},
+                         {"beta_fast", 32}, {"beta_slow", 1},
+                         {"mscale", mscale_all_dim}, {"mscale_all_dim", mscale_all_dim}};
+  }
+  return c;
+}
+
+}  // namespace
+
+bool is_gguf_path(const std::string& path) {
+  return path.ends_with(".gguf") && std::filesystem::is_regular_file(path);
+}
+
+GgufCheckpoint import_gguf(const std::string& path) {
+  auto file = std::make_unique<MappedFile>(path);
+  const GgufFile f = parse_gguf(file->bytes(), path);
+  GgufCheckpoint out;
+  out.config = parse_config(config_json(f), path);
+  Importer im(path);
+  const Config& c = out.config;
+  for (const GgufTensor& t : f.tensors) {
+    const std::vector<int64_t> shape = reversed(t.dims);
+    int layer = -1, consumed = 0;
+    if (std::sscanf(t.name.c_str(), "blk.%d.%n", &layer, &consumed) == 1 && consumed > 0) {
+      const std::string suffix = t.name.substr(size_t(consumed)), hf = fmt::format("model.layers.{}.", layer);
+      if (const auto it = layer_names().find(suffix); it != layer_names().end()) {
+        im.add(hf + it->second, t, shape);
+      } else if (const auto e = expert_names().find(suffix); e != expert_names().end()) {
+        if (t.dims.size() != 3 || t.dims[2] != c.n_routed_experts)
+          fail("{}: {} is not {} stacked experts", path, t.name, c.n_routed_experts);
+        const int64_t per_expert = t.dims[0] * t.dims[1];
+        for (int64_t x = 0; x < t.dims[2]; ++x)
+          im.add(fmt::format("{}mlp.experts.{}.{}.weight", hf, x, e->second), t, {t.dims[1], t.dims[0]}, x * per_expert);
+      } else if (suffix == "attn_k_b.weight") {
+        const GgufTensor* v_b = f.find_tensor(fmt::format("blk.{}.attn_v_b.weight", layer));
+        if (v_b == nullptr) fail("{}: {} without blk.{}.attn_v_b.weight", path, t.name, layer);
+        im.join_kv_b(hf + "self_attn.kv_b_proj.weight", t, *v_b);
+      } else if (suffix != "attn_v_b.weight") {
+        im.add(t.name, t, shape);  // unknown: reported by the loader as ignored
+      }
+      continue;
+    }
+    if (t.name == "token_embd.weight") im.add("model.embed_tokens.weight", t, shape);
+    else if (t.name == "output_norm.weight") im.add("model.norm.weight", t, shape);
+    else if (t.name == "output.weight") im.add("lm_head.weight", t, shape);
+    else im.add(t.name, t, shape);
+  }
+  out.reader = std::make_unique<CheckpointReader>(path, std::move(file), std::move(im.views_), std::move(im.owned_));
+  return out;
+}
+
+}  // namespace deepmoe

@@ -1,0 +1,25 @@
+// A GGUF file of llama.cpp's `deepseek2` architecture seen as an HF checkpoint, so every command
+// that loads a model directory loads a .gguf too: the config rebuilt from the metadata, the
+// tensors presented under HF names and shapes (F32/F16/BF16 in place, Q8_0/Q4_0 decoded to f32,
+// stacked experts sliced per expert, attn_k_b/attn_v_b joined back into kv_b_proj).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "io/safetensors.h"
+#include "model/config.h"
+
+namespace deepmoe {
+
+// A regular file whose name ends in .gguf.
+bool is_gguf_path(const std::string& path);
+
+struct GgufCheckpoint {
+  Config config;
+  std::unique_ptr<CheckpointReader> reader;
+};
+
+// Throws Error naming the file and what is missing or malformed.
+GgufCheckpoint import_gguf(const std::string& path);
+
+}  // namespace deepmoe
