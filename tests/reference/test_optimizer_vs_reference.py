@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """Weights after `deepmoe train` steps against PyTorch float64 on the same batches: 3 steps of AdamW
-(torch.optim.AdamW) and 1 of Lion (written here from its paper: update = sign(b1 m + (1-b1) g),
-p -= lr (update + wd p), m = b2 m + (1-b2) g; sign(0) = 0). Lion gets one step because sign() turns
-f32-vs-f64 noise in a near-zero gradient into a 2·lr difference, which later steps amplify
-chaotically; its moment arithmetic over several steps is unit-tested. Both with global-norm clipping
-(torch.nn.utils.clip_grad_norm_), weight decay on every trainable tensor, a cosine schedule with
-warmup, and the balance loss on. Every tensor must match within 1e-4 relative. Prints
-'N passed, M failed'."""
+(torch.optim.AdamW) and 3 of Lion (written here from its paper: update = sign(b1 m + (1-b1) g),
+p -= lr (update + wd p), m = b2 m + (1-b2) g; sign(0) = 0). sign() turns f32-vs-f64 noise in a
+near-zero blend into a 2·lr difference that later steps would amplify chaotically, so each Lion
+step starts from deepmoe's own checkpoint of the step before (weights and first moment, --save-every
+1) and is compared there, weights and moment; elements whose blend is ~0 are excluded from the
+weight comparison. Both with global-norm clipping (torch.nn.utils.clip_grad_norm_), weight decay on
+every trainable tensor, a cosine schedule with warmup, and the balance loss on. Every tensor must
+match within 1e-4 relative. Prints 'N passed, M failed'."""
 import json
 import math
 import os
@@ -36,7 +37,7 @@ def lr_at(step, steps):  # linear warmup, then cosine to MIN_LR over the remaini
 
 
 def check(optimizer, deepmoe, work):
-    steps = STEPS if optimizer == "adamw" else 1
+    steps = STEPS
     d = os.path.join(work, optimizer)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -50,67 +51,90 @@ def check(optimizer, deepmoe, work):
                     "--seq", str(SEQ), "--batch", str(BATCH), "--steps", str(steps), "--order", "sequential",
                     "--optimizer", optimizer, "--lr", str(LR), "--min-lr", str(MIN_LR), "--warmup", str(WARMUP),
                     "--schedule", "cosine", "--clip", str(CLIP), "--weight-decay", str(WD), "--aux-loss", str(AUX),
+                    "--save-every", "1", "--keep-last", str(steps),
                     "--out", os.path.join(d, "trained")], check=True, stdout=subprocess.DEVNULL)
     ours = read_safetensors(os.path.join(d, "trained", "model.safetensors"))
+    if optimizer == "lion":
+        return check_lion_steps(d, data, steps)
 
     cfg = ref.Config(CONFIG)
     stored = ModelWeights(os.path.join(d, "model"))
     w = {n: stored[n].to(torch.float64).clone().requires_grad_(not n.endswith("e_score_correction_bias"))
          for n in stored.names()}
     trainable = [t for t in w.values() if t.requires_grad]
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(trainable, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
-    moments = {id(t): torch.zeros_like(t) for t in trainable}
-    # Lion's sign() is discontinuous: where the blend is ~0, f32 and f64 may take opposite signs.
-    # Such elements (recorded here) may differ by 2·lr; every other one must match.
-    ambiguous = {id(t): torch.zeros_like(t, dtype=torch.bool) for t in trainable}
+    opt = torch.optim.AdamW(trainable, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
     for step in range(steps):
         for t in trainable:
             t.grad = None
-        ce_total = balance_total = 0
-        for b in range(BATCH):
-            k = step * BATCH + b
-            window = data[k * SEQ: k * SEQ + SEQ + 1].astype(np.int64)
-            ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
-            ce_total = ce_total + ce
-            balance_total = balance_total + balance
-        loss = ce_total / (BATCH * SEQ) + AUX * balance_total / BATCH
-        loss.backward()
+        batch_loss(w, cfg, data, step).backward()
         for t in trainable:  # unused experts get a zero gradient (and weight decay), as in deepmoe
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
         torch.nn.utils.clip_grad_norm_(trainable, CLIP)
-        lr = lr_at(step, steps)
         with torch.no_grad():
-            if optimizer == "adamw":
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.step()
-            else:
-                for t in trainable:
-                    m = moments[id(t)]
-                    blend = 0.9 * m + 0.1 * t.grad
-                    ambiguous[id(t)] |= (blend.abs() <= 1e-3 * blend.abs().max()) & (blend != 0)
-                    update = torch.sign(blend)
-                    t.mul_(1 - lr * WD).sub_(lr * update)
-                    m.mul_(0.99).add_(0.01 * t.grad)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps)
+            opt.step()
 
     failures = []
-    skipped = total = 0
     for n, t in w.items():
-        got, expected = ours[n].clone(), t.detach()
-        if optimizer == "lion" and id(t) in ambiguous:
-            mask = ambiguous[id(t)]
-            skipped += int(mask.sum())
-            total += mask.numel()
-            got[mask] = expected[mask]
-        error = (got - expected).norm().item() / max(expected.norm().item(), 1e-30)
+        error = (ours[n] - t.detach()).norm().item() / max(t.detach().norm().item(), 1e-30)
         if error > 1e-4:
             failures.append(f"{n}: relative error {error:.2e}")
-    if total and skipped > 0.03 * total:
+    return report(optimizer, failures, f"{steps} steps, {len(w)} tensors")
+
+
+def batch_loss(w, cfg, data, step):
+    ce_total = balance_total = 0
+    for b in range(BATCH):
+        k = step * BATCH + b
+        window = data[k * SEQ: k * SEQ + SEQ + 1].astype(np.int64)
+        ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
+        ce_total = ce_total + ce
+        balance_total = balance_total + balance
+    return ce_total / (BATCH * SEQ) + AUX * balance_total / BATCH
+
+
+def check_lion_steps(d, data, steps):
+    """Step k from deepmoe's checkpoint of step k (the initial model and zero moments for k = 0)
+    against deepmoe's checkpoint of step k + 1."""
+    cfg = ref.Config(CONFIG)
+    failures = []
+    skipped = total = 0
+    for step in range(steps):
+        start = os.path.join(d, "model") if step == 0 else os.path.join(d, "trained", "checkpoints", f"step-{step}")
+        after = os.path.join(d, "trained", "checkpoints", f"step-{step + 1}")
+        stored = ModelWeights(start)
+        w = {n: stored[n].to(torch.float64).clone().requires_grad_(not n.endswith("e_score_correction_bias"))
+             for n in stored.names()}
+        moments_in = read_safetensors(os.path.join(start, "optimizer.safetensors")) if step else {}
+        ours = read_safetensors(os.path.join(after, "model.safetensors"))
+        ours_m = read_safetensors(os.path.join(after, "optimizer.safetensors"))
+        batch_loss(w, cfg, data, step).backward()
+        trainable = {n: t for n, t in w.items() if t.requires_grad}
+        for t in trainable.values():
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+        torch.nn.utils.clip_grad_norm_(list(trainable.values()), CLIP)
+        lr = lr_at(step, steps)
+        with torch.no_grad():
+            for n, t in trainable.items():
+                m = moments_in[n + ".exp_avg"].to(torch.float64) if step else torch.zeros_like(t)
+                blend = 0.9 * m + 0.1 * t.grad
+                ambiguous = (blend.abs() <= 1e-3 * blend.abs().max()) & (blend != 0)
+                t.mul_(1 - lr * WD).sub_(lr * torch.sign(blend))
+                m = 0.99 * m + 0.01 * t.grad
+                got = ours[n].clone()
+                skipped += int(ambiguous.sum())
+                total += ambiguous.numel()
+                got[ambiguous] = t[ambiguous]
+                for what, a, b in (("weights", got, t), ("moment", ours_m[n + ".exp_avg"], m)):
+                    error = (a - b).norm().item() / max(b.norm().item(), 1e-30)
+                    if error > 1e-4:
+                        failures.append(f"step {step + 1}: {n} {what}: relative error {error:.2e}")
+    if skipped > 0.03 * total:
         failures.append(f"{skipped} of {total} Lion updates had a near-zero blend (too many to skip)")
-    note = f", {skipped} near-zero Lion signs not compared" if optimizer == "lion" else ""
-    return report(optimizer, failures, f"{steps} steps, {len(w)} tensors{note}")
+    return report("lion", failures, f"{steps} steps, each from deepmoe's checkpoint, {skipped} near-zero signs not compared")
 
 
 def main():
