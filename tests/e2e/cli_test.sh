@@ -154,9 +154,9 @@ import json, sys
 f32, bf16 = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:])
 sys.exit(not (len(f32) == len(bf16) == 6 and all(abs(a - b) <= 0.01 * a for a, b in zip(f32, bf16))))
 PY
-# kill -9 at random moments while checkpoints are being written (a model whose checkpoint is
-# ~100 MB, saved every step, so most of the time goes to saving): the newest complete checkpoint
-# always loads and resumes, and at least one kill must have landed mid-save.
+# kill -9 while checkpoints are being written (a model whose checkpoint is ~100 MB, saved every
+# step): the kill comes as soon as a step-N.partial directory shows up, plus a random few ms, so
+# it lands inside a save; the newest complete checkpoint must always load and resume.
 sed 's/"vocab_size": 300, "hidden_size": 64/"vocab_size": 32000, "hidden_size": 128/' config.json >config_big.json
 "$deepmoe" init --config config_big.json --out big --seed 2 >/dev/null
 /usr/bin/python3 -c "import numpy as n; n.random.default_rng(1).integers(0, 32000, 4000, dtype=n.uint32).tofile('big.u32')"
@@ -165,8 +165,9 @@ hits=0 usable=1
 for attempt in 1 2 3 4 5 6 7 8; do
   "$deepmoe" train "${big[@]}" --steps 100000 --out killed >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 200); do [ -f killed/checkpoints/step-1/state.json ] && break; sleep 0.05; done
-  sleep "0.$((RANDOM % 9 + 1))"
+  for _ in $(seq 400); do [ -f killed/checkpoints/step-1/state.json ] && break; sleep 0.05; done
+  for _ in $(seq 200000); do compgen -G "killed/checkpoints/*.partial" >/dev/null && break; done
+  sleep "0.0$((RANDOM % 5))"
   kill -9 "$pid"
   wait "$pid" 2>/dev/null
   ls killed/checkpoints | grep -q partial && hits=$((hits + 1))
