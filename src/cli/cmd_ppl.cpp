@@ -37,10 +37,11 @@ void add_ppl_command(CLI::App& app) {
     Model model(*weights, resolve_threads(o->threads));
     std::vector<int32_t> inputs, targets;
     std::vector<float> logits(size_t(o->seq * c.vocab_size));
+    LatentCache cache(c, o->seq);
     double total = 0;
     for (int64_t k = 0; k < windows; ++k) {
       data.batch(k, 1, inputs, targets);
-      LatentCache cache(c, o->seq);
+      cache.length = 0;  // each window is a sequence of its own
       model.forward(inputs, cache, LogitsFor::AllTokens, logits.data());
       for (int64_t t = 0; t < o->seq; ++t) {
         const float* row = logits.data() + t * c.vocab_size;

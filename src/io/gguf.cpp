@@ -61,21 +61,20 @@ class Cursor {
 
 void read_scalar(Cursor& in, GgufValueType type, GgufValue& v, const std::string& what) {
   switch (type) {
-    case GgufValueType::U8: v.unsigned_value = in.read<uint8_t>(what); break;
-    case GgufValueType::U16: v.unsigned_value = in.read<uint16_t>(what); break;
-    case GgufValueType::U32: v.unsigned_value = in.read<uint32_t>(what); break;
-    case GgufValueType::U64: v.unsigned_value = in.read<uint64_t>(what); break;
-    case GgufValueType::I8: v.signed_value = in.read<int8_t>(what); break;
-    case GgufValueType::I16: v.signed_value = in.read<int16_t>(what); break;
-    case GgufValueType::I32: v.signed_value = in.read<int32_t>(what); break;
-    case GgufValueType::I64: v.signed_value = in.read<int64_t>(what); break;
+    case GgufValueType::U8: v.integer = in.read<uint8_t>(what); break;
+    case GgufValueType::U16: v.integer = in.read<uint16_t>(what); break;
+    case GgufValueType::U32: v.integer = in.read<uint32_t>(what); break;
+    case GgufValueType::U64: v.integer = int64_t(in.read<uint64_t>(what)); break;
+    case GgufValueType::I8: v.integer = in.read<int8_t>(what); break;
+    case GgufValueType::I16: v.integer = in.read<int16_t>(what); break;
+    case GgufValueType::I32: v.integer = in.read<int32_t>(what); break;
+    case GgufValueType::I64: v.integer = in.read<int64_t>(what); break;
     case GgufValueType::F32: v.float_value = in.read<float>(what); break;
     case GgufValueType::F64: v.float_value = in.read<double>(what); break;
     case GgufValueType::Bool: v.bool_value = in.read<uint8_t>(what) != 0; break;
     case GgufValueType::String: v.string_value = in.string(what); break;
     case GgufValueType::Array: break;  // handled by the caller
   }
-  v.signed_value = v.signed_value != 0 ? v.signed_value : int64_t(v.unsigned_value);
 }
 
 GgufValue read_value(Cursor& in, const std::string& file, const std::string& key) {
@@ -101,7 +100,7 @@ GgufValue read_value(Cursor& in, const std::string& file, const std::string& key
       case GgufValueType::String: v.strings.push_back(std::move(e.string_value)); break;
       case GgufValueType::F32: case GgufValueType::F64: v.floats.push_back(e.float_value); break;
       case GgufValueType::Bool: v.ints.push_back(e.bool_value ? 1 : 0); break;
-      default: v.ints.push_back(e.signed_value); break;
+      default: v.ints.push_back(e.integer); break;
     }
   }
   return v;
@@ -131,8 +130,8 @@ void put_string(std::vector<uint8_t>& out, const std::string& s) {
 }
 
 void put_scalar(std::vector<uint8_t>& out, GgufValueType type, const GgufValue& v, size_t index, bool element) {
-  const int64_t i = element ? (index < v.ints.size() ? v.ints[index] : 0) : v.signed_value;
-  const uint64_t u = element ? uint64_t(i) : v.unsigned_value;
+  const int64_t i = element ? (index < v.ints.size() ? v.ints[index] : 0) : v.integer;
+  const uint64_t u = uint64_t(i);
   const double f = element ? (index < v.floats.size() ? v.floats[index] : 0) : v.float_value;
   switch (type) {
     case GgufValueType::U8: put<uint8_t>(out, uint8_t(u)); break;
@@ -153,47 +152,47 @@ void put_scalar(std::vector<uint8_t>& out, GgufValueType type, const GgufValue& 
 
 }  // namespace
 
-GgufValue GgufValue::u32(uint32_t v) {
+namespace {
+GgufValue of_type(GgufValueType type) {
   GgufValue g;
-  g.type = GgufValueType::U32;
-  g.unsigned_value = v;
-  g.signed_value = v;
+  g.type = type;
+  return g;
+}
+}  // namespace
+
+GgufValue GgufValue::u32(uint32_t v) {
+  GgufValue g = of_type(GgufValueType::U32);
+  g.integer = v;
   return g;
 }
 GgufValue GgufValue::i32(int32_t v) {
-  GgufValue g;
-  g.type = GgufValueType::I32;
-  g.signed_value = v;
+  GgufValue g = of_type(GgufValueType::I32);
+  g.integer = v;
   return g;
 }
 GgufValue GgufValue::f32(float v) {
-  GgufValue g;
-  g.type = GgufValueType::F32;
+  GgufValue g = of_type(GgufValueType::F32);
   g.float_value = v;
   return g;
 }
 GgufValue GgufValue::boolean(bool v) {
-  GgufValue g;
-  g.type = GgufValueType::Bool;
+  GgufValue g = of_type(GgufValueType::Bool);
   g.bool_value = v;
   return g;
 }
 GgufValue GgufValue::string(std::string v) {
-  GgufValue g;
-  g.type = GgufValueType::String;
+  GgufValue g = of_type(GgufValueType::String);
   g.string_value = std::move(v);
   return g;
 }
 GgufValue GgufValue::string_array(std::vector<std::string> v) {
-  GgufValue g;
-  g.type = GgufValueType::Array;
+  GgufValue g = of_type(GgufValueType::Array);
   g.element_type = GgufValueType::String;
   g.strings = std::move(v);
   return g;
 }
 GgufValue GgufValue::i32_array(std::vector<int64_t> v) {
-  GgufValue g;
-  g.type = GgufValueType::Array;
+  GgufValue g = of_type(GgufValueType::Array);
   g.element_type = GgufValueType::I32;
   g.ints = std::move(v);
   return g;
@@ -244,8 +243,8 @@ uint32_t GgufFile::get_u32(const std::string& key) const {
   if (v == nullptr) fail("{}: missing key {}", file, key);
   if (v->type != GgufValueType::U32 && v->type != GgufValueType::I32 && v->type != GgufValueType::U64)
     fail("{}: key {} is not an integer", file, key);
-  if (v->signed_value < 0 || v->signed_value > int64_t(UINT32_MAX)) fail("{}: key {} is out of range", file, key);
-  return uint32_t(v->signed_value);
+  if (v->integer < 0 || v->integer > int64_t(UINT32_MAX)) fail("{}: key {} is out of range", file, key);
+  return uint32_t(v->integer);
 }
 
 float GgufFile::get_f32(const std::string& key) const {
@@ -283,7 +282,7 @@ GgufFile parse_gguf(std::span<const uint8_t> bytes, const std::string& file) {
   }
   if (const GgufValue* a = out.find("general.alignment")) {
     if (a->type != GgufValueType::U32) fail("{}: general.alignment must be a u32", file);
-    const uint64_t alignment = a->unsigned_value;
+    const uint64_t alignment = uint64_t(a->integer);
     if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > (1u << 20))
       fail("{}: general.alignment {} is not a power of two up to 1 MiB", file, alignment);
     out.alignment = uint32_t(alignment);

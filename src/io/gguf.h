@@ -23,8 +23,7 @@ enum class GgufValueType : uint32_t {
 struct GgufValue {
   GgufValueType type = GgufValueType::U32;
   GgufValueType element_type = GgufValueType::U32;  // arrays only
-  uint64_t unsigned_value = 0;
-  int64_t signed_value = 0;
+  int64_t integer = 0;  // every integer type (a u64 above INT64_MAX wraps negative: out of range)
   double float_value = 0;
   bool bool_value = false;
   std::string string_value;

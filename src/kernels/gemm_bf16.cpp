@@ -5,7 +5,6 @@
 
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -38,7 +37,6 @@ memory::dims strides(bool transposed, int64_t ld) { return transposed ? memory::
 struct Plan {
   dnnl::matmul primitive;
   memory::desc scratchpad;
-  std::string implementation;
 };
 
 Plan make_plan(const ShapeKey& key) {
@@ -55,7 +53,7 @@ Plan make_plan(const ShapeKey& key) {
     attr.set_post_ops(sum);
   }
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, cpu_engine());
-  return {dnnl::matmul(pd), pd.scratchpad_desc(), pd.impl_info_str()};
+  return {dnnl::matmul(pd), pd.scratchpad_desc()};
 }
 
 // Per thread: primitives, stream and scratchpad are not shared, so pool threads never contend.
@@ -127,11 +125,6 @@ void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t
                                         {DNNL_ARG_WEIGHTS, memory(b_md, engine, const_cast<uint16_t*>(b))},
                                         {DNNL_ARG_DST, memory(c_md, engine, c)},
                                         {DNNL_ARG_SCRATCHPAD, memory(plan.scratchpad, engine, state.scratchpad.data())}});
-}
-
-std::string gemm_bf16_implementation() {
-  ThreadState& state = thread_state();
-  return plan_for(state, {false, true, false, -1, 64, 64, 64, 64, 64}).implementation;
 }
 
 void convert_f32_to_bf16(const float* src, uint16_t* dst, size_t n) {

@@ -6,7 +6,9 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "io/gguf.h"
 #include "kernels/ggml_blocks.h"
@@ -46,20 +48,24 @@ const std::map<std::string, std::string>& expert_names() {
   return names;
 }
 
+// The DType of a plain (unblocked) ggml type; nullopt for the quantized ones.
+std::optional<DType> plain_dtype(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32: return DType::F32;
+    case GgmlType::F16: return DType::F16;
+    case GgmlType::BF16: return DType::BF16;
+    case GgmlType::Q8_0: case GgmlType::Q4_0: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// n values of `t` from `data` (a block boundary) as f32. GGUF data start 32-byte aligned, so
+// plain types are read in place.
 std::vector<float> decode(const GgufTensor& t, const uint8_t* data, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
-  switch (t.type) {
-    case GgmlType::F32: std::memcpy(out.data(), data, size_t(n) * 4); break;
-    case GgmlType::F16: case GgmlType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, data + 2 * i, 2);
-        out[size_t(i)] = t.type == GgmlType::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
-      }
-      break;
-    case GgmlType::Q8_0: dequantize_q8_0(data, n, out.data()); break;
-    case GgmlType::Q4_0: dequantize_q4_0(data, n, out.data()); break;
-  }
+  if (const auto dtype = plain_dtype(t.type)) convert_to_f32(*dtype, data, out.data(), out.size());
+  else if (t.type == GgmlType::Q8_0) dequantize_q8_0(data, n, out.data());
+  else dequantize_q4_0(data, n, out.data());
   return out;
 }
 
@@ -77,8 +83,8 @@ class Importer {
     v.name = name;
     v.shape = std::move(shape);
     v.file = path_;
-    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
-      v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+    if (const auto dtype = plain_dtype(t.type)) {
+      v.dtype = *dtype;
       v.data = data;
       v.n_bytes = size_t(n * ggml_block_bytes(t.type));
     } else {

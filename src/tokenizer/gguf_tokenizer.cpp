@@ -66,8 +66,8 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& f) {
   nlohmann::json config = nlohmann::json::object();
   const auto token_text = [&](const std::string& key) -> std::optional<std::string> {
     const GgufValue* v = f.find(key);
-    if (v == nullptr || v->signed_value < 0 || size_t(v->signed_value) >= tokens->strings.size()) return std::nullopt;
-    return tokens->strings[size_t(v->signed_value)];
+    if (v == nullptr || v->integer < 0 || size_t(v->integer) >= tokens->strings.size()) return std::nullopt;
+    return tokens->strings[size_t(v->integer)];
   };
   if (const auto bos = token_text("tokenizer.ggml.bos_token_id")) config["bos_token"] = *bos;
   if (const auto eos = token_text("tokenizer.ggml.eos_token_id")) config["eos_token"] = *eos;

@@ -28,7 +28,6 @@ SerialLayers::SerialLayers() : previous_(t_serial) { t_serial = true; }
 SerialLayers::~SerialLayers() { t_serial = previous_; }
 
 void set_training_precision(GemmPrecision precision) { g_precision = precision; }
-GemmPrecision training_precision() { return g_precision; }
 void set_bf16_weights(const Bf16Weights* weights) { g_bf16_weights = weights; }
 
 void Bf16Weights::refresh(const float* values, size_t count) {

@@ -34,7 +34,6 @@ class SerialLayers {
 // weights stay f32 masters, their bf16 copy comes from Bf16Weights). Set once by TrainGraph.
 enum class GemmPrecision { F32, BF16 };
 void set_training_precision(GemmPrecision precision);
-GemmPrecision training_precision();
 
 // The bf16 copy of the parameters' flat f32 buffer, refreshed whenever the weights change. In
 // bf16 mode the linear layers find a weight's copy by its address in the f32 buffer; a weight
