@@ -1,5 +1,5 @@
-// y = x·Wᵀ on the model's shapes: deepmoe's matmul (BF16 and F32 weights) against OpenBLAS
-// sgemv/sgemm with F32 weights. Weights rotate through a pool larger than the last-level cache
+// y = x·Wᵀ on the model's shapes: deepmoe's matmul (BF16, F32 and quantized weights) against
+// OpenBLAS sgemv/sgemm with F32 weights. Weights rotate through a pool larger than the last-level cache
 // so M=1 numbers are DRAM-bound, as in real decode. Counters: GFLOP/s and weight GB/s.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "kernels/matmul.h"
+#include "kernels/quantize.h"
 
 namespace {
 
@@ -59,11 +60,49 @@ void BM_deepmoe(benchmark::State& state, DType dtype) {
   const size_t copies = bf16 ? pool.bf16.size() : pool.f32.size();
   for (auto _ : state) {
     const void* data = bf16 ? static_cast<const void*>(pool.bf16[next].data()) : pool.f32[next].data();
-    deepmoe::matmul(threads_pool, x.data(), m, {dtype, data, rows, cols}, y.data());
+    deepmoe::WeightMatrix w;
+    w.format = bf16 ? deepmoe::WeightFormat::BF16 : deepmoe::WeightFormat::F32;
+    w.data = data;
+    w.rows = rows;
+    w.cols = cols;
+    deepmoe::matmul(threads_pool, x.data(), m, w, y.data());
     benchmark::DoNotOptimize(y.data());
     next = (next + 1) % copies;
   }
   report(state, m, rows, cols, size_t(rows * cols) * (bf16 ? 2 : 4));
+}
+
+// Quantized weights: `w8a8` is Int8 with per-token dynamic uint8 activations.
+enum class Quant { Q8_0, Q4_0, W8, W4G128, W8A8 };
+
+void BM_deepmoe_quant(benchmark::State& state, Quant quant) {
+  using deepmoe::WeightFormat;
+  const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
+  const WeightFormat format = quant == Quant::Q8_0   ? WeightFormat::Q8_0
+                              : quant == Quant::Q4_0 ? WeightFormat::Q4_0
+                              : quant == Quant::W4G128 ? WeightFormat::Int4
+                                                       : WeightFormat::Int8;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<float> source(size_t(rows * cols));
+  for (auto& v : source) v = normal(rng);
+  std::vector<deepmoe::QuantizedMatrix> pool;
+  do {
+    pool.push_back(deepmoe::quantize_matrix(source.data(), rows, cols, format, 128));
+  } while (pool.size() < 2 || pool.size() * pool.back().view().bytes() < kPoolBytes);
+  std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) * 0.25f - 0.7f;
+  deepmoe::ThreadPool threads_pool(int(state.range(3)));
+  deepmoe::use_single_threaded_blas();
+  size_t next = 0;
+  for (auto _ : state) {
+    deepmoe::WeightMatrix w = pool[next].view();
+    if (quant == Quant::W8A8) w.activation_quant = deepmoe::ActivationQuant::Dynamic;
+    deepmoe::matmul(threads_pool, x.data(), m, w, y.data());
+    benchmark::DoNotOptimize(y.data());
+    next = (next + 1) % pool.size();
+  }
+  report(state, m, rows, cols, pool[0].view().bytes());
 }
 
 void BM_openblas_f32(benchmark::State& state) {
@@ -101,6 +140,11 @@ void shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_deepmoe, bf16, DType::BF16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_deepmoe, f32, DType::F32)->Apply(shapes);
 BENCHMARK(BM_openblas_f32)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe_quant, q8_0, Quant::Q8_0)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe_quant, q4_0, Quant::Q4_0)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe_quant, w8, Quant::W8)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe_quant, w4g128, Quant::W4G128)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_deepmoe_quant, w8a8, Quant::W8A8)->Apply(shapes);
 
 }  // namespace
 

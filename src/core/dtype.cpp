@@ -14,6 +14,10 @@ std::string_view dtype_name(DType dtype) {
     case DType::F8_E4M3: return "F8_E4M3";
     case DType::I32: return "I32";
     case DType::I64: return "I64";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::Q8_0: return "Q8_0";
+    case DType::Q4_0: return "Q4_0";
   }
   return "?";
 }
@@ -21,7 +25,8 @@ std::string_view dtype_name(DType dtype) {
 bool parse_dtype(std::string_view name, DType* out) {
   static constexpr struct { std::string_view name; DType dtype; } kNames[] = {
       {"F32", DType::F32},         {"F16", DType::F16}, {"BF16", DType::BF16},
-      {"F8_E4M3", DType::F8_E4M3}, {"I32", DType::I32}, {"I64", DType::I64}};
+      {"F8_E4M3", DType::F8_E4M3}, {"I32", DType::I32}, {"I64", DType::I64},
+      {"I8", DType::I8},           {"U8", DType::U8}};
   for (const auto& entry : kNames) {
     if (entry.name == name) {
       *out = entry.dtype;
@@ -39,8 +44,18 @@ size_t dtype_size(DType dtype) {
     case DType::F8_E4M3: return 1;
     case DType::I32: return 4;
     case DType::I64: return 8;
+    case DType::I8: return 1;
+    case DType::U8: return 1;
+    case DType::Q8_0: return 0;
+    case DType::Q4_0: return 0;
   }
   return 0;
+}
+
+size_t dtype_bytes(DType dtype, int64_t n) {
+  if (dtype == DType::Q8_0) return size_t(n / 32 * 34);
+  if (dtype == DType::Q4_0) return size_t(n / 32 * 18);
+  return size_t(n) * dtype_size(dtype);
 }
 
 float f16_to_f32(uint16_t bits) {

@@ -10,13 +10,17 @@
 
 namespace deepmoe {
 
-enum class DType { F32, F16, BF16, F8_E4M3, I32, I64 };
+// Q8_0 and Q4_0 are ggml's blocks of 32 values (GGUF tensors only; a shape counts values and
+// dtype_size is 0): see kernels/ggml_blocks.h.
+enum class DType { F32, F16, BF16, F8_E4M3, I32, I64, I8, U8, Q8_0, Q4_0 };
 
 // Name as the safetensors header spells it ("F32", "BF16", "F8_E4M3", ...).
 std::string_view dtype_name(DType dtype);
 // Parses a safetensors dtype name; returns false for names we do not support.
 bool parse_dtype(std::string_view name, DType* out);
 size_t dtype_size(DType dtype);
+// Bytes of n values (n a multiple of 32 for the block types).
+size_t dtype_bytes(DType dtype, int64_t n);
 
 inline float bf16_to_f32(uint16_t bits) { return std::bit_cast<float>(uint32_t(bits) << 16); }
 

@@ -66,4 +66,10 @@ void dequantize_q4_0(const uint8_t* in, int64_t n, float* y) {
   }
 }
 
+void decode_to_f32(DType dtype, const void* src, float* dst, int64_t n) {
+  if (dtype == DType::Q8_0) return dequantize_q8_0(static_cast<const uint8_t*>(src), n, dst);
+  if (dtype == DType::Q4_0) return dequantize_q4_0(static_cast<const uint8_t*>(src), n, dst);
+  convert_to_f32(dtype, src, dst, size_t(n));
+}
+
 }  // namespace deepmoe

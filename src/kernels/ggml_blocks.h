@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace deepmoe {
 
 constexpr int64_t kGgmlBlock = 32;
@@ -16,5 +18,8 @@ void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
 void dequantize_q8_0(const uint8_t* in, int64_t n, float* y);
 void quantize_q4_0(const float* x, int64_t n, uint8_t* out);
 void dequantize_q4_0(const uint8_t* in, int64_t n, float* y);
+
+// n values of any DType that holds numbers (the float types and the ggml blocks) as f32.
+void decode_to_f32(DType dtype, const void* src, float* dst, int64_t n);
 
 }  // namespace deepmoe

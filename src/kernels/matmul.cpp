@@ -6,15 +6,16 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/matmul_quant.h"
+#include "kernels/quantize.h"
 
 namespace deepmoe {
 
-WeightMatrix WeightMatrix::row_slice(int64_t first, int64_t count) const {
-  WeightMatrix slice = *this;
-  slice.data = static_cast<const uint8_t*>(data) + size_t(first * cols) * dtype_size(dtype);
-  slice.rows = count;
-  return slice;
+namespace {
+MatmulObserver g_observer;
 }
+
+void set_matmul_observer(MatmulObserver observer) { g_observer = std::move(observer); }
 
 // The pool owns the cores: OpenBLAS only ever runs single-threaded inside one of our slices.
 // Its own threads would spin after each call and steal the core our next loop needs.
@@ -42,22 +43,44 @@ namespace {
 // and 128 columns of C keep OpenBLAS's packing of x a small share of the work.
 constexpr int64_t kGemmBlockRows = 128;
 
-// Floats of a BF16 weight widened per sgemm call: big enough to keep sgemm efficient, small
-// enough (1 MiB) to stay in L2 while sgemm reads it.
+// Floats of a BF16 or quantized weight widened per sgemm call: big enough to keep sgemm
+// efficient, small enough (1 MiB) to stay in L2 while sgemm reads it.
 constexpr int64_t kPanelFloats = int64_t(1) << 18;
 
-// y[:, row_begin:row_end] for BF16 weights through f32 sgemm, a panel of rows at a time.
-void matmul_bf16_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
-                      int64_t y_stride, int64_t row_begin, int64_t row_end) {
+// y[:, row_begin:row_end] for weights that are not F32, through f32 sgemm, a panel of rows at a
+// time widened to f32.
+void matmul_widened_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                         int64_t y_stride, int64_t row_begin, int64_t row_end) {
   const int64_t panel_rows = std::clamp<int64_t>(kPanelFloats / w.cols / 16 * 16, 16, kGemmBlockRows);
   thread_local std::vector<float> panel;
   panel.resize(size_t(panel_rows * w.cols));
-  const auto* bits = static_cast<const uint16_t*>(w.data);
   for (int64_t first = row_begin; first < row_end; first += panel_rows) {
     const int64_t count = std::min(panel_rows, row_end - first);
-    const uint16_t* source = bits + first * w.cols;
-    for (int64_t i = 0; i < count * w.cols; ++i) panel[size_t(i)] = bf16_to_f32(source[i]);
+    dequantize_rows(w, first, count, panel.data());
     gemm_f32(true, n_rows, count, w.cols, 1.0f, x, x_stride, panel.data(), w.cols, 0.0f, y + first, y_stride);
+  }
+}
+
+// The product with activations that are already what the W8A8 product sees: uint8 for the
+// integer decode kernel, and the same values back in f32 (`xf`, packed) for sgemm.
+void matmul_w8a8_rows(const QuantizedActivations& xq, const float* xf, int64_t n_rows, const WeightMatrix& w, float* y,
+                      int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  if (n_rows <= kSmallBatchMax) return int8_u8_dot_rows(xq, n_rows, w, y, y_stride, row_begin, row_end);
+  matmul_widened_rows(xf, w.cols, n_rows, w, y, y_stride, row_begin, row_end);
+}
+
+struct W8A8Input {
+  QuantizedActivations quantized;
+  std::vector<float> widened;  // only when n_rows > kSmallBatchMax
+};
+
+void quantize_for_w8a8(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, W8A8Input& input) {
+  const Uint8Range range{w.activation_scale, w.activation_zero_point};
+  quantize_activations(x, n_rows, x_stride, w.cols, w.activation_quant == ActivationQuant::Static ? &range : nullptr,
+                       input.quantized);
+  if (n_rows > kSmallBatchMax) {
+    input.widened.resize(size_t(n_rows * w.cols));
+    dequantize_activations(input.quantized, n_rows, w.cols, input.widened.data());
   }
 }
 
@@ -66,7 +89,12 @@ void matmul_bf16_rows(const float* x, int64_t x_stride, int64_t n_rows, const We
 void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
                  int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (row_begin >= row_end || n_rows == 0) return;
-  if (n_rows == 1 && w.dtype == DType::F32) {
+  if (w.activation_quant != ActivationQuant::None) {
+    thread_local W8A8Input input;
+    quantize_for_w8a8(x, x_stride, n_rows, w, input);
+    return matmul_w8a8_rows(input.quantized, input.widened.data(), n_rows, w, y, y_stride, row_begin, row_end);
+  }
+  if (n_rows == 1 && w.format == WeightFormat::F32) {
     // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
     const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(part.rows), blasint(part.cols), 1.0f,
@@ -74,22 +102,16 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
     return;
   }
   if (n_rows <= kSmallBatchMax) {
-    matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    if (w.is_quantized()) return quant_dot_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    return matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+  }
+  if (w.format == WeightFormat::F32) {
+    const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
+    gemm_f32(true, n_rows, part.rows, part.cols, 1.0f, x, x_stride, static_cast<const float*>(part.data), part.cols,
+             0.0f, y + row_begin, y_stride);
     return;
   }
-  switch (w.dtype) {
-    case DType::F32: {
-      const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
-      gemm_f32(true, n_rows, part.rows, part.cols, 1.0f, x, x_stride, static_cast<const float*>(part.data),
-               part.cols, 0.0f, y + row_begin, y_stride);
-      return;
-    }
-    case DType::BF16:
-      matmul_bf16_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
-      return;
-    default:
-      fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
-  }
+  matmul_widened_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
@@ -97,13 +119,25 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
   if (x_stride < 0) x_stride = w.cols;
   if (y_stride < 0) y_stride = w.rows;
   if (n_rows == 0 || w.rows == 0) return;
-  if (w.dtype != DType::F32 && w.dtype != DType::BF16)
-    fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+  if (g_observer) g_observer(w, x, n_rows, x_stride);
   // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
   // its part of W. Library calls see the same block shapes whatever the thread count, so results
   // are bit-identical across thread counts (BLAS kernels round differently on different tails).
   const int64_t block = n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows;
   const int64_t n_blocks = (w.rows + block - 1) / block;
+  if (w.activation_quant != ActivationQuant::None) {
+    // Quantized once here rather than in every thread's blocks. (A reference: the workers must
+    // see this thread's buffers, not their own thread_local ones.)
+    thread_local W8A8Input caller_input;
+    W8A8Input& input = caller_input;
+    quantize_for_w8a8(x, x_stride, n_rows, w, input);
+    pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
+      for (int64_t b = first_block; b < end_block; ++b)
+        matmul_w8a8_rows(input.quantized, input.widened.data(), n_rows, w, y, y_stride, b * block,
+                         std::min(w.rows, (b + 1) * block));
+    });
+    return;
+  }
   pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
     for (int64_t b = first_block; b < end_block; ++b)
       matmul_rows(x, x_stride, n_rows, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));

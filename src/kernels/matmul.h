@@ -1,27 +1,62 @@
 // y = x · Wᵀ, the one matrix product of the model. Weights keep the HuggingFace layout
-// [out_features, in_features], row-major, in F32 or BF16 (read in place from the mmap'd file);
-// activations are f32. Small M (decode) streams the weights once through our own SIMD kernel;
-// larger M goes to OpenBLAS sgemm (BF16 weights are widened panel by panel first). F32 weights
+// [out_features, in_features], row-major, in F32, BF16 or a quantized format (read in place from
+// the mmap'd file); activations are f32. Small M (decode) streams the weights once through our
+// own SIMD kernels; larger M goes to OpenBLAS sgemm (other formats are widened panel by panel). F32 weights
 // with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32. Threads come
 // from our pool only; OpenBLAS runs single-threaded on each thread's slice.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 
-#include "core/dtype.h"
 #include "core/thread_pool.h"
 
 namespace deepmoe {
 
+// How a weight matrix is stored. Quantized formats keep rows contiguous so a row range is a
+// slice; the layouts are documented in docs/quantization.md.
+enum class WeightFormat : uint8_t {
+  F32,
+  BF16,
+  Q8_0,  // ggml blocks of 32: f16 scale d + 32 int8 q; value = q·d
+  Q4_0,  // ggml blocks of 32: f16 scale d + 16 bytes of nibbles; value = (q − 8)·d
+  Int8,  // int8 [rows, cols] + one f32 scale per row (W8A16; W8A8 with activation_quant)
+  Int4,  // nibbles [rows, cols/2] in Q4_0's 32-value order + f16 scale (+ u8 zero point) per group
+};
+
+std::string_view weight_format_name(WeightFormat format);
+
+// W8A8: activations are quantized to uint8, asymmetric, before an Int8 product: per tensor with
+// a scale and zero point from calibration (Static), or per token from its own range (Dynamic).
+enum class ActivationQuant : uint8_t { None, Static, Dynamic };
+
 struct WeightMatrix {
-  DType dtype = DType::F32;  // F32 or BF16
+  WeightFormat format = WeightFormat::F32;
   const void* data = nullptr;
   int64_t rows = 0;  // out_features
   int64_t cols = 0;  // in_features
+  const float* row_scales = nullptr;     // Int8: [rows]
+  const int32_t* row_sums = nullptr;     // Int8 with activation_quant: Σ q per row (zero-point term)
+  const uint16_t* group_scales = nullptr;  // Int4: f16 [rows, cols / group]
+  const uint8_t* zero_points = nullptr;    // Int4: [rows, cols / group]; nullptr: symmetric (8)
+  int64_t group = 0;                       // Int4: values per scale (a multiple of 32)
+  ActivationQuant activation_quant = ActivationQuant::None;
+  float activation_scale = 0.0f;  // Static
+  int32_t activation_zero_point = 0;
+
+  bool is_quantized() const { return format != WeightFormat::F32 && format != WeightFormat::BF16; }
+  int64_t groups_per_row() const { return format == WeightFormat::Int4 ? cols / group : 0; }
+  // Bytes of one row of `data`.
+  size_t row_bytes() const;
   // Rows [first, first + count) as their own matrix (rows are contiguous, so no copy).
   WeightMatrix row_slice(int64_t first, int64_t count) const;
-  size_t bytes() const { return size_t(rows * cols) * dtype_size(dtype); }
+  // Every byte the matrix is made of (values, scales, zero points).
+  size_t bytes() const;
 };
+
+// Rows [first, first + count) of w as f32 (the dequantized values), count·cols floats.
+void dequantize_rows(const WeightMatrix& w, int64_t first, int64_t count, float* out);
 
 // Largest M handled by the streaming kernel; above it, GEMM.
 constexpr int64_t kSmallBatchMax = 4;
@@ -48,6 +83,11 @@ void gemm_f32_ex(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64
 // Plain f32 GEMM on strided row-major matrices (attention): C = A·B or A·Bᵀ, C = alpha·AB + beta·C.
 void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// Sees the input of every matmul() call before the product, while set (calibration records the
+// range of each weight's activations with it). Set it only while no matmul runs.
+using MatmulObserver = std::function<void(const WeightMatrix& w, const float* x, int64_t n_rows, int64_t x_stride)>;
+void set_matmul_observer(MatmulObserver observer);
 
 // "OpenBLAS <core>": the library and the CPU kernels it chose (OPENBLAS_CORETYPE overrides them).
 std::string gemm_library_name();

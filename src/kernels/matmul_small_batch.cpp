@@ -77,21 +77,21 @@ void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const 
                         float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("matmul_small_batch: {} rows", n_rows);
   const bool avx512 = cpu_has_avx512();
-  switch (w.dtype) {
-    case DType::F32:
+  switch (w.format) {
+    case WeightFormat::F32:
       if (avx512)
         return dot_rows_avx512(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y, y_stride, row_begin,
                                row_end);
       return dot_rows_f32(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
-    case DType::BF16:
+    case WeightFormat::BF16:
       if (avx512)
         return dot_rows_avx512(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y, y_stride,
                                row_begin, row_end);
       return dot_rows_bf16(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y,
                             y_stride, row_begin, row_end);
     default:
-      fail("matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+      fail("matmul_small_batch: {} weights are not supported", weight_format_name(w.format));
   }
 }
 

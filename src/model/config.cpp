@@ -155,7 +155,28 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
     yarn.mscale_all_dim = sub.number("mscale_all_dim", 0.0);
     c.rope_scaling = yarn;
   }
+  if (field.present("quantization_config") && json["quantization_config"].is_object() &&
+      json["quantization_config"].value("quant_method", "") == "deepmoe") {
+    const FieldReader sub(json["quantization_config"], source);
+    QuantizationConfig q;
+    q.format = sub.string("format", "");
+    if (!is_quantization_format(q.format))
+      fail("{}: quantization_config.format: '{}' is not one of w8, w8a8, w4g32, w4g64, w4g128 (optionally "
+           "with _asym), q8_0, q4_0", source, q.format);
+    q.activations = sub.string("activations", "none");
+    if (q.activations != "none" && q.activations != "static" && q.activations != "dynamic")
+      fail("{}: quantization_config.activations: '{}' is not none, static or dynamic", source, q.activations);
+    c.quantization = q;
+  }
   return c;
+}
+
+bool is_quantization_format(const std::string& format) {
+  static const char* const kFormats[] = {"w8", "w8a8", "w4g32", "w4g64", "w4g128", "w4g32_asym",
+                                         "w4g64_asym", "w4g128_asym", "q8_0", "q4_0"};
+  for (const char* f : kFormats)
+    if (format == f) return true;
+  return false;
 }
 
 Config load_config(const std::string& path) {

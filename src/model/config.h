@@ -21,6 +21,14 @@ struct RopeScaling {  // YaRN, the only scaling DeepSeek ships
   double mscale_all_dim = 0.0;
 };
 
+// deepmoe's own quantized checkpoints: config.json "quantization_config" with quant_method
+// "deepmoe" (docs/quantization.md). Other quant_methods (DeepSeek-V3's fp8) are read per tensor.
+struct QuantizationConfig {
+  std::string format;                // w8, w8a8, w4g32|64|128[_asym], q8_0, q4_0
+  std::string activations = "none";  // W8A8: static (calibrated) or dynamic (per token)
+};
+bool is_quantization_format(const std::string& format);
+
 struct Config {
   std::string model_type = "deepseek_v3";
   int64_t vocab_size = 0;
@@ -51,6 +59,7 @@ struct Config {
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 4096;
   int64_t num_nextn_predict_layers = 0;
+  std::optional<QuantizationConfig> quantization;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const {

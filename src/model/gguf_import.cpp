@@ -48,24 +48,21 @@ const std::map<std::string, std::string>& expert_names() {
   return names;
 }
 
-// The DType of a plain (unblocked) ggml type; nullopt for the quantized ones.
-std::optional<DType> plain_dtype(GgmlType type) {
+DType tensor_dtype(GgmlType type) {
   switch (type) {
     case GgmlType::F32: return DType::F32;
     case GgmlType::F16: return DType::F16;
     case GgmlType::BF16: return DType::BF16;
-    case GgmlType::Q8_0: case GgmlType::Q4_0: return std::nullopt;
+    case GgmlType::Q8_0: return DType::Q8_0;
+    case GgmlType::Q4_0: return DType::Q4_0;
   }
-  return std::nullopt;
+  fail("GGUF: ggml type {} has no DType", uint32_t(type));
 }
 
-// n values of `t` from `data` (a block boundary) as f32. GGUF data start 32-byte aligned, so
-// plain types are read in place.
+// n values of `t` from `data` (a block boundary) as f32.
 std::vector<float> decode(const GgufTensor& t, const uint8_t* data, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
-  if (const auto dtype = plain_dtype(t.type)) convert_to_f32(*dtype, data, out.data(), out.size());
-  else if (t.type == GgmlType::Q8_0) dequantize_q8_0(data, n, out.data());
-  else dequantize_q4_0(data, n, out.data());
+  decode_to_f32(tensor_dtype(t.type), data, out.data(), n);
   return out;
 }
 
@@ -83,16 +80,9 @@ class Importer {
     v.name = name;
     v.shape = std::move(shape);
     v.file = path_;
-    if (const auto dtype = plain_dtype(t.type)) {
-      v.dtype = *dtype;
-      v.data = data;
-      v.n_bytes = size_t(n * ggml_block_bytes(t.type));
-    } else {
-      owned_.push_back(decode(t, data, n));
-      v.dtype = DType::F32;
-      v.data = reinterpret_cast<const uint8_t*>(owned_.back().data());
-      v.n_bytes = size_t(n) * 4;
-    }
+    v.dtype = tensor_dtype(t.type);  // in place: GGUF data start 32-byte aligned
+    v.data = data;
+    v.n_bytes = dtype_bytes(v.dtype, n);
     views_[name] = std::move(v);
   }
 
@@ -201,7 +191,9 @@ GgufCheckpoint import_gguf(const std::string& path) {
   auto file = std::make_unique<MappedFile>(path);
   const GgufFile f = parse_gguf(file->bytes(), path);
   GgufCheckpoint out;
-  out.config = parse_config(config_json(f), path);
+  const nlohmann::json json = config_json(f);
+  out.config = parse_config(json, path);
+  out.config_json = json.dump(2);
   Importer im(path);
   const Config& c = out.config;
   for (const GgufTensor& t : f.tensors) {

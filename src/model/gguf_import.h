@@ -1,6 +1,6 @@
 // A GGUF file of llama.cpp's `deepseek2` architecture seen as an HF checkpoint, so every command
 // that loads a model directory loads a .gguf too: the config rebuilt from the metadata, the
-// tensors presented under HF names and shapes (F32/F16/BF16 in place, Q8_0/Q4_0 decoded to f32,
+// tensors presented under HF names and shapes (in place, Q8_0/Q4_0 blocks included,
 // stacked experts sliced per expert, attn_k_b/attn_v_b joined back into kv_b_proj).
 #pragma once
 #include <memory>
@@ -16,6 +16,7 @@ bool is_gguf_path(const std::string& path);
 
 struct GgufCheckpoint {
   Config config;
+  std::string config_json;  // the config.json the metadata stands for
   std::unique_ptr<CheckpointReader> reader;
 };
 

@@ -35,10 +35,7 @@ void Model::forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsF
 
   // x: [n_tokens, hidden]
   const WeightMatrix& embed = weights_.embed_tokens;
-  for (int64_t t = 0; t < n_tokens; ++t)
-    convert_to_f32(embed.dtype,
-                   static_cast<const uint8_t*>(embed.data) + size_t(tokens[size_t(t)] * hidden) * dtype_size(embed.dtype),
-                   hidden_.data() + t * hidden, size_t(hidden));
+  for (int64_t t = 0; t < n_tokens; ++t) dequantize_rows(embed, tokens[size_t(t)], 1, hidden_.data() + t * hidden);
 
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = weights_.layers[size_t(i)];

@@ -8,6 +8,9 @@
 #include <set>
 
 #include "core/error.h"
+#include "kernels/ggml_blocks.h"
+#include "kernels/quantize.h"
+#include "io/mapped_file.h"
 #include "model/gguf_import.h"
 
 namespace deepmoe {
@@ -19,22 +22,37 @@ class WeightLoader {
   WeightLoader(ModelWeights& model, const CheckpointReader& reader) : model_(model), reader_(reader) {}
 
   WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
-    const TensorView& tensor = require(name, {rows, cols});
-    WeightMatrix w{DType::F32, nullptr, rows, cols};
-    switch (tensor.dtype) {
+    const TensorView* found = reader_.find(name);
+    if (!found) fail("{}: missing tensor {}", reader_.dir(), name);
+    WeightMatrix w;
+    w.rows = rows;
+    w.cols = cols;
+    switch (found->dtype) {
       case DType::F32:
-      case DType::BF16:
-        w.dtype = tensor.dtype;
+      case DType::BF16: {
+        const TensorView& tensor = require(name, {rows, cols});
+        w.format = tensor.dtype == DType::F32 ? WeightFormat::F32 : WeightFormat::BF16;
         w.data = aligned_or_copied(tensor);
         return w;
+      }
       case DType::F16:
-        w.data = widen(tensor);
+        w.data = widen(require(name, {rows, cols}));
         return w;
       case DType::F8_E4M3:
-        w.data = dequantize_fp8(tensor, name, rows, cols);
+        w.data = dequantize_fp8(require(name, {rows, cols}), name, rows, cols);
         return w;
+      case DType::Q8_0:
+      case DType::Q4_0:  // GGUF blocks, read in place
+        if (cols % kGgmlBlock != 0) fail("{}: tensor {}: {} columns are not whole blocks of 32", found->file, name, cols);
+        w.format = found->dtype == DType::Q8_0 ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
+        w.data = require(name, {rows, cols}).data;
+        return w;
+      case DType::I8:
+        return int8_matrix(name, w);
+      case DType::U8:
+        return packed_matrix(name, w);
       default:
-        fail("{}: tensor {}: dtype {} cannot hold weights", tensor.file, name, dtype_name(tensor.dtype));
+        fail("{}: tensor {}: dtype {} cannot hold weights", found->file, name, dtype_name(found->dtype));
     }
   }
 
@@ -42,7 +60,11 @@ class WeightLoader {
   const float* vector(const std::string& name, int64_t size) { return widen(require(name, {size})); }
 
   WeightMatrix f32_matrix(const std::string& name, int64_t rows, int64_t cols) {
-    return {DType::F32, widen(require(name, {rows, cols})), rows, cols};
+    WeightMatrix w;
+    w.data = widen(require(name, {rows, cols}));
+    w.rows = rows;
+    w.cols = cols;
+    return w;
   }
 
   bool has(const std::string& name) const { return reader_.find(name) != nullptr; }
@@ -94,16 +116,12 @@ class WeightLoader {
 
   const float* widen(const TensorView& tensor) {
     if (tensor.dtype != DType::F32 && tensor.dtype != DType::BF16 && tensor.dtype != DType::F16 &&
-        tensor.dtype != DType::F8_E4M3)
+        tensor.dtype != DType::F8_E4M3 && tensor.dtype != DType::Q8_0 && tensor.dtype != DType::Q4_0)
       fail("{}: tensor {}: dtype {} is not a float type", tensor.file, tensor.name, dtype_name(tensor.dtype));
     float* out = own_f32(size_t(tensor.numel()));
-    if (tensor.dtype == DType::F32 || tensor.dtype == DType::F16 || tensor.dtype == DType::BF16) {
-      // memcpy through a bounce buffer keeps unaligned 2- and 4-byte reads defined.
-      std::vector<uint8_t> bounce(tensor.data, tensor.data + tensor.n_bytes);
-      convert_to_f32(tensor.dtype, bounce.data(), out, size_t(tensor.numel()));
-    } else {
-      convert_to_f32(tensor.dtype, tensor.data, out, size_t(tensor.numel()));
-    }
+    // memcpy through a bounce buffer keeps unaligned 2- and 4-byte reads defined.
+    std::vector<uint8_t> bounce(tensor.data, tensor.data + tensor.n_bytes);
+    decode_to_f32(tensor.dtype, bounce.data(), out, tensor.numel());
     return out;
   }
 
@@ -120,6 +138,63 @@ class WeightLoader {
       for (int64_t c = 0; c < cols; ++c) out[r * cols + c] *= scales[(r / kBlock) * block_cols + c / kBlock];
     return out;
   }
+
+  static std::string stem(const std::string& name) { return name.substr(0, name.size() - std::string(".weight").size()); }
+
+  // Int8 [rows, cols] with `.weight_scale` f32 [rows]; for W8A8 also the activations' scheme.
+  WeightMatrix int8_matrix(const std::string& name, WeightMatrix w) {
+    const TensorView& tensor = require(name, {w.rows, w.cols});
+    w.format = WeightFormat::Int8;
+    w.data = tensor.data;
+    w.row_scales = vector(stem(name) + ".weight_scale", w.rows);
+    const std::string activations = model_.config.quantization ? model_.config.quantization->activations : "none";
+    if (activations == "none") return w;
+    int32_t* sums = own_i32(size_t(w.rows));
+    for (int64_t r = 0; r < w.rows; ++r) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < w.cols; ++k) sum += int8_t(tensor.data[r * w.cols + k]);
+      sums[r] = sum;
+    }
+    w.row_sums = sums;
+    w.activation_quant = activations == "dynamic" ? ActivationQuant::Dynamic : ActivationQuant::Static;
+    if (w.activation_quant == ActivationQuant::Static) {
+      w.activation_scale = vector(stem(name) + ".input_scale", 1)[0];
+      const TensorView& zero = require(stem(name) + ".input_zero_point", {1});
+      if (zero.dtype != DType::I32) fail("{}: {}.input_zero_point must be I32", zero.file, stem(name));
+      std::memcpy(&w.activation_zero_point, zero.data, 4);
+      if (!(w.activation_scale > 0) || w.activation_zero_point < 0 || w.activation_zero_point > 255)
+        fail("{}: {}: input_scale must be positive and input_zero_point in [0, 255]", zero.file, stem(name));
+    }
+    return w;
+  }
+
+  // U8 tensors: ggml blocks (q8_0, q4_0) or Int4 nibbles, as quantization_config says.
+  WeightMatrix packed_matrix(const std::string& name, WeightMatrix w) {
+    const TensorView& found = *reader_.find(name);
+    if (!model_.config.quantization) fail("{}: tensor {} is U8 but config.json has no quantization_config", found.file, name);
+    const std::string& format = model_.config.quantization->format;
+    if (format == "q8_0" || format == "q4_0") {
+      if (w.cols % kGgmlBlock != 0) fail("{}: tensor {}: {} columns are not whole blocks of 32", found.file, name, w.cols);
+      w.format = format == "q8_0" ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
+      w.data = require(name, {w.rows, int64_t(w.row_bytes())}).data;
+      return w;
+    }
+    if (!format.starts_with("w4")) fail("{}: tensor {} is U8 but the format is {}", found.file, name, format);
+    w.format = WeightFormat::Int4;
+    w.data = require(name, {w.rows, w.cols / 2}).data;
+    const TensorView* scales = reader_.find(stem(name) + ".weight_scale");
+    if (!scales || scales->dtype != DType::F16 || scales->shape.size() != 2 || scales->shape[0] != w.rows ||
+        scales->shape[1] < 1 || w.cols % scales->shape[1] != 0 || (w.cols / scales->shape[1]) % kInt4Chunk != 0)
+      fail("{}: tensor {} needs {}.weight_scale, F16 [{}, groups] with groups of a multiple of 32 columns", found.file,
+           name, stem(name), w.rows);
+    w.group = w.cols / scales->shape[1];
+    w.group_scales = static_cast<const uint16_t*>(aligned_or_copied(require(scales->name, scales->shape)));
+    if (has(stem(name) + ".weight_zero_point"))
+      w.zero_points = require(stem(name) + ".weight_zero_point", scales->shape).data;
+    return w;
+  }
+
+  int32_t* own_i32(size_t n) { return model_.owned_i32_.emplace_back(n).data(); }
 
   ModelWeights& model_;
   const CheckpointReader& reader_;
@@ -139,21 +214,31 @@ MlpWeights load_mlp(WeightLoader& loader, const std::string& prefix, int64_t hid
 WeightMatrix transpose_key_up_projection(WeightLoader& loader, const Config& c, const WeightMatrix& kv_b) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rank = c.kv_lora_rank;
   const int64_t per_head = nope + c.v_head_dim;
-  WeightMatrix out{kv_b.dtype, nullptr, heads * rank, nope};
+  WeightMatrix out;
+  out.format = kv_b.format;
+  out.rows = heads * rank;
+  out.cols = nope;
   auto transpose = [&](auto* dst, const auto* src) {
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t d = 0; d < nope; ++d)
         for (int64_t r = 0; r < rank; ++r) dst[(h * rank + r) * nope + d] = src[(h * per_head + d) * rank + r];
   };
   const size_t n = size_t(heads * rank * nope);
-  if (kv_b.dtype == DType::F32) {
-    float* dst = loader.own_f32(n);
-    transpose(dst, static_cast<const float*>(kv_b.data));
-    out.data = dst;
-  } else {
+  if (kv_b.format == WeightFormat::BF16) {
     uint16_t* dst = loader.own_bf16(n);
     transpose(dst, static_cast<const uint16_t*>(kv_b.data));
     out.data = dst;
+  } else {  // F32, or a quantized kv_b_proj read through its f32 values
+    const float* source = static_cast<const float*>(kv_b.data);
+    if (kv_b.format != WeightFormat::F32) {
+      float* widened = loader.own_f32(size_t(kv_b.rows * kv_b.cols));
+      dequantize_rows(kv_b, 0, kv_b.rows, widened);
+      source = widened;
+    }
+    float* dst = loader.own_f32(n);
+    transpose(dst, source);
+    out.data = dst;
+    out.format = WeightFormat::F32;
   }
   return out;
 }
@@ -165,9 +250,12 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
   if (is_gguf_path(model_dir)) {
     GgufCheckpoint gguf = import_gguf(model_dir);
     model->config = gguf.config;
+    model->config_json = gguf.config_json;
     model->reader_ = std::move(gguf.reader);
   } else {
-    model->config = load_config((std::filesystem::path(model_dir) / "config.json").string());
+    const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
+    model->config = load_config(config_path);
+    model->config_json = read_text_file(config_path);
     model->reader_ = std::make_unique<CheckpointReader>(model_dir);
   }
   const Config& c = model->config;
@@ -227,6 +315,39 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
   return model;
 }
 
+std::vector<std::pair<std::string, const WeightMatrix*>> ModelWeights::named_matrices() const {
+  std::vector<std::pair<std::string, const WeightMatrix*>> out;
+  auto add = [&](const std::string& name, const WeightMatrix& w) {
+    if (w.data) out.emplace_back(name, &w);
+  };
+  auto add_mlp = [&](const std::string& prefix, const MlpWeights& mlp) {
+    add(prefix + "gate_proj.weight", mlp.gate_proj);
+    add(prefix + "up_proj.weight", mlp.up_proj);
+    add(prefix + "down_proj.weight", mlp.down_proj);
+  };
+  add("model.embed_tokens.weight", embed_tokens);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerWeights& layer = layers[i];
+    const std::string a = fmt::format("model.layers.{}.self_attn.", i), m = fmt::format("model.layers.{}.mlp.", i);
+    const MlaWeights& attn = layer.self_attn;
+    add(a + "q_proj.weight", attn.q_proj);
+    add(a + "q_a_proj.weight", attn.q_a_proj);
+    add(a + "q_b_proj.weight", attn.q_b_proj);
+    add(a + "kv_a_proj_with_mqa.weight", attn.kv_a_proj_with_mqa);
+    add(a + "kv_b_proj.weight", attn.kv_b_proj);
+    add(a + "o_proj.weight", attn.o_proj);
+    if (!layer.is_moe) {
+      add_mlp(m, layer.mlp);
+      continue;
+    }
+    add(m + "gate.weight", layer.moe.gate);
+    for (size_t e = 0; e < layer.moe.experts.size(); ++e) add_mlp(fmt::format("{}experts.{}.", m, e), layer.moe.experts[e]);
+    if (layer.moe.has_shared_experts) add_mlp(m + "shared_experts.", layer.moe.shared_experts);
+  }
+  if (lm_head.data != embed_tokens.data) add("lm_head.weight", lm_head);
+  return out;
+}
+
 int64_t ModelWeights::parameter_count() const {
   const Config& c = config;
   auto mlp_params = [&](int64_t intermediate) { return 3 * c.hidden_size * intermediate; };
@@ -260,13 +381,14 @@ size_t ModelWeights::weight_bytes() const {
   for (const auto& [name, tensor] : reader_->tensors()) bytes += tensor.n_bytes;
   for (const auto& buffer : owned_f32_) bytes += buffer.size() * sizeof(float);
   for (const auto& buffer : owned_bf16_) bytes += buffer.size() * sizeof(uint16_t);
+  for (const auto& buffer : owned_i32_) bytes += buffer.size() * sizeof(int32_t);
   return bytes;
 }
 
 size_t ModelWeights::decode_weight_bytes() const {
   const Config& c = config;
   auto mlp_bytes = [](const MlpWeights& w) { return w.gate_proj.bytes() + w.up_proj.bytes() + w.down_proj.bytes(); };
-  size_t bytes = lm_head.bytes() + size_t(c.hidden_size) * dtype_size(embed_tokens.dtype);
+  size_t bytes = lm_head.bytes() + embed_tokens.row_bytes();
   for (const auto& layer : layers) {
     const MlaWeights& a = layer.self_attn;
     // Absorbed decode reads the transposed key half plus the value half of kv_b_proj.

@@ -1,9 +1,11 @@
-// The model's parameters, by their HuggingFace names. F32 and BF16 matrices point straight into
-// the mmap'd safetensors files; F16 and FP8 (with 128x128 weight_scale_inv blocks) are widened
-// to f32 once at load. Norm vectors and the gate are always f32.
+// The model's parameters, by their HuggingFace names. F32, BF16 and quantized matrices (GGUF
+// Q8_0/Q4_0 blocks, our Int8/Int4 formats: docs/quantization.md) point straight into the mmap'd
+// files; F16 and FP8 (with 128x128 weight_scale_inv blocks) are widened to f32 once at load.
+// Norm vectors and the gate are always f32.
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -51,6 +53,7 @@ struct LayerWeights {
 
 struct ModelWeights {
   Config config;
+  std::string config_json;  // the text config was parsed from (rebuilt for a .gguf)
   WeightMatrix embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
   const float* norm = nullptr;
@@ -59,6 +62,10 @@ struct ModelWeights {
 
   // Loads config.json and the safetensors of `model_dir`; throws Error naming the file and tensor.
   static std::unique_ptr<ModelWeights> load(const std::string& model_dir);
+
+  // Every matrix by its HF tensor name (lm_head only when untied; derived matrices excluded).
+  std::vector<std::pair<std::string, const WeightMatrix*>> named_matrices() const;
+  const CheckpointReader& reader() const { return *reader_; }
 
   int64_t parameter_count() const;         // every parameter of the main layers
   int64_t active_parameter_count() const;  // per token: top-k routed experts only
@@ -71,6 +78,7 @@ struct ModelWeights {
   std::unique_ptr<CheckpointReader> reader_;
   std::vector<std::vector<float>> owned_f32_;  // widened or derived tensors
   std::vector<std::vector<uint16_t>> owned_bf16_;
+  std::vector<std::vector<int32_t>> owned_i32_;
   friend class WeightLoader;
 };
 

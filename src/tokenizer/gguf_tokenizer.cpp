@@ -33,7 +33,7 @@ nlohmann::json pre_tokenizer(const std::string& name, const std::string& file) {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& f) {
+GgufTokenizerFiles tokenizer_files_from_gguf(const GgufFile& f) {
   const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
   const GgufValue* merges = f.find("tokenizer.ggml.merges");
   if (tokens == nullptr || tokens->element_type != GgufValueType::String)
@@ -74,7 +74,12 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& f) {
   if (const GgufValue* v = f.find("tokenizer.ggml.add_bos_token")) config["add_bos_token"] = v->bool_value;
   if (const GgufValue* v = f.find("tokenizer.ggml.add_eos_token")) config["add_eos_token"] = v->bool_value;
   if (f.find("tokenizer.chat_template")) config["chat_template"] = f.get_string("tokenizer.chat_template");
-  return Tokenizer::from_json(tokenizer.dump(), config.dump(), f.file);
+  return {tokenizer.dump(), config.dump()};
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& f) {
+  const GgufTokenizerFiles files = tokenizer_files_from_gguf(f);
+  return Tokenizer::from_json(files.tokenizer_json, files.tokenizer_config_json, f.file);
 }
 
 }  // namespace deepmoe

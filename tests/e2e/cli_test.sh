@@ -254,5 +254,66 @@ expect_error "convert: unknown target" "--to" "$deepmoe" convert --to onnx --mod
 expect_error "convert: unknown type" "--type" "$deepmoe" convert --to gguf --model model --out x.gguf --type q2_k
 expect_error "convert: missing model" "config.json" "$deepmoe" convert --to gguf --model no_such_dir --out x.gguf
 expect_error "convert: unwritable output" "x.gguf" "$deepmoe" convert --to gguf --model model --out no_such_dir/x.gguf
+
+# convert --to hf: a .gguf back to a directory; f32 gives the same logits bit for bit.
+"$deepmoe" convert --to hf --model model_f32.gguf --out from_gguf >/dev/null &&
+  "$deepmoe" logits --model from_gguf --tokens 5,17,42,99,3,250,7,8 --out from_gguf_logits.npy 2>/dev/null &&
+  cmp -s <(tail -c +200 f32_logits.npy) <(tail -c +200 from_gguf_logits.npy) &&
+  ok "convert --to hf from a .gguf: identical logits" || bad "convert --to hf"
+
+# quantize: every type loads with no extra flag, its logits close to the original's (random
+# weights, so the bounds are loose), and the kept tensors keep their dtype.
+tokens=5,17,42,99,3,250,7,8
+"$deepmoe" logits --model model --tokens $tokens --out base_logits.npy 2>/dev/null
+for spec in "w8 0.05" "q8_0 0.05" "w4g32 0.6" "w4g32_asym 0.6" "q4_0 0.6" "w8a8 0.08 --activations dynamic"; do
+  set -- $spec
+  type=$1 bound=$2
+  shift 2
+  rm -rf "q_$type"
+  "$deepmoe" quantize --model model --type "$type" --out "q_$type" "$@" >/dev/null 2>q_err.txt &&
+    "$deepmoe" logits --model "q_$type" --tokens $tokens --out "q_$type.npy" 2>/dev/null &&
+    "$deepmoe" generate --model "q_$type" --tokens 5,6,7 -n 4 --temperature 0 >/dev/null 2>&1 &&
+    /usr/bin/python3 -c "
+import numpy as n, sys
+a, b = n.load('q_$type.npy'), n.load('base_logits.npy')
+rel = n.linalg.norm(a - b) / n.linalg.norm(b)
+print('$type', rel); sys.exit(not (0 < rel < $bound))" >>q_rel.txt &&
+    ok "quantize --type $type: loads, generates, logits close" || bad "quantize $type ($(cat q_err.txt | head -c 200); $(tail -1 q_rel.txt))"
+done
+"$deepmoe" quantize --model model --type w8a8 --calibration val.u32 --calib-tokens 64 --calib-seq 16 --out q_w8a8s >/dev/null &&
+  "$deepmoe" logits --model q_w8a8s --tokens $tokens --out q_w8a8s.npy 2>/dev/null &&
+  /usr/bin/python3 - <<'PY' && ok "quantize w8a8 with static calibration" || bad "quantize w8a8 static"
+import json, struct, numpy as n, sys
+raw = open("q_w8a8s/model.safetensors", "rb").read()
+header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+scales = [k for k in header if k.endswith(".input_scale")]
+a, b = n.load("q_w8a8s.npy"), n.load("base_logits.npy")
+# One range per tensor is coarser than dynamic's per token: looser than w8a8 dynamic above.
+sys.exit(not (len(scales) > 10 and 0 < n.linalg.norm(a - b) / n.linalg.norm(b) < 0.25))
+PY
+"$deepmoe" quantize --model model --type w8 --keep 'model\.layers\.0\..*' --out q_keep >/dev/null &&
+  /usr/bin/python3 - <<'PY' && ok "quantize --keep leaves matching tensors alone" || bad "quantize --keep"
+import json, struct, sys
+def header(path):
+    raw = open(path, "rb").read(1 << 20)
+    return json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+h = header("q_keep/model.safetensors")
+ok = (h["model.layers.0.self_attn.o_proj.weight"]["dtype"] == "F32" and
+      h["model.layers.1.self_attn.o_proj.weight"]["dtype"] == "I8" and
+      h["model.embed_tokens.weight"]["dtype"] == "F32" and h["model.layers.1.mlp.gate.weight"]["dtype"] == "F32" and
+      "model.layers.0.self_attn.o_proj.weight_scale" not in h)
+sys.exit(not ok)
+PY
+"$deepmoe" convert --to hf --model q_w8 --out q_w8_back >/dev/null &&
+  "$deepmoe" logits --model q_w8_back --tokens $tokens --out q_w8_back.npy 2>/dev/null &&
+  /usr/bin/python3 -c "import numpy as n, sys; sys.exit(not n.allclose(n.load('q_w8_back.npy'), n.load('q_w8.npy'), rtol=1e-4, atol=1e-5))" &&
+  ok "convert --to hf dequantizes a quantized directory" || bad "convert --to hf of a quantized directory"
+expect_error "quantize: unknown type" "--type" "$deepmoe" quantize --model model --type w3 --out q_bad
+expect_error "quantize: bad regex" "--keep" "$deepmoe" quantize --model model --type w8 --keep '(' --out q_bad
+expect_error "quantize: w8a8 static needs calibration" "--calibration" "$deepmoe" quantize --model model --type w8a8 --out q_bad
+expect_error "quantize: already quantized" "already quantized" "$deepmoe" quantize --model q_w8 --type w8 --out q_bad
+cp -r q_w4g32 q_noconfig && /usr/bin/python3 -c "
+import json; c = json.load(open('q_noconfig/config.json')); c['quantization_config']['format'] = 'q8_0'; json.dump(c, open('q_noconfig/config.json', 'w'))"
+expect_error "quantized weights that disagree with config.json" "q_noconfig" "$deepmoe" info --model q_noconfig
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "core/dtype.h"
 #include "test_util.h"
 
 namespace deepmoe {
@@ -29,21 +30,21 @@ struct Shape {
   int64_t m, rows, cols;
 };
 
-class MatmulTest : public ::testing::TestWithParam<std::tuple<Shape, DType, int>> {};
+class MatmulTest : public ::testing::TestWithParam<std::tuple<Shape, WeightFormat, int>> {};
 
 TEST_P(MatmulTest, MatchesNaiveDoubleLoop) {
-  const auto [shape, dtype, threads] = GetParam();
+  const auto [shape, format, threads] = GetParam();
   auto x = random_vector(size_t(shape.m * shape.cols), 1);
   auto w = random_vector(size_t(shape.rows * shape.cols), 2);
   std::vector<uint16_t> w_bf16(w.size());
-  if (dtype == DType::BF16) {
+  if (format == WeightFormat::BF16) {
     for (size_t i = 0; i < w.size(); ++i) {
       w_bf16[i] = f32_to_bf16(w[i]);
       w[i] = bf16_to_f32(w_bf16[i]);  // the reference sees exactly the stored values
     }
   }
-  const WeightMatrix matrix{dtype, dtype == DType::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(),
-                            shape.rows, shape.cols};
+  const WeightMatrix matrix = testing::weight_matrix(
+      format, format == WeightFormat::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(), shape.rows, shape.cols);
   std::vector<float> y(size_t(shape.m * shape.rows));
   ThreadPool pool(threads);
   matmul(pool, x.data(), shape.m, matrix, y.data());
@@ -56,7 +57,7 @@ INSTANTIATE_TEST_SUITE_P(AwkwardShapes, MatmulTest,
                          ::testing::Combine(::testing::Values(Shape{1, 19, 37}, Shape{2, 33, 131}, Shape{3, 7, 16},
                                                               Shape{4, 65, 200}, Shape{5, 19, 37}, Shape{17, 600, 45},
                                                               Shape{64, 513, 130}),
-                                            ::testing::Values(DType::F32, DType::BF16), ::testing::Values(1, 2)));
+                                            ::testing::Values(WeightFormat::F32, WeightFormat::BF16), ::testing::Values(1, 2)));
 
 TEST(MatmulTest, StridedRowsReadAndWriteOnlyTheirColumns) {
   const int64_t m = 3, rows = 21, cols = 29, x_stride = 40, y_stride = 50;
@@ -64,7 +65,8 @@ TEST(MatmulTest, StridedRowsReadAndWriteOnlyTheirColumns) {
   auto w = random_vector(size_t(rows * cols), 4);
   std::vector<float> y(size_t(m * y_stride), 7.0f);
   ThreadPool pool(2);
-  matmul(pool, x.data(), m, {DType::F32, w.data(), rows, cols}, y.data(), x_stride, y_stride);
+  matmul(pool, x.data(), m, testing::weight_matrix(WeightFormat::F32, w.data(), rows, cols), y.data(), x_stride,
+         y_stride);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       double sum = 0.0;

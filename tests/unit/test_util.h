@@ -5,6 +5,8 @@
 #include <random>
 #include <vector>
 
+#include "kernels/matmul.h"
+
 namespace deepmoe::testing {
 
 inline std::vector<float> random_vector(size_t n, uint64_t seed, float scale = 1.0f) {
@@ -23,6 +25,15 @@ double relative_error(const A& actual, const B& expected) {
     norm += double(expected[i]) * double(expected[i]);
   }
   return std::sqrt(diff / norm);
+}
+
+inline WeightMatrix weight_matrix(WeightFormat format, const void* data, int64_t rows, int64_t cols) {
+  WeightMatrix w;
+  w.format = format;
+  w.data = data;
+  w.rows = rows;
+  w.cols = cols;
+  return w;
 }
 
 }  // namespace deepmoe::testing
