@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/matmul_q4_vnni.h"
 #include "kernels/matmul_quant.h"
 #include "kernels/quantize.h"
 
@@ -69,6 +70,8 @@ void matmul_w8a8_rows(const QuantizedActivations& xq, const float* xf, int64_t n
   matmul_widened_rows(xf, w.cols, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
+bool uses_q4_vnni(const WeightMatrix& w) { return !portable_quant_kernels_forced() && q4_vnni_applies(w); }
+
 struct W8A8Input {
   QuantizedActivations quantized;
   std::vector<float> widened;  // only when n_rows > kSmallBatchMax
@@ -102,6 +105,11 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
     return;
   }
   if (n_rows <= kSmallBatchMax) {
+    if (uses_q4_vnni(w)) {
+      thread_local Q4Activations prepared;
+      prepare_q4_activations(x, x_stride, n_rows, w.cols, prepared);
+      return q4_dot_rows_vnni(prepared, w, y, y_stride, row_begin, row_end);
+    }
     if (w.is_quantized()) return quant_dot_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
     return matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
   }
@@ -135,6 +143,16 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
       for (int64_t b = first_block; b < end_block; ++b)
         matmul_w8a8_rows(input.quantized, input.widened.data(), n_rows, w, y, y_stride, b * block,
                          std::min(w.rows, (b + 1) * block));
+    });
+    return;
+  }
+  if (n_rows <= kSmallBatchMax && uses_q4_vnni(w)) {
+    thread_local Q4Activations caller_prepared;
+    Q4Activations& prepared = caller_prepared;  // the workers read this thread's copy
+    prepare_q4_activations(x, x_stride, n_rows, w.cols, prepared);
+    pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
+      for (int64_t b = first_block; b < end_block; ++b)
+        q4_dot_rows_vnni(prepared, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
     });
     return;
   }

@@ -24,6 +24,7 @@ const char* quant_kernel_name(bool w8a8);
 
 // For tests and benchmarks: force the portable kernels even where AVX-512 exists.
 void force_portable_quant_kernels(bool force);
+bool portable_quant_kernels_forced();
 
 // The AVX-512 versions (defined only for CPUs that report the features; call through the above).
 bool cpu_has_avx512_vnni();

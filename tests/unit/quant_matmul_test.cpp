@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_q4_vnni.h"
 #include "kernels/matmul_quant.h"
 #include "kernels/quantize.h"
 #include "test_util.h"
@@ -76,6 +77,15 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
     dequantize_activations(xq, shape.m, shape.cols, x_seen.data());
     EXPECT_GT(relative_error(x_seen, x), 0.0);
   }
+  // The VNNI 4-bit decode kernel multiplies int8 activations (blocks of 32): the reference takes
+  // exactly those values.
+  if (!portable && shape.m <= kSmallBatchMax && q4_vnni_applies(w)) {
+    Q4Activations prepared;
+    prepare_q4_activations(x.data(), shape.cols, shape.m, shape.cols, prepared);
+    dequantize_q4_activations(prepared, x_seen.data());
+    EXPECT_GT(relative_error(x_seen, x), 1e-4);
+    EXPECT_LT(relative_error(x_seen, x), 1e-2);
+  }
   const auto expected = reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
@@ -107,7 +117,7 @@ const QuantCase kCases[] = {
 INSTANTIATE_TEST_SUITE_P(
     Formats, QuantMatmulTest,
     ::testing::Combine(::testing::ValuesIn(kCases),
-                       ::testing::Values(Shape{1, 37, 384}, Shape{2, 19, 640}, Shape{3, 70, 128}, Shape{4, 33, 1152},
+                       ::testing::Values(Shape{1, 37, 384}, Shape{2, 19, 640}, Shape{3, 70, 128}, Shape{4, 33, 1152}, Shape{1, 40, 2048}, Shape{2, 17, 1408},
                                          Shape{5, 21, 384}, Shape{17, 140, 256}),
                        ::testing::Bool()),
     [](const auto& info) {

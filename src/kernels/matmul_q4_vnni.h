@@ -1,0 +1,33 @@
+// 4-bit decode (Q4_0 and Int4, M <= kSmallBatchMax) with AVX-512 VNNI, the way llama.cpp does
+// its Q4_0 dot products: activations are quantized to int8 in blocks of 32 (scale max|x|/127),
+// each 32-value chunk's integer dot product comes from vpdpbusd, and 16 chunks' sums are folded
+// into one vector so their scales are applied with one FMA. It reads the weights about twice as
+// fast as widening nibbles to f32 (docs/benchmarks.md), at the cost of int8 activations.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/matmul.h"
+
+namespace deepmoe {
+
+// The activations as the kernel reads them, prepared once per matmul call.
+struct Q4Activations {
+  int64_t n_rows = 0, cols = 0, superblocks = 0;
+  // Per row and superblock of 16 chunks: 8 pairs × 64 bytes of int8 in the kernel's order, then
+  // per-chunk scale (f32) and Σq (int32) in the order the folded sums come out.
+  std::vector<int8_t> values;
+  std::vector<float> scales;
+  std::vector<int32_t> sums;
+};
+
+// Q4_0, or Int4 with groups of a multiple of 32, on a CPU with AVX-512 VNNI.
+bool q4_vnni_applies(const WeightMatrix& w);
+void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, int64_t cols, Q4Activations& out);
+void q4_dot_rows_vnni(const Q4Activations& x, const WeightMatrix& w, float* y, int64_t y_stride, int64_t row_begin,
+                      int64_t row_end);
+
+// The activations' int8 values as f32 (q·scale), packed [n_rows, cols]: what the kernel multiplies.
+void dequantize_q4_activations(const Q4Activations& x, float* out);
+
+}  // namespace deepmoe
