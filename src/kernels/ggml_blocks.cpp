@@ -66,6 +66,22 @@ void dequantize_q4_0(const uint8_t* in, int64_t n, float* y) {
   }
 }
 
+float quantize_block_q8_0(const float* x, int8_t* q) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < kGgmlBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float inverse = amax != 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t j = 0; j < kGgmlBlock; ++j) q[j] = int8_t(std::nearbyint(x[j] * inverse));
+  return f16_to_f32(f32_to_f16(amax / 127.0f));
+}
+
+void round_activations_q8_0(const float* x, int64_t n, float* out) {
+  int8_t q[kGgmlBlock];
+  for (int64_t b = 0; b < n; b += kGgmlBlock) {
+    const float d = quantize_block_q8_0(x + b, q);
+    for (int64_t j = 0; j < kGgmlBlock; ++j) out[b + j] = float(q[j]) * d;
+  }
+}
+
 void decode_to_f32(DType dtype, const void* src, float* dst, int64_t n) {
   if (dtype == DType::Q8_0) return dequantize_q8_0(static_cast<const uint8_t*>(src), n, dst);
   if (dtype == DType::Q4_0) return dequantize_q4_0(static_cast<const uint8_t*>(src), n, dst);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/ggml_blocks.h"
 #include "kernels/matmul_q4_vnni.h"
 #include "kernels/matmul_quant.h"
 #include "kernels/quantize.h"
@@ -62,41 +63,57 @@ void matmul_widened_rows(const float* x, int64_t x_stride, int64_t n_rows, const
   }
 }
 
-// The product with activations that are already what the W8A8 product sees: uint8 for the
-// integer decode kernel, and the same values back in f32 (`xf`, packed) for sgemm.
-void matmul_w8a8_rows(const QuantizedActivations& xq, const float* xf, int64_t n_rows, const WeightMatrix& w, float* y,
-                      int64_t y_stride, int64_t row_begin, int64_t row_end) {
-  if (n_rows <= kSmallBatchMax) return int8_u8_dot_rows(xq, n_rows, w, y, y_stride, row_begin, row_end);
-  matmul_widened_rows(xf, w.cols, n_rows, w, y, y_stride, row_begin, row_end);
+bool uses_q4_vnni(const WeightMatrix& w) {
+  return w.format == WeightFormat::Q4_0 && !portable_quant_kernels_forced() && q4_vnni_applies(w);
 }
 
-bool uses_q4_vnni(const WeightMatrix& w) { return !portable_quant_kernels_forced() && q4_vnni_applies(w); }
-
-struct W8A8Input {
-  QuantizedActivations quantized;
-  std::vector<float> widened;  // only when n_rows > kSmallBatchMax
+// The activations as a weight's product reads them, made once per call: as they are; rounded to
+// Q8_0 (the ggml formats, computed as llama.cpp computes them); int8 blocks for the VNNI Q4_0
+// kernel; or uint8 for W8A8 (with their f32 values for sgemm).
+struct PreparedInput {
+  const float* x = nullptr;
+  int64_t x_stride = 0;
+  std::vector<float> rounded;
+  bool q4 = false;
+  Q4Activations q4_values;
+  bool w8a8 = false;
+  QuantizedActivations w8a8_values;
 };
 
-void quantize_for_w8a8(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, W8A8Input& input) {
-  const Uint8Range range{w.activation_scale, w.activation_zero_point};
-  quantize_activations(x, n_rows, x_stride, w.cols, w.activation_quant == ActivationQuant::Static ? &range : nullptr,
-                       input.quantized);
-  if (n_rows > kSmallBatchMax) {
-    input.widened.resize(size_t(n_rows * w.cols));
-    dequantize_activations(input.quantized, n_rows, w.cols, input.widened.data());
+void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, PreparedInput& p) {
+  p.x = x;
+  p.x_stride = x_stride;
+  p.q4 = p.w8a8 = false;
+  if (w.activation_quant != ActivationQuant::None) {
+    p.w8a8 = true;
+    const Uint8Range range{w.activation_scale, w.activation_zero_point};
+    quantize_activations(x, n_rows, x_stride, w.cols, w.activation_quant == ActivationQuant::Static ? &range : nullptr,
+                         p.w8a8_values);
+    if (n_rows > kSmallBatchMax) {
+      p.rounded.resize(size_t(n_rows * w.cols));
+      dequantize_activations(p.w8a8_values, n_rows, w.cols, p.rounded.data());
+      p.x = p.rounded.data();
+      p.x_stride = w.cols;
+    }
+  } else if (n_rows <= kSmallBatchMax && uses_q4_vnni(w)) {
+    p.q4 = true;
+    prepare_q4_activations(x, x_stride, n_rows, w.cols, p.q4_values);
+  } else if (w.format == WeightFormat::Q8_0 || w.format == WeightFormat::Q4_0) {
+    p.rounded.resize(size_t(n_rows * w.cols));
+    for (int64_t m = 0; m < n_rows; ++m) round_activations_q8_0(x + m * x_stride, w.cols, p.rounded.data() + m * w.cols);
+    p.x = p.rounded.data();
+    p.x_stride = w.cols;
   }
 }
 
-}  // namespace
-
-void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
-                 int64_t y_stride, int64_t row_begin, int64_t row_end) {
+void run_rows(const PreparedInput& p, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
+              int64_t row_begin, int64_t row_end) {
   if (row_begin >= row_end || n_rows == 0) return;
-  if (w.activation_quant != ActivationQuant::None) {
-    thread_local W8A8Input input;
-    quantize_for_w8a8(x, x_stride, n_rows, w, input);
-    return matmul_w8a8_rows(input.quantized, input.widened.data(), n_rows, w, y, y_stride, row_begin, row_end);
-  }
+  if (p.w8a8 && n_rows <= kSmallBatchMax)
+    return int8_u8_dot_rows(p.w8a8_values, n_rows, w, y, y_stride, row_begin, row_end);
+  if (p.q4) return q4_dot_rows_vnni(p.q4_values, w, y, y_stride, row_begin, row_end);
+  const float* x = p.x;
+  const int64_t x_stride = p.x_stride;
   if (n_rows == 1 && w.format == WeightFormat::F32) {
     // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
     const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
@@ -105,11 +122,6 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
     return;
   }
   if (n_rows <= kSmallBatchMax) {
-    if (uses_q4_vnni(w)) {
-      thread_local Q4Activations prepared;
-      prepare_q4_activations(x, x_stride, n_rows, w.cols, prepared);
-      return q4_dot_rows_vnni(prepared, w, y, y_stride, row_begin, row_end);
-    }
     if (w.is_quantized()) return quant_dot_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
     return matmul_small_batch(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
   }
@@ -122,43 +134,35 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
   matmul_widened_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
+}  // namespace
+
+void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                 int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  if (row_begin >= row_end || n_rows == 0) return;
+  thread_local PreparedInput prepared;
+  prepare_input(x, x_stride, n_rows, w, prepared);
+  run_rows(prepared, n_rows, w, y, y_stride, row_begin, row_end);
+}
+
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride, int64_t y_stride) {
   if (x_stride < 0) x_stride = w.cols;
   if (y_stride < 0) y_stride = w.rows;
   if (n_rows == 0 || w.rows == 0) return;
   if (g_observer) g_observer(w, x, n_rows, x_stride);
+  // Prepared once here rather than in every thread's blocks. (A reference: the workers must read
+  // this thread's buffers, not their own thread_local ones.)
+  thread_local PreparedInput caller_prepared;
+  PreparedInput& prepared = caller_prepared;
+  prepare_input(x, x_stride, n_rows, w, prepared);
   // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
   // its part of W. Library calls see the same block shapes whatever the thread count, so results
   // are bit-identical across thread counts (BLAS kernels round differently on different tails).
   const int64_t block = n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows;
   const int64_t n_blocks = (w.rows + block - 1) / block;
-  if (w.activation_quant != ActivationQuant::None) {
-    // Quantized once here rather than in every thread's blocks. (A reference: the workers must
-    // see this thread's buffers, not their own thread_local ones.)
-    thread_local W8A8Input caller_input;
-    W8A8Input& input = caller_input;
-    quantize_for_w8a8(x, x_stride, n_rows, w, input);
-    pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
-      for (int64_t b = first_block; b < end_block; ++b)
-        matmul_w8a8_rows(input.quantized, input.widened.data(), n_rows, w, y, y_stride, b * block,
-                         std::min(w.rows, (b + 1) * block));
-    });
-    return;
-  }
-  if (n_rows <= kSmallBatchMax && uses_q4_vnni(w)) {
-    thread_local Q4Activations caller_prepared;
-    Q4Activations& prepared = caller_prepared;  // the workers read this thread's copy
-    prepare_q4_activations(x, x_stride, n_rows, w.cols, prepared);
-    pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
-      for (int64_t b = first_block; b < end_block; ++b)
-        q4_dot_rows_vnni(prepared, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
-    });
-    return;
-  }
   pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
     for (int64_t b = first_block; b < end_block; ++b)
-      matmul_rows(x, x_stride, n_rows, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
+      run_rows(prepared, n_rows, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
   });
 }
 

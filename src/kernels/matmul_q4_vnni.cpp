@@ -28,19 +28,16 @@ constexpr int64_t kChunk = 32, kChunksPerSuper = 16;
 // The chunk whose sum lands in lane L of the folded vector.
 constexpr int kChunkOfLane[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
 
-const uint8_t* chunk_nibbles(const WeightMatrix& w, const uint8_t* row_data, int64_t c) {
-  return w.format == WeightFormat::Q4_0 ? row_data + c * kQ4_0BlockBytes + 2 : row_data + c * 16;
-}
+const uint8_t* chunk_nibbles(const uint8_t* row_data, int64_t c) { return row_data + c * kQ4_0BlockBytes + 2; }
 
 DEEPMOE_VNNI inline __m128i load_chunk(const uint8_t* p, bool valid) {
   return valid ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_setzero_si128();
 }
 
-// Σ over each chunk of (q − zero)·x_q for the 16 chunks of superblock s, lane L = chunk
+// Σ over each chunk of (q − 8)·x_q for the 16 chunks of superblock s, lane L = chunk
 // kChunkOfLane[L], for M activation rows; then scaled into acc.
 template <int M, bool Full>
-DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const WeightMatrix& w, const uint8_t* row_data,
-                                    const uint16_t* row_scales, const uint8_t* row_zeros, int64_t s, int64_t chunks,
+DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_data, int64_t s, int64_t chunks,
                                     __m512* acc) {
   const int64_t first = s * kChunksPerSuper;
   const int64_t valid = Full ? kChunksPerSuper : std::min(kChunksPerSuper, chunks - first);
@@ -49,8 +46,8 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const WeightMatrix& 
   for (int64_t p = 0; p < 8; ++p) {
     const int64_t a = first + 2 * p;
     // Chunk b into the upper half by a broadcasting load and a blend: no shuffle-port insert.
-    const __m256i qa = _mm256_castsi128_si256(load_chunk(chunk_nibbles(w, row_data, a), Full || 2 * p < valid));
-    const __m256i qb = _mm256_broadcastsi128_si256(load_chunk(chunk_nibbles(w, row_data, a + 1), Full || 2 * p + 1 < valid));
+    const __m256i qa = _mm256_castsi128_si256(load_chunk(chunk_nibbles(row_data, a), Full || 2 * p < valid));
+    const __m256i qb = _mm256_broadcastsi128_si256(load_chunk(chunk_nibbles(row_data, a + 1), Full || 2 * p + 1 < valid));
     const __m256i v = _mm256_blend_epi32(qa, qb, 0xf0);
     const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
     for (int m = 0; m < M; ++m) {
@@ -67,23 +64,11 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const WeightMatrix& 
   // Weight scales (and zero points) in lane order.
   const __m512i lane_chunk = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __mmask16 lanes_valid = Full ? __mmask16(0xffff) : __mmask16(_mm512_cmplt_epi32_mask(lane_chunk, _mm512_set1_epi32(int(valid))));
-  __m512 w_scale;
-  __m512i zero = _mm512_set1_epi32(8);
-  if (w.format == WeightFormat::Q4_0) {
-    const __m512i offsets = _mm512_mullo_epi32(lane_chunk, _mm512_set1_epi32(int(kQ4_0BlockBytes)));
-    const __m512i bits = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes_valid, offsets,
-                                                     row_data + first * kQ4_0BlockBytes, 1);
-    w_scale = _mm512_maskz_mov_ps(lanes_valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)));
-  } else {
-    const int64_t per_group = w.group / kChunk, first_group = first / per_group;
-    const int64_t groups = (valid + per_group - 1) / per_group;
-    const __mmask16 group_mask = __mmask16((1u << groups) - 1u);
-    const __m512i index = _mm512_srli_epi32(lane_chunk, per_group == 1 ? 0 : per_group == 2 ? 1 : per_group == 4 ? 2 : 3);
-    const __m512 scales = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, row_scales + first_group));
-    w_scale = _mm512_maskz_mov_ps(lanes_valid, _mm512_permutexvar_ps(index, scales));
-    if (row_zeros)
-      zero = _mm512_permutexvar_epi32(index, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(group_mask, row_zeros + first_group)));
-  }
+  // The blocks' f16 scales, 18 bytes apart, gathered in lane order.
+  const __m512i offsets = _mm512_mullo_epi32(lane_chunk, _mm512_set1_epi32(int(kQ4_0BlockBytes)));
+  const __m512i bits =
+      _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes_valid, offsets, row_data + first * kQ4_0BlockBytes, 1);
+  const __m512 w_scale = _mm512_maskz_mov_ps(lanes_valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)));
   for (int m = 0; m < M; ++m) {
     const __m512i* g = folded[m];
     const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(g[0], g[1]), _mm512_unpackhi_epi32(g[0], g[1]));
@@ -91,8 +76,7 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const WeightMatrix& 
     const __m512i sums = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
     const size_t at = size_t((m * x.superblocks + s) * kChunksPerSuper);
     const __m512i x_sums = _mm512_loadu_si512(x.sums.data() + at);
-    const __m512i centered = _mm512_sub_epi32(
-        sums, row_zeros ? _mm512_mullo_epi32(zero, x_sums) : _mm512_slli_epi32(x_sums, 3));
+    const __m512i centered = _mm512_sub_epi32(sums, _mm512_slli_epi32(x_sums, 3));  // Σ (q − 8)·x_q
     const __m512 scale = _mm512_mul_ps(w_scale, _mm512_loadu_ps(x.scales.data() + at));
     acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centered), scale, acc[m]);
   }
@@ -103,26 +87,19 @@ DEEPMOE_VNNI void rows(const Q4Activations& x, const WeightMatrix& w, float* y, 
                        int64_t row_end) {
   const int64_t chunks = w.cols / kChunk, full = chunks / kChunksPerSuper;
   const size_t row_bytes = w.row_bytes();
-  const int64_t groups = w.format == WeightFormat::Int4 ? w.groups_per_row() : 0;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const uint8_t* row_data = static_cast<const uint8_t*>(w.data) + size_t(row) * row_bytes;
-    const uint16_t* row_scales = groups ? w.group_scales + row * groups : nullptr;
-    const uint8_t* row_zeros = groups && w.zero_points ? w.zero_points + row * groups : nullptr;
     __m512 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < full; ++s) superblock<M, true>(x, w, row_data, row_scales, row_zeros, s, chunks, acc);
-    if (full < x.superblocks) superblock<M, false>(x, w, row_data, row_scales, row_zeros, full, chunks, acc);
+    for (int64_t s = 0; s < full; ++s) superblock<M, true>(x, row_data, s, chunks, acc);
+    if (full < x.superblocks) superblock<M, false>(x, row_data, full, chunks, acc);
     for (int m = 0; m < M; ++m) y[m * y_stride + row] = _mm512_reduce_add_ps(acc[m]);
   }
 }
 
 }  // namespace
 
-bool q4_vnni_applies(const WeightMatrix& w) {
-  if (!cpu_has_avx512_vnni()) return false;
-  if (w.format == WeightFormat::Q4_0) return true;
-  return w.format == WeightFormat::Int4 && (w.group == 32 || w.group == 64 || w.group == 128);
-}
+bool q4_vnni_applies(const WeightMatrix& w) { return w.format == WeightFormat::Q4_0 && cpu_has_avx512_vnni(); }
 
 void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, int64_t cols, Q4Activations& out) {
   const int64_t chunks = cols / kChunk;
@@ -136,17 +113,15 @@ void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, in
   for (int64_t m = 0; m < n_rows; ++m) {
     for (int64_t c = 0; c < chunks; ++c) {
       const float* v = x + m * x_stride + c * kChunk;
-      float amax = 0.0f;
-      for (int64_t j = 0; j < kChunk; ++j) amax = std::max(amax, std::fabs(v[j]));
-      const float d = amax / 127.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
+      int8_t q[kChunk];
+      const float d = quantize_block_q8_0(v, q);
       const int64_t s = c / kChunksPerSuper, in_super = c % kChunksPerSuper, pair = in_super / 2;
       int8_t* pair_bytes = out.values.data() + ((m * out.superblocks + s) * 8 + pair) * 64;
       int32_t sum = 0;
       for (int64_t j = 0; j < kChunk; ++j) {
-        const auto q = int8_t(std::nearbyint(v[j] * inverse));
-        sum += q;
+        sum += q[j];
         // [lo(2p) | lo(2p+1) | hi(2p) | hi(2p+1)], 16 bytes each
-        pair_bytes[(j < 16 ? 0 : 32) + (in_super % 2) * 16 + j % 16] = q;
+        pair_bytes[(j < 16 ? 0 : 32) + (in_super % 2) * 16 + j % 16] = q[j];
       }
       int lane = 0;
       while (kChunkOfLane[lane] != in_super) ++lane;

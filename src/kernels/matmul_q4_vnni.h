@@ -1,8 +1,7 @@
-// 4-bit decode (Q4_0 and Int4, M <= kSmallBatchMax) with AVX-512 VNNI, the way llama.cpp does
-// its Q4_0 dot products: activations are quantized to int8 in blocks of 32 (scale max|x|/127),
-// each 32-value chunk's integer dot product comes from vpdpbusd, and 16 chunks' sums are folded
-// into one vector so their scales are applied with one FMA. It reads the weights about twice as
-// fast as widening nibbles to f32 (docs/benchmarks.md), at the cost of int8 activations.
+// Q4_0 decode (M <= kSmallBatchMax) with AVX-512 VNNI, the way llama.cpp computes Q4_0:
+// activations rounded to Q8_0 blocks of 32 (round_activations_q8_0's values), each 32-value
+// chunk's integer dot product from vpdpbusd, and 16 chunks' sums folded into one vector so their
+// scales are applied with one FMA. Faster than widening nibbles to f32 (docs/benchmarks.md).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -21,7 +20,7 @@ struct Q4Activations {
   std::vector<int32_t> sums;
 };
 
-// Q4_0, or Int4 with groups of a multiple of 32, on a CPU with AVX-512 VNNI.
+// Q4_0 on a CPU with AVX-512 VNNI.
 bool q4_vnni_applies(const WeightMatrix& w);
 void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, int64_t cols, Q4Activations& out);
 void q4_dot_rows_vnni(const Q4Activations& x, const WeightMatrix& w, float* y, int64_t y_stride, int64_t row_begin,

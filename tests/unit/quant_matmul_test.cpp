@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/ggml_blocks.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_q4_vnni.h"
 #include "kernels/matmul_quant.h"
@@ -77,14 +78,20 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
     dequantize_activations(xq, shape.m, shape.cols, x_seen.data());
     EXPECT_GT(relative_error(x_seen, x), 0.0);
   }
-  // The VNNI 4-bit decode kernel multiplies int8 activations (blocks of 32): the reference takes
-  // exactly those values.
-  if (!portable && shape.m <= kSmallBatchMax && q4_vnni_applies(w)) {
-    Q4Activations prepared;
-    prepare_q4_activations(x.data(), shape.cols, shape.m, shape.cols, prepared);
-    dequantize_q4_activations(prepared, x_seen.data());
+  // The ggml formats multiply activations rounded to Q8_0 blocks, as llama.cpp does (the VNNI
+  // Q4_0 kernel in integers): the reference takes exactly those values.
+  if (c.format == WeightFormat::Q8_0 || c.format == WeightFormat::Q4_0) {
+    for (int64_t m = 0; m < shape.m; ++m)
+      round_activations_q8_0(x.data() + m * shape.cols, shape.cols, x_seen.data() + m * shape.cols);
     EXPECT_GT(relative_error(x_seen, x), 1e-4);
     EXPECT_LT(relative_error(x_seen, x), 1e-2);
+  }
+  if (!portable && shape.m <= kSmallBatchMax && q4_vnni_applies(w)) {  // the kernel's own view agrees
+    Q4Activations prepared;
+    std::vector<float> kernel_view(x.size());
+    prepare_q4_activations(x.data(), shape.cols, shape.m, shape.cols, prepared);
+    dequantize_q4_activations(prepared, kernel_view.data());
+    EXPECT_EQ(kernel_view, x_seen);
   }
   const auto expected = reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
   for (int threads : {1, 2}) {
