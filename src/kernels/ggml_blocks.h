@@ -20,9 +20,9 @@ void quantize_q4_0(const float* x, int64_t n, uint8_t* out);
 void dequantize_q4_0(const uint8_t* in, int64_t n, float* y);
 
 // Activations as llama.cpp's x86 CPU code feeds them to Q8_0 and Q4_0 weights: per block of
-// 32, d = max|x| / 127 kept as f16, q = x · (127 / max|x|) rounded to nearest even. Returns d
-// (as f32, after its f16 rounding) and the 32 codes.
-float quantize_block_q8_0(const float* x, int8_t* q);
+// 32, d = max|x| / 127 kept as f16, q = x · (127 / max|x|) rounded to nearest even. n values
+// (a multiple of 32) give n codes and n / 32 scales (as f32, after their f16 rounding).
+void quantize_activations_q8_0(const float* x, int64_t n, int8_t* q, float* d);
 // n values (a multiple of 32) replaced by q·d: exactly what those products multiply.
 void round_activations_q8_0(const float* x, int64_t n, float* out);
 

@@ -27,6 +27,8 @@ namespace {
 constexpr int64_t kChunk = 32, kChunksPerSuper = 16;
 // The chunk whose sum lands in lane L of the folded vector.
 constexpr int kChunkOfLane[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+// Its inverse (the permutation is its own inverse: lane 4i + j ↔ chunk 4j + i).
+constexpr const int* kLaneOfChunk = kChunkOfLane;
 
 const uint8_t* chunk_nibbles(const uint8_t* row_data, int64_t c) { return row_data + c * kQ4_0BlockBytes + 2; }
 
@@ -110,23 +112,22 @@ void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, in
   out.values.assign(blocks * 512, 0);
   out.scales.assign(blocks * kChunksPerSuper, 0.0f);
   out.sums.assign(blocks * kChunksPerSuper, 0);
+  std::vector<int8_t> q(static_cast<size_t>(cols));
+  std::vector<float> d(static_cast<size_t>(chunks));
   for (int64_t m = 0; m < n_rows; ++m) {
+    quantize_activations_q8_0(x + m * x_stride, chunks * kChunk, q.data(), d.data());
     for (int64_t c = 0; c < chunks; ++c) {
-      const float* v = x + m * x_stride + c * kChunk;
-      int8_t q[kChunk];
-      const float d = quantize_block_q8_0(v, q);
       const int64_t s = c / kChunksPerSuper, in_super = c % kChunksPerSuper, pair = in_super / 2;
       int8_t* pair_bytes = out.values.data() + ((m * out.superblocks + s) * 8 + pair) * 64;
       int32_t sum = 0;
       for (int64_t j = 0; j < kChunk; ++j) {
-        sum += q[j];
+        const int8_t code = q[size_t(c * kChunk + j)];
+        sum += code;
         // [lo(2p) | lo(2p+1) | hi(2p) | hi(2p+1)], 16 bytes each
-        pair_bytes[(j < 16 ? 0 : 32) + (in_super % 2) * 16 + j % 16] = q[j];
+        pair_bytes[(j < 16 ? 0 : 32) + (in_super % 2) * 16 + j % 16] = code;
       }
-      int lane = 0;
-      while (kChunkOfLane[lane] != in_super) ++lane;
-      const size_t at = size_t((m * out.superblocks + s) * kChunksPerSuper + lane);
-      out.scales[at] = d;
+      const size_t at = size_t((m * out.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super]);
+      out.scales[at] = d[size_t(c)];
       out.sums[at] = sum;
     }
   }
@@ -138,9 +139,7 @@ void dequantize_q4_activations(const Q4Activations& x, float* out) {
       const int64_t c = k / kChunk, j = k % kChunk, s = c / kChunksPerSuper, in_super = c % kChunksPerSuper;
       const int8_t q = x.values[size_t(((m * x.superblocks + s) * 8 + in_super / 2) * 64 + (j < 16 ? 0 : 32) +
                                        (in_super % 2) * 16 + j % 16)];
-      int lane = 0;
-      while (kChunkOfLane[lane] != in_super) ++lane;
-      out[m * x.cols + k] = float(q) * x.scales[size_t((m * x.superblocks + s) * kChunksPerSuper + lane)];
+      out[m * x.cols + k] = float(q) * x.scales[size_t((m * x.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super])];
     }
 }
 
