@@ -144,25 +144,51 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
   run_rows(prepared, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
+namespace {
+// Output features per block: 16 for decode (balances two or three threads on small experts),
+// kGemmBlockRows for GEMM.
+int64_t block_rows(int64_t n_rows) { return n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows; }
+}  // namespace
+
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride, int64_t y_stride) {
-  if (x_stride < 0) x_stride = w.cols;
-  if (y_stride < 0) y_stride = w.rows;
-  if (n_rows == 0 || w.rows == 0) return;
-  if (g_observer) g_observer(w, x, n_rows, x_stride);
-  // Prepared once here rather than in every thread's blocks. (A reference: the workers must read
+  const MatmulJob job{x, n_rows, &w, y, x_stride, y_stride};
+  matmul_batch(pool, std::span(&job, 1));
+}
+
+void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
+  // Prepared once here rather than in every thread's blocks. (References: the workers must read
   // this thread's buffers, not their own thread_local ones.)
-  thread_local PreparedInput caller_prepared;
-  PreparedInput& prepared = caller_prepared;
-  prepare_input(x, x_stride, n_rows, w, prepared);
+  thread_local std::vector<PreparedInput> caller_prepared;
+  std::vector<PreparedInput>& prepared = caller_prepared;
+  if (prepared.size() < jobs.size()) prepared.resize(jobs.size());
+  thread_local std::vector<int64_t> caller_first_block;
+  std::vector<int64_t>& first_block = caller_first_block;  // of each job, in the batch's numbering
+  first_block.assign(jobs.size() + 1, 0);
+  std::vector<MatmulJob> resolved(jobs.begin(), jobs.end());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    MatmulJob& job = resolved[j];
+    if (job.x_stride < 0) job.x_stride = job.w->cols;
+    if (job.y_stride < 0) job.y_stride = job.w->rows;
+    const int64_t rows = block_rows(job.n_rows);
+    const int64_t blocks = job.n_rows == 0 ? 0 : (job.w->rows + rows - 1) / rows;
+    first_block[j + 1] = first_block[j] + blocks;
+    if (blocks == 0) continue;
+    if (g_observer) g_observer(*job.w, job.x, job.n_rows, job.x_stride);
+    prepare_input(job.x, job.x_stride, job.n_rows, *job.w, prepared[j]);
+  }
   // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
   // its part of W. Library calls see the same block shapes whatever the thread count, so results
   // are bit-identical across thread counts (BLAS kernels round differently on different tails).
-  const int64_t block = n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows;
-  const int64_t n_blocks = (w.rows + block - 1) / block;
-  pool.parallel_for(n_blocks, 1, [&](int64_t first_block, int64_t end_block) {
-    for (int64_t b = first_block; b < end_block; ++b)
-      run_rows(prepared, n_rows, w, y, y_stride, b * block, std::min(w.rows, (b + 1) * block));
+  pool.parallel_for(first_block.back(), 1, [&](int64_t begin, int64_t end) {
+    size_t j = size_t(std::upper_bound(first_block.begin(), first_block.end(), begin) - first_block.begin()) - 1;
+    for (int64_t b = begin; b < end; ++b) {
+      while (b >= first_block[j + 1]) ++j;
+      const MatmulJob& job = resolved[j];
+      const int64_t rows = block_rows(job.n_rows), local = b - first_block[j];
+      run_rows(prepared[j], job.n_rows, *job.w, job.y, job.y_stride, local * rows,
+               std::min(job.w->rows, (local + 1) * rows));
+    }
   });
 }
 

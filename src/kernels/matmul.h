@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -65,6 +66,20 @@ constexpr int64_t kSmallBatchMax = 4;
 // (defaults: packed). The pool splits the output features across threads.
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride = -1, int64_t y_stride = -1);
+
+// One product of a batch: y[m, :] = W · x[m, :] for m < n_rows (strides as matmul's).
+struct MatmulJob {
+  const float* x = nullptr;
+  int64_t n_rows = 0;
+  const WeightMatrix* w = nullptr;
+  float* y = nullptr;
+  int64_t x_stride = -1, y_stride = -1;
+};
+
+// Independent products in one parallel region: the decode step's routed experts run as one
+// wake-up of the pool instead of one per matrix. Each job is split into the same row blocks as
+// matmul() would use, so results equal running the jobs one by one.
+void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs);
 
 // matmul on output rows [row_begin, row_end) only, on the calling thread (for callers that
 // parallelize at a coarser level, e.g. over attention heads).

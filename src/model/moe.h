@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/matmul.h"
 #include "model/config.h"
 #include "model/mlp.h"
 #include "model/weights.h"
@@ -25,6 +26,8 @@ struct MoeScratch {
   std::vector<int32_t> expert_begin, token_of_slot;  // tokens grouped by expert
   std::vector<float> weight_of_slot;
   MlpScratch mlp;
+  std::vector<float> slot_gate, slot_up;  // decode: [n_slots, moe_intermediate]
+  std::vector<MatmulJob> jobs;
 };
 
 // x: [n_tokens, hidden] -> out: [n_tokens, hidden]. Tokens are grouped by expert so each

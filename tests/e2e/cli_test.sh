@@ -237,7 +237,9 @@ expect_error "ppl: missing token file" "no_such.u32" "$deepmoe" ppl --model with
   /usr/bin/python3 -c "
 import numpy as n, sys
 ref, f32, q8 = (n.load(f) for f in ('hf_logits.npy', 'f32_logits.npy', 'q8_logits.npy'))
-sys.exit(not ((f32 == ref).all() and n.linalg.norm(q8 - ref) / n.linalg.norm(ref) < 5e-2))" &&
+# Q8_0 products also round activations to Q8_0 (as llama.cpp does): on this tiny random model
+# that moves routing, hence a loose bound.
+sys.exit(not ((f32 == ref).all() and 0 < n.linalg.norm(q8 - ref) / n.linalg.norm(ref) < 0.25))" &&
   ok "a .gguf loads as a model: f32 logits identical, q8_0 close" || bad "gguf as a model"
 # The tokenizer travels inside the .gguf: greedy generation from text is the same as from the
 # HF directory.
@@ -265,7 +267,7 @@ expect_error "convert: unwritable output" "x.gguf" "$deepmoe" convert --to gguf 
 # weights, so the bounds are loose), and the kept tensors keep their dtype.
 tokens=5,17,42,99,3,250,7,8
 "$deepmoe" logits --model model --tokens $tokens --out base_logits.npy 2>/dev/null
-for spec in "w8 0.05" "q8_0 0.05" "w4g32 0.6" "w4g32_asym 0.6" "q4_0 0.6" "w8a8 0.08 --activations dynamic"; do
+for spec in "w8 0.05" "q8_0 0.25" "w4g32 0.6" "w4g32_asym 0.6" "q4_0 0.6" "w8a8 0.08 --activations dynamic"; do
   set -- $spec
   type=$1 bound=$2
   shift 2
