@@ -13,18 +13,6 @@ namespace {
 using testing::random_vector;
 using testing::relative_error;
 
-// y = x·Wᵀ in double, from the f32 values the kernel sees.
-std::vector<double> naive(const std::vector<float>& x, int64_t m, const std::vector<float>& w, int64_t rows,
-                          int64_t cols) {
-  std::vector<double> y(size_t(m * rows));
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = 0.0;
-      for (int64_t k = 0; k < cols; ++k) sum += double(x[size_t(i * cols + k)]) * w[size_t(r * cols + k)];
-      y[size_t(i * rows + r)] = sum;
-    }
-  return y;
-}
 
 struct Shape {
   int64_t m, rows, cols;
@@ -48,7 +36,7 @@ TEST_P(MatmulTest, MatchesNaiveDoubleLoop) {
   std::vector<float> y(size_t(shape.m * shape.rows));
   ThreadPool pool(threads);
   matmul(pool, x.data(), shape.m, matrix, y.data());
-  EXPECT_LT(relative_error(y, naive(x, shape.m, w, shape.rows, shape.cols)), 1e-5)
+  EXPECT_LT(relative_error(y, testing::matmul_reference(x, shape.m, w, shape.rows, shape.cols)), 1e-5)
       << "m=" << shape.m << " rows=" << shape.rows << " cols=" << shape.cols;
 }
 

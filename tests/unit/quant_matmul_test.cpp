@@ -31,17 +31,6 @@ struct Shape {
   int64_t m, rows, cols;
 };
 
-std::vector<double> reference(const std::vector<float>& x, int64_t m, const std::vector<float>& w, int64_t rows,
-                              int64_t cols) {
-  std::vector<double> y(size_t(m * rows));
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t r = 0; r < rows; ++r) {
-      double sum = 0.0;
-      for (int64_t k = 0; k < cols; ++k) sum += double(x[size_t(i * cols + k)]) * w[size_t(r * cols + k)];
-      y[size_t(i * rows + r)] = sum;
-    }
-  return y;
-}
 
 class QuantMatmulTest : public ::testing::TestWithParam<std::tuple<QuantCase, Shape, bool>> {
  protected:
@@ -93,7 +82,7 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
     dequantize_q4_activations(prepared, kernel_view.data());
     EXPECT_EQ(kernel_view, x_seen);
   }
-  const auto expected = reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
+  const auto expected = testing::matmul_reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
     std::vector<float> y(size_t(shape.m * shape.rows));
@@ -155,7 +144,7 @@ TEST(QuantMatmulTest, Int8AnyColumnCount) {
         ThreadPool pool(1);
         std::vector<float> y(size_t(m * rows));
         matmul(pool, x.data(), m, w, y.data());
-        EXPECT_LT(relative_error(y, reference(x_seen, m, dequantized, rows, cols)), 2e-6) << "cols=" << cols;
+        EXPECT_LT(relative_error(y, testing::matmul_reference(x_seen, m, dequantized, rows, cols)), 2e-6) << "cols=" << cols;
       }
     }
   }

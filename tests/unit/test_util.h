@@ -27,6 +27,19 @@ double relative_error(const A& actual, const B& expected) {
   return std::sqrt(diff / norm);
 }
 
+// y = x·Wᵀ in double, from the f32 values a kernel sees: x [m, cols], w [rows, cols].
+inline std::vector<double> matmul_reference(const std::vector<float>& x, int64_t m, const std::vector<float>& w,
+                                            int64_t rows, int64_t cols) {
+  std::vector<double> y(size_t(m * rows));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < cols; ++k) sum += double(x[size_t(i * cols + k)]) * w[size_t(r * cols + k)];
+      y[size_t(i * rows + r)] = sum;
+    }
+  return y;
+}
+
 inline WeightMatrix weight_matrix(WeightFormat format, const void* data, int64_t rows, int64_t cols) {
   WeightMatrix w;
   w.format = format;
