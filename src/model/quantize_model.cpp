@@ -6,13 +6,13 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 
 #include "core/error.h"
 #include "kernels/ggml_blocks.h"
 #include "model/hf_directory.h"
 #include "model/model.h"
+#include "tokenizer/regex.h"
 #include "train/data.h"
 
 namespace deepmoe {
@@ -86,20 +86,27 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
   const bool w8a8 = request.type == "w8a8";
   if (w8a8 && request.activations != "static" && request.activations != "dynamic")
     fail("quantize: w8a8 activations must be static or dynamic, not '{}'", request.activations);
-  std::optional<std::regex> keep;
+  // PCRE2, anchored: the pattern must match a whole tensor name.
+  std::optional<Regex> keep;
   if (!request.keep_regex.empty()) {
     try {
-      keep.emplace(request.keep_regex, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail("quantize: --keep '{}' is not a valid regular expression: {}", request.keep_regex, e.what());
+      keep.emplace("^(?:" + request.keep_regex + ")$");
+    } catch (const Error& e) {
+      fail("quantize: --keep '{}' is not a valid regular expression ({})", request.keep_regex, e.what());
     }
   }
+  std::vector<std::pair<size_t, size_t>> matches;
+  auto kept_by_regex = [&](const std::string& name) {
+    matches.clear();
+    keep->find_all(name, matches);
+    return !matches.empty();
+  };
 
   QuantizeSummary summary;
   std::map<std::string, const WeightMatrix*> to_quantize;
   for (const auto& [name, w] : model.named_matrices()) {
     if (kept_by_rule(name)) ++summary.kept_by_rule;
-    else if (keep && std::regex_match(name, *keep)) ++summary.kept_by_regex;
+    else if (keep && kept_by_regex(name)) ++summary.kept_by_regex;
     else if (!fits(scheme, w->cols)) ++summary.kept_by_shape;
     else to_quantize[name] = w;
   }
