@@ -125,13 +125,6 @@ __attribute__((target_clones("avx2", "default"))) void portable_int8_u8_dot_rows
 void force_portable_quant_kernels(bool force) { g_force_portable = force; }
 bool portable_quant_kernels_forced() { return g_force_portable; }
 
-const char* quant_kernel_name(bool w8a8) {
-  if (g_force_portable) return "portable";
-  if (w8a8) return cpu_has_avx512_vnni() ? "avx512-vnni" : "portable";
-  if (cpu_has_avx512_vnni()) return "avx512 (4-bit: avx512-vnni, int8 activations)";
-  return cpu_has_avx512() ? "avx512" : "portable";
-}
-
 void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
                     int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("quant_dot_rows: {} rows", n_rows);

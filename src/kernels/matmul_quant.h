@@ -19,9 +19,6 @@ void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const Weig
 void int8_u8_dot_rows(const QuantizedActivations& xq, int64_t n_rows, const WeightMatrix& w, float* y,
                       int64_t y_stride, int64_t row_begin, int64_t row_end);
 
-// Which implementation the calls above use on this CPU ("avx512", "avx512-vnni", "portable").
-const char* quant_kernel_name(bool w8a8);
-
 // For tests and benchmarks: force the portable kernels even where AVX-512 exists.
 void force_portable_quant_kernels(bool force);
 bool portable_quant_kernels_forced();

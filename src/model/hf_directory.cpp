@@ -69,7 +69,10 @@ void export_hf_directory(const ModelWeights& model, const std::string& model_pat
     return false;
   };
   std::vector<TensorToProduce> tensors;
-  for (const auto& [name, view] : model.reader().tensors()) {
+  // Plain loop variables: lambdas below capture them (clang 14 cannot capture structured bindings).
+  for (const auto& entry : model.reader().tensors()) {
+    const std::string& name = entry.first;
+    const TensorView& view = entry.second;
     if (is_quantization_extra(name)) continue;
     if (const auto it = matrices.find(name); it != matrices.end()) {
       const WeightMatrix* w = it->second;

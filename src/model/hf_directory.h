@@ -25,7 +25,7 @@ struct TokenizerText {
 void write_hf_directory(const std::string& out_dir, const std::string& config_json,
                         const std::vector<TensorToProduce>& tensors, const TokenizerText& tokenizer);
 
-class ModelWeights;
+struct ModelWeights;
 // The model (from a .gguf, or a quantized directory) as a plain HF directory with every float
 // tensor in `dtype` (F32 or BF16): quantized matrices dequantized, quantization_config dropped.
 void export_hf_directory(const ModelWeights& model, const std::string& model_path, const std::string& out_dir,

@@ -131,7 +131,10 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
   };
 
   std::vector<TensorToProduce> tensors;
-  for (const auto& [name, view] : model.reader().tensors()) {
+  // Plain loop variables: lambdas below capture them (clang 14 cannot capture structured bindings).
+  for (const auto& entry : model.reader().tensors()) {
+    const std::string& name = entry.first;
+    const TensorView& view = entry.second;
     summary.bytes_before += view.n_bytes;
     const auto it = to_quantize.find(name);
     if (it == to_quantize.end()) {
