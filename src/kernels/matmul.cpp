@@ -165,7 +165,9 @@ void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
   thread_local std::vector<int64_t> caller_first_block;
   std::vector<int64_t>& first_block = caller_first_block;  // of each job, in the batch's numbering
   first_block.assign(jobs.size() + 1, 0);
-  std::vector<MatmulJob> resolved(jobs.begin(), jobs.end());
+  thread_local std::vector<MatmulJob> caller_resolved;  // reused: matmul runs hundreds of times per token
+  std::vector<MatmulJob>& resolved = caller_resolved;
+  resolved.assign(jobs.begin(), jobs.end());
   for (size_t j = 0; j < jobs.size(); ++j) {
     MatmulJob& job = resolved[j];
     if (job.x_stride < 0) job.x_stride = job.w->cols;
