@@ -7,7 +7,9 @@
 
 #include "core/error.h"
 #include "kernels/ggml_blocks.h"
+#include "kernels/matmul_ggml_gemm.h"
 #include "kernels/matmul_q4_vnni.h"
+#include "kernels/matmul_q8_vnni.h"
 #include "kernels/matmul_quant.h"
 #include "kernels/quantize.h"
 
@@ -67,15 +69,23 @@ bool uses_q4_vnni(const WeightMatrix& w) {
   return w.format == WeightFormat::Q4_0 && !portable_quant_kernels_forced() && q4_vnni_applies(w);
 }
 
+bool uses_q8_vnni(const WeightMatrix& w) {
+  return w.format == WeightFormat::Q8_0 && !portable_quant_kernels_forced() && q8_vnni_applies(w);
+}
+
 // The activations as a weight's product reads them, made once per call: as they are; rounded to
 // Q8_0 (the ggml formats, computed as llama.cpp computes them); int8 blocks for the VNNI Q4_0
-// kernel; or uint8 for W8A8 (with their f32 values for sgemm).
+// kernel or the ggml formats' integer GEMM; or uint8 for W8A8 (with their f32 values for sgemm).
 struct PreparedInput {
   const float* x = nullptr;
   int64_t x_stride = 0;
   std::vector<float> rounded;
   bool q4 = false;
   Q4Activations q4_values;
+  bool q8 = false;
+  Q8Activations q8_values;
+  bool ggml_gemm = false;
+  GgmlGemmActivations ggml_gemm_values;
   bool w8a8 = false;
   QuantizedActivations w8a8_values;
 };
@@ -83,7 +93,7 @@ struct PreparedInput {
 void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, PreparedInput& p) {
   p.x = x;
   p.x_stride = x_stride;
-  p.q4 = p.w8a8 = false;
+  p.q4 = p.q8 = p.w8a8 = p.ggml_gemm = false;
   if (w.activation_quant != ActivationQuant::None) {
     p.w8a8 = true;
     const Uint8Range range{w.activation_scale, w.activation_zero_point};
@@ -95,9 +105,15 @@ void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const Weigh
       p.x = p.rounded.data();
       p.x_stride = w.cols;
     }
+  } else if (n_rows <= kSmallBatchMax && uses_q8_vnni(w)) {
+    p.q8 = true;
+    prepare_q8_activations(x, x_stride, n_rows, w.cols, p.q8_values);
   } else if (n_rows <= kSmallBatchMax && uses_q4_vnni(w)) {
     p.q4 = true;
     prepare_q4_activations(x, x_stride, n_rows, w.cols, p.q4_values);
+  } else if (n_rows > kSmallBatchMax && ggml_gemm_applies(w)) {
+    p.ggml_gemm = true;
+    prepare_ggml_gemm_activations(x, x_stride, n_rows, w, p.ggml_gemm_values);
   } else if (w.format == WeightFormat::Q8_0 || w.format == WeightFormat::Q4_0) {
     p.rounded.resize(size_t(n_rows * w.cols));
     for (int64_t m = 0; m < n_rows; ++m) round_activations_q8_0(x + m * x_stride, w.cols, p.rounded.data() + m * w.cols);
@@ -112,6 +128,8 @@ void run_rows(const PreparedInput& p, int64_t n_rows, const WeightMatrix& w, flo
   if (p.w8a8 && n_rows <= kSmallBatchMax)
     return int8_u8_dot_rows(p.w8a8_values, n_rows, w, y, y_stride, row_begin, row_end);
   if (p.q4) return q4_dot_rows_vnni(p.q4_values, w, y, y_stride, row_begin, row_end);
+  if (p.q8) return q8_dot_rows_vnni(p.q8_values, w, y, y_stride, row_begin, row_end);
+  if (p.ggml_gemm) return ggml_gemm_rows(p.ggml_gemm_values, w, y, y_stride, row_begin, row_end);
   const float* x = p.x;
   const int64_t x_stride = p.x_stride;
   if (n_rows == 1 && w.format == WeightFormat::F32) {
@@ -148,6 +166,15 @@ namespace {
 // Output features per block: 16 for decode (balances two or three threads on small experts),
 // kGemmBlockRows for GEMM.
 int64_t block_rows(int64_t n_rows) { return n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows; }
+
+// Whether b's input, prepared for b's weights, is exactly a's (prepare_input depends on the
+// activations, their row count and the weights' format and width only; W8A8's static range is
+// per weight, so those are never shared).
+bool same_prepared_input(const MatmulJob& a, const MatmulJob& b) {
+  return a.x == b.x && a.n_rows == b.n_rows && a.x_stride == b.x_stride && a.w->format == b.w->format &&
+         a.w->cols == b.w->cols && a.w->activation_quant == ActivationQuant::None &&
+         b.w->activation_quant == ActivationQuant::None;
+}
 }  // namespace
 
 void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
@@ -157,17 +184,22 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
 }
 
 void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
-  // Prepared once here rather than in every thread's blocks. (References: the workers must read
-  // this thread's buffers, not their own thread_local ones.)
+  // Prepared once here rather than in every thread's blocks, and once for consecutive jobs with
+  // the same input and weight format (an MLP's gate and up projections). (References: the
+  // workers must read this thread's buffers, not their own thread_local ones.)
   thread_local std::vector<PreparedInput> caller_prepared;
   std::vector<PreparedInput>& prepared = caller_prepared;
   if (prepared.size() < jobs.size()) prepared.resize(jobs.size());
+  thread_local std::vector<size_t> caller_input_of;  // the job whose prepared input each job reads
+  std::vector<size_t>& input_of = caller_input_of;
+  input_of.assign(jobs.size(), 0);
   thread_local std::vector<int64_t> caller_first_block;
   std::vector<int64_t>& first_block = caller_first_block;  // of each job, in the batch's numbering
   first_block.assign(jobs.size() + 1, 0);
   thread_local std::vector<MatmulJob> caller_resolved;  // reused: matmul runs hundreds of times per token
   std::vector<MatmulJob>& resolved = caller_resolved;
   resolved.assign(jobs.begin(), jobs.end());
+  const MatmulJob* last_prepared = nullptr;
   for (size_t j = 0; j < jobs.size(); ++j) {
     MatmulJob& job = resolved[j];
     if (job.x_stride < 0) job.x_stride = job.w->cols;
@@ -177,7 +209,13 @@ void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
     first_block[j + 1] = first_block[j] + blocks;
     if (blocks == 0) continue;
     if (g_observer) g_observer(*job.w, job.x, job.n_rows, job.x_stride);
+    if (last_prepared && same_prepared_input(*last_prepared, job)) {
+      input_of[j] = input_of[size_t(last_prepared - resolved.data())];
+      continue;
+    }
     prepare_input(job.x, job.x_stride, job.n_rows, *job.w, prepared[j]);
+    input_of[j] = j;
+    last_prepared = &job;
   }
   // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
   // its part of W. Library calls see the same block shapes whatever the thread count, so results
@@ -188,7 +226,7 @@ void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
       while (b >= first_block[j + 1]) ++j;
       const MatmulJob& job = resolved[j];
       const int64_t rows = block_rows(job.n_rows), local = b - first_block[j];
-      run_rows(prepared[j], job.n_rows, *job.w, job.y, job.y_stride, local * rows,
+      run_rows(prepared[input_of[j]], job.n_rows, *job.w, job.y, job.y_stride, local * rows,
                std::min(job.w->rows, (local + 1) * rows));
     }
   });

@@ -1,7 +1,8 @@
 // y = x · Wᵀ, the one matrix product of the model. Weights keep the HuggingFace layout
 // [out_features, in_features], row-major, in F32, BF16 or a quantized format (read in place from
 // the mmap'd file); activations are f32. Small M (decode) streams the weights once through our
-// own SIMD kernels; larger M goes to OpenBLAS sgemm (other formats are widened panel by panel). F32 weights
+// own SIMD kernels; larger M goes to OpenBLAS sgemm (other formats are widened panel by panel),
+// except Q8_0/Q4_0 with AVX-512 VNNI, which run our integer GEMM (matmul_ggml_gemm.h). F32 weights
 // with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32. Threads come
 // from our pool only; OpenBLAS runs single-threaded on each thread's slice.
 #pragma once

@@ -11,8 +11,10 @@ void mlp_forward(const MlpWeights& w, const float* x, int64_t x_stride, int64_t 
   const size_t needed = size_t(n_tokens * intermediate);
   if (s.gate.size() < needed) s.gate.resize(needed);
   if (s.up.size() < needed) s.up.resize(needed);
-  matmul(pool, x, n_tokens, w.gate_proj, s.gate.data(), x_stride);
-  matmul(pool, x, n_tokens, w.up_proj, s.up.data(), x_stride);
+  // One batch: one wake-up of the pool, and x prepared (e.g. rounded to Q8_0) once for both.
+  const MatmulJob gate_up[2] = {{x, n_tokens, &w.gate_proj, s.gate.data(), x_stride, -1},
+                                {x, n_tokens, &w.up_proj, s.up.data(), x_stride, -1}};
+  matmul_batch(pool, gate_up);
   silu_mul(s.gate.data(), s.up.data(), n_tokens * intermediate, s.gate.data());
   matmul(pool, s.gate.data(), n_tokens, w.down_proj, out);
 }

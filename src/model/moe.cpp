@@ -82,11 +82,22 @@ void route_token(const Config& c, const float* gate_logits, const float* bias, i
 
 namespace {
 
-// Decode: each expert sees a token or two, so its three products are small and the pool's
-// wake-ups would dominate. All gate and up projections (shared experts included) run as one
-// batch, then all down projections: two wake-ups per layer instead of three per expert. The
-// same products and the same order of the weighted sum as the per-expert path, so the results
-// are identical.
+// The batched path holds every (token, expert) slot's input and output at once; past this many
+// slots (V3, hidden 7168: about 0.3 GB of buffers) the per-expert path's smaller ones win.
+constexpr int64_t kMaxBatchedSlots = 4096;
+
+// gate = silu(gate)·up, split across the pool when there is enough of it to pay for a wake-up.
+void parallel_silu_mul(ThreadPool& pool, float* gate, const float* up, int64_t n) {
+  constexpr int64_t kGrain = int64_t(1) << 16;
+  if (n <= kGrain) return silu_mul(gate, up, n, gate);
+  pool.parallel_for(n, kGrain, [&](int64_t begin, int64_t end) { silu_mul(gate + begin, up + begin, end - begin, gate + begin); });
+}
+
+// Each expert sees a few tokens (decode: one or two; a 128-token prompt with 16 experts top-2:
+// about 16), so its three products are small and the pool's wake-ups would dominate. All gate
+// and up projections (shared experts included) run as one batch, then all down projections:
+// two wake-ups per layer instead of three per expert. The same products and the same order of
+// the weighted sum as the per-expert path, so the results are identical.
 void experts_batched(const Config& c, const MoeWeights& w, const float* x, int64_t n_tokens, MoeScratch& s,
                      ThreadPool& pool, float* out) {
   const int64_t hidden = c.hidden_size, inter = c.moe_intermediate_size, slots = n_tokens * c.num_experts_per_tok;
@@ -120,8 +131,8 @@ void experts_batched(const Config& c, const MoeWeights& w, const float* x, int64
   }
   matmul_batch(pool, jobs);
 
-  silu_mul(s.slot_gate.data(), s.slot_up.data(), slots * inter, s.slot_gate.data());
-  if (w.has_shared_experts) silu_mul(s.mlp.gate.data(), s.mlp.up.data(), n_tokens * shared_inter, s.mlp.gate.data());
+  parallel_silu_mul(pool, s.slot_gate.data(), s.slot_up.data(), slots * inter);
+  if (w.has_shared_experts) parallel_silu_mul(pool, s.mlp.gate.data(), s.mlp.up.data(), n_tokens * shared_inter);
   jobs.clear();
   if (w.has_shared_experts) jobs.push_back({s.mlp.gate.data(), n_tokens, &w.shared_experts.down_proj, out});
   else std::memset(out, 0, size_t(n_tokens * hidden) * sizeof(float));
@@ -169,7 +180,7 @@ void moe_forward(const Config& c, const MoeWeights& w, const float* x, int64_t n
     }
   }
 
-  if (n_tokens <= kSmallBatchMax) return experts_batched(c, w, x, n_tokens, s, pool, out);
+  if (n_tokens * k <= kMaxBatchedSlots) return experts_batched(c, w, x, n_tokens, s, pool, out);
 
   // Shared experts first, then each routed expert adds its weighted share; the order of the sum
   // per token is fixed (expert index order), whatever the thread count.

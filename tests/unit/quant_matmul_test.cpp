@@ -9,6 +9,7 @@
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_q4_vnni.h"
+#include "kernels/matmul_q8_vnni.h"
 #include "kernels/matmul_quant.h"
 #include "kernels/quantize.h"
 #include "test_util.h"
@@ -82,6 +83,13 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
     dequantize_q4_activations(prepared, kernel_view.data());
     EXPECT_EQ(kernel_view, x_seen);
   }
+  if (!portable && shape.m <= kSmallBatchMax && q8_vnni_applies(w)) {
+    Q8Activations prepared;
+    std::vector<float> kernel_view(x.size());
+    prepare_q8_activations(x.data(), shape.cols, shape.m, shape.cols, prepared);
+    dequantize_q8_activations(prepared, kernel_view.data());
+    EXPECT_EQ(kernel_view, x_seen);
+  }
   const auto expected = testing::matmul_reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
@@ -109,12 +117,13 @@ const QuantCase kCases[] = {
 };
 
 // Rows not a multiple of the 16-row thread blocks; columns an odd number of groups; M on both
-// sides of the decode/GEMM cutoff.
+// sides of the decode/GEMM cutoff (9 × 161: the integer GEMM's 4-row tiles plus one, a 128-row
+// thread block plus a panel of one row).
 INSTANTIATE_TEST_SUITE_P(
     Formats, QuantMatmulTest,
     ::testing::Combine(::testing::ValuesIn(kCases),
                        ::testing::Values(Shape{1, 37, 384}, Shape{2, 19, 640}, Shape{3, 70, 128}, Shape{4, 33, 1152}, Shape{1, 40, 2048}, Shape{2, 17, 1408},
-                                         Shape{5, 21, 384}, Shape{17, 140, 256}),
+                                         Shape{5, 21, 384}, Shape{17, 140, 256}, Shape{9, 161, 1408}),
                        ::testing::Bool()),
     [](const auto& info) {
       const Shape s = std::get<1>(info.param);
