@@ -3,8 +3,9 @@
 # of random-weight DeepSeek models (and of a trained one when there is one):
 #   f32          deepmoe's f32 file                                   exact
 #   f32/absorbed the same, deepmoe forced to the absorbed MLA form    exact
-#   q8_0, q4_0   deepmoe's quantized files                            quant (quant-trained for the
-#                                                                     trained model)
+#   q8_0, q4_0   deepmoe's quantized files, absorbed MLA form as       quant (quant-trained for the
+#                llama.cpp computes them (q8_0/expanded: deepmoe's     trained model)
+#                default prompt form, for comparison)
 #   llama-q8_0, llama-q4_0  files quantized by llama.cpp's own quantizer (llama_quantize.c) from
 #                our f32 file: byte comparison with deepmoe's, and logits               quant
 # Budgets and what they mean: compare_logits.py. Exit status 1 when any line fails.
@@ -65,12 +66,17 @@ compare() {
   done
   run_pair f32 exact "$dir/f32.gguf" "$dir/f32.gguf"
   run_pair f32/absorbed exact "$dir/f32.gguf" "$dir/f32.gguf" --attention absorbed
+  # Quantized files in llama.cpp's form: its deepseek2 graph multiplies by attn_k_b/attn_v_b
+  # (quantized, inputs rounded to Q8_0) at every batch size when the file has the MLA layout;
+  # deepmoe's absorbed form does the same with the file's own k_b/v_b. The expanded form
+  # (deepmoe's default for prompts) is shown once per type for comparison.
   for type in q8_0 q4_0; do
-    run_pair "$type" "$quant" "$dir/$type.gguf" "$dir/$type.gguf"
+    run_pair "$type" "$quant" "$dir/$type.gguf" "$dir/$type.gguf" --attention absorbed
+    run_pair "$type/expanded" "$quant" "$dir/$type.gguf" "$dir/$type.gguf" --attention expanded
   done
   for type in q8_0 q4_0; do
     "$python" "$here/compare_logits.py" same-tensors "$name llama-$type bytes" "$dir/$type.gguf" "$dir/llama-$type.gguf" || status=1
-    run_pair "llama-$type" "$quant" "$dir/llama-$type.gguf" "$dir/llama-$type.gguf"
+    run_pair "llama-$type" "$quant" "$dir/llama-$type.gguf" "$dir/llama-$type.gguf" --attention absorbed
   done
 }
 

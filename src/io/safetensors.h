@@ -21,6 +21,9 @@ struct TensorView {
   const uint8_t* data = nullptr;  // points into the mapped file (zero copy)
   size_t n_bytes = 0;
   std::string file;  // for error messages
+  // A second view of data the checkpoint holds under another name (a GGUF's attn_k_b/attn_v_b
+  // beside the kv_b_proj joined from them): loaded, never written out by converters.
+  bool derived = false;
 
   int64_t numel() const;
 };

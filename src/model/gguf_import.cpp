@@ -213,6 +213,11 @@ GgufCheckpoint import_gguf(const std::string& path) {
         const GgufTensor* v_b = f.find_tensor(fmt::format("blk.{}.attn_v_b.weight", layer));
         if (v_b == nullptr) fail("{}: {} without blk.{}.attn_v_b.weight", path, t.name, layer);
         im.join_kv_b(hf + "self_attn.kv_b_proj.weight", t, *v_b);
+        // Also as they are, for the absorbed form: k_b {nope, rank, heads} is the transposed key
+        // half [heads·rank, nope], v_b {rank, v, heads} the value half [heads·v, rank].
+        im.add(hf + "self_attn.k_b_proj.weight", t, {t.dims[2] * t.dims[1], t.dims[0]});
+        im.add(hf + "self_attn.v_b_proj.weight", *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]});
+        im.views_[hf + "self_attn.k_b_proj.weight"].derived = im.views_[hf + "self_attn.v_b_proj.weight"].derived = true;
       } else if (suffix != "attn_v_b.weight") {
         im.add(t.name, t, shape);  // unknown: reported by the loader as ignored
       }

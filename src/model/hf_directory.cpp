@@ -73,7 +73,7 @@ void export_hf_directory(const ModelWeights& model, const std::string& model_pat
   for (const auto& entry : model.reader().tensors()) {
     const std::string& name = entry.first;
     const TensorView& view = entry.second;
-    if (is_quantization_extra(name)) continue;
+    if (is_quantization_extra(name) || view.derived) continue;
     if (const auto it = matrices.find(name); it != matrices.end()) {
       const WeightMatrix* w = it->second;
       tensors.push_back({name, dtype, {w->rows, w->cols}, [w, encode] {

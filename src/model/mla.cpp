@@ -94,8 +94,8 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
   });
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
     for (int64_t h = head_begin; h < head_end; ++h) {
-      // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = kv_b_proj rows of head h's values.
-      const WeightMatrix w_uv = w.kv_b_proj.row_slice(h * (nope + v_dim) + nope, v_dim);
+      // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = the value up-projection rows of head h.
+      const WeightMatrix w_uv = w.kv_b_proj_values.row_slice(h * w.values_head_stride + w.values_head_offset, v_dim);
       matmul_rows(s.out_latent.data() + h * rank, heads * rank, n_tokens, w_uv, s.attn.data() + h * v_dim,
                   heads * v_dim, 0, v_dim);
     }

@@ -135,6 +135,7 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
   for (const auto& entry : model.reader().tensors()) {
     const std::string& name = entry.first;
     const TensorView& view = entry.second;
+    if (view.derived) continue;
     summary.bytes_before += view.n_bytes;
     const auto it = to_quantize.find(name);
     if (it == to_quantize.end()) {

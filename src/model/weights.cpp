@@ -284,7 +284,18 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
     attn.kv_b_proj =
         loader.matrix(a + "kv_b_proj.weight", heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
     attn.o_proj = loader.matrix(a + "o_proj.weight", hidden, heads * c.v_head_dim);
-    attn.kv_b_proj_keys_transposed = transpose_key_up_projection(loader, c, attn.kv_b_proj);
+    const int64_t nope = c.qk_nope_head_dim, v_dim = c.v_head_dim;
+    if (loader.has(a + "k_b_proj.weight")) {  // a GGUF's attn_k_b / attn_v_b (see gguf_import.h)
+      attn.kv_b_proj_keys_transposed = loader.matrix(a + "k_b_proj.weight", heads * c.kv_lora_rank, nope);
+      attn.kv_b_proj_values = loader.matrix(a + "v_b_proj.weight", heads * v_dim, c.kv_lora_rank);
+      attn.values_head_stride = v_dim;
+      attn.values_head_offset = 0;
+    } else {
+      attn.kv_b_proj_keys_transposed = transpose_key_up_projection(loader, c, attn.kv_b_proj);
+      attn.kv_b_proj_values = attn.kv_b_proj;
+      attn.values_head_stride = nope + v_dim;
+      attn.values_head_offset = nope;
+    }
 
     const std::string m = prefix + "mlp.";
     layer.is_moe = c.is_moe_layer(i);
@@ -392,8 +403,11 @@ size_t ModelWeights::decode_weight_bytes() const {
   for (const auto& layer : layers) {
     const MlaWeights& a = layer.self_attn;
     // Absorbed decode reads the transposed key half plus the value half of kv_b_proj.
+    const size_t value_half = a.kv_b_proj_values.data == a.kv_b_proj.data
+                                  ? a.kv_b_proj.bytes() - a.kv_b_proj_keys_transposed.bytes()
+                                  : a.kv_b_proj_values.bytes();
     bytes += a.q_proj.bytes() + a.q_a_proj.bytes() + a.q_b_proj.bytes() + a.kv_a_proj_with_mqa.bytes() +
-             a.kv_b_proj.bytes() + a.o_proj.bytes();
+             a.kv_b_proj_keys_transposed.bytes() + value_half + a.o_proj.bytes();
     if (!layer.is_moe) {
       bytes += mlp_bytes(layer.mlp);
       continue;

@@ -23,9 +23,16 @@ struct MlaWeights {  // model.layers.N.self_attn.*
   const float* kv_a_layernorm = nullptr;  // [kv_lora_rank]
   WeightMatrix kv_b_proj;              // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
   WeightMatrix o_proj;                 // [hidden, heads * v_head_dim]
-  // Derived for absorbed decode: per head, the key up-projection transposed,
-  // [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the latent space with matmul.
+  // The absorbed form's two halves of kv_b_proj. Keys: per head, the key up-projection
+  // transposed, [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the latent space
+  // with matmul; derived from kv_b_proj, or a GGUF's attn_k_b as it is (Q8_0 included).
+  // Values: head h's rows [kv_lora_rank] start at row h·values_head_stride + values_head_offset;
+  // kv_b_proj itself (stride nope + v, offset nope), or a GGUF's attn_v_b (stride v, offset 0).
+  // From a GGUF both stay in the file's type, so the absorbed products round their inputs to
+  // Q8_0 and read the quantized bytes exactly as llama.cpp's absorbed deepseek2 graph does.
   WeightMatrix kv_b_proj_keys_transposed;
+  WeightMatrix kv_b_proj_values;
+  int64_t values_head_stride = 0, values_head_offset = 0;
 };
 
 struct MlpWeights {  // SiLU-gated: down(silu(gate(x)) * up(x))

@@ -262,6 +262,13 @@ expect_error "convert: unwritable output" "x.gguf" "$deepmoe" convert --to gguf 
   "$deepmoe" logits --model from_gguf --tokens 5,17,42,99,3,250,7,8 --out from_gguf_logits.npy 2>/dev/null &&
   cmp -s <(tail -c +200 f32_logits.npy) <(tail -c +200 from_gguf_logits.npy) &&
   ok "convert --to hf from a .gguf: identical logits" || bad "convert --to hf"
+# The GGUF's attn_k_b/attn_v_b are read as they are for the absorbed form, but the directory
+# holds HF's names only (kv_b_proj, joined from them).
+if ! grep -aq "self_attn\.[kv]_b_proj" from_gguf/*.safetensors && grep -aq "kv_b_proj" from_gguf/*.safetensors; then
+  ok "convert --to hf from a .gguf: HF tensor names only"
+else
+  bad "convert --to hf wrote deepmoe's own k_b_proj/v_b_proj"
+fi
 
 # quantize: every type loads with no extra flag, its logits close to the original's (random
 # weights, so the bounds are loose), and the kept tensors keep their dtype.
