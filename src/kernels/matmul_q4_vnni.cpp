@@ -1,9 +1,11 @@
 // See matmul_q4_vnni.h. Layout of one superblock of 16 chunks (512 values) per weight row:
-// pair p holds chunks 2p and 2p+1; their nibbles split into [lo(2p) | lo(2p+1)] and
-// [hi(2p) | hi(2p+1)] (lo: values 0-15 of a chunk, hi: 16-31), matched by the activations'
-// 64 bytes in the same order. Two 256-bit vpdpbusd leave 4 partial sums per chunk; pairs join
-// into 512-bit vectors and a 4×4 transpose-add gives one vector whose lane L holds chunk
-// kChunkOfLane[L]. (Fewer shuffles than one 512-bit vpdpbusd per pair plus folding: measured.)
+// quad q holds chunks 4q..4q+3, one 16-byte lane each (a load and three broadcasting loads
+// blended: no shuffle-port inserts); their nibbles split into lo (values 0-15 of each chunk) and
+// hi (16-31), matched by the activations' 128 bytes [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)].
+// Two 512-bit vpdpbusd leave 4 partial sums per chunk in lanes 4i..4i+3, and a 4×4
+// transpose-add over the 4 quads gives one vector whose lane L holds chunk kChunkOfLane[L].
+// (Measured against pairs of chunks in 256-bit vpdpbusd joined afterwards: 1 thread, M = 1,
+// 100 -> 113 GFLOP/s; M = 4, 145 -> 252.)
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -25,7 +27,7 @@ namespace {
 #define DEEPMOE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
 constexpr int64_t kChunk = 32, kChunksPerSuper = 16;
-// Software prefetch of the weight row this many rows ahead, a line per chunk pair: the hardware
+// Software prefetch of the weight row this many rows ahead, a line per 4 chunks: the hardware
 // prefetcher alone left 2-thread decode at 36 GB/s, this reaches 42 (docs/benchmarks.md).
 constexpr int64_t kPrefetchRows = 8;
 // The chunk whose sum lands in lane L of the folded vector.
@@ -46,27 +48,24 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
                                     __m512* acc, int64_t row_bytes) {
   const int64_t first = s * kChunksPerSuper;
   const int64_t valid = Full ? kChunksPerSuper : std::min(kChunksPerSuper, chunks - first);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  __m256i pair_sums[M][8];
-  for (int64_t p = 0; p < 8; ++p) {
-    const int64_t a = first + 2 * p;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512i folded[M][4];
+  for (int64_t q = 0; q < 4; ++q) {
+    const int64_t a = first + 4 * q;
     _mm_prefetch(reinterpret_cast<const char*>(chunk_nibbles(row_data, a) + kPrefetchRows * row_bytes), _MM_HINT_T0);
-    // Chunk b into the upper half by a broadcasting load and a blend: no shuffle-port insert.
-    const __m256i qa = _mm256_castsi128_si256(load_chunk(chunk_nibbles(row_data, a), Full || 2 * p < valid));
-    const __m256i qb = _mm256_broadcastsi128_si256(load_chunk(chunk_nibbles(row_data, a + 1), Full || 2 * p + 1 < valid));
-    const __m256i v = _mm256_blend_epi32(qa, qb, 0xf0);
-    const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+    // Chunks a+1..a+3 into the upper lanes by broadcasting loads and blends: no shuffle-port insert.
+    __m512i v = _mm512_castsi128_si512(load_chunk(chunk_nibbles(row_data, a), Full || 4 * q < valid));
+    v = _mm512_mask_broadcast_i32x4(v, 0x00f0, load_chunk(chunk_nibbles(row_data, a + 1), Full || 4 * q + 1 < valid));
+    v = _mm512_mask_broadcast_i32x4(v, 0x0f00, load_chunk(chunk_nibbles(row_data, a + 2), Full || 4 * q + 2 < valid));
+    v = _mm512_mask_broadcast_i32x4(v, 0xf000, load_chunk(chunk_nibbles(row_data, a + 3), Full || 4 * q + 3 < valid));
+    const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
     for (int m = 0; m < M; ++m) {
-      const int8_t* xv = x.values.data() + ((m * x.superblocks + s) * 8 + p) * 64;
-      // Low and high halves into one accumulator: lanes 0-3 hold chunk a's sums, 4-7 chunk b's.
-      const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv)));
-      pair_sums[m][p] = _mm256_dpbusd_epi32(d, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + 32)));
+      const int8_t* xv = x.values.data() + ((m * x.superblocks + s) * 4 + q) * 128;
+      // Low and high halves into one accumulator: lanes 4i..4i+3 hold chunk a+i's sums.
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xv));
+      folded[m][q] = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(xv + 64));
     }
   }
-  __m512i folded[M][4];
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < 4; ++j)
-      folded[m][j] = _mm512_inserti64x4(_mm512_castsi256_si512(pair_sums[m][2 * j]), pair_sums[m][2 * j + 1], 1);
   // Weight scales (and zero points) in lane order.
   const __m512i lane_chunk = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __mmask16 lanes_valid = Full ? __mmask16(0xffff) : __mmask16(_mm512_cmplt_epi32_mask(lane_chunk, _mm512_set1_epi32(int(valid))));
@@ -121,14 +120,14 @@ void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, in
   for (int64_t m = 0; m < n_rows; ++m) {
     quantize_activations_q8_0(x + m * x_stride, chunks * kChunk, q.data(), d.data());
     for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t s = c / kChunksPerSuper, in_super = c % kChunksPerSuper, pair = in_super / 2;
-      int8_t* pair_bytes = out.values.data() + ((m * out.superblocks + s) * 8 + pair) * 64;
+      const int64_t s = c / kChunksPerSuper, in_super = c % kChunksPerSuper, quad = in_super / 4;
+      int8_t* quad_bytes = out.values.data() + ((m * out.superblocks + s) * 4 + quad) * 128;
       int32_t sum = 0;
       for (int64_t j = 0; j < kChunk; ++j) {
         const int8_t code = q[size_t(c * kChunk + j)];
         sum += code;
-        // [lo(2p) | lo(2p+1) | hi(2p) | hi(2p+1)], 16 bytes each
-        pair_bytes[(j < 16 ? 0 : 32) + (in_super % 2) * 16 + j % 16] = code;
+        // [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)], 16 bytes each
+        quad_bytes[(j < 16 ? 0 : 64) + (in_super % 4) * 16 + j % 16] = code;
       }
       const size_t at = size_t((m * out.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super]);
       out.scales[at] = d[size_t(c)];
@@ -141,8 +140,8 @@ void dequantize_q4_activations(const Q4Activations& x, float* out) {
   for (int64_t m = 0; m < x.n_rows; ++m)
     for (int64_t k = 0; k < x.cols; ++k) {
       const int64_t c = k / kChunk, j = k % kChunk, s = c / kChunksPerSuper, in_super = c % kChunksPerSuper;
-      const int8_t q = x.values[size_t(((m * x.superblocks + s) * 8 + in_super / 2) * 64 + (j < 16 ? 0 : 32) +
-                                       (in_super % 2) * 16 + j % 16)];
+      const int8_t q = x.values[size_t(((m * x.superblocks + s) * 4 + in_super / 4) * 128 + (j < 16 ? 0 : 64) +
+                                       (in_super % 4) * 16 + j % 16)];
       out[m * x.cols + k] = float(q) * x.scales[size_t((m * x.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super])];
     }
 }

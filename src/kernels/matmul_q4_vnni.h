@@ -13,7 +13,7 @@ namespace deepmoe {
 // The activations as the kernel reads them, prepared once per matmul call.
 struct Q4Activations {
   int64_t n_rows = 0, cols = 0, superblocks = 0;
-  // Per row and superblock of 16 chunks: 8 pairs × 64 bytes of int8 in the kernel's order, then
+  // Per row and superblock of 16 chunks: 4 quads × 128 bytes of int8 in the kernel's order, then
   // per-chunk scale (f32) and Σq (int32) in the order the folded sums come out.
   std::vector<int8_t> values;
   std::vector<float> scales;
