@@ -65,13 +65,6 @@ void matmul_widened_rows(const float* x, int64_t x_stride, int64_t n_rows, const
   }
 }
 
-bool uses_q4_vnni(const WeightMatrix& w) {
-  return w.format == WeightFormat::Q4_0 && !portable_quant_kernels_forced() && q4_vnni_applies(w);
-}
-
-bool uses_q8_vnni(const WeightMatrix& w) {
-  return w.format == WeightFormat::Q8_0 && !portable_quant_kernels_forced() && q8_vnni_applies(w);
-}
 
 // The activations as a weight's product reads them, made once per call: as they are; rounded to
 // Q8_0 (the ggml formats, computed as llama.cpp computes them); int8 blocks for the VNNI Q4_0
@@ -94,6 +87,7 @@ void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const Weigh
   p.x = x;
   p.x_stride = x_stride;
   p.q4 = p.q8 = p.w8a8 = p.ggml_gemm = false;
+  const bool vnni = !portable_quant_kernels_forced();  // tests and benchmarks can force the portable kernels
   if (w.activation_quant != ActivationQuant::None) {
     p.w8a8 = true;
     const Uint8Range range{w.activation_scale, w.activation_zero_point};
@@ -105,13 +99,13 @@ void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const Weigh
       p.x = p.rounded.data();
       p.x_stride = w.cols;
     }
-  } else if (n_rows <= kSmallBatchMax && uses_q8_vnni(w)) {
+  } else if (vnni && n_rows <= kSmallBatchMax && q8_vnni_applies(w)) {
     p.q8 = true;
     prepare_q8_activations(x, x_stride, n_rows, w.cols, p.q8_values);
-  } else if (n_rows <= kSmallBatchMax && uses_q4_vnni(w)) {
+  } else if (vnni && n_rows <= kSmallBatchMax && q4_vnni_applies(w)) {
     p.q4 = true;
     prepare_q4_activations(x, x_stride, n_rows, w.cols, p.q4_values);
-  } else if (n_rows > kSmallBatchMax && ggml_gemm_applies(w)) {
+  } else if (vnni && n_rows > kSmallBatchMax && ggml_gemm_applies(w)) {
     p.ggml_gemm = true;
     prepare_ggml_gemm_activations(x, x_stride, n_rows, w, p.ggml_gemm_values);
   } else if (w.format == WeightFormat::Q8_0 || w.format == WeightFormat::Q4_0) {

@@ -18,12 +18,11 @@
 
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul_quant.h"
+#include "kernels/vnni_common.h"
 
 namespace deepmoe {
 
 namespace {
-
-#define DEEPMOE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
 constexpr int64_t kPanelRows = 32;   // two vectors of 16 output features
 constexpr int kTileRows = 4;         // activation rows per micro-kernel pass
@@ -98,8 +97,7 @@ DEEPMOE_VNNI void pack_panel(const WeightMatrix& w, int64_t first, int64_t count
           _mm512_store_si512(packed + ((g + 4) * 2 + v) * 64, _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
         }
       }
-      const __m512i scale_bits = _mm512_mask_i32gather_epi32(zero, valid, offsets, block, 1);
-      _mm512_store_ps(packed + kScaleOffset + v * 64, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(scale_bits)));
+      _mm512_store_ps(packed + kScaleOffset + v * 64, gather_f16(block, offsets, valid));
     }
   }
 }
@@ -184,7 +182,7 @@ DEEPMOE_VNNI void gemm_rows(const GgmlGemmActivations& x, const WeightMatrix& w,
 bool ggml_gemm_applies(const WeightMatrix& w) {
   // The gathers address a panel's rows with 32-bit offsets.
   return (w.format == WeightFormat::Q8_0 || w.format == WeightFormat::Q4_0) && cpu_has_avx512_vnni() &&
-         !portable_quant_kernels_forced() && w.row_bytes() * kPanelRows < (size_t(1) << 31);
+         w.row_bytes() * kPanelRows < (size_t(1) << 31);
 }
 
 void prepare_ggml_gemm_activations(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
@@ -194,18 +192,20 @@ void prepare_ggml_gemm_activations(const float* x, int64_t x_stride, int64_t n_r
   out.blocks = w.cols / kGgmlBlock;
   out.codes.resize(size_t(n_rows * w.cols));
   out.scales.resize(size_t(n_rows * out.blocks));
-  out.sums8.resize(size_t(n_rows * out.blocks));
   const bool biased = w.format == WeightFormat::Q8_0;
+  out.sums8.resize(biased ? 0 : size_t(n_rows * out.blocks));
   for (int64_t m = 0; m < n_rows; ++m) {
     int8_t* codes = reinterpret_cast<int8_t*>(out.codes.data() + m * w.cols);
     quantize_activations_q8_0(x + m * x_stride, w.cols, codes, out.scales.data() + m * out.blocks);
+    if (biased) {
+      for (int64_t k = 0; k < w.cols; ++k) out.codes[size_t(m * w.cols + k)] ^= 0x80;  // int8 + 128 as uint8
+      continue;
+    }
     for (int64_t b = 0; b < out.blocks; ++b) {
       int32_t sum = 0;
       for (int64_t j = 0; j < kGgmlBlock; ++j) sum += codes[b * kGgmlBlock + j];
       out.sums8[size_t(m * out.blocks + b)] = 8 * sum;
     }
-    if (biased)
-      for (int64_t k = 0; k < w.cols; ++k) out.codes[size_t(m * w.cols + k)] ^= 0x80;  // int8 + 128 as uint8
   }
 }
 

@@ -20,10 +20,10 @@ struct GgmlGemmActivations {
   // for Q4_0 as int8 (the nibbles, 0..15, are the unsigned operand there).
   std::vector<uint8_t> codes;
   std::vector<float> scales;    // [n_rows, blocks]: the blocks' d (after f16 rounding)
-  std::vector<int32_t> sums8;   // [n_rows, blocks]: 8·Σ codes, Q4_0's zero-point term
+  std::vector<int32_t> sums8;   // Q4_0 only, [n_rows, blocks]: 8·Σ codes, its zero-point term
 };
 
-// Q8_0 or Q4_0 weights on a CPU with AVX-512 VNNI (and the portable kernels not forced).
+// Q8_0 or Q4_0 weights on a CPU with AVX-512 VNNI.
 bool ggml_gemm_applies(const WeightMatrix& w);
 void prepare_ggml_gemm_activations(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
                                    GgmlGemmActivations& out);

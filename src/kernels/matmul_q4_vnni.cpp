@@ -19,17 +19,13 @@
 
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul_quant.h"
+#include "kernels/vnni_common.h"
 
 namespace deepmoe {
 
 namespace {
 
-#define DEEPMOE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
-
 constexpr int64_t kChunk = 32, kChunksPerSuper = 16;
-// Software prefetch of the weight row this many rows ahead, a line per 4 chunks: the hardware
-// prefetcher alone left 2-thread decode at 36 GB/s, this reaches 42 (docs/benchmarks.md).
-constexpr int64_t kPrefetchRows = 8;
 // The chunk whose sum lands in lane L of the folded vector.
 constexpr int kChunkOfLane[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
 // Its inverse (the permutation is its own inverse: lane 4i + j ↔ chunk 4j + i).
@@ -71,9 +67,7 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
   const __mmask16 lanes_valid = Full ? __mmask16(0xffff) : __mmask16(_mm512_cmplt_epi32_mask(lane_chunk, _mm512_set1_epi32(int(valid))));
   // The blocks' f16 scales, 18 bytes apart, gathered in lane order.
   const __m512i offsets = _mm512_mullo_epi32(lane_chunk, _mm512_set1_epi32(int(kQ4_0BlockBytes)));
-  const __m512i bits =
-      _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes_valid, offsets, row_data + first * kQ4_0BlockBytes, 1);
-  const __m512 w_scale = _mm512_maskz_mov_ps(lanes_valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits)));
+  const __m512 w_scale = gather_f16(row_data + first * kQ4_0BlockBytes, offsets, lanes_valid);
   for (int m = 0; m < M; ++m) {
     const __m512i* g = folded[m];
     const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(g[0], g[1]), _mm512_unpackhi_epi32(g[0], g[1]));

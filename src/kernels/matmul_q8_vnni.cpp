@@ -14,17 +14,13 @@
 
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul_quant.h"
+#include "kernels/vnni_common.h"
 
 namespace deepmoe {
 
 namespace {
 
-#define DEEPMOE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
-
 constexpr int64_t kLanes = 16, kPairBytes = 2 * kGgmlBlock, kPairsPerSuper = 8;
-// Software prefetch of the weight row this many rows ahead, a line per pair: 1 thread 30 -> 38
-// GB/s (docs/benchmarks.md). Prefetches never fault, so running past the last row is harmless.
-constexpr int64_t kPrefetchRows = 8;
 
 // Pairs [first_pair, first_pair + count) of one weight row (blocks past `blocks` read as
 // zeros) into acc[pair parity][m].
@@ -36,9 +32,7 @@ DEEPMOE_VNNI inline void superblock(const Q8Activations& x, const uint8_t* row_d
       Full ? __mmask16(0xffff) : __mmask16((1u << std::min<int64_t>(16, blocks - first_block)) - 1u);
   const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                              _mm512_set1_epi32(int32_t(kQ8_0BlockBytes)));
-  const __m512i bits = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), scale_mask, offsets,
-                                                   row_data + first_block * kQ8_0BlockBytes, 1);
-  const __m512 w_scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(bits));
+  const __m512 w_scales = gather_f16(row_data + first_block * kQ8_0BlockBytes, offsets, scale_mask);
   const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t i = 0; i < count; ++i) {

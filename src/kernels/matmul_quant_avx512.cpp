@@ -13,13 +13,13 @@
 
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul_quant.h"
+#include "kernels/vnni_common.h"
 
 namespace deepmoe {
 
 namespace {
 
 #define DEEPMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
-#define DEEPMOE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 constexpr int64_t kChunk = 32;
 

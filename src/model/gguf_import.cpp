@@ -71,7 +71,9 @@ class Importer {
   explicit Importer(const std::string& path) : path_(path) {}
 
   // values elements of `t` starting at element `first`, as an HF tensor of `shape`.
-  void add(const std::string& name, const GgufTensor& t, std::vector<int64_t> shape, int64_t first = 0) {
+  // `derived`: a second view of data another name also presents (TensorView::derived).
+  void add(const std::string& name, const GgufTensor& t, std::vector<int64_t> shape, int64_t first = 0,
+           bool derived = false) {
     int64_t n = 1;
     for (const int64_t d : shape) n *= d;
     const int64_t block = ggml_block_values(t.type);
@@ -83,6 +85,7 @@ class Importer {
     v.dtype = tensor_dtype(t.type);  // in place: GGUF data start 32-byte aligned
     v.data = data;
     v.n_bytes = dtype_bytes(v.dtype, n);
+    v.derived = derived;
     views_[name] = std::move(v);
   }
 
@@ -215,9 +218,8 @@ GgufCheckpoint import_gguf(const std::string& path) {
         im.join_kv_b(hf + "self_attn.kv_b_proj.weight", t, *v_b);
         // Also as they are, for the absorbed form: k_b {nope, rank, heads} is the transposed key
         // half [heads·rank, nope], v_b {rank, v, heads} the value half [heads·v, rank].
-        im.add(hf + "self_attn.k_b_proj.weight", t, {t.dims[2] * t.dims[1], t.dims[0]});
-        im.add(hf + "self_attn.v_b_proj.weight", *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]});
-        im.views_[hf + "self_attn.k_b_proj.weight"].derived = im.views_[hf + "self_attn.v_b_proj.weight"].derived = true;
+        im.add(hf + "self_attn.k_b_proj.weight", t, {t.dims[2] * t.dims[1], t.dims[0]}, 0, true);
+        im.add(hf + "self_attn.v_b_proj.weight", *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]}, 0, true);
       } else if (suffix != "attn_v_b.weight") {
         im.add(t.name, t, shape);  // unknown: reported by the loader as ignored
       }

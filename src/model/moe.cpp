@@ -86,13 +86,6 @@ namespace {
 // slots (V3, hidden 7168: about 0.3 GB of buffers) the per-expert path's smaller ones win.
 constexpr int64_t kMaxBatchedSlots = 4096;
 
-// gate = silu(gate)·up, split across the pool when there is enough of it to pay for a wake-up.
-void parallel_silu_mul(ThreadPool& pool, float* gate, const float* up, int64_t n) {
-  constexpr int64_t kGrain = int64_t(1) << 16;
-  if (n <= kGrain) return silu_mul(gate, up, n, gate);
-  pool.parallel_for(n, kGrain, [&](int64_t begin, int64_t end) { silu_mul(gate + begin, up + begin, end - begin, gate + begin); });
-}
-
 // Each expert sees a few tokens (decode: one or two; a 128-token prompt with 16 experts top-2:
 // about 16), so its three products are small and the pool's wake-ups would dominate. All gate
 // and up projections (shared experts included) run as one batch, then all down projections:
