@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -15,7 +16,12 @@ namespace {
 
 using deepmoe::DType;
 
-constexpr size_t kPoolBytes = size_t(256) << 20;
+// Weights rotate through this many bytes of copies so that each call reads DRAM, not cache.
+// DEEPMOE_BENCH_POOL_MB=1 measures a kernel's in-cache (compute) speed instead.
+const size_t kPoolBytes = [] {
+  const char* mb = std::getenv("DEEPMOE_BENCH_POOL_MB");
+  return size_t(mb ? std::max(0, std::atoi(mb)) : 256) << 20;
+}();
 
 struct Weights {
   std::vector<std::vector<float>> f32;
