@@ -228,8 +228,8 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
 }
 
 CheckpointReader::CheckpointReader(std::string source, std::unique_ptr<MappedFile> file,
-                                   std::map<std::string, TensorView> tensors, std::vector<std::vector<float>> owned)
-    : dir_(std::move(source)), tensors_(std::move(tensors)), owned_(std::move(owned)) {
+                                   std::map<std::string, TensorView> tensors)
+    : dir_(std::move(source)), tensors_(std::move(tensors)) {
   files_.push_back(std::move(file));
 }
 

@@ -21,8 +21,8 @@ struct TensorView {
   const uint8_t* data = nullptr;  // points into the mapped file (zero copy)
   size_t n_bytes = 0;
   std::string file;  // for error messages
-  // A second view of data the checkpoint holds under another name (a GGUF's attn_k_b/attn_v_b
-  // beside the kv_b_proj joined from them): loaded, never written out by converters.
+  // Not an HF tensor but a part of one (a GGUF's attn_k_b/attn_v_b, halves of kv_b_proj):
+  // loaded, never written out as it is; converters write the HF tensor instead.
   bool derived = false;
 
   int64_t numel() const;
@@ -71,10 +71,8 @@ class SafetensorsWriter {
 class CheckpointReader {
  public:
   explicit CheckpointReader(const std::string& model_dir);
-  // Tensors that another format (GGUF) presents under HF names: `file` stays mapped, `owned`
-  // holds what had to be decoded; the views point into either.
-  CheckpointReader(std::string source, std::unique_ptr<MappedFile> file, std::map<std::string, TensorView> tensors,
-                   std::vector<std::vector<float>> owned);
+  // Tensors that another format (GGUF) presents under HF names; `file` stays mapped.
+  CheckpointReader(std::string source, std::unique_ptr<MappedFile> file, std::map<std::string, TensorView> tensors);
 
   // nullptr when absent.
   const TensorView* find(const std::string& name) const;
@@ -87,7 +85,6 @@ class CheckpointReader {
   std::string dir_;
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::map<std::string, TensorView> tensors_;
-  std::vector<std::vector<float>> owned_;
 };
 
 }  // namespace deepmoe

@@ -59,13 +59,6 @@ DType tensor_dtype(GgmlType type) {
   fail("GGUF: ggml type {} has no DType", uint32_t(type));
 }
 
-// n values of `t` from `data` (a block boundary) as f32.
-std::vector<float> decode(const GgufTensor& t, const uint8_t* data, int64_t n) {
-  std::vector<float> out(static_cast<size_t>(n));
-  decode_to_f32(tensor_dtype(t.type), data, out.data(), n);
-  return out;
-}
-
 class Importer {
  public:
   explicit Importer(const std::string& path) : path_(path) {}
@@ -89,32 +82,7 @@ class Importer {
     views_[name] = std::move(v);
   }
 
-  // kv_b_proj [heads·(nope + v), rank] from k_b {nope, rank, heads} and v_b {rank, v, heads}.
-  void join_kv_b(const std::string& name, const GgufTensor& k_b, const GgufTensor& v_b) {
-    if (k_b.dims.size() != 3 || v_b.dims.size() != 3 || k_b.dims[1] != v_b.dims[0] || k_b.dims[2] != v_b.dims[2])
-      fail("{}: {} and its attn_v_b have mismatched shapes", path_, k_b.name);
-    const int64_t nope = k_b.dims[0], rank = k_b.dims[1], heads = k_b.dims[2], v = v_b.dims[1];
-    const auto k = decode(k_b, k_b.data, k_b.numel()), values = decode(v_b, v_b.data, v_b.numel());
-    std::vector<float> w(size_t(heads * (nope + v) * rank));
-    for (int64_t h = 0; h < heads; ++h) {
-      for (int64_t d = 0; d < nope; ++d)
-        for (int64_t r = 0; r < rank; ++r) w[size_t((h * (nope + v) + d) * rank + r)] = k[size_t((h * rank + r) * nope + d)];
-      for (int64_t j = 0; j < v; ++j)
-        std::copy_n(values.begin() + (h * v + j) * rank, rank, w.begin() + (h * (nope + v) + nope + j) * rank);
-    }
-    owned_.push_back(std::move(w));
-    TensorView view;
-    view.name = name;
-    view.dtype = DType::F32;
-    view.shape = {heads * (nope + v), rank};
-    view.data = reinterpret_cast<const uint8_t*>(owned_.back().data());
-    view.n_bytes = owned_.back().size() * 4;
-    view.file = path_;
-    views_[name] = std::move(view);
-  }
-
   std::map<std::string, TensorView> views_;
-  std::vector<std::vector<float>> owned_;
 
  private:
   const std::string& path_;
@@ -215,8 +183,9 @@ GgufCheckpoint import_gguf(const std::string& path) {
       } else if (suffix == "attn_k_b.weight") {
         const GgufTensor* v_b = f.find_tensor(fmt::format("blk.{}.attn_v_b.weight", layer));
         if (v_b == nullptr) fail("{}: {} without blk.{}.attn_v_b.weight", path, t.name, layer);
-        im.join_kv_b(hf + "self_attn.kv_b_proj.weight", t, *v_b);
-        // Also as they are, for the absorbed form: k_b {nope, rank, heads} is the transposed key
+        if (t.dims.size() != 3 || v_b->dims.size() != 3 || t.dims[1] != v_b->dims[0] || t.dims[2] != v_b->dims[2])
+          fail("{}: {} and its attn_v_b have mismatched shapes", path, t.name);
+        // As they are, the two halves of kv_b_proj: k_b {nope, rank, heads} is the transposed key
         // half [heads·rank, nope], v_b {rank, v, heads} the value half [heads·v, rank].
         im.add(hf + "self_attn.k_b_proj.weight", t, {t.dims[2] * t.dims[1], t.dims[0]}, 0, true);
         im.add(hf + "self_attn.v_b_proj.weight", *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]}, 0, true);
@@ -230,7 +199,7 @@ GgufCheckpoint import_gguf(const std::string& path) {
     else if (t.name == "output.weight") im.add("lm_head.weight", t, shape);
     else im.add(t.name, t, shape);
   }
-  out.reader = std::make_unique<CheckpointReader>(path, std::move(file), std::move(im.views_), std::move(im.owned_));
+  out.reader = std::make_unique<CheckpointReader>(path, std::move(file), std::move(im.views_));
   return out;
 }
 

@@ -98,6 +98,11 @@ void export_hf_directory(const ModelWeights& model, const std::string& model_pat
                          return encode(values);
                        }});
   }
+  for (const auto& entry : model.kv_b_proj_to_join()) {
+    const MlaWeights* attn = entry.second;
+    tensors.push_back({entry.first, dtype, kv_b_proj_shape(model.config),
+                       [&model, attn, encode] { return encode(join_kv_b_proj(model.config, *attn)); }});
+  }
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(model.config_json, nullptr, false);
   if (config.is_discarded() || !config.is_object()) fail("convert: the source config is not a JSON object");
   config.erase("quantization_config");

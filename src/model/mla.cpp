@@ -26,32 +26,46 @@ void causal_softmax(float* scores, int64_t rows, int64_t length, Visible visible
   }
 }
 
-// scores/out for one head at a time over the expanded keys and values.
+// W's rows as f32: W itself when it is f32, otherwise decoded into `buffer`.
+const float* f32_rows(const WeightMatrix& w, std::vector<float>& buffer) {
+  if (w.format == WeightFormat::F32) return static_cast<const float*>(w.data);
+  grow(buffer, w.rows * w.cols);
+  dequantize_rows(w, 0, w.rows, buffer.data());
+  return buffer.data();
+}
+
+// One head at a time: its keys and values up-projected from the cached latents through its
+// slices of the two halves of kv_b_proj (MlaWeights), then scores and output. Per head, so only
+// [length, nope + v] of expanded keys and values exist at once per thread, whatever the number
+// of heads, and a GGUF's attn_k_b / attn_v_b serve without a joined kv_b_proj in memory.
 void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
                      const float* cache_layer, MlaScratch& s, ThreadPool& pool) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const int64_t length = first_position + n_tokens;
-  const int64_t kv_stride = heads * (nope + v_dim);
-  grow(s.expanded_kv, length * kv_stride);
-  // kv: [length, heads, nope + v] = c_kv (normalized latents in the cache) · kv_b_projᵀ
-  matmul(pool, cache_layer, length, w.kv_b_proj, s.expanded_kv.data(), row, kv_stride);
   const float scale = float(c.softmax_scale());
-  // Heads are independent: each thread takes a block of heads with its own score buffer.
+  // Heads are independent: each thread takes a block of heads with its own buffers.
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
-    thread_local std::vector<float> scores;
+    thread_local std::vector<float> scores, keys, values, key_weights, value_weights;
     grow(scores, n_tokens * length);
+    grow(keys, length * nope);
+    grow(values, length * v_dim);
     for (int64_t h = head_begin; h < head_end; ++h) {
+      // keys [length, nope] = c_kv · W_uk, W_uk [rank, nope]; values [length, v] = c_kv · W_uvᵀ
+      const float* w_uk = f32_rows(w.kv_b_proj_keys_transposed.row_slice(h * rank, rank), key_weights);
+      gemm_f32(false, length, nope, rank, 1.0f, cache_layer, row, w_uk, nope, 0.0f, keys.data(), nope);
+      const WeightMatrix uv = w.kv_b_proj_values.row_slice(h * w.values_head_stride + w.values_head_offset, v_dim);
+      gemm_f32(true, length, v_dim, rank, 1.0f, cache_layer, row, f32_rows(uv, value_weights), rank, 0.0f,
+               values.data(), v_dim);
       const float* q_head = s.q.data() + h * qk;
-      const float* kv_head = s.expanded_kv.data() + h * (nope + v_dim);
-      // scores [n_tokens, length] = scale · (q_nope·k_noneᵀ + q_pe·k_peᵀ)
-      gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, kv_head, kv_stride, 0.0f, scores.data(),
+      // scores [n_tokens, length] = scale · (q_nope·k_nopeᵀ + q_pe·k_peᵀ)
+      gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, keys.data(), nope, 0.0f, scores.data(),
                length);
       gemm_f32(true, n_tokens, length, rope, scale, q_head + nope, heads * qk, cache_layer + rank, row, 1.0f,
                scores.data(), length);
       causal_softmax(scores.data(), n_tokens, length, [&](int64_t t) { return first_position + t + 1; });
-      // attn[:, h, :] [n_tokens, v] = P · v_head
-      gemm_f32(false, n_tokens, v_dim, length, 1.0f, scores.data(), length, kv_head + nope, kv_stride, 0.0f,
+      // attn[:, h, :] [n_tokens, v] = P · values
+      gemm_f32(false, n_tokens, v_dim, length, 1.0f, scores.data(), length, values.data(), v_dim, 0.0f,
                s.attn.data() + h * v_dim, heads * v_dim);
     }
   });

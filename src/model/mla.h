@@ -12,12 +12,12 @@
 namespace deepmoe {
 
 // Expanded: up-project every cached latent through kv_b_proj into per-head keys and values
-// (the paper's formulation; cheapest for long prompts). Absorbed: fold kv_b_proj into the
+// (the paper's formulation; cheapest for long prompts), head by head. Absorbed: fold kv_b_proj into the
 // queries and the output so attention runs directly on the latent cache (cheapest for decode).
 enum class AttentionMode { Expanded, Absorbed };
 
 struct MlaScratch {  // grown on demand, reused across layers and calls
-  std::vector<float> q, q_lora, kv_a, expanded_kv, q_latent, scores, out_latent, attn;
+  std::vector<float> q, q_lora, kv_a, q_latent, scores, out_latent, attn;
 };
 
 // x: [n_tokens, hidden] at positions first_position ..; appends the tokens' latents to

@@ -135,8 +135,8 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
   for (const auto& entry : model.reader().tensors()) {
     const std::string& name = entry.first;
     const TensorView& view = entry.second;
-    if (view.derived) continue;
     summary.bytes_before += view.n_bytes;
+    if (view.derived) continue;  // written as the HF tensor it is part of, below
     const auto it = to_quantize.find(name);
     if (it == to_quantize.end()) {
       tensors.push_back(copied(view));
@@ -186,6 +186,13 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
     }
     for (size_t i = tensors.size(); i-- > 0 && tensors[i].name.starts_with(stem + ".");)
       summary.bytes_after += tensor_bytes(tensors[i]);
+  }
+  for (const auto& entry : model.kv_b_proj_to_join()) {  // kept by rule, as f32
+    const MlaWeights* attn = entry.second;
+    ++summary.kept_by_rule;
+    tensors.push_back({entry.first, DType::F32, kv_b_proj_shape(model.config),
+                       [&model, attn] { return vector_bytes(join_kv_b_proj(model.config, *attn)); }});
+    summary.bytes_after += tensor_bytes(tensors.back());
   }
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(model.config_json, nullptr, false);

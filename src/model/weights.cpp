@@ -281,8 +281,6 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
     attn.kv_a_proj_with_mqa =
         loader.matrix(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, hidden);
     attn.kv_a_layernorm = loader.vector(a + "kv_a_layernorm.weight", c.kv_lora_rank);
-    attn.kv_b_proj =
-        loader.matrix(a + "kv_b_proj.weight", heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
     attn.o_proj = loader.matrix(a + "o_proj.weight", hidden, heads * c.v_head_dim);
     const int64_t nope = c.qk_nope_head_dim, v_dim = c.v_head_dim;
     if (loader.has(a + "k_b_proj.weight")) {  // a GGUF's attn_k_b / attn_v_b (see gguf_import.h)
@@ -291,6 +289,7 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
       attn.values_head_stride = v_dim;
       attn.values_head_offset = 0;
     } else {
+      attn.kv_b_proj = loader.matrix(a + "kv_b_proj.weight", heads * (nope + v_dim), c.kv_lora_rank);
       attn.kv_b_proj_keys_transposed = transpose_key_up_projection(loader, c, attn.kv_b_proj);
       attn.kv_b_proj_values = attn.kv_b_proj;
       attn.values_head_stride = nope + v_dim;
@@ -324,6 +323,31 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
   }
   model->ignored_tensors = loader.unused_names();
   return model;
+}
+
+std::vector<float> join_kv_b_proj(const Config& c, const MlaWeights& w) {
+  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim, rank = c.kv_lora_rank;
+  std::vector<float> keys(size_t(heads * rank * nope)), out(size_t(heads * (nope + v) * rank));
+  dequantize_rows(w.kv_b_proj_keys_transposed, 0, heads * rank, keys.data());
+  for (int64_t h = 0; h < heads; ++h) {
+    float* head = out.data() + h * (nope + v) * rank;
+    for (int64_t d = 0; d < nope; ++d)
+      for (int64_t r = 0; r < rank; ++r) head[d * rank + r] = keys[size_t((h * rank + r) * nope + d)];
+    dequantize_rows(w.kv_b_proj_values, h * w.values_head_stride + w.values_head_offset, v, head + nope * rank);
+  }
+  return out;
+}
+
+std::vector<int64_t> kv_b_proj_shape(const Config& c) {
+  return {c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank};
+}
+
+std::vector<std::pair<std::string, const MlaWeights*>> ModelWeights::kv_b_proj_to_join() const {
+  std::vector<std::pair<std::string, const MlaWeights*>> out;
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!layers[i].self_attn.kv_b_proj.data)
+      out.emplace_back(fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", i), &layers[i].self_attn);
+  return out;
 }
 
 std::vector<std::pair<std::string, const WeightMatrix*>> ModelWeights::named_matrices() const {
@@ -366,8 +390,9 @@ int64_t ModelWeights::parameter_count() const {
   for (const auto& layer : layers) {
     const MlaWeights& a = layer.self_attn;
     total += 2 * c.hidden_size;
-    for (const WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.o_proj})
+    for (const WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.o_proj})
       total += w->rows * w->cols;
+    total += c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank;  // kv_b_proj
     total += (c.q_lora_rank ? *c.q_lora_rank : 0) + c.kv_lora_rank;
     if (!layer.is_moe) {
       total += mlp_params(c.intermediate_size);

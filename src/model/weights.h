@@ -21,9 +21,11 @@ struct MlaWeights {  // model.layers.N.self_attn.*
   WeightMatrix q_b_proj;               // [heads * qk_head_dim, q_lora_rank]
   WeightMatrix kv_a_proj_with_mqa;     // [kv_lora_rank + qk_rope_head_dim, hidden]
   const float* kv_a_layernorm = nullptr;  // [kv_lora_rank]
-  WeightMatrix kv_b_proj;              // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]; empty from a GGUF with attn_k_b /
+  // attn_v_b, which holds only the halves below (join_kv_b_proj rebuilds it for converters).
+  WeightMatrix kv_b_proj;
   WeightMatrix o_proj;                 // [hidden, heads * v_head_dim]
-  // The absorbed form's two halves of kv_b_proj. Keys: per head, the key up-projection
+  // The two halves of kv_b_proj, which both attention forms read. Keys: per head, the key up-projection
   // transposed, [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the latent space
   // with matmul; derived from kv_b_proj, or a GGUF's attn_k_b as it is (Q8_0 included).
   // Values: head h's rows [kv_lora_rank] start at row h·values_head_stride + values_head_offset;
@@ -34,6 +36,10 @@ struct MlaWeights {  // model.layers.N.self_attn.*
   WeightMatrix kv_b_proj_values;
   int64_t values_head_stride = 0, values_head_offset = 0;
 };
+
+// kv_b_proj [heads·(nope + v), kv_lora_rank] as f32, from the two halves.
+std::vector<float> join_kv_b_proj(const Config& c, const MlaWeights& w);
+std::vector<int64_t> kv_b_proj_shape(const Config& c);
 
 struct MlpWeights {  // SiLU-gated: down(silu(gate(x)) * up(x))
   WeightMatrix gate_proj;  // [intermediate, hidden]
@@ -72,6 +78,9 @@ struct ModelWeights {
 
   // Every matrix by its HF tensor name (lm_head only when untied; derived matrices excluded).
   std::vector<std::pair<std::string, const WeightMatrix*>> named_matrices() const;
+  // Layers whose kv_b_proj exists only as its two halves (a GGUF), by the HF name converters
+  // write it under (join_kv_b_proj).
+  std::vector<std::pair<std::string, const MlaWeights*>> kv_b_proj_to_join() const;
   const CheckpointReader& reader() const { return *reader_; }
 
   int64_t parameter_count() const;         // every parameter of the main layers
