@@ -3,6 +3,7 @@
 # headers needed: each file declares the few functions it uses):
 #   build/llama_quantize        llama.cpp's own quantizer (llama_quantize.c)
 #   build/threadpool_shim.so    LD_PRELOAD: a persistent ggml thread pool (threadpool_shim.c)
+#   build/read_bandwidth        memory read bandwidth at the moment (read_bandwidth.c)
 set -euo pipefail
 cd "$(dirname "$0")"
 bins=$PWD/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
@@ -13,4 +14,6 @@ cc -O2 -Wall -Wextra -std=c11 llama_quantize.c -o build/llama_quantize \
 # The shim links nothing from llama.cpp: it finds every function at run time in the process it
 # is preloaded into (node's addon has loaded libllama and libggml by then).
 cc -O2 -Wall -Wextra -std=c11 -shared -fPIC threadpool_shim.c -o build/threadpool_shim.so -ldl -lpthread
-echo "built build/llama_quantize and build/threadpool_shim.so"
+# Built for this machine (AVX-512 loads where it has them), the machine the race runs on.
+cc -O3 -march=native -Wall -Wextra -std=c11 read_bandwidth.c -o build/read_bandwidth -lpthread
+echo "built build/llama_quantize, build/threadpool_shim.so and build/read_bandwidth"

@@ -74,6 +74,13 @@ compare() {
     run_pair "$type" "$quant" "$dir/$type.gguf" "$dir/$type.gguf" --attention absorbed
     run_pair "$type/expanded" "$quant" "$dir/$type.gguf" "$dir/$type.gguf" --attention expanded
   done
+  # llama.cpp against itself on the same file: one token per call (its decode kernels) against
+  # 50 per call. How far apart two correct orders of the same arithmetic land on this model.
+  for type in q8_0 q4_0; do
+    LOGITS_CHUNK=1 node "$here/logits.mjs" "$dir/$type.gguf" "$tokens" "$dir/$type.gguf.llama1.npy" "$threads"
+    "$python" "$here/compare_logits.py" logits "$name $type llama 1 vs 50" "$quant" "$dir/$type.gguf.llama1.npy" \
+      "$dir/$type.gguf.llama.npy" || status=1
+  done
   for type in q8_0 q4_0; do
     "$python" "$here/compare_logits.py" same-tensors "$name llama-$type bytes" "$dir/$type.gguf" "$dir/llama-$type.gguf" || status=1
     run_pair "llama-$type" "$quant" "$dir/llama-$type.gguf" "$dir/llama-$type.gguf" --attention absorbed

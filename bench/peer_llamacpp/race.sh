@@ -88,8 +88,14 @@ results=$work/results.jsonl
 # field JSON KEY: one number from a JSON object, or "error".
 field() { /usr/bin/python3 -c "import json, sys; print(round(json.loads(sys.argv[1])[sys.argv[2]], 1))" "$1" "$2" 2>/dev/null || echo error; }
 
-echo "| model | file | threads | prompt | prefill tok/s deepmoe | llama.cpp | decode tok/s deepmoe | llama.cpp | peak RSS MB deepmoe | llama.cpp |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+# The machines share DRAM with other guests: two threads' read bandwidth moves between ~50 and
+# ~84 GB/s from one second to the next. build/read_bandwidth measures it just before each
+# engine's run; "deepmoe decode GB/s" is the weight bytes it streams per second of decode, and
+# its share of the bandwidth measured before it is the roofline figure.
+bandwidth() { "$here/build/read_bandwidth" "$1" 2>/dev/null || echo error; }
+
+echo "| model | file | threads | prompt | prefill tok/s deepmoe | llama.cpp | decode tok/s deepmoe | llama.cpp | deepmoe decode GB/s | read GB/s before deepmoe / llama.cpp | peak RSS MB deepmoe | llama.cpp |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for shape in $shapes; do
   make_files "$shape"
   for type in q8_0 q4_0; do
@@ -97,19 +103,22 @@ for shape in $shapes; do
     cat "$file" >/dev/null  # one sequential read puts the file in the page cache for both engines
     for threads in $threads_list; do
       for prompt in $prompts; do
+        bw_ours=$(bandwidth "$threads")
         ours=$( (ulimit -v "$ram_kb"; /usr/bin/time -v -o "$work/time.txt" "$deepmoe" bench --model "$file" \
           --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps --json) 2>"$work/deepmoe.err") ||
           { echo "race.sh: deepmoe bench failed on $file: $(tail -1 "$work/deepmoe.err")" >&2; ours='{}'; }
         rss=$(awk '/Maximum resident set size/ {printf "%.1f", $6 / 1024}' "$work/time.txt" 2>/dev/null)
         [ "$ours" = '{}' ] && rss=error
+        bw_theirs=$(bandwidth "$threads")
         theirs=$(DEEPMOE_SHIM_VERBOSE=1 LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$file" \
           --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps $llama_mmap 2>"$work/llama.err") ||
           { echo "race.sh: llama.cpp failed on $file: $(tail -1 "$work/llama.err")" >&2; theirs='{}'; }
         grep -q "threadpool_shim: a pool of" "$work/llama.err" ||
           echo "race.sh: the thread-pool shim did not attach on $file (llama.cpp timed with per-graph threads)" >&2
-        echo "{\"shape\": \"$shape\", \"type\": \"$type\", \"deepmoe\": $ours, \"deepmoe_time_v_rss_mb\": \"${rss:-error}\", \"llama_cpp\": $theirs}" >>"$results"
+        echo "{\"shape\": \"$shape\", \"type\": \"$type\", \"deepmoe\": $ours, \"deepmoe_time_v_rss_mb\": \"${rss:-error}\", \"llama_cpp\": $theirs, \"read_gb_s_before_deepmoe\": \"$bw_ours\", \"read_gb_s_before_llama_cpp\": \"$bw_theirs\"}" >>"$results"
         echo "| $shape | $type | $threads | $prompt | $(field "$ours" prefill_tok_s) | $(field "$theirs" prefill_tok_s)" \
-          "| $(field "$ours" decode_tok_s) | $(field "$theirs" decode_tok_s) | ${rss:-error} | $(field "$theirs" peak_rss_mb) |"
+          "| $(field "$ours" decode_tok_s) | $(field "$theirs" decode_tok_s) | $(field "$ours" decode_weight_gb_s)" \
+          "| $bw_ours / $bw_theirs | ${rss:-error} | $(field "$theirs" peak_rss_mb) |"
       done
     done
   done
