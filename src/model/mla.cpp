@@ -92,19 +92,32 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
   });
   grow(s.scores, query_rows * length);
   grow(s.out_latent, query_rows * rank);
-  // Query rows (token, head) are independent: scores, softmax and P·c_kv per block of 4 rows
-  // (a fixed block, so the GEMM shapes and hence the rounding do not depend on the thread count).
-  constexpr int64_t kRowsPerBlock = 4;
-  pool.parallel_for((query_rows + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
-    const int64_t r_begin = b_begin * kRowsPerBlock, r_end = std::min(query_rows, b_end * kRowsPerBlock);
-    const int64_t rows = r_end - r_begin;
-    float* scores = s.scores.data() + r_begin * length;
-    gemm_f32(true, rows, length, row, float(c.softmax_scale()), s.q_latent.data() + r_begin * row, row,
-             cache_layer, row, 0.0f, scores, length);
-    causal_softmax(scores, rows, length, [&](int64_t r) { return first_position + (r_begin + r) / heads + 1; });
-    // out_latent [rows, rank] = P · c_kv
-    gemm_f32(false, rows, rank, length, 1.0f, scores, length, cache_layer, row, 0.0f,
-             s.out_latent.data() + r_begin * rank, rank);
+  // Every query row (token, head) against the whole latent cache, in two passes that each read
+  // the cache once: scores by blocks of cached positions, then by blocks of latent columns the
+  // softmax (each block normalizes its own copy: cheaper than a third pass's wake-up) and P·c_kv.
+  // (Blocks of query rows instead read the cache once per block: decode of V2-Lite's 16 heads
+  // read it 4 times per layer.) The blocks are fixed, so the GEMM shapes and hence the rounding
+  // do not depend on the thread count.
+  constexpr int64_t kPositionsPerBlock = 64, kColumnsPerBlock = 128;
+  const float scale = float(c.softmax_scale());
+  pool.parallel_for((length + kPositionsPerBlock - 1) / kPositionsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t first = b * kPositionsPerBlock, count = std::min(length - first, kPositionsPerBlock);
+      gemm_f32(true, query_rows, count, row, scale, s.q_latent.data(), row, cache_layer + first * row, row, 0.0f,
+               s.scores.data() + first, length);
+    }
+  });
+  // out_latent [query_rows, rank] = softmax(scores) · c_kv
+  pool.parallel_for((rank + kColumnsPerBlock - 1) / kColumnsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
+    thread_local std::vector<float> probabilities;
+    grow(probabilities, query_rows * length);
+    std::copy_n(s.scores.data(), query_rows * length, probabilities.data());
+    causal_softmax(probabilities.data(), query_rows, length, [&](int64_t r) { return first_position + r / heads + 1; });
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t first = b * kColumnsPerBlock, count = std::min(rank - first, kColumnsPerBlock);
+      gemm_f32(false, query_rows, count, length, 1.0f, probabilities.data(), length, cache_layer + first, row, 0.0f,
+               s.out_latent.data() + first, rank);
+    }
   });
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
     for (int64_t h = head_begin; h < head_end; ++h) {
