@@ -289,6 +289,13 @@ rel = n.linalg.norm(a - b) / n.linalg.norm(b)
 print('$type', rel); sys.exit(not (0 < rel < $bound))" >>q_rel.txt &&
     ok "quantize --type $type: loads, generates, logits close" || bad "quantize $type ($(cat q_err.txt | head -c 200); $(tail -1 q_rel.txt))"
 done
+# From a .gguf: its attn_k_b/attn_v_b are joined back into kv_b_proj only for the output, which
+# holds HF names only and gives the HF directory's w8 logits bit for bit.
+"$deepmoe" quantize --model model_f32.gguf --type w8 --out q_gguf_w8 >/dev/null 2>&1 &&
+  "$deepmoe" logits --model q_gguf_w8 --tokens $tokens --out q_gguf_w8.npy 2>/dev/null &&
+  cmp -s <(tail -c +200 q_gguf_w8.npy) <(tail -c +200 q_w8.npy) &&
+  grep -aq "kv_b_proj" q_gguf_w8/model.safetensors && ! grep -aq "self_attn\.[kv]_b_proj" q_gguf_w8/model.safetensors &&
+  ok "quantize from a .gguf: kv_b_proj rejoined, same logits as from the directory" || bad "quantize from a .gguf"
 "$deepmoe" quantize --model model --type w8a8 --calibration val.u32 --calib-tokens 64 --calib-seq 16 --out q_w8a8s >/dev/null &&
   "$deepmoe" logits --model q_w8a8s --tokens $tokens --out q_w8a8s.npy 2>/dev/null &&
   /usr/bin/python3 - <<'PY' && ok "quantize w8a8 with static calibration" || bad "quantize w8a8 static"
