@@ -53,8 +53,7 @@ int main(int argc, char** argv) {
   madvise(data, kBytes, MADV_HUGEPAGE);
   const size_t n = kBytes / sizeof(uint64_t);
   for (size_t i = 0; i < n; ++i) data[i] = i;
-  double best = 0;
-  uint64_t sink = 0;
+  double best = 0;  // the sums land in parts[], memory the threads share: the reads stay
   for (int pass = 0; pass < 5; ++pass) {
     pthread_t id[kMaxThreads];
     struct part parts[kMaxThreads];
@@ -63,14 +62,11 @@ int main(int argc, char** argv) {
       parts[t] = (struct part){data + n / threads * t, n / threads, 0};
       pthread_create(&id[t], NULL, sum_part, &parts[t]);
     }
-    for (int t = 0; t < threads; ++t) {
-      pthread_join(id[t], NULL);
-      sink += parts[t].sum;
-    }
+    for (int t = 0; t < threads; ++t) pthread_join(id[t], NULL);
     const double gb_s = (double)kBytes / (now() - start) / 1e9;
     if (gb_s > best) best = gb_s;
   }
-  printf("%.1f\n", best + (double)(sink & 0) * 0.0);
+  printf("%.1f\n", best);
   free(data);
   return 0;
 }

@@ -65,7 +65,6 @@ void matmul_widened_rows(const float* x, int64_t x_stride, int64_t n_rows, const
   }
 }
 
-
 // The activations as a weight's product reads them, made once per call: as they are; rounded to
 // Q8_0 (the ggml formats, computed as llama.cpp computes them); int8 blocks for the VNNI Q4_0
 // kernel or the ggml formats' integer GEMM; or uint8 for W8A8 (with their f32 values for sgemm).

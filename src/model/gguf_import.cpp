@@ -64,7 +64,7 @@ class Importer {
   explicit Importer(const std::string& path) : path_(path) {}
 
   // values elements of `t` starting at element `first`, as an HF tensor of `shape`.
-  // `derived`: a second view of data another name also presents (TensorView::derived).
+  // `derived`: part of an HF tensor rather than one (TensorView::derived).
   void add(const std::string& name, const GgufTensor& t, std::vector<int64_t> shape, int64_t first = 0,
            bool derived = false) {
     int64_t n = 1;

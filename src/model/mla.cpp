@@ -107,8 +107,10 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
                s.scores.data() + first, length);
     }
   });
-  // out_latent [query_rows, rank] = softmax(scores) · c_kv
-  pool.parallel_for((rank + kColumnsPerBlock - 1) / kColumnsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
+  // out_latent [query_rows, rank] = softmax(scores) · c_kv; one run of blocks per thread, so
+  // each thread normalizes the scores once.
+  const int64_t column_blocks = (rank + kColumnsPerBlock - 1) / kColumnsPerBlock;
+  pool.parallel_for(column_blocks, (column_blocks + pool.size() - 1) / pool.size(), [&](int64_t b_begin, int64_t b_end) {
     thread_local std::vector<float> probabilities;
     grow(probabilities, query_rows * length);
     std::copy_n(s.scores.data(), query_rows * length, probabilities.data());

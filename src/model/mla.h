@@ -11,9 +11,9 @@
 
 namespace deepmoe {
 
-// Expanded: up-project every cached latent through kv_b_proj into per-head keys and values
-// (the paper's formulation; cheapest for long prompts), head by head. Absorbed: fold kv_b_proj into the
-// queries and the output so attention runs directly on the latent cache (cheapest for decode).
+// Expanded: up-project every cached latent through kv_b_proj into per-head keys and values, head
+// by head (the paper's formulation; cheapest for long prompts). Absorbed: fold kv_b_proj into
+// the queries and the output so attention runs directly on the latent cache (cheapest for decode).
 enum class AttentionMode { Expanded, Absorbed };
 
 struct MlaScratch {  // grown on demand, reused across layers and calls

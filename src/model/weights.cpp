@@ -289,7 +289,8 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
       attn.values_head_stride = v_dim;
       attn.values_head_offset = 0;
     } else {
-      attn.kv_b_proj = loader.matrix(a + "kv_b_proj.weight", heads * (nope + v_dim), c.kv_lora_rank);
+      const std::vector<int64_t> shape = kv_b_proj_shape(c);
+      attn.kv_b_proj = loader.matrix(a + "kv_b_proj.weight", shape[0], shape[1]);
       attn.kv_b_proj_keys_transposed = transpose_key_up_projection(loader, c, attn.kv_b_proj);
       attn.kv_b_proj_values = attn.kv_b_proj;
       attn.values_head_stride = nope + v_dim;
@@ -392,7 +393,8 @@ int64_t ModelWeights::parameter_count() const {
     total += 2 * c.hidden_size;
     for (const WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.o_proj})
       total += w->rows * w->cols;
-    total += c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank;  // kv_b_proj
+    const std::vector<int64_t> kv_b = kv_b_proj_shape(c);  // stored whole or as its two halves
+    total += kv_b[0] * kv_b[1];
     total += (c.q_lora_rank ? *c.q_lora_rank : 0) + c.kv_lora_rank;
     if (!layer.is_moe) {
       total += mlp_params(c.intermediate_size);
