@@ -136,7 +136,7 @@ void BM_openblas_f32(benchmark::State& state) {
 // expert down 2048x1408, plus the small model's lm_head 32000x512.
 void shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
-    for (int64_t m : {1, 4, 64, 512})
+    for (int64_t m : {1, 2, 3, 4, 64, 512})
       for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{3072, 2048}, {576, 2048}, {1408, 2048},
                                                                         {2048, 1408}, {32000, 512}})
         b->Args({m, rows, cols, threads});

@@ -1,11 +1,16 @@
 // See matmul_q4_vnni.h. Layout of one superblock of 16 chunks (512 values) per weight row:
-// quad q holds chunks 4q..4q+3, one 16-byte lane each (a load and three broadcasting loads
-// blended: no shuffle-port inserts); their nibbles split into lo (values 0-15 of each chunk) and
+// quad q holds chunks 4q..4q+3, one 16-byte lane each; their nibbles split into lo (values 0-15 of each chunk) and
 // hi (16-31), matched by the activations' 128 bytes [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)].
 // Two 512-bit vpdpbusd leave 4 partial sums per chunk in lanes 4i..4i+3, and a 4×4
 // transpose-add over the 4 quads gives one vector whose lane L holds chunk kChunkOfLane[L].
 // (Measured against pairs of chunks in 256-bit vpdpbusd joined afterwards: 1 thread, M = 1,
 // 100 -> 113 GFLOP/s; M = 4, 145 -> 252.)
+// Where a quad's lanes come from: for one activation row, one word permute per quad out of the
+// superblock's five 64-byte windows (loaded for the scales anyway). On Zen 5 the kernel is bound
+// by its loads (one 64-byte load per cycle, two 16-byte ones); this cut 16 chunk loads per
+// superblock and took M = 1 in cache from 40 to 58 GB/s. For 2-4 rows it lost from DRAM (M = 4,
+// 1 thread: 18 -> 12 GB/s, not understood), so there each chunk is a load and three broadcasting
+// loads blended.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -25,6 +30,7 @@ namespace deepmoe {
 
 namespace {
 
+
 constexpr int64_t kChunk = 32, kChunksPerSuper = 16;
 // The chunk whose sum lands in lane L of the folded vector.
 constexpr int kChunkOfLane[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
@@ -35,13 +41,18 @@ constexpr const int* kLaneOfChunk = kChunkOfLane;
 // past `valid` chunks the bytes are not read and are 0.
 template <bool Full>
 DEEPMOE_VNNI inline void load_windows(const uint8_t* p, int64_t valid, __m512i* window) {
+  if (Full) {
+    // Plain loads: masked ones that miss the cache were half as fast (M = 4 from DRAM).
+    for (int k = 0; k < 4; ++k) window[k] = _mm512_loadu_si512(p + 64 * k);
+    window[4] = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 256)));
+    return;
+  }
   const int64_t bytes = valid * kQ4_0BlockBytes;
   for (int k = 0; k < 5; ++k) {
     const __mmask64 in_range = k == 4 ? __mmask64(0xffffffff) : ~__mmask64(0);
-    const __mmask64 lanes = Full ? in_range
-                                 : (bytes <= 64 * k ? 0
-                                    : bytes >= 64 * (k + 1) ? in_range
-                                                            : in_range & ((__mmask64(1) << (bytes - 64 * k)) - 1));
+    const __mmask64 lanes = bytes <= 64 * k                ? 0
+                            : bytes >= 64 * (k + 1) ? in_range
+                                                    : in_range & ((__mmask64(1) << (bytes - 64 * k)) - 1);
     window[k] = _mm512_maskz_loadu_epi8(lanes, p + 64 * k);
   }
 }
@@ -72,6 +83,18 @@ DEEPMOE_VNNI inline __m512 superblock_scales(const __m512i* window) {
   return _mm512_cvtph_ps(_mm512_castsi512_si256(words));
 }
 
+// Quad q's 64 nibble bytes (chunks 4q..4q+3, 16 each) from windows q and q + 1: chunk c's
+// nibbles start 2 bytes into its 18, so they are whole words (4q + 9i + 1 .. + 8 of window q).
+struct NibbleIndex {
+  alignas(64) int16_t words[4][32] = {};
+  constexpr NibbleIndex() {
+    for (int q = 0; q < 4; ++q)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 8; ++j) words[q][8 * i + j] = int16_t(4 * q + 9 * i + 1 + j);
+  }
+};
+constexpr NibbleIndex kNibbleIndex;
+
 // Σ over each chunk of (q − 8)·x_q for the 16 chunks of superblock s, lane L = chunk
 // kChunkOfLane[L], for M activation rows; then scaled into acc.
 template <int M, bool Full>
@@ -80,15 +103,26 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
   const int64_t first = s * kChunksPerSuper;
   const int64_t valid = Full ? kChunksPerSuper : std::min(kChunksPerSuper, chunks - first);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512i window[5];
+  load_windows<Full>(row_data + first * kQ4_0BlockBytes, valid, window);
+  // Held in registers: the compiler would otherwise fold each use into a fresh 64-byte load
+  // (64-byte loads, one per cycle on Zen 5, are what bounds this kernel).
+  if constexpr (M == 1)
+    for (auto& k : window) asm("" : "+v"(k));
   __m512i folded[M][4];
   for (int64_t q = 0; q < 4; ++q) {
-    const int64_t a = first + 4 * q;
-    _mm_prefetch(reinterpret_cast<const char*>(chunk_nibbles(row_data, a) + kPrefetchRows * row_bytes), _MM_HINT_T0);
-    // Chunks a+1..a+3 into the upper lanes by broadcasting loads and blends: no shuffle-port insert.
-    __m512i v = _mm512_castsi128_si512(load_chunk(chunk_nibbles(row_data, a), Full || 4 * q < valid));
-    v = _mm512_mask_broadcast_i32x4(v, 0x00f0, load_chunk(chunk_nibbles(row_data, a + 1), Full || 4 * q + 1 < valid));
-    v = _mm512_mask_broadcast_i32x4(v, 0x0f00, load_chunk(chunk_nibbles(row_data, a + 2), Full || 4 * q + 2 < valid));
-    v = _mm512_mask_broadcast_i32x4(v, 0xf000, load_chunk(chunk_nibbles(row_data, a + 3), Full || 4 * q + 3 < valid));
+    _mm_prefetch(reinterpret_cast<const char*>(row_data + (first + 4 * q) * kQ4_0BlockBytes + kPrefetchRows * row_bytes),
+                 _MM_HINT_T0);
+    __m512i v;
+    if constexpr (M == 1) {
+      v = _mm512_permutex2var_epi16(window[q], _mm512_load_si512(kNibbleIndex.words[q]), window[q + 1]);
+    } else {
+      const int64_t a = first + 4 * q;
+      v = _mm512_castsi128_si512(load_chunk(chunk_nibbles(row_data, a), Full || 4 * q < valid));
+      v = _mm512_mask_broadcast_i32x4(v, 0x00f0, load_chunk(chunk_nibbles(row_data, a + 1), Full || 4 * q + 1 < valid));
+      v = _mm512_mask_broadcast_i32x4(v, 0x0f00, load_chunk(chunk_nibbles(row_data, a + 2), Full || 4 * q + 2 < valid));
+      v = _mm512_mask_broadcast_i32x4(v, 0xf000, load_chunk(chunk_nibbles(row_data, a + 3), Full || 4 * q + 3 < valid));
+    }
     const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
     for (int m = 0; m < M; ++m) {
       const int8_t* xv = x.values.data() + ((m * x.superblocks + s) * 4 + q) * 128;
@@ -97,8 +131,6 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
       folded[m][q] = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(xv + 64));
     }
   }
-  __m512i window[5];
-  load_windows<Full>(row_data + first * kQ4_0BlockBytes, valid, window);
   const __m512 w_scale = superblock_scales(window);
   for (int m = 0; m < M; ++m) {
     const __m512i* g = folded[m];
@@ -137,24 +169,34 @@ void prepare_q4_activations(const float* x, int64_t x_stride, int64_t n_rows, in
   out.n_rows = n_rows;
   out.cols = cols;
   out.superblocks = (chunks + kChunksPerSuper - 1) / kChunksPerSuper;
+  // Called hundreds of times per token (every head's k_b/v_b slice in attention): no allocation.
+  // A partial last superblock's missing chunks meet zero weights and scales; they are cleared
+  // anyway, so that a stale non-finite value from an earlier call cannot turn 0 into NaN.
   const size_t blocks = size_t(n_rows * out.superblocks);
-  out.values.assign(blocks * 512, 0);
-  out.scales.assign(blocks * kChunksPerSuper, 0.0f);
-  out.sums.assign(blocks * kChunksPerSuper, 0);
-  std::vector<int8_t> q(static_cast<size_t>(cols));
-  std::vector<float> d(static_cast<size_t>(chunks));
+  out.values.resize(blocks * 512);
+  out.scales.resize(blocks * kChunksPerSuper);
+  out.sums.resize(blocks * kChunksPerSuper);
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  q.resize(size_t(cols));
+  d.resize(size_t(chunks));
   for (int64_t m = 0; m < n_rows; ++m) {
+    if (chunks % kChunksPerSuper != 0) {
+      const size_t last = size_t(m * out.superblocks + out.superblocks - 1);
+      std::fill_n(out.values.data() + last * 512, 512, int8_t(0));
+      std::fill_n(out.scales.data() + last * kChunksPerSuper, kChunksPerSuper, 0.0f);
+      std::fill_n(out.sums.data() + last * kChunksPerSuper, kChunksPerSuper, 0);
+    }
     quantize_activations_q8_0(x + m * x_stride, chunks * kChunk, q.data(), d.data());
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t s = c / kChunksPerSuper, in_super = c % kChunksPerSuper, quad = in_super / 4;
-      int8_t* quad_bytes = out.values.data() + ((m * out.superblocks + s) * 4 + quad) * 128;
+      // [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)], 16 bytes each
+      int8_t* lo = out.values.data() + ((m * out.superblocks + s) * 4 + quad) * 128 + (in_super % 4) * 16;
+      const int8_t* codes = q.data() + c * kChunk;
+      std::memcpy(lo, codes, 16);
+      std::memcpy(lo + 64, codes + 16, 16);
       int32_t sum = 0;
-      for (int64_t j = 0; j < kChunk; ++j) {
-        const int8_t code = q[size_t(c * kChunk + j)];
-        sum += code;
-        // [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)], 16 bytes each
-        quad_bytes[(j < 16 ? 0 : 64) + (in_super % 4) * 16 + j % 16] = code;
-      }
+      for (int64_t j = 0; j < kChunk; ++j) sum += codes[j];
       const size_t at = size_t((m * out.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super]);
       out.scales[at] = d[size_t(c)];
       out.sums[at] = sum;
