@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/attention_f32.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 
@@ -103,8 +104,8 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
   pool.parallel_for((length + kPositionsPerBlock - 1) / kPositionsPerBlock, 1, [&](int64_t b_begin, int64_t b_end) {
     for (int64_t b = b_begin; b < b_end; ++b) {
       const int64_t first = b * kPositionsPerBlock, count = std::min(length - first, kPositionsPerBlock);
-      gemm_f32(true, query_rows, count, row, scale, s.q_latent.data(), row, cache_layer + first * row, row, 0.0f,
-               s.scores.data() + first, length);
+      query_key_scores(query_rows, count, row, scale, s.q_latent.data(), row, cache_layer + first * row, row,
+                       s.scores.data() + first, length);
     }
   });
   // out_latent [query_rows, rank] = softmax(scores) · c_kv; one run of blocks per thread, so
@@ -117,8 +118,8 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
     causal_softmax(probabilities.data(), query_rows, length, [&](int64_t r) { return first_position + r / heads + 1; });
     for (int64_t b = b_begin; b < b_end; ++b) {
       const int64_t first = b * kColumnsPerBlock, count = std::min(rank - first, kColumnsPerBlock);
-      gemm_f32(false, query_rows, count, length, 1.0f, probabilities.data(), length, cache_layer + first, row, 0.0f,
-               s.out_latent.data() + first, rank);
+      weighted_rows(query_rows, count, length, probabilities.data(), length, cache_layer + first, row,
+                    s.out_latent.data() + first, rank);
     }
   });
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
