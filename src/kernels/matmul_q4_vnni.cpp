@@ -1,16 +1,18 @@
 // See matmul_q4_vnni.h. Layout of one superblock of 16 chunks (512 values) per weight row:
-// quad q holds chunks 4q..4q+3, one 16-byte lane each; their nibbles split into lo (values 0-15 of each chunk) and
-// hi (16-31), matched by the activations' 128 bytes [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)].
+// quad q holds chunks 4q..4q+3, one 16-byte lane each; their nibbles split into lo (values 0-15
+// of each chunk) and hi (16-31), matched by the activations' 128 bytes
+// [lo(4q) .. lo(4q+3) | hi(4q) .. hi(4q+3)].
 // Two 512-bit vpdpbusd leave 4 partial sums per chunk in lanes 4i..4i+3, and a 4×4
 // transpose-add over the 4 quads gives one vector whose lane L holds chunk kChunkOfLane[L].
 // (Measured against pairs of chunks in 256-bit vpdpbusd joined afterwards: 1 thread, M = 1,
 // 100 -> 113 GFLOP/s; M = 4, 145 -> 252.)
 // Where a quad's lanes come from: for one activation row, one word permute per quad out of the
 // superblock's five 64-byte windows (loaded for the scales anyway). On Zen 5 the kernel is bound
-// by its loads (one 64-byte load per cycle, two 16-byte ones); this cut 16 chunk loads per
-// superblock and took M = 1 in cache from 40 to 58 GB/s. For 2-4 rows it lost from DRAM (M = 4,
-// 1 thread: 18 -> 12 GB/s, not understood), so there each chunk is a load and three broadcasting
-// loads blended.
+// by its loads: two per cycle, but a 64-byte load that crosses cache lines (a window of every
+// other 288-byte superblock does) takes both slots. This cut 16 chunk loads per superblock and
+// took M = 1 in cache from 40 to 58 GB/s. For 2-4 rows it lost from DRAM (M = 4, 1 thread:
+// 18 -> 12 GB/s, not understood), so there each chunk is a load and three broadcasting loads
+// blended.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -106,7 +108,7 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
   __m512i window[5];
   load_windows<Full>(row_data + first * kQ4_0BlockBytes, valid, window);
   // Held in registers: the compiler would otherwise fold each use into a fresh 64-byte load
-  // (64-byte loads, one per cycle on Zen 5, are what bounds this kernel).
+  // (loads are what bounds this kernel).
   if constexpr (M == 1)
     for (auto& k : window) asm("" : "+v"(k));
   __m512i folded[M][4];

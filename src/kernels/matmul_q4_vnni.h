@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/matmul.h"
 
 namespace deepmoe {
@@ -15,9 +16,9 @@ struct Q4Activations {
   int64_t n_rows = 0, cols = 0, superblocks = 0;
   // Per row and superblock of 16 chunks: 4 quads × 128 bytes of int8 in the kernel's order, then
   // per-chunk scale (f32) and Σq (int32) in the order the folded sums come out.
-  std::vector<int8_t> values;
-  std::vector<float> scales;
-  std::vector<int32_t> sums;
+  AlignedVector<int8_t> values;
+  AlignedVector<float> scales;
+  AlignedVector<int32_t> sums;
 };
 
 // Q4_0 on a CPU with AVX-512 VNNI.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/aligned_vector.h"
 #include "kernels/matmul.h"
 
 namespace deepmoe {
@@ -16,8 +17,8 @@ struct Q8Activations {
   int64_t n_rows = 0, cols = 0, pairs = 0;  // pairs of blocks per row (the last one zero-padded)
   // [n_rows, pairs, 64]: codes + 128 as uint8, vpdpbusd's unsigned operand; the weights' Σq·128
   // takes the offset back off.
-  std::vector<uint8_t> codes;
-  std::vector<float> scales;  // [n_rows, pairs, 16]: each lane's block d
+  AlignedVector<uint8_t> codes;
+  AlignedVector<float> scales;  // [n_rows, pairs, 16]: each lane's block d
 };
 
 // Q8_0 on a CPU with AVX-512 VNNI.
