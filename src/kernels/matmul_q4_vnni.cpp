@@ -6,13 +6,12 @@
 // transpose-add over the 4 quads gives one vector whose lane L holds chunk kChunkOfLane[L].
 // (Measured against pairs of chunks in 256-bit vpdpbusd joined afterwards: 1 thread, M = 1,
 // 100 -> 113 GFLOP/s; M = 4, 145 -> 252.)
-// Where a quad's lanes come from: for one activation row, one word permute per quad out of the
-// superblock's five 64-byte windows (loaded for the scales anyway). On Zen 5 the kernel is bound
-// by its loads: two per cycle, but a 64-byte load that crosses cache lines (a window of every
-// other 288-byte superblock does) takes both slots. This cut 16 chunk loads per superblock and
-// took M = 1 in cache from 40 to 58 GB/s. For 2-4 rows it lost from DRAM (M = 4, 1 thread:
-// 18 -> 12 GB/s, not understood), so there each chunk is a load and three broadcasting loads
-// blended.
+// A quad's lanes come from one word permute out of the superblock's five 64-byte windows (loaded
+// for the scales anyway). On Zen 5 the kernel is bound by its loads: two per cycle, but a 64-byte
+// load that crosses cache lines (a window of every other 288-byte superblock does) takes both
+// slots. Against a 16-byte load per chunk (three of them broadcast and blended), in cache, 1
+// thread: M = 1 40 -> 58 GB/s, M = 2 34 -> 41, M = 4 23 -> 25; from DRAM M = 1-4 equal or
+// better. (Before the activations were aligned to 64 bytes, M = 4 from DRAM had lost.)
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -57,12 +56,6 @@ DEEPMOE_VNNI inline void load_windows(const uint8_t* p, int64_t valid, __m512i* 
                                                     : in_range & ((__mmask64(1) << (bytes - 64 * k)) - 1);
     window[k] = _mm512_maskz_loadu_epi8(lanes, p + 64 * k);
   }
-}
-
-const uint8_t* chunk_nibbles(const uint8_t* row_data, int64_t c) { return row_data + c * kQ4_0BlockBytes + 2; }
-
-DEEPMOE_VNNI inline __m128i load_chunk(const uint8_t* p, bool valid) {
-  return valid ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_setzero_si128();
 }
 
 // The 16 f16 block scales of a superblock in lane order, as f32. They sit 18 bytes apart: quad
@@ -115,16 +108,7 @@ DEEPMOE_VNNI inline void superblock(const Q4Activations& x, const uint8_t* row_d
   for (int64_t q = 0; q < 4; ++q) {
     _mm_prefetch(reinterpret_cast<const char*>(row_data + (first + 4 * q) * kQ4_0BlockBytes + kPrefetchRows * row_bytes),
                  _MM_HINT_T0);
-    __m512i v;
-    if constexpr (M == 1) {
-      v = _mm512_permutex2var_epi16(window[q], _mm512_load_si512(kNibbleIndex.words[q]), window[q + 1]);
-    } else {
-      const int64_t a = first + 4 * q;
-      v = _mm512_castsi128_si512(load_chunk(chunk_nibbles(row_data, a), Full || 4 * q < valid));
-      v = _mm512_mask_broadcast_i32x4(v, 0x00f0, load_chunk(chunk_nibbles(row_data, a + 1), Full || 4 * q + 1 < valid));
-      v = _mm512_mask_broadcast_i32x4(v, 0x0f00, load_chunk(chunk_nibbles(row_data, a + 2), Full || 4 * q + 2 < valid));
-      v = _mm512_mask_broadcast_i32x4(v, 0xf000, load_chunk(chunk_nibbles(row_data, a + 3), Full || 4 * q + 3 < valid));
-    }
+    const __m512i v = _mm512_permutex2var_epi16(window[q], _mm512_load_si512(kNibbleIndex.words[q]), window[q + 1]);
     const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
     for (int m = 0; m < M; ++m) {
       const int8_t* xv = x.values.data() + ((m * x.superblocks + s) * 4 + q) * 128;
