@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "kernels/avx512_common.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_small_batch_avx512.h"
 
@@ -16,18 +17,11 @@ namespace deepmoe {
 
 namespace {
 
-#define DEEPMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+// Used up to this many query rows; above, OpenBLAS.
+constexpr int64_t kSmallQueryRows = 64;
 
 DEEPMOE_AVX512 inline __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-}
-
-DEEPMOE_AVX512 inline float lane_sum(__m512 v) {
-  alignas(64) float lanes[16];  // in lane order, as every other reduction here
-  _mm512_store_ps(lanes, v);
-  float total = 0.0f;
-  for (float lane : lanes) total += lane;
-  return total;
 }
 
 // Plain loads but for the tail: masked loads that miss the cache (the cached rows come from
@@ -60,7 +54,7 @@ DEEPMOE_AVX512 void score_tile(int64_t k, float alpha, const float* a, int64_t l
   for (; p + 16 <= k; p += 16) score_step<R, C, false>(a + p, lda, b + p, ldb, 0, acc);
   if (p < k) score_step<R, C, true>(a + p, lda, b + p, ldb, first_lanes(k - p), acc);
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < C; ++j) c[i * ldc + j] = alpha * lane_sum(acc[i][j]);
+    for (int j = 0; j < C; ++j) c[i * ldc + j] = alpha * sum_lanes_in_order(acc[i][j]);
 }
 
 template <int R>

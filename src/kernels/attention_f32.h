@@ -3,14 +3,11 @@
 // (one token's heads) OpenBLAS spent most of its time packing both operands (measured: 15 % of a
 // V2-Lite decode step after 512 tokens on one thread); these read each operand once from cache,
 // with a fixed summation order per output (so results do not depend on how callers split the
-// work). Larger query counts go to OpenBLAS.
+// work). More than 64 query rows go to OpenBLAS.
 #pragma once
 #include <cstdint>
 
 namespace deepmoe {
-
-// Query rows up to which the kernels below are used (above: OpenBLAS sgemm).
-constexpr int64_t kSmallQueryRows = 64;
 
 // c[i, j] = alpha · Σ_k a[i, k] · b[j, k]   for i < m, j < n (row-major, strides in floats).
 void query_key_scores(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,

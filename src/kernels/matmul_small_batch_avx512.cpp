@@ -10,13 +10,12 @@
 
 #include <cstdint>
 
+#include "kernels/avx512_common.h"
 #include "kernels/matmul_small_batch_avx512.h"
 
 namespace deepmoe {
 
 namespace {
-
-#define DEEPMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 DEEPMOE_AVX512 inline __m512 load16(const float* w, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, w); }
 DEEPMOE_AVX512 inline __m512 load16(const uint16_t* w, __mmask16 mask) {
@@ -59,11 +58,7 @@ DEEPMOE_AVX512 void dot_rows(const float* x, int64_t x_stride, const WeightT* w,
     }
     for (int m = 0; m < M; ++m) {
       const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3]));
-      alignas(64) float lanes[16];  // (GCC 12 warns falsely inside _mm512_reduce_add_ps)
-      _mm512_store_ps(lanes, sum);
-      float total = 0.0f;
-      for (float lane : lanes) total += lane;
-      y[m * y_stride + row] = total;
+      y[m * y_stride + row] = sum_lanes_in_order(sum);
     }
   }
 }

@@ -26,8 +26,9 @@ struct MlaWeights {  // model.layers.N.self_attn.*
   WeightMatrix kv_b_proj;
   WeightMatrix o_proj;                 // [hidden, heads * v_head_dim]
   // The two halves of kv_b_proj, which both attention forms read. Keys: per head, the key
-  // up-projection transposed, [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the latent space
-  // with matmul; derived from kv_b_proj, or a GGUF's attn_k_b as it is (Q8_0 included).
+  // up-projection transposed, [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the
+  // latent space with matmul; derived from kv_b_proj, or a GGUF's attn_k_b as it is (Q8_0
+  // included).
   // Values: head h's rows [kv_lora_rank] start at row h·values_head_stride + values_head_offset;
   // kv_b_proj itself (stride nope + v, offset nope), or a GGUF's attn_v_b (stride v, offset 0).
   // From a GGUF both stay in the file's type, so the absorbed products round their inputs to

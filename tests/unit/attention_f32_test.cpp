@@ -21,47 +21,57 @@ struct Shape {
 constexpr int64_t kPad = 5;
 constexpr float kUntouched = 7.0f;
 
+// c's m × n block against reference(i, j) (computed in double), and its padding columns up to
+// ldc untouched.
+template <typename Reference>
+void expect_block_matches(const std::vector<float>& c, int64_t m, int64_t n, int64_t ldc, Reference reference,
+                          int64_t k) {
+  std::vector<float> got, want;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < ldc; ++j) {
+      if (j >= n) {
+        EXPECT_EQ(c[size_t(i * ldc + j)], kUntouched);
+        continue;
+      }
+      want.push_back(float(reference(i, j)));
+      got.push_back(c[size_t(i * ldc + j)]);
+    }
+  EXPECT_LT(relative_error(got, want), 1e-5) << "m=" << m << " n=" << n << " k=" << k;
+}
+
 class AttentionF32Test : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(AttentionF32Test, ScoresMatchDoubleReference) {
   const auto [m, n, k] = GetParam();
   const int64_t lda = k + kPad, ldb = k + 3, ldc = n + kPad;
   const auto a = random_vector(size_t(m * lda), 1), b = random_vector(size_t(n * ldb), 2);
-  std::vector<float> c(size_t(m * ldc), kUntouched), got, want;
+  std::vector<float> c(size_t(m * ldc), kUntouched);
   const float alpha = 0.37f;
   query_key_scores(m, n, k, alpha, a.data(), lda, b.data(), ldb, c.data(), ldc);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < ldc; ++j) {
-      if (j >= n) {
-        EXPECT_EQ(c[size_t(i * ldc + j)], kUntouched);
-        continue;
-      }
-      double sum = 0.0;
-      for (int64_t p = 0; p < k; ++p) sum += double(a[size_t(i * lda + p)]) * double(b[size_t(j * ldb + p)]);
-      want.push_back(float(alpha * sum));
-      got.push_back(c[size_t(i * ldc + j)]);
-    }
-  EXPECT_LT(relative_error(got, want), 1e-5) << "m=" << m << " n=" << n << " k=" << k;
+  expect_block_matches(
+      c, m, n, ldc,
+      [&](int64_t i, int64_t j) {
+        double sum = 0.0;
+        for (int64_t p = 0; p < k; ++p) sum += double(a[size_t(i * lda + p)]) * double(b[size_t(j * ldb + p)]);
+        return alpha * sum;
+      },
+      k);
 }
 
 TEST_P(AttentionF32Test, WeightedRowsMatchDoubleReference) {
   const auto [m, n, k] = GetParam();
   const int64_t lda = k + kPad, ldb = n + 3, ldc = n + kPad;
   const auto a = random_vector(size_t(m * lda), 3), b = random_vector(size_t(k * ldb), 4);
-  std::vector<float> c(size_t(m * ldc), kUntouched), got, want;
+  std::vector<float> c(size_t(m * ldc), kUntouched);
   weighted_rows(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < ldc; ++j) {
-      if (j >= n) {
-        EXPECT_EQ(c[size_t(i * ldc + j)], kUntouched);
-        continue;
-      }
-      double sum = 0.0;
-      for (int64_t p = 0; p < k; ++p) sum += double(a[size_t(i * lda + p)]) * double(b[size_t(p * ldb + j)]);
-      want.push_back(float(sum));
-      got.push_back(c[size_t(i * ldc + j)]);
-    }
-  EXPECT_LT(relative_error(got, want), 1e-5) << "m=" << m << " n=" << n << " k=" << k;
+  expect_block_matches(
+      c, m, n, ldc,
+      [&](int64_t i, int64_t j) {
+        double sum = 0.0;
+        for (int64_t p = 0; p < k; ++p) sum += double(a[size_t(i * lda + p)]) * double(b[size_t(p * ldb + j)]);
+        return sum;
+      },
+      k);
 }
 
 // Awkward sizes around the 4-row, 4-column, 16-lane and 64-column tiles, up to V2-Lite's decode
