@@ -17,9 +17,12 @@ namespace deepmoe {
 
 namespace {
 MatmulObserver g_observer;
-}
+bool g_batch_invariant = false;
+}  // namespace
 
 void set_matmul_observer(MatmulObserver observer) { g_observer = std::move(observer); }
+void set_batch_invariant_kernels(bool on) { g_batch_invariant = on; }
+bool batch_invariant_kernels() { return g_batch_invariant; }
 
 // The pool owns the cores: OpenBLAS only ever runs single-threaded inside one of our slices.
 // Its own threads would spin after each call and steal the core our next loop needs.
@@ -125,7 +128,7 @@ void run_rows(const PreparedInput& p, int64_t n_rows, const WeightMatrix& w, flo
   if (p.ggml_gemm) return ggml_gemm_rows(p.ggml_gemm_values, w, y, y_stride, row_begin, row_end);
   const float* x = p.x;
   const int64_t x_stride = p.x_stride;
-  if (n_rows == 1 && w.format == WeightFormat::F32) {
+  if (n_rows == 1 && w.format == WeightFormat::F32 && !g_batch_invariant) {
     // Measured (docs/benchmarks.md): OpenBLAS sgemv streams f32 weights faster than our kernel.
     const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(part.rows), blasint(part.cols), 1.0f,
@@ -150,10 +153,31 @@ void run_rows(const PreparedInput& p, int64_t n_rows, const WeightMatrix& w, flo
 void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
                  int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (row_begin >= row_end || n_rows == 0) return;
+  if (x_stride < 0) x_stride = w.cols;
+  if (y_stride < 0) y_stride = w.rows;
   thread_local PreparedInput prepared;
-  prepare_input(x, x_stride, n_rows, w, prepared);
-  run_rows(prepared, n_rows, w, y, y_stride, row_begin, row_end);
+  const int64_t group = g_batch_invariant ? kSmallBatchMax : n_rows;
+  for (int64_t first = 0; first < n_rows; first += group) {
+    const int64_t count = std::min(group, n_rows - first);
+    prepare_input(x + first * x_stride, x_stride, count, w, prepared);
+    run_rows(prepared, count, w, y + first * y_stride, y_stride, row_begin, row_end);
+  }
 }
+
+namespace {
+// Batch-invariant mode: jobs of more than kSmallBatchMax rows as several of at most that many.
+std::span<const MatmulJob> split_for_invariance(std::span<const MatmulJob> jobs, std::vector<MatmulJob>& split) {
+  split.clear();
+  for (MatmulJob job : jobs) {
+    const int64_t x_stride = job.x_stride < 0 ? job.w->cols : job.x_stride;
+    const int64_t y_stride = job.y_stride < 0 ? job.w->rows : job.y_stride;
+    for (int64_t first = 0; first < job.n_rows; first += kSmallBatchMax)
+      split.push_back({job.x + first * x_stride, std::min(kSmallBatchMax, job.n_rows - first), job.w,
+                       job.y + first * y_stride, x_stride, y_stride});
+  }
+  return split;
+}
+}  // namespace
 
 namespace {
 // Output features per block: 16 for decode (balances two or three threads on small experts),
@@ -177,6 +201,8 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
 }
 
 void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
+  thread_local std::vector<MatmulJob> caller_split;
+  if (g_batch_invariant) jobs = split_for_invariance(jobs, caller_split);
   // Prepared once here rather than in every thread's blocks, and once for consecutive jobs with
   // the same input and weight format (an MLP's gate and up projections). (References: the
   // workers must read this thread's buffers, not their own thread_local ones.)

@@ -105,6 +105,15 @@ void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, co
 using MatmulObserver = std::function<void(const WeightMatrix& w, const float* x, int64_t n_rows, int64_t x_stride)>;
 void set_matmul_observer(MatmulObserver observer);
 
+// Batch-invariant mode (the server's): every row of every product, and every query row of
+// attention, is computed by the same kernel in the same order whatever the other rows of its
+// batch, so a sequence's tokens do not depend on what it is batched with. Rows then go through
+// the streaming kernels in groups of kSmallBatchMax (never sgemv or a GEMM, whose rounding
+// depends on M): prefill streams the weights once per group instead of once. Process-wide; set
+// it only while no matmul runs.
+void set_batch_invariant_kernels(bool on);
+bool batch_invariant_kernels();
+
 // "OpenBLAS <core>": the library and the CPU kernels it chose (OPENBLAS_CORETYPE overrides them).
 std::string gemm_library_name();
 

@@ -40,7 +40,7 @@ const float* f32_rows(const WeightMatrix& w, std::vector<float>& buffer) {
 // [length, nope + v] of expanded keys and values exist at once per thread, whatever the number
 // of heads, and a GGUF's attn_k_b / attn_v_b serve without a joined kv_b_proj in memory.
 void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
-                     const float* cache_layer, MlaScratch& s, ThreadPool& pool) {
+                     const float* cache_layer, const float* q, float* attn, ThreadPool& pool) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const int64_t length = first_position + n_tokens;
@@ -58,7 +58,7 @@ void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int
       const WeightMatrix uv = w.kv_b_proj_values.row_slice(h * w.values_head_stride + w.values_head_offset, v_dim);
       gemm_f32(true, length, v_dim, rank, 1.0f, cache_layer, row, f32_rows(uv, value_weights), rank, 0.0f,
                values.data(), v_dim);
-      const float* q_head = s.q.data() + h * qk;
+      const float* q_head = q + h * qk;
       // scores [n_tokens, length] = scale · (q_nope·k_nopeᵀ + q_pe·k_peᵀ)
       gemm_f32(true, n_tokens, length, nope, scale, q_head, heads * qk, keys.data(), nope, 0.0f, scores.data(),
                length);
@@ -67,14 +67,14 @@ void attend_expanded(const Config& c, const MlaWeights& w, int64_t n_tokens, int
       causal_softmax(scores.data(), n_tokens, length, [&](int64_t t) { return first_position + t + 1; });
       // attn[:, h, :] [n_tokens, v] = P · values
       gemm_f32(false, n_tokens, v_dim, length, 1.0f, scores.data(), length, values.data(), v_dim, 0.0f,
-               s.attn.data() + h * v_dim, heads * v_dim);
+               attn + h * v_dim, heads * v_dim);
     }
   });
 }
 
 // All heads at once on the latent cache, as multi-query attention with head size rank + rope.
 void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
-                     const float* cache_layer, MlaScratch& s, ThreadPool& pool) {
+                     const float* cache_layer, const float* q, float* attn, MlaScratch& s, ThreadPool& pool) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const int64_t length = first_position + n_tokens;
@@ -84,10 +84,10 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
     for (int64_t h = head_begin; h < head_end; ++h) {
       // q_latent[:, h, :rank] = q_nope_h · W_UK_h (W_UK_h is [nope, rank]; we hold its transpose).
       const WeightMatrix w_uk = w.kv_b_proj_keys_transposed.row_slice(h * rank, rank);
-      matmul_rows(s.q.data() + h * qk, heads * qk, n_tokens, w_uk, s.q_latent.data() + h * row, heads * row, 0,
+      matmul_rows(q + h * qk, heads * qk, n_tokens, w_uk, s.q_latent.data() + h * row, heads * row, 0,
                   rank);
       for (int64_t t = 0; t < n_tokens; ++t)
-        std::memcpy(s.q_latent.data() + (t * heads + h) * row + rank, s.q.data() + (t * heads + h) * qk + nope,
+        std::memcpy(s.q_latent.data() + (t * heads + h) * row + rank, q + (t * heads + h) * qk + nope,
                     size_t(rope) * sizeof(float));
     }
   });
@@ -126,7 +126,7 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
     for (int64_t h = head_begin; h < head_end; ++h) {
       // attn[:, h, :] = out_latent_h · W_UVᵀ, W_UV_h = the value up-projection rows of head h.
       const WeightMatrix w_uv = w.kv_b_proj_values.row_slice(h * w.values_head_stride + w.values_head_offset, v_dim);
-      matmul_rows(s.out_latent.data() + h * rank, heads * rank, n_tokens, w_uv, s.attn.data() + h * v_dim,
+      matmul_rows(s.out_latent.data() + h * rank, heads * rank, n_tokens, w_uv, attn + h * v_dim,
                   heads * v_dim, 0, v_dim);
     }
   });
@@ -134,12 +134,14 @@ void attend_absorbed(const Config& c, const MlaWeights& w, int64_t n_tokens, int
 
 }  // namespace
 
-void mla_forward(const Config& c, const MlaWeights& w, const float* x, int64_t n_tokens,
-                 int64_t first_position, const RopeTable& rope, float* cache_layer, AttentionMode mode,
+void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span<const BatchSequence> batch,
+                 const RopeTable& rope, LatentRows& cache, int64_t layer, std::optional<AttentionMode> forced,
                  MlaScratch& s, ThreadPool& pool, float* out) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
-  const int64_t rank = c.kv_lora_rank, row = rank + rope_dim, qk = c.qk_head_dim();
+  const int64_t rank = c.kv_lora_rank, row = rank + rope_dim, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const float eps = float(c.rms_norm_eps);
+  int64_t n_tokens = 0;
+  for (const BatchSequence& sequence : batch) n_tokens += int64_t(sequence.tokens.size());
 
   // q: [n_tokens, heads, nope + rope]
   grow(s.q, n_tokens * heads * qk);
@@ -155,21 +157,33 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, int64_t n
   // kv_a: [n_tokens, rank + rope] -> cache rows: normalized c_kv, rotated k_pe
   grow(s.kv_a, n_tokens * row);
   matmul(pool, x, n_tokens, w.kv_a_proj_with_mqa, s.kv_a.data());
-  float* cache_rows = cache_layer + first_position * row;
-  rmsnorm(s.kv_a.data(), row, w.kv_a_layernorm, n_tokens, rank, eps, cache_rows, row);
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    float* k_pe = cache_rows + t * row + rank;
-    std::memcpy(k_pe, s.kv_a.data() + t * row + rank, size_t(rope_dim) * sizeof(float));
-    rope_rotate_pairs(k_pe, rope_dim, rope.cos_at(t), rope.sin_at(t));
-    for (int64_t h = 0; h < heads; ++h)
-      rope_rotate_pairs(s.q.data() + (t * heads + h) * qk + nope, rope_dim, rope.cos_at(t), rope.sin_at(t));
-  }
+  grow(s.attn, n_tokens * heads * v_dim);
 
-  grow(s.attn, n_tokens * heads * c.v_head_dim);
-  if (mode == AttentionMode::Expanded) {
-    attend_expanded(c, w, n_tokens, first_position, cache_layer, s, pool);
-  } else {
-    attend_absorbed(c, w, n_tokens, first_position, cache_layer, s, pool);
+  int64_t first_token = 0;  // of the current sequence, in the batch
+  for (size_t index = 0; index < batch.size(); ++index) {
+    const int64_t count = int64_t(batch[index].tokens.size()), first_position = batch[index].first_position;
+    float* cache_layer = cache.open(layer, index);
+    float* cache_rows = cache_layer + first_position * row;
+    rmsnorm(s.kv_a.data() + first_token * row, row, w.kv_a_layernorm, count, rank, eps, cache_rows, row);
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t token = first_token + t;
+      float* k_pe = cache_rows + t * row + rank;
+      std::memcpy(k_pe, s.kv_a.data() + token * row + rank, size_t(rope_dim) * sizeof(float));
+      rope_rotate_pairs(k_pe, rope_dim, rope.cos_at(token), rope.sin_at(token));
+      for (int64_t h = 0; h < heads; ++h)
+        rope_rotate_pairs(s.q.data() + (token * heads + h) * qk + nope, rope_dim, rope.cos_at(token),
+                          rope.sin_at(token));
+    }
+    const float* q = s.q.data() + first_token * heads * qk;
+    float* attn = s.attn.data() + first_token * heads * v_dim;
+    const AttentionMode mode = forced.value_or(count <= kSmallBatchMax ? AttentionMode::Absorbed : AttentionMode::Expanded);
+    if (mode == AttentionMode::Expanded) {
+      attend_expanded(c, w, count, first_position, cache_layer, q, attn, pool);
+    } else {
+      attend_absorbed(c, w, count, first_position, cache_layer, q, attn, s, pool);
+    }
+    cache.commit(layer, index);
+    first_token += count;
   }
   matmul(pool, s.attn.data(), n_tokens, w.o_proj, out);
 }

@@ -2,9 +2,13 @@
 // bottleneck, keys and values through a shared latent c_kv plus one decoupled rope key.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <vector>
 
+#include <span>
+
 #include "core/thread_pool.h"
+#include "model/batch.h"
 #include "model/config.h"
 #include "model/rope.h"
 #include "model/weights.h"
@@ -20,11 +24,12 @@ struct MlaScratch {  // grown on demand, reused across layers and calls
   std::vector<float> q, q_lora, kv_a, q_latent, scores, out_latent, attn;
 };
 
-// x: [n_tokens, hidden] at positions first_position ..; appends the tokens' latents to
-// `cache_layer` ([capacity, kv_lora_rank + qk_rope_head_dim]) and writes out: [n_tokens, hidden].
-// rope holds cos/sin for exactly these positions.
-void mla_forward(const Config& config, const MlaWeights& w, const float* x, int64_t n_tokens,
-                 int64_t first_position, const RopeTable& rope, float* cache_layer, AttentionMode mode,
+// x: [n_tokens, hidden], the tokens of `batch` one sequence after another; appends each
+// sequence's latents to its rows of `layer` in `cache` and writes out: [n_tokens, hidden].
+// rope holds cos/sin for exactly these tokens' positions, in the same order. A sequence's
+// attention is absorbed up to kSmallBatchMax new tokens, expanded above, unless `forced`.
+void mla_forward(const Config& config, const MlaWeights& w, const float* x, std::span<const BatchSequence> batch,
+                 const RopeTable& rope, LatentRows& cache, int64_t layer, std::optional<AttentionMode> forced,
                  MlaScratch& scratch, ThreadPool& pool, float* out);
 
 }  // namespace deepmoe

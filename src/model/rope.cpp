@@ -50,6 +50,13 @@ double rope_cos_sin_scale(const Config& config) {
 }
 
 void RopeTable::compute(const Config& config, int64_t first_position, int64_t n_positions) {
+  std::vector<int64_t> positions(static_cast<size_t>(n_positions));
+  for (int64_t p = 0; p < n_positions; ++p) positions[size_t(p)] = first_position + p;
+  compute(config, positions);
+}
+
+void RopeTable::compute(const Config& config, std::span<const int64_t> positions) {
+  const int64_t n_positions = int64_t(positions.size());
   if (inverse_frequencies_.empty()) {
     inverse_frequencies_ = rope_inverse_frequencies(config);
     scale_ = rope_cos_sin_scale(config);
@@ -60,7 +67,7 @@ void RopeTable::compute(const Config& config, int64_t first_position, int64_t n_
   for (int64_t p = 0; p < n_positions; ++p) {
     for (int64_t i = 0; i < half_dim; ++i) {
       // float(position) * float(inv_freq) as HF does would lose bits at long positions; double is the reference.
-      const double angle = double(first_position + p) * inverse_frequencies_[size_t(i)];
+      const double angle = double(positions[size_t(p)]) * inverse_frequencies_[size_t(i)];
       cos[size_t(p * half_dim + i)] = float(std::cos(angle) * scale_);
       sin[size_t(p * half_dim + i)] = float(std::sin(angle) * scale_);
     }

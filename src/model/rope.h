@@ -3,6 +3,7 @@
 // mscale(factor, mscale) / mscale(factor, mscale_all_dim) (HF DeepseekV3YarnRotaryEmbedding).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/config.h"
@@ -20,6 +21,8 @@ struct RopeTable {
   std::vector<float> sin;
   // Fills cos/sin for positions first_position ... first_position + n_positions - 1.
   void compute(const Config& config, int64_t first_position, int64_t n_positions);
+  // Fills cos/sin for each of `positions`, in order.
+  void compute(const Config& config, std::span<const int64_t> positions);
   const float* cos_at(int64_t i) const { return cos.data() + i * half_dim; }
   const float* sin_at(int64_t i) const { return sin.data() + i * half_dim; }
 

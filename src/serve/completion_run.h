@@ -1,0 +1,65 @@
+// One OpenAI request in flight: its n choices as engine requests, each choice's text (whole
+// characters, stop strings held back and cut), its tokens' logprobs, and the request's timing
+// for /metrics. The HTTP handler polls it and turns what it returns into JSON.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "serve/engine.h"
+#include "serve/metrics.h"
+#include "serve/openai_api.h"
+
+namespace deepmoe {
+
+// What one token (or the end) did to one choice.
+struct ChoiceDelta {
+  size_t index = 0;
+  std::string text;                       // released by this token (may be empty: held back)
+  std::optional<EngineToken> token;       // with logprobs when asked for
+  std::optional<FinishReason> finished;   // the choice ended here
+};
+
+class CompletionRun {
+ public:
+  // Submits the n choices (seed + i each when seeded). Throws QueueFull or Error, having
+  // cancelled whatever it had submitted.
+  CompletionRun(Engine& engine, const Tokenizer& tokenizer, const CompletionRequest& request, Metrics& metrics);
+  // Cancels choices still running (the client went away).
+  ~CompletionRun();
+  CompletionRun(const CompletionRun&) = delete;
+  CompletionRun& operator=(const CompletionRun&) = delete;
+
+  // Waits up to `timeout` for progress and appends it; false when nothing happened.
+  bool poll(std::chrono::milliseconds timeout, std::vector<ChoiceDelta>& deltas);
+  bool done() const;
+  void cancel();
+
+  size_t choices() const { return choices_.size(); }
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t completion_tokens() const { return completion_tokens_; }
+  int64_t cached_tokens() const;
+  // The engine's error, when a choice failed in the engine (empty otherwise).
+  const std::string& error() const { return error_; }
+
+ private:
+  struct Choice {
+    std::shared_ptr<RequestStream> stream;
+    std::unique_ptr<ChoiceText> text;
+    bool finished = false;
+    std::chrono::steady_clock::time_point last_token;
+  };
+  bool take(size_t index, std::chrono::milliseconds timeout, std::vector<ChoiceDelta>& deltas);
+
+  Metrics& metrics_;
+  std::vector<Choice> choices_;
+  int64_t prompt_tokens_ = 0, completion_tokens_ = 0;
+  std::string error_;
+  std::chrono::steady_clock::time_point start_;
+  bool first_token_seen_ = false, reported_ = false;
+};
+
+}  // namespace deepmoe

@@ -1,0 +1,327 @@
+#include "serve/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace deepmoe {
+
+struct Engine::Sequence {
+  std::shared_ptr<RequestStream> stream;
+  EngineRequest request;
+  std::vector<int32_t> tokens;  // prompt, then every generated token
+  int64_t computed = 0;         // positions whose latents are in the cache
+  std::vector<int32_t> blocks;  // block table
+  std::vector<uint64_t> keys;   // prefix keys of the full blocks, published
+  int64_t generated = 0;
+  Sampler sampler;
+  uint64_t arrival = 0;
+  int64_t chunk = 0;  // tokens run this step
+  bool done = false;
+
+  Sequence(EngineRequest r, uint64_t order)
+      : stream(std::make_shared<RequestStream>()), request(std::move(r)), sampler(request.sampling), arrival(order) {
+    tokens = std::move(request.prompt);
+    stream->set_prompt_tokens(int64_t(tokens.size()));
+  }
+  int64_t pending() const { return int64_t(tokens.size()) - computed; }
+};
+
+Engine::Engine(Model& model, const EngineOptions& options)
+    : model_(model),
+      options_(options),
+      blocks_(options.kv_blocks, options.block_tokens),
+      cache_(model.config(), options.kv_blocks, options.block_tokens) {
+  if (options_.max_batch < 1) fail("--max-batch must be >= 1, found {}", options_.max_batch);
+  if (options_.max_batch_tokens < 1) fail("--max-batch-tokens must be >= 1, found {}", options_.max_batch_tokens);
+  if (options_.context < 2) fail("--ctx must be >= 2, found {}", options_.context);
+  // One sequence of the full context must fit on its own, or it could be preempted forever.
+  const int64_t needed = (options_.context + options_.block_tokens - 1) / options_.block_tokens;
+  if (options_.kv_blocks < needed)
+    fail("the KV cache holds {} tokens ({} blocks of {}), fewer than one sequence of --ctx {}; raise --kv-cache-mb "
+         "or lower --ctx",
+         options_.kv_blocks * options_.block_tokens, options_.kv_blocks, options_.block_tokens, options_.context);
+  stats_.kv_blocks_free = options_.kv_blocks;
+  stats_.kv_block_tokens = options_.block_tokens;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
+  const int64_t vocab = model_.config().vocab_size;
+  if (request.prompt.empty()) fail("the prompt is empty");
+  for (int32_t token : request.prompt)
+    if (token < 0 || token >= vocab) fail("token id {} is outside the vocabulary [0, {})", token, vocab);
+  if (int64_t(request.prompt.size()) >= options_.context)
+    fail("the prompt has {} tokens; the context holds {}", request.prompt.size(), options_.context);
+  if (request.max_tokens < 1) fail("max_tokens must be >= 1, found {}", request.max_tokens);
+  std::shared_ptr<RequestStream> stream;
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_ || in_flight_ >= options_.max_queue + options_.max_batch) throw QueueFull();
+    auto sequence = std::make_unique<Sequence>(std::move(request), next_arrival_++);
+    stream = sequence->stream;
+    incoming_.push_back(std::move(sequence));
+    ++in_flight_;
+  }
+  wake_.notify_all();
+  return stream;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+int64_t Engine::in_flight() const { return in_flight_; }
+
+void Engine::cancel_all() {
+  std::lock_guard lock(mutex_);
+  for (auto& sequence : incoming_) sequence->stream->cancel();
+  cancel_everything_ = true;
+}
+
+void Engine::loop() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || !incoming_.empty() || !running_.empty() || !waiting_.empty(); });
+      if (stop_) break;
+      for (auto& sequence : incoming_) waiting_.push_back(std::move(sequence));
+      incoming_.clear();
+      if (cancel_everything_) {
+        for (auto& sequence : waiting_) sequence->stream->cancel();
+        for (auto& sequence : running_) sequence->stream->cancel();
+        cancel_everything_ = false;
+      }
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {  // a failure of the step ends the requests it ran, not the server
+      for (auto& sequence : running_) finish(*sequence, FinishReason::Error, e.what());
+      running_.clear();
+    }
+    std::lock_guard lock(mutex_);
+    stats_.running = int64_t(running_.size());
+    stats_.waiting = int64_t(waiting_.size() + incoming_.size());
+    stats_.kv_blocks_used = blocks_.in_use();
+    stats_.kv_blocks_free = blocks_.available();
+    stats_.kv_blocks_cached = blocks_.cached();
+    stats_.expert_load = model_.expert_load();
+  }
+  for (auto& sequence : running_) finish(*sequence, FinishReason::Cancelled);
+  for (auto& sequence : waiting_) finish(*sequence, FinishReason::Cancelled);
+  for (auto& sequence : incoming_) finish(*sequence, FinishReason::Cancelled);
+}
+
+void Engine::release_blocks(Sequence& sequence) {
+  for (int32_t block : sequence.blocks) blocks_.release(block);
+  sequence.blocks.clear();
+  sequence.keys.clear();
+  sequence.computed = 0;
+}
+
+void Engine::finish(Sequence& sequence, FinishReason reason, const std::string& error) {
+  if (sequence.done) return;
+  sequence.done = true;
+  release_blocks(sequence);
+  sequence.stream->finish(reason, error);
+  --in_flight_;
+}
+
+void Engine::drop_cancelled() {
+  for (auto& sequence : running_)
+    if (sequence->stream->cancelled()) finish(*sequence, FinishReason::Cancelled);
+  std::erase_if(running_, [](const auto& s) { return s->done; });
+  for (auto& sequence : waiting_)
+    if (sequence->stream->cancelled()) finish(*sequence, FinishReason::Cancelled);
+  std::erase_if(waiting_, [](const auto& s) { return s->done; });
+}
+
+void Engine::preempt(Sequence& sequence) {
+  release_blocks(sequence);  // its full blocks stay in the prefix cache until evicted
+  auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == &sequence; });
+  auto position = std::upper_bound(waiting_.begin(), waiting_.end(), sequence.arrival,
+                                   [](uint64_t arrival, const auto& s) { return arrival < s->arrival; });
+  waiting_.insert(position, std::move(*it));
+  running_.erase(it);
+  std::lock_guard lock(mutex_);
+  ++stats_.preemptions;
+}
+
+bool Engine::ensure_blocks(Sequence& sequence, int64_t positions, std::vector<Sequence*>& scheduled) {
+  while (int64_t(sequence.blocks.size()) * options_.block_tokens < positions) {
+    const int32_t block = blocks_.allocate();
+    if (block >= 0) {
+      sequence.blocks.push_back(block);
+      continue;
+    }
+    // Out of blocks: the newest running sequence not already in this step's batch gives its up.
+    Sequence* victim = nullptr;
+    for (auto& candidate : running_)
+      if (std::find(scheduled.begin(), scheduled.end(), candidate.get()) == scheduled.end() &&
+          (!victim || candidate->arrival > victim->arrival))
+        victim = candidate.get();
+    if (!victim || victim == &sequence) {
+      preempt(sequence);
+      return false;
+    }
+    preempt(*victim);
+  }
+  return true;
+}
+
+void Engine::admit_prefix(Sequence& sequence) {
+  // Whole blocks only, and never the last token: its logits are needed, and the block that
+  // receives it must be this sequence's own.
+  const int64_t block_tokens = options_.block_tokens;
+  const int64_t reusable = (int64_t(sequence.tokens.size()) - 1) / block_tokens;
+  uint64_t key = 0;
+  for (int64_t b = 0; b < reusable; ++b) {
+    const std::span<const int32_t> span(sequence.tokens.data() + b * block_tokens, size_t(block_tokens));
+    key = prefix_block_key(key, span);
+    const int32_t block = blocks_.lookup(key, span);
+    if (block < 0) break;
+    sequence.blocks.push_back(block);
+    sequence.keys.push_back(key);
+  }
+  sequence.computed = int64_t(sequence.blocks.size()) * block_tokens;
+  sequence.stream->set_cached_tokens(sequence.computed);
+  std::lock_guard lock(mutex_);
+  stats_.prefix_queried_tokens += int64_t(sequence.tokens.size());
+  stats_.prefix_hit_tokens += sequence.computed;
+}
+
+void Engine::publish_full_blocks(Sequence& sequence) {
+  const int64_t block_tokens = options_.block_tokens;
+  while (int64_t(sequence.keys.size()) < sequence.computed / block_tokens) {
+    const size_t b = sequence.keys.size();
+    const std::span<const int32_t> span(sequence.tokens.data() + int64_t(b) * block_tokens, size_t(block_tokens));
+    const uint64_t key = prefix_block_key(sequence.keys.empty() ? 0 : sequence.keys.back(), span);
+    blocks_.publish(sequence.blocks[b], key, span);
+    sequence.keys.push_back(key);
+  }
+}
+
+void Engine::sample(Sequence& sequence, float* logits) {
+  const int64_t vocab = model_.config().vocab_size;
+  const int64_t top = sequence.request.top_logprobs;
+  if (top >= 0) {  // log-softmax of the model's logits, before any sampling transform
+    log_probabilities_.resize(size_t(vocab));
+    const float max_logit = *std::max_element(logits, logits + vocab);
+    double total = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) total += std::exp(double(logits[i]) - max_logit);
+    const double log_total = std::log(total) + max_logit;
+    for (int64_t i = 0; i < vocab; ++i) log_probabilities_[size_t(i)] = double(logits[i]) - log_total;
+  }
+  const int32_t token = sequence.sampler.sample(std::span(logits, size_t(vocab)), sequence.tokens);
+  ++sequence.generated;
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.generated_tokens;
+  }
+  const auto& stops = sequence.request.stop_tokens;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) return finish(sequence, FinishReason::Stop);
+  EngineToken out;
+  out.token = token;
+  if (top >= 0) {
+    out.logprob = float(log_probabilities_[size_t(token)]);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) order[size_t(i)] = int32_t(i);
+    const int64_t k = std::min(top, vocab);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return log_probabilities_[size_t(a)] > log_probabilities_[size_t(b)] ||
+             (log_probabilities_[size_t(a)] == log_probabilities_[size_t(b)] && a < b);
+    });
+    for (int64_t i = 0; i < k; ++i) out.top.push_back({order[size_t(i)], float(log_probabilities_[size_t(order[size_t(i)])])});
+  }
+  sequence.tokens.push_back(token);
+  sequence.stream->push(std::move(out));
+  if (sequence.generated >= sequence.request.max_tokens || int64_t(sequence.tokens.size()) >= options_.context)
+    finish(sequence, FinishReason::Length);
+}
+
+void Engine::step() {
+  drop_cancelled();
+  std::vector<Sequence*> scheduled;
+  int64_t budget = options_.max_batch_tokens;
+  // Running sequences oldest first: those decoding (one token each) before those still in their
+  // prompt, so a long prompt never stalls the replies in flight.
+  for (const bool decoding : {true, false}) {
+    std::vector<Sequence*> candidates;
+    for (auto& sequence : running_)
+      if ((sequence->pending() == 1) == decoding) candidates.push_back(sequence.get());
+    for (Sequence* sequence : candidates) {
+      if (budget == 0) break;
+      if (std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == sequence; }) ==
+          running_.end())
+        continue;  // preempted by an older sequence of this step
+      const int64_t chunk = std::min(sequence->pending(), budget);
+      if (!ensure_blocks(*sequence, sequence->computed + chunk, scheduled)) continue;
+      sequence->chunk = chunk;
+      scheduled.push_back(sequence);
+      budget -= chunk;
+    }
+  }
+  // Then new (or preempted) requests, first come first served, while sequences, tokens and blocks last.
+  while (!waiting_.empty() && int64_t(running_.size()) < options_.max_batch && budget > 0) {
+    Sequence& sequence = *waiting_.front();
+    admit_prefix(sequence);
+    const int64_t chunk = std::min(sequence.pending(), budget);
+    const int64_t needed = (sequence.computed + chunk + options_.block_tokens - 1) / options_.block_tokens -
+                           int64_t(sequence.blocks.size());
+    if (needed > blocks_.available()) {
+      release_blocks(sequence);
+      break;
+    }
+    for (int64_t b = 0; b < needed; ++b) sequence.blocks.push_back(blocks_.allocate());
+    sequence.chunk = chunk;
+    scheduled.push_back(&sequence);
+    budget -= chunk;
+    auto position = std::upper_bound(running_.begin(), running_.end(), sequence.arrival,
+                                     [](uint64_t arrival, const auto& s) { return arrival < s->arrival; });
+    running_.insert(position, std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  if (scheduled.empty()) return;
+
+  std::vector<BatchSequence> batch;
+  std::vector<const std::vector<int32_t>*> tables;
+  int64_t logit_rows = 0, tokens = 0;
+  for (Sequence* sequence : scheduled) {
+    const bool last = sequence->chunk == sequence->pending();
+    batch.push_back({std::span(sequence->tokens).subspan(size_t(sequence->computed), size_t(sequence->chunk)),
+                     sequence->computed, last ? LogitsFor::LastToken : LogitsFor::None});
+    tables.push_back(&sequence->blocks);
+    logit_rows += last ? 1 : 0;
+    tokens += sequence->chunk;
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  if (logits_.size() < size_t(logit_rows * vocab)) logits_.resize(size_t(logit_rows * vocab));
+  cache_.bind(batch, tables);
+  model_.forward_batch(batch, cache_, logits_.data());
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.steps;
+    stats_.tokens_computed += tokens;
+  }
+  int64_t row = 0;
+  for (size_t i = 0; i < scheduled.size(); ++i) {
+    Sequence& sequence = *scheduled[i];
+    sequence.computed += sequence.chunk;
+    publish_full_blocks(sequence);
+    if (batch[i].logits == LogitsFor::LastToken) sample(sequence, logits_.data() + row++ * vocab);
+  }
+  std::erase_if(running_, [](const auto& s) { return s->done; });
+}
+
+}  // namespace deepmoe

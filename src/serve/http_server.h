@@ -1,0 +1,65 @@
+// The HTTP face of the engine (cpp-httplib): OpenAI's /v1/completions, /v1/chat/completions
+// (streamed as server-sent events or whole), /v1/models, plus /health, /tokenize, /detokenize
+// and Prometheus /metrics. Handlers run on the library's thread pool and only wait on their
+// requests' streams; the engine's one step loop does all model work. Every refusal is an
+// OpenAI error object: 400 bad fields, 401 without the API key, 404, 413 bodies over the limit,
+// 429 with Retry-After when the queue is full, 503 while draining.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "serve/engine.h"
+#include "serve/metrics.h"
+#include "serve/openai_api.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace httplib {
+class Server;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace deepmoe {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (see HttpServer::port)
+  std::string api_key;  // empty: no authentication
+  size_t max_body_bytes = size_t(4) << 20;
+  ApiLimits limits;
+};
+
+class HttpServer {
+ public:
+  HttpServer(Engine& engine, const Tokenizer& tokenizer, const ChatTemplate* chat_template, ServerOptions options);
+  ~HttpServer();
+  // Binds the address; throws Error naming it when that fails.
+  void bind();
+  int port() const { return port_; }
+  // Serves until stop() or drain() ends it.
+  void serve();
+  // Refuses new requests (503), lets those in flight finish for up to `grace`, cancels the rest, stops.
+  void drain(std::chrono::milliseconds grace);
+  void stop();
+
+ private:
+  void routes();
+  void completions(const httplib::Request& request, httplib::Response& response, bool chat);
+  void tokenize(const httplib::Request& request, httplib::Response& response);
+  void detokenize(const httplib::Request& request, httplib::Response& response);
+
+  Engine& engine_;
+  const Tokenizer& tokenizer_;
+  const ChatTemplate* chat_template_;
+  ServerOptions options_;
+  Metrics metrics_;
+  std::unique_ptr<httplib::Server> server_;
+  int port_ = 0;
+  std::atomic<bool> draining_{false};
+  int64_t created_ = 0;
+};
+
+}  // namespace deepmoe

@@ -1,0 +1,294 @@
+#include "serve/openai_api.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "tokenizer/chat_template.h"
+
+namespace deepmoe {
+
+using nlohmann::json;
+
+json error_body(const std::string& message, const std::string& type, const std::string& param) {
+  return {{"error",
+           {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", nullptr}}}};
+}
+
+json parse_json_object(const std::string& body) {
+  json parsed = json::parse(body, nullptr, false);
+  if (parsed.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
+  if (!parsed.is_object()) throw ApiError(400, "the request body must be a JSON object");
+  return parsed;
+}
+
+namespace {
+
+[[noreturn]] void bad_field(const std::string& param, const std::string& message) {
+  throw ApiError(400, fmt::format("'{}': {}", param, message), param);
+}
+
+// The field, or nullptr when absent or null (OpenAI treats null as absent).
+const json* field(const json& body, const char* name) {
+  auto it = body.find(name);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+double number_field(const json& body, const char* name, double fallback, double low, double high) {
+  const json* value = field(body, name);
+  if (!value) return fallback;
+  if (!value->is_number()) bad_field(name, "expected a number");
+  const double x = value->get<double>();
+  if (!(x >= low && x <= high)) bad_field(name, fmt::format("{} is outside [{}, {}]", x, low, high));
+  return x;
+}
+
+std::optional<int64_t> integer_field(const json& body, const char* name, int64_t low, int64_t high) {
+  const json* value = field(body, name);
+  if (!value) return std::nullopt;
+  if (!value->is_number_integer()) bad_field(name, "expected an integer");
+  if (value->is_number_unsigned() && value->get<uint64_t>() > uint64_t(INT64_MAX)) bad_field(name, "too large");
+  const int64_t x = value->get<int64_t>();
+  if (x < low || x > high) bad_field(name, fmt::format("{} is outside [{}, {}]", x, low, high));
+  return x;
+}
+
+bool bool_field(const json& body, const char* name, bool fallback) {
+  const json* value = field(body, name);
+  if (!value) return fallback;
+  if (!value->is_boolean()) bad_field(name, "expected true or false");
+  return value->get<bool>();
+}
+
+// A message's content: a string, or an array of {"type": "text", "text": ...} parts.
+std::string message_content(const json& content, const std::string& param) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) bad_field(param, "expected a string or an array of text parts");
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const json& part = content[i];
+    const std::string part_param = fmt::format("{}[{}]", param, i);
+    if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") || !part["text"].is_string())
+      bad_field(part_param, "only {\"type\": \"text\", \"text\": ...} parts are supported");
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+std::vector<int32_t> chat_prompt(const json& body, const Tokenizer& tokenizer, const ChatTemplate* chat_template) {
+  const json* messages = field(body, "messages");
+  if (!messages) bad_field("messages", "required");
+  if (!messages->is_array()) bad_field("messages", "expected an array of messages");
+  if (messages->empty()) bad_field("messages", "must hold at least one message");
+  if (!chat_template) throw ApiError(400, "this model has no chat template; use /v1/completions", "messages");
+  json rendered = json::array();
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& message = (*messages)[i];
+    const std::string param = fmt::format("messages[{}]", i);
+    if (!message.is_object()) bad_field(param, "expected an object with role and content");
+    const json* role = field(message, "role");
+    if (!role || !role->is_string()) bad_field(param + ".role", "expected a string");
+    std::string name = role->get<std::string>();
+    if (name == "developer") name = "system";  // OpenAI's newer name for the system role
+    if (name != "system" && name != "user" && name != "assistant")
+      bad_field(param + ".role", fmt::format("'{}' is not one of system, developer, user, assistant", name));
+    const json* content = field(message, "content");
+    if (!content) bad_field(param + ".content", "required");
+    rendered.push_back({{"role", name}, {"content", message_content(*content, param + ".content")}});
+  }
+  std::string prompt;
+  try {
+    prompt = chat_template->render(rendered, true, tokenizer.bos_token(), tokenizer.eos_token());
+  } catch (const Error& e) {
+    throw ApiError(400, fmt::format("the chat template failed on these messages: {}", e.what()), "messages");
+  }
+  return tokenizer.encode(prompt, false);
+}
+
+std::vector<int32_t> completion_prompt(const json& body, const Tokenizer& tokenizer) {
+  const json* prompt = field(body, "prompt");
+  if (!prompt) bad_field("prompt", "required");
+  if (prompt->is_string()) return tokenizer.encode(prompt->get<std::string>(), true);
+  if (!prompt->is_array() || prompt->empty()) bad_field("prompt", "expected a string or an array of token ids");
+  if ((*prompt)[0].is_string()) {
+    if (prompt->size() != 1) bad_field("prompt", "one prompt per request (use n for several completions)");
+    return tokenizer.encode((*prompt)[0].get<std::string>(), true);
+  }
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < prompt->size(); ++i) {
+    const json& id = (*prompt)[i];
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tokenizer.id_limit())
+      bad_field(fmt::format("prompt[{}]", i), fmt::format("expected a token id in [0, {})", tokenizer.id_limit()));
+    ids.push_back(int32_t(id.get<int64_t>()));
+  }
+  return ids;
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(const std::string& body_text, bool chat, const ApiLimits& limits,
+                                           const Tokenizer& tokenizer, const ChatTemplate* chat_template) {
+  const json body = parse_json_object(body_text);
+  CompletionRequest r;
+  r.chat = chat;
+  if (const json* model = field(body, "model")) {
+    if (!model->is_string()) bad_field("model", "expected a string");
+    if (model->get<std::string>() != limits.model_id)
+      throw ApiError(400, fmt::format("the model '{}' does not exist; this server has '{}'", model->get<std::string>(),
+                                      limits.model_id),
+                     "model");
+  }
+  // Features that would change the answer: refused rather than ignored.
+  for (const char* name : {"tools", "functions", "suffix"})
+    if (field(body, name)) bad_field(name, "not supported by this server");
+  if (bool_field(body, "echo", false)) bad_field("echo", "not supported by this server");
+  if (const json* bias = field(body, "logit_bias"); bias && !(bias->is_object() && bias->empty()))
+    bad_field("logit_bias", "not supported by this server");
+  if (const json* format = field(body, "response_format");
+      format && !(format->is_object() && format->value("type", json()) == "text"))
+    bad_field("response_format", "only {\"type\": \"text\"} is supported");
+  for (const char* name : {"presence_penalty", "frequency_penalty"})
+    if (number_field(body, name, 0.0, -2.0, 2.0) != 0.0) bad_field(name, "only 0 is supported (see repetition_penalty)");
+
+  r.stream = bool_field(body, "stream", false);
+  if (const json* options = field(body, "stream_options")) {
+    if (!r.stream) bad_field("stream_options", "only allowed with stream: true");
+    if (!options->is_object()) bad_field("stream_options", "expected an object");
+    r.include_usage = bool_field(*options, "include_usage", false);
+  }
+  r.n = integer_field(body, "n", 1, limits.max_n).value_or(1);
+  if (auto best_of = integer_field(body, "best_of", 1, limits.max_n); best_of && *best_of != r.n)
+    bad_field("best_of", "only best_of equal to n is supported");
+
+  r.sampling.temperature = float(number_field(body, "temperature", 1.0, 0.0, 2.0));
+  r.sampling.top_p = float(number_field(body, "top_p", 1.0, 0.0, 1.0));
+  if (r.sampling.top_p <= 0.0f) bad_field("top_p", "must be > 0");
+  const int64_t top_k = integer_field(body, "top_k", -1, INT32_MAX).value_or(0);
+  r.sampling.top_k = top_k < 0 ? 0 : top_k;  // -1 and 0: off (vLLM's convention)
+  r.sampling.min_p = float(number_field(body, "min_p", 0.0, 0.0, 1.0));
+  r.sampling.repetition_penalty = float(number_field(body, "repetition_penalty", 1.0, 0.0, 10.0));
+  if (r.sampling.repetition_penalty <= 0.0f) bad_field("repetition_penalty", "must be > 0");
+  if (auto seed = integer_field(body, "seed", INT64_MIN, INT64_MAX)) {
+    r.sampling.seed = uint64_t(*seed);
+    r.seeded = true;
+  }
+
+  if (const json* stop = field(body, "stop")) {
+    if (stop->is_string()) {
+      r.stop.push_back(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      if (int64_t(stop->size()) > limits.max_stop) bad_field("stop", fmt::format("at most {} strings", limits.max_stop));
+      for (const json& s : *stop) {
+        if (!s.is_string()) bad_field("stop", "expected a string or an array of strings");
+        r.stop.push_back(s.get<std::string>());
+      }
+    } else {
+      bad_field("stop", "expected a string or an array of strings");
+    }
+    for (const std::string& s : r.stop)
+      if (s.empty()) bad_field("stop", "stop strings must not be empty");
+  }
+
+  if (chat) {
+    r.logprobs = bool_field(body, "logprobs", false);
+    if (auto top = integer_field(body, "top_logprobs", 0, limits.max_top_logprobs)) {
+      if (!r.logprobs) bad_field("top_logprobs", "requires logprobs: true");
+      r.top_logprobs = *top;
+    }
+  } else if (auto top = integer_field(body, "logprobs", 0, limits.max_top_logprobs)) {
+    r.logprobs = true;
+    r.top_logprobs = *top;
+  }
+
+  r.prompt = chat ? chat_prompt(body, tokenizer, chat_template) : completion_prompt(body, tokenizer);
+  const char* prompt_param = chat ? "messages" : "prompt";
+  if (r.prompt.empty()) bad_field(prompt_param, "the prompt is empty");
+  const int64_t prompt_tokens = int64_t(r.prompt.size());
+  if (prompt_tokens >= limits.context)
+    throw ApiError(400,
+                   fmt::format("this model's context holds {} tokens; the prompt has {} (and needs room for 1 more)",
+                               limits.context, prompt_tokens),
+                   prompt_param);
+  const char* max_name = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (auto max_tokens = integer_field(body, max_name, 1, INT64_MAX)) {
+    if (prompt_tokens + *max_tokens > limits.context)
+      bad_field(max_name, fmt::format("{} tokens do not fit: the prompt has {} and the context holds {}", *max_tokens,
+                                      prompt_tokens, limits.context));
+    r.max_tokens = *max_tokens;
+  } else {
+    r.max_tokens = limits.context - prompt_tokens;
+  }
+  return r;
+}
+
+ChoiceText::ChoiceText(const Tokenizer& tokenizer, std::vector<std::string> stop)
+    : decoder_(tokenizer, true), stop_(std::move(stop)) {}
+
+std::string ChoiceText::release(size_t end) {
+  if (end <= released_) return {};
+  std::string out = decoded_.substr(released_, end - released_);
+  released_ = end;
+  return out;
+}
+
+std::string ChoiceText::push(int32_t token) {
+  if (stopped_) return {};
+  decoded_ += decoder_.push(token);
+  return scan(false);
+}
+
+std::string ChoiceText::finish() {
+  if (stopped_) return {};
+  decoded_ += decoder_.finish();
+  return scan(true);
+}
+
+std::string ChoiceText::scan(bool final) {
+  size_t match = std::string::npos;
+  // A match starts in text not yet released: any start of a stop string is held back below.
+  for (const std::string& stop : stop_) match = std::min(match, decoded_.find(stop, released_));
+  if (match != std::string::npos) {
+    stopped_ = true;
+    decoded_.resize(match);
+    return release(match);
+  }
+  if (final) return release(decoded_.size());
+  // Hold back the longest tail that is the start of some stop string.
+  size_t hold = 0;
+  for (const std::string& stop : stop_) {
+    for (size_t length = std::min(stop.size() - 1, decoded_.size() - released_); length > hold; --length) {
+      if (decoded_.compare(decoded_.size() - length, length, stop, 0, length) == 0) {
+        hold = length;
+        break;
+      }
+    }
+  }
+  return release(decoded_.size() - hold);
+}
+
+std::string finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";  // only when the server drains
+    case FinishReason::Error: return "error";
+    default: return "stop";
+  }
+}
+
+std::string token_text(const Tokenizer& tokenizer, int32_t token) { return tokenizer.token_bytes(token); }
+
+nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token) {
+  auto entry = [&](int32_t id, float logprob) {
+    const std::string bytes = tokenizer.token_bytes(id);
+    return json{{"token", bytes},
+                {"logprob", logprob},
+                {"bytes", std::vector<int>(reinterpret_cast<const unsigned char*>(bytes.data()),
+                                           reinterpret_cast<const unsigned char*>(bytes.data()) + bytes.size())}};
+  };
+  json out = entry(token.token, token.logprob);
+  out["top_logprobs"] = json::array();
+  for (const TokenLogprob& top : token.top) out["top_logprobs"].push_back(entry(top.token, top.logprob));
+  return out;
+}
+
+}  // namespace deepmoe

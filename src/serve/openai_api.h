@@ -1,0 +1,101 @@
+// The OpenAI wire format: request bodies of /v1/completions and /v1/chat/completions checked
+// field by field into a CompletionRequest (every problem an ApiError naming the field, as
+// OpenAI's own 400s do), and the response objects and stream chunks built from results.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "serve/request_stream.h"
+#include "tokenizer/tokenizer.h"
+
+namespace deepmoe {
+
+class ChatTemplate;
+
+// An error the client caused or must hear about: an HTTP status and OpenAI's error object.
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string param = {}, std::string type = "invalid_request_error")
+      : std::runtime_error(std::move(message)), status_(status), param_(std::move(param)), type_(std::move(type)) {}
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const std::string& type() const { return type_; }
+
+ private:
+  int status_;
+  std::string param_, type_;
+};
+
+// {"error": {"message", "type", "param", "code"}}
+nlohmann::json error_body(const std::string& message, const std::string& type, const std::string& param);
+
+struct ApiLimits {
+  std::string model_id;     // the one model served
+  int64_t context = 0;      // prompt + output tokens
+  int64_t max_n = 8;        // choices per request
+  int64_t max_stop = 4;     // stop strings per request
+  int64_t max_top_logprobs = 20;
+};
+
+struct CompletionRequest {
+  bool chat = false;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 0;
+  SamplingParams sampling;
+  bool seeded = false;
+  std::vector<std::string> stop;
+  bool logprobs = false;
+  int64_t top_logprobs = 0;
+  int64_t n = 1;
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// Parses and checks a request body; `chat` selects /v1/chat/completions. Throws ApiError.
+CompletionRequest parse_completion_request(const std::string& body, bool chat, const ApiLimits& limits,
+                                           const Tokenizer& tokenizer, const ChatTemplate* chat_template);
+
+// Parses a JSON object body or throws ApiError 400.
+nlohmann::json parse_json_object(const std::string& body);
+
+// One choice's text as tokens arrive: whole characters only, and text that could still become
+// one of the stop strings held back until it cannot. A matched stop string ends the choice;
+// neither it nor anything after it is returned.
+class ChoiceText {
+ public:
+  ChoiceText(const Tokenizer& tokenizer, std::vector<std::string> stop);
+  // The text that can be released after this token (possibly empty).
+  std::string push(int32_t token);
+  // The rest, once no more tokens will come.
+  std::string finish();
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::string release(size_t end);
+  // Ends the choice at a stop string in the decoded text, else releases what cannot start one
+  // (everything when `final`).
+  std::string scan(bool final);
+
+  StreamingDecoder decoder_;
+  std::vector<std::string> stop_;
+  std::string decoded_;  // everything decoded (up to a matched stop)
+  size_t released_ = 0;
+  bool stopped_ = false;
+};
+
+// "stop" (an end-of-sequence token or a stop string), "length", or "cancelled" / "error".
+std::string finish_reason_name(FinishReason reason);
+
+// Logprobs of one token in the chat format ({token, logprob, bytes, top_logprobs}).
+nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token);
+
+// Token text for the completions format's logprobs (lossy where a token is part of a character).
+std::string token_text(const Tokenizer& tokenizer, int32_t token);
+
+}  // namespace deepmoe

@@ -1,0 +1,84 @@
+// Batch-invariant mode (the server's): a row's product, and a query row's attention, must come
+// out bit for bit the same whatever else shares its batch. Checked for every weight format
+// against the row computed alone, and that the mode is needed (without it, some rows differ).
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "kernels/attention_f32.h"
+#include "kernels/matmul.h"
+#include "kernels/quantize.h"
+#include "test_util.h"
+
+namespace deepmoe {
+namespace {
+
+class BatchInvariance : public ::testing::Test {
+ protected:
+  void SetUp() override { set_batch_invariant_kernels(true); }
+  void TearDown() override { set_batch_invariant_kernels(false); }
+};
+
+struct FormatCase {
+  WeightFormat format;
+  int64_t group;
+};
+
+TEST_F(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
+  ThreadPool pool(2);
+  const int64_t rows = 96, cols = 256, max_m = 23;
+  const std::vector<float> w = testing::random_vector(size_t(rows * cols), 1);
+  const std::vector<float> x = testing::random_vector(size_t(max_m * cols), 2);
+  for (const FormatCase c : {FormatCase{WeightFormat::F32, 0}, FormatCase{WeightFormat::Q8_0, 0},
+                             FormatCase{WeightFormat::Q4_0, 0}, FormatCase{WeightFormat::Int8, 0},
+                             FormatCase{WeightFormat::Int4, 64}}) {
+    QuantizedMatrix q;
+    WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
+    if (c.format != WeightFormat::F32) {
+      q = quantize_matrix(w.data(), rows, cols, c.format, c.group);
+      matrix = q.view();
+    }
+    std::vector<float> alone(size_t(max_m * rows)), batched(size_t(max_m * rows));
+    for (int64_t m = 0; m < max_m; ++m) matmul(pool, x.data() + m * cols, 1, matrix, alone.data() + m * rows);
+    for (int64_t m : {2, 3, 4, 5, 9, 16, 23}) {
+      // rows [0, m) of the batch, but starting at an odd offset so each row lands at another place in its group
+      const int64_t first = max_m - m;
+      matmul(pool, x.data() + first * cols, m, matrix, batched.data());
+      EXPECT_EQ(0, std::memcmp(batched.data(), alone.data() + first * rows, size_t(m * rows) * sizeof(float)))
+          << weight_format_name(c.format) << " M = " << m;
+    }
+  }
+}
+
+TEST_F(BatchInvariance, AttentionQueryRowsEqualTheRowAlone) {
+  const int64_t m = 150, n = 70, k = 80;  // more query rows than the tile kernels take outside this mode
+  const std::vector<float> a = testing::random_vector(size_t(m * k), 3), b = testing::random_vector(size_t(n * k), 4);
+  std::vector<float> all(size_t(m * n)), one(static_cast<size_t>(n));
+  query_key_scores(m, n, k, 0.5f, a.data(), k, b.data(), k, all.data(), n);
+  for (int64_t i : {0, 63, 64, 149}) {
+    query_key_scores(1, n, k, 0.5f, a.data() + i * k, k, b.data(), k, one.data(), n);
+    EXPECT_EQ(0, std::memcmp(one.data(), all.data() + i * n, size_t(n) * sizeof(float))) << "row " << i;
+  }
+  const std::vector<float> p = testing::random_vector(size_t(m * n), 5), v = testing::random_vector(size_t(n * k), 6);
+  std::vector<float> sums(size_t(m * k)), sum(static_cast<size_t>(k));
+  weighted_rows(m, k, n, p.data(), n, v.data(), k, sums.data(), k);
+  for (int64_t i : {0, 64, 149}) {
+    weighted_rows(1, k, n, p.data() + i * n, n, v.data(), k, sum.data(), k);
+    EXPECT_EQ(0, std::memcmp(sum.data(), sums.data() + i * k, size_t(k) * sizeof(float))) << "row " << i;
+  }
+}
+
+TEST(BatchInvarianceOff, SomeRowsDependOnTheBatch) {
+  // The mode is what makes the rows equal: without it, M = 1 (sgemv) and M = 16 (sgemm) round differently.
+  ThreadPool pool(1);
+  const int64_t rows = 64, cols = 256, m = 16;
+  const std::vector<float> w = testing::random_vector(size_t(rows * cols), 7), x = testing::random_vector(size_t(m * cols), 8);
+  const WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
+  std::vector<float> alone(static_cast<size_t>(rows)), batched(size_t(m * rows));
+  matmul(pool, x.data(), 1, matrix, alone.data());
+  matmul(pool, x.data(), m, matrix, batched.data());
+  EXPECT_NE(0, std::memcmp(alone.data(), batched.data(), size_t(rows) * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace deepmoe

@@ -1,0 +1,184 @@
+// The OpenAI request parser (every bad field a 400 naming it) and a choice's text: whole
+// characters only, stop strings cut even when split across tokens, held back while they might
+// still match and released once they cannot.
+#include "serve/openai_api.h"
+
+#include <gtest/gtest.h>
+
+#include "tokenizer/byte_level.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
+
+namespace deepmoe {
+namespace {
+
+// Byte-level BPE whose ids 0..255 are the bytes themselves: a text's bytes are its tokens, so
+// every character of more than one byte arrives split across tokens.
+std::unique_ptr<Tokenizer> byte_tokenizer() {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_level::char_for_byte(uint8_t(b))] = b;
+  const nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+                            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+                            {"decoder", {{"type", "ByteLevel"}}},
+                            {"added_tokens", {{{"id", 256}, {"content", "<|end|>"}, {"special", true}}}}};
+  return Tokenizer::from_json(j.dump(), "", "bytes");
+}
+
+// Pushes text byte by byte; returns the released pieces.
+std::vector<std::string> feed(ChoiceText& choice, const std::string& text) {
+  std::vector<std::string> pieces;
+  for (unsigned char byte : text) pieces.push_back(choice.push(int32_t(byte)));
+  return pieces;
+}
+
+std::string joined(const std::vector<std::string>& pieces) {
+  std::string all;
+  for (const auto& piece : pieces) all += piece;
+  return all;
+}
+
+TEST(ChoiceText, CutsAStopStringSplitAcrossTokensAndNeverSplitsACharacter) {
+  const auto tokenizer = byte_tokenizer();
+  ChoiceText choice(*tokenizer, {"ld ö", "never"});
+  const auto pieces = feed(choice, "héllo wörld öx tail");
+  for (const std::string& piece : pieces) EXPECT_EQ(utf8::sanitize(piece), piece) << "a piece split a character";
+  EXPECT_EQ(joined(pieces), "héllo wör");
+  EXPECT_TRUE(choice.stopped());
+  EXPECT_EQ(choice.push('z'), "");
+  EXPECT_EQ(choice.finish(), "");
+}
+
+TEST(ChoiceText, HoldsBackWhatMayStillBecomeAStopStringAndReleasesItWhenItCannot) {
+  const auto tokenizer = byte_tokenizer();
+  ChoiceText choice(*tokenizer, {"wxyz"});
+  EXPECT_EQ(choice.push('a'), "a");
+  EXPECT_EQ(choice.push('w'), "");
+  EXPECT_EQ(choice.push('x'), "");
+  EXPECT_EQ(choice.push('q'), "wxq");
+  EXPECT_EQ(choice.push('w'), "");
+  EXPECT_EQ(choice.finish(), "w");  // no more tokens: it can no longer match
+  EXPECT_FALSE(choice.stopped());
+}
+
+TEST(ChoiceText, TheEarliestOfSeveralStopStringsWins) {
+  const auto tokenizer = byte_tokenizer();
+  ChoiceText choice(*tokenizer, {"cde", "bcdef", "b"});
+  EXPECT_EQ(joined(feed(choice, "abcdefg")), "a");
+  ChoiceText overlapping(*tokenizer, {"aab"});
+  EXPECT_EQ(joined(feed(overlapping, "xaaab")), "xa");
+}
+
+TEST(ChoiceText, SkipsSpecialTokensAndWithoutStopStringsReleasesAtOnce) {
+  const auto tokenizer = byte_tokenizer();
+  ChoiceText choice(*tokenizer, {});
+  EXPECT_EQ(choice.push('h'), "h");
+  EXPECT_EQ(choice.push(256), "");
+  EXPECT_EQ(choice.push(0xC3), "");
+  EXPECT_EQ(choice.push(0xA9), "é");
+}
+
+class ParseRequest : public ::testing::Test {
+ protected:
+  ParseRequest() : tokenizer_(byte_tokenizer()), template_("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}") {
+    limits_.model_id.assign(1, 'm');  // (= "m" trips GCC 12's -Wrestrict false positive)
+    limits_.context = 64;
+  }
+  CompletionRequest parse(const std::string& body, bool chat) {
+    return parse_completion_request(body, chat, limits_, *tokenizer_, &template_);
+  }
+  // The param of the ApiError the body causes ("" when it parses).
+  std::string error_param(const std::string& body, bool chat = false) {
+    try {
+      parse(body, chat);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), 400) << body;
+      EXPECT_NE(std::string(e.what()).find(e.param().empty() ? "" : e.param()), std::string::npos);
+      return e.param().empty() ? "(none)" : e.param();
+    }
+    return "";
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+  ChatTemplate template_;
+  ApiLimits limits_;
+};
+
+TEST_F(ParseRequest, ReadsEveryField) {
+  const CompletionRequest r = parse(
+      R"({"model": "m", "prompt": "abc", "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 7, "min_p": 0.1,
+          "seed": 42, "stop": ["x", "yz"], "logprobs": 3, "n": 2, "stream": true, "stream_options": {"include_usage": true}})",
+      false);
+  EXPECT_EQ(r.prompt, (std::vector<int32_t>{'a', 'b', 'c'}));
+  EXPECT_EQ(r.max_tokens, 5);
+  EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
+  EXPECT_EQ(r.sampling.top_k, 7);
+  EXPECT_FLOAT_EQ(r.sampling.min_p, 0.1f);
+  EXPECT_TRUE(r.seeded);
+  EXPECT_EQ(r.sampling.seed, 42u);
+  EXPECT_EQ(r.stop, (std::vector<std::string>{"x", "yz"}));
+  EXPECT_TRUE(r.logprobs);
+  EXPECT_EQ(r.top_logprobs, 3);
+  EXPECT_EQ(r.n, 2);
+  EXPECT_TRUE(r.stream && r.include_usage);
+
+  const CompletionRequest chat = parse(R"({"messages": [{"role": "system", "content": "s"},
+      {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3, "logprobs": true,
+      "top_logprobs": 2})", true);
+  EXPECT_EQ(tokenizer_->decode(chat.prompt), "<system>s<user>hi");
+  EXPECT_EQ(chat.max_tokens, 3);
+  EXPECT_EQ(chat.top_logprobs, 2);
+  EXPECT_EQ(parse(R"({"prompt": [1, 2, 3]})", false).max_tokens, 61);  // the rest of the context
+  EXPECT_FLOAT_EQ(parse(R"({"prompt": "a"})", false).sampling.temperature, 1.0f);  // OpenAI's default
+}
+
+TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
+  EXPECT_EQ(error_param("not json"), "(none)");
+  EXPECT_EQ(error_param("[1, 2]"), "(none)");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "model": "other"})"), "model");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "model": 3})"), "model");
+  EXPECT_EQ(error_param(R"({})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": ""})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": 5})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": ["a", "b"]})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": [1, 999]})"), "prompt[1]");
+  std::string too_long = R"({"prompt": ")";
+  too_long.append(64, 'a').append(R"("})");
+  EXPECT_EQ(error_param(too_long), "prompt");  // longer than the context
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": 0})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": 64})"), "max_tokens");  // cannot fit
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": "5"})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": 2.5})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_completion_tokens": -1})"), "max_completion_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "temperature": 2.5})"), "temperature");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "temperature": "hot"})"), "temperature");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "top_p": 0})"), "top_p");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "top_p": 1.5})"), "top_p");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "top_k": -2})"), "top_k");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "min_p": 2})"), "min_p");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "seed": "x"})"), "seed");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": 3})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": [""]})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "n": 0})"), "n");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "n": 100})"), "n");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "logprobs": 50})"), "logprobs");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stream": "yes"})"), "stream");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stream_options": {"include_usage": true}})"), "stream_options");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "echo": true})"), "echo");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "frequency_penalty": 0.5})"), "frequency_penalty");
+  EXPECT_EQ(error_param(R"({"messages": []})", true), "messages");
+  EXPECT_EQ(error_param(R"({"messages": "hi"})", true), "messages");
+  EXPECT_EQ(error_param(R"({})", true), "messages");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "wizard", "content": "x"}]})", true), "messages[0].role");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user"}]})", true), "messages[0].content");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", true),
+            "messages[0].content[0]");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true), "top_logprobs");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", true), "logprobs");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true), "tools");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": null, "seed": null})"), "");  // null is absent
+}
+
+}  // namespace
+}  // namespace deepmoe
