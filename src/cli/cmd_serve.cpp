@@ -30,7 +30,7 @@ void add_serve_command(CLI::App& app) {
     std::string model, model_name;
     ServerOptions server;
     EngineOptions engine;
-    int64_t kv_cache_mb = 1024;
+    double kv_cache_mb = 1024;
     int threads = 0;
     int64_t drain_seconds = 30;
   };
@@ -43,13 +43,13 @@ void add_serve_command(CLI::App& app) {
   command->add_option("--model-name", o->model_name, "the model id clients send (default: the --model directory's name)");
   command->add_option("--max-batch", o->engine.max_batch, "sequences per step (default 16)");
   command->add_option("--max-batch-tokens", o->engine.max_batch_tokens, "tokens per step, decode plus prompt chunks (default 256)");
-  command->add_option("--kv-cache-mb", o->kv_cache_mb, "latent cache size in MiB, shared by all requests (default 1024)");
+  command->add_option("--kv-cache-mb", o->kv_cache_mb, "latent cache size in MiB (fractions allowed), shared by all requests (default 1024)");
   command->add_option("--max-queue", o->engine.max_queue, "requests waiting beyond the batch before 429 (default 256)");
   command->add_option("--ctx", o->engine.context, "longest sequence, prompt plus output (default: the model's, at most 4096)");
   command->add_option("--threads", o->threads, "compute threads (0: all cores)");
   command->add_option("--drain-seconds", o->drain_seconds, "on SIGTERM, how long requests in flight may finish (default 30)");
   command->callback([o] {
-    if (o->kv_cache_mb < 1) fail("--kv-cache-mb must be >= 1, found {}", o->kv_cache_mb);
+    if (!(o->kv_cache_mb > 0) || o->kv_cache_mb > 1e7) fail("--kv-cache-mb must be in (0, 1e7], found {}", o->kv_cache_mb);
     if (o->engine.max_queue < 0) fail("--max-queue must be >= 0, found {}", o->engine.max_queue);
     if (o->drain_seconds < 0) fail("--drain-seconds must be >= 0, found {}", o->drain_seconds);
     // A client that hangs up must not kill the process with SIGPIPE.
@@ -64,7 +64,7 @@ void add_serve_command(CLI::App& app) {
     if (o->engine.context > config.max_position_embeddings)
       fail("--ctx {} exceeds the model's max_position_embeddings {}", o->engine.context, config.max_position_embeddings);
     o->engine.kv_blocks =
-        PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, o->kv_cache_mb * (int64_t(1) << 20));
+        PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
     Model model(*weights, resolve_threads(o->threads));
     // A request's tokens must not depend on what it is batched with.
     model.forced_attention_mode = AttentionMode::Absorbed;

@@ -134,8 +134,8 @@ void Engine::finish(Sequence& sequence, FinishReason reason, const std::string& 
   if (sequence.done) return;
   sequence.done = true;
   release_blocks(sequence);
+  --in_flight_;  // before the client hears of the end, so its next request finds the slot free
   sequence.stream->finish(reason, error);
-  --in_flight_;
 }
 
 void Engine::drop_cancelled() {

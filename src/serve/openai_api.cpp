@@ -151,6 +151,7 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
     if (number_field(body, name, 0.0, -2.0, 2.0) != 0.0) bad_field(name, "only 0 is supported (see repetition_penalty)");
 
   r.stream = bool_field(body, "stream", false);
+  r.ignore_eos = bool_field(body, "ignore_eos", false);
   if (const json* options = field(body, "stream_options")) {
     if (!r.stream) bad_field("stream_options", "only allowed with stream: true");
     if (!options->is_object()) bad_field("stream_options", "expected an object");

@@ -55,6 +55,7 @@ struct CompletionRequest {
   int64_t n = 1;
   bool stream = false;
   bool include_usage = false;
+  bool ignore_eos = false;  // vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 };
 
 // Parses and checks a request body; `chat` selects /v1/chat/completions. Throws ApiError.

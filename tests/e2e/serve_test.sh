@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# `deepmoe serve` as clients drive it: OpenAI's npm client (tests/npm/serve_client.mjs) for the
+# API, batch invariance, cancellation, the prefix cache, preemption and a load test; curl for
+# every kind of bad input, auth, 413, 429 and the SIGTERM drain. Prints "N passed, M failed".
+set -u
+deepmoe=$1
+work=$2
+here=$(cd "$(dirname "$0")" && pwd)
+client="$here/../npm/serve_client.mjs"
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "PASS $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done; }
+trap cleanup EXIT
+
+# A small random model with a tokenizer trained on part of the Brown corpus (chat template included).
+node "$here/../npm/brown_text.mjs" brown.txt 50 && head -c 300000 brown.txt >text.txt
+"$deepmoe" tokenizer-train --vocab-size 512 --out tok text.txt >/dev/null 2>&1 || bad "tokenizer-train"
+cat >config.json <<'JSON'
+{"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+ "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "q_lora_rank": 32,
+ "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+ "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+ "n_group": 4, "topk_group": 2, "max_position_embeddings": 512}
+JSON
+"$deepmoe" init --config config.json --out model --seed 3 --tokenizer tok >/dev/null || bad "init"
+# A larger one whose replies take about a second (on one thread): the queue and drain tests need a request in flight.
+cat >slow_config.json <<'JSON'
+{"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 384, "intermediate_size": 1024,
+ "moe_intermediate_size": 192, "num_hidden_layers": 6, "num_attention_heads": 8, "q_lora_rank": 96,
+ "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+ "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+ "n_group": 4, "topk_group": 2, "max_position_embeddings": 1024}
+JSON
+"$deepmoe" init --config slow_config.json --out slow --seed 3 --tokenizer tok >/dev/null || bad "init slow"
+
+# start_server NAME ARGS...: starts `deepmoe serve` on a free port; sets $url and $pid.
+start_server() {
+  local name=$1
+  shift
+  "$deepmoe" serve --port 0 "$@" 2>"$name.log" &
+  pid=$!
+  pids+=("$pid")
+  url=""
+  for _ in $(seq 1 300); do
+    url=$(grep -o 'http://127.0.0.1:[0-9]*' "$name.log" | head -1)
+    [ -n "$url" ] && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  bad "server $name did not start: $(cat "$name.log")"
+  return 1
+}
+
+# expect_status NAME STATUS [PATTERN] CURL_ARGS...: the HTTP status, an OpenAI error object when
+# it is >= 400, and PATTERN (if not empty) in the body.
+expect_status() {
+  local name=$1 status=$2 pattern=$3
+  shift 3
+  local got
+  got=$(curl -s -o body.txt -w '%{http_code}' --max-time 30 "$@")
+  if [ "$got" = "$status" ] && { [ "$status" -lt 400 ] || /usr/bin/python3 -c "import json,sys; e=json.load(open('body.txt'))['error']; assert e['message'] and e['type']" 2>/dev/null; } &&
+     { [ -z "$pattern" ] || grep -q -- "$pattern" body.txt; }; then
+    ok "$name"
+  else
+    bad "$name (status $got, body $(head -c 300 body.txt))"
+  fi
+}
+
+run_client() {
+  local output
+  output=$(node "$client" "$@" 2>&1)
+  echo "$output"
+  passed=$((passed + $(echo "$output" | grep -c '^PASS')))
+  failed=$((failed + $(echo "$output" | grep -c '^FAIL')))
+  echo "$output" | grep -q -E '^(PASS|FAIL)' || bad "client $1 printed no result"
+}
+
+key=secret-key
+auth=(-H "Authorization: Bearer $key")
+start_server main --model model --threads 2 --api-key "$key" --max-batch 16 --max-batch-tokens 128 || exit 1
+main_url=$url main_pid=$pid
+model=$(curl -s "${auth[@]}" "$main_url/v1/models" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['data'][0]['id'])")
+[ "$model" = "model" ] && ok "GET /v1/models" || bad "GET /v1/models ($model)"
+
+# Auth, routes, and every kind of bad request: a 4xx with an OpenAI error object, never a crash.
+c=(-X POST "${auth[@]}" -H "Content-Type: application/json")
+expect_status "/health needs no key" 200 '"ok"' "$main_url/health"
+expect_status "no key: 401" 401 "API key" "$main_url/v1/models"
+expect_status "wrong key: 401" 401 "API key" -H "Authorization: Bearer nope" "$main_url/v1/models"
+expect_status "no key on completions: 401" 401 "" -X POST -d '{"prompt":"a"}' "$main_url/v1/completions"
+expect_status "unknown route: 404" 404 "no route" "${auth[@]}" "$main_url/v1/nothing"
+expect_status "malformed JSON: 400" 400 "not valid JSON" "${c[@]}" -d '{"prompt": "a",' "$main_url/v1/completions"
+expect_status "body not an object: 400" 400 "JSON object" "${c[@]}" -d '[1,2]' "$main_url/v1/completions"
+expect_status "wrong field type: 400 naming it" 400 '"param":"max_tokens"' "${c[@]}" -d '{"prompt":"a","max_tokens":"7"}' "$main_url/v1/completions"
+expect_status "unknown model: 400" 400 '"param":"model"' "${c[@]}" -d '{"model":"gpt-9","prompt":"a"}' "$main_url/v1/completions"
+expect_status "empty messages: 400" 400 '"param":"messages"' "${c[@]}" -d '{"messages":[]}' "$main_url/v1/chat/completions"
+expect_status "message without content: 400" 400 'messages\[0\].content' "${c[@]}" -d '{"messages":[{"role":"user"}]}' "$main_url/v1/chat/completions"
+long=$(/usr/bin/python3 -c "print('word ' * 2000)")
+expect_status "prompt longer than the context: 400" 400 "context" "${c[@]}" -d "{\"prompt\":\"$long\"}" "$main_url/v1/completions"
+expect_status "max_tokens that cannot fit: 400" 400 '"param":"max_tokens"' "${c[@]}" -d '{"prompt":"a","max_tokens":100000}' "$main_url/v1/completions"
+expect_status "temperature out of range: 400" 400 '"param":"temperature"' "${c[@]}" -d '{"prompt":"a","temperature":-1}' "$main_url/v1/completions"
+expect_status "top_p out of range: 400" 400 '"param":"top_p"' "${c[@]}" -d '{"prompt":"a","top_p":7}' "$main_url/v1/completions"
+expect_status "n out of range: 400" 400 '"param":"n"' "${c[@]}" -d '{"prompt":"a","n":1000}' "$main_url/v1/completions"
+expect_status "token id outside the vocabulary: 400" 400 'prompt\[1\]' "${c[@]}" -d '{"prompt":[1,99999]}' "$main_url/v1/completions"
+head -c 5000000 /dev/zero | tr '\0' 'a' >big.txt
+expect_status "body over the limit: 413" 413 "too large" "${c[@]}" --data-binary @big.txt "$main_url/v1/completions"
+expect_status "bad /tokenize: 400" 400 '"param":"prompt"' "${c[@]}" -d '{"prompt":5}' "$main_url/tokenize"
+expect_status "bad /detokenize: 400" 400 '"param":"tokens"' "${c[@]}" -d '{"tokens":[-1]}' "$main_url/detokenize"
+ids=$(curl -s "${c[@]}" -d '{"prompt":"The jury said","add_special_tokens":false}' "$main_url/tokenize" | /usr/bin/python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['tokens']))")
+text=$(curl -s "${c[@]}" -d "{\"tokens\":$ids}" "$main_url/detokenize" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['prompt'])")
+[ "$text" = "The jury said" ] && ok "/tokenize then /detokenize round trip" || bad "/tokenize round trip ($ids -> $text)"
+# A random byte soup and truncated requests must not take the server down.
+for i in $(seq 1 20); do
+  head -c $((RANDOM % 3000)) /dev/urandom >soup.bin
+  curl -s -o /dev/null --max-time 5 "${c[@]}" --data-binary @soup.bin "$main_url/v1/chat/completions"
+done
+printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"prompt"' | timeout 10 /usr/bin/python3 -c "
+import socket, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); s.sendall(sys.stdin.buffer.read()); s.close()" "${main_url##*:}"
+expect_status "still healthy after garbage and hang-ups" 200 '"ok"' "$main_url/health"
+
+run_client api "$main_url" "$key" "$model"
+run_client invariance "$main_url" "$key" "$model"
+run_client cancel "$main_url" "$key" "$model"
+run_client prefix "$main_url" "$key" "$model"
+run_client load "$main_url" "$key" "$model" 64 20
+curl -s "${auth[@]}" "$main_url/metrics" >metrics.txt
+for metric in 'deepmoe_requests_total{endpoint="/v1/completions",status="200"}' deepmoe_time_to_first_token_seconds_bucket \
+    deepmoe_inter_token_latency_seconds_count deepmoe_request_latency_seconds_sum deepmoe_prompt_tokens_total \
+    deepmoe_generation_tokens_total deepmoe_requests_running deepmoe_requests_waiting 'deepmoe_kv_blocks{state="free"}' \
+    deepmoe_prefix_cache_hit_rate 'deepmoe_expert_tokens_total{layer="1",expert="0"}'; do
+  grep -qF "$metric" metrics.txt || { bad "/metrics has $metric"; continue; }
+done
+grep -q '^deepmoe_requests_total{endpoint="/v1/completions",status="400"} [1-9]' metrics.txt &&
+  awk '/^deepmoe_generation_tokens_total/ {exit !($2 > 1000)}' metrics.txt && ok "/metrics counts requests, statuses and tokens" ||
+  bad "/metrics counts ($(grep -E 'status="400"|generation_tokens_total ' metrics.txt | head -3))"
+
+# Preemption: a cache of 20 blocks (320 positions) for 8 requests of ~160 tokens each.
+start_server small --model model --threads 2 --api-key "$key" --kv-cache-mb 0.1 --ctx 256 && run_client preempt "$main_url" "$key" "$model" "$url"
+kill "$pid" 2>/dev/null
+
+# A full queue: 429 with Retry-After while the one slot is busy.
+start_server busy --model slow --threads 1 --max-batch 1 --max-queue 0 && busy_url=$url busy_pid=$pid
+curl -s -N --max-time 60 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >busy_stream.txt &
+first_curl=$!
+for _ in $(seq 1 100); do grep -q "data:" busy_stream.txt && break; sleep 0.05; done
+curl -s -D headers.txt -o body.txt -X POST -d '{"prompt":"The","max_tokens":2}' "$busy_url/v1/completions"
+grep -q "^HTTP/1.1 429" headers.txt && grep -qi "^Retry-After: 1" headers.txt && grep -q '"error"' body.txt &&
+  ok "a full queue: 429 with Retry-After" || bad "429 ($(head -1 headers.txt) $(head -c 200 body.txt))"
+
+# SIGTERM: the stream in flight finishes with [DONE], new requests are refused, the server exits 0.
+wait_for_stream_start() { for _ in $(seq 1 100); do grep -q "data:" drain_stream.txt && return; sleep 0.05; done; }
+wait "$first_curl"  # the first stream ends, then the next takes the free slot
+curl -s -N --max-time 60 -X POST -d '{"prompt":"It","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >drain_stream.txt &
+curl_pid=$!
+wait_for_stream_start
+kill -TERM "$busy_pid"
+sleep 0.2
+refused=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{"prompt":"a","max_tokens":1}' "$busy_url/v1/completions")
+wait "$busy_pid"
+rc=$?
+wait "$curl_pid" 2>/dev/null
+tail -c 200 drain_stream.txt | grep -q "data: \[DONE\]" && grep -q '"finish_reason":"length"' drain_stream.txt &&
+  [ "$rc" -eq 0 ] && [ "$refused" = 503 ] &&
+  ok "SIGTERM drains: the stream in flight finishes, new requests refused, exit 0" ||
+  bad "SIGTERM drain (exit $rc, new request $refused, stream end: $(tail -c 120 drain_stream.txt))"
+
+kill -TERM "$main_pid" && wait "$main_pid" && ok "main server exits 0 on SIGTERM" || bad "main server exit"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
