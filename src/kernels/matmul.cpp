@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "kernels/ggml_blocks.h"
 #include "kernels/matmul_ggml_gemm.h"
+#include "kernels/matmul_invariant_f32.h"
 #include "kernels/matmul_q4_vnni.h"
 #include "kernels/matmul_q8_vnni.h"
 #include "kernels/matmul_quant.h"
@@ -121,6 +122,8 @@ void prepare_input(const float* x, int64_t x_stride, int64_t n_rows, const Weigh
 void run_rows(const PreparedInput& p, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
               int64_t row_begin, int64_t row_end) {
   if (row_begin >= row_end || n_rows == 0) return;
+  if (g_batch_invariant && (w.format == WeightFormat::F32 || w.format == WeightFormat::BF16))
+    return matmul_invariant_f32(p.x, p.x_stride, n_rows, packed_panels(w), y, y_stride, row_begin, row_end);
   if (p.w8a8 && n_rows <= kSmallBatchMax)
     return int8_u8_dot_rows(p.w8a8_values, n_rows, w, y, y_stride, row_begin, row_end);
   if (p.q4) return q4_dot_rows_vnni(p.q4_values, w, y, y_stride, row_begin, row_end);
@@ -165,21 +168,6 @@ void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightM
 }
 
 namespace {
-// Batch-invariant mode: jobs of more than kSmallBatchMax rows as several of at most that many.
-std::span<const MatmulJob> split_for_invariance(std::span<const MatmulJob> jobs, std::vector<MatmulJob>& split) {
-  split.clear();
-  for (MatmulJob job : jobs) {
-    const int64_t x_stride = job.x_stride < 0 ? job.w->cols : job.x_stride;
-    const int64_t y_stride = job.y_stride < 0 ? job.w->rows : job.y_stride;
-    for (int64_t first = 0; first < job.n_rows; first += kSmallBatchMax)
-      split.push_back({job.x + first * x_stride, std::min(kSmallBatchMax, job.n_rows - first), job.w,
-                       job.y + first * y_stride, x_stride, y_stride});
-  }
-  return split;
-}
-}  // namespace
-
-namespace {
 // Output features per block: 16 for decode (balances two or three threads on small experts),
 // kGemmBlockRows for GEMM.
 int64_t block_rows(int64_t n_rows) { return n_rows <= kSmallBatchMax ? 16 : kGemmBlockRows; }
@@ -201,40 +189,57 @@ void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix
 }
 
 void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
-  thread_local std::vector<MatmulJob> caller_split;
-  if (g_batch_invariant) jobs = split_for_invariance(jobs, caller_split);
-  // Prepared once here rather than in every thread's blocks, and once for consecutive jobs with
-  // the same input and weight format (an MLP's gate and up projections). (References: the
-  // workers must read this thread's buffers, not their own thread_local ones.)
+  // Each job's rows as groups: one group of all its rows, or in batch-invariant mode groups of at
+  // most kSmallBatchMax rows (each goes through the streaming kernel, whose per-row arithmetic
+  // does not depend on the group). A block of output features runs all groups of its job in turn,
+  // so the weights of the block are read from memory once, then from cache.
+  // (References to thread_locals: the workers must read this thread's buffers, not their own.)
+  thread_local std::vector<MatmulJob> caller_groups;
+  std::vector<MatmulJob>& groups = caller_groups;
+  thread_local std::vector<size_t> caller_first_group;  // of each job
+  std::vector<size_t>& first_group = caller_first_group;
+  groups.clear();
+  first_group.assign(1, 0);
+  for (MatmulJob job : jobs) {
+    if (job.x_stride < 0) job.x_stride = job.w->cols;
+    if (job.y_stride < 0) job.y_stride = job.w->rows;
+    const int64_t group_rows = g_batch_invariant ? kSmallBatchMax : std::max<int64_t>(job.n_rows, 1);
+    for (int64_t first = 0; first < job.n_rows; first += group_rows)
+      groups.push_back({job.x + first * job.x_stride, std::min(group_rows, job.n_rows - first), job.w,
+                        job.y + first * job.y_stride, job.x_stride, job.y_stride});
+    first_group.push_back(groups.size());
+  }
+  // Prepared once here rather than in every thread's blocks, and once for consecutive groups with
+  // the same input and weight format (an MLP's gate and up projections).
   thread_local std::vector<PreparedInput> caller_prepared;
   std::vector<PreparedInput>& prepared = caller_prepared;
-  if (prepared.size() < jobs.size()) prepared.resize(jobs.size());
-  thread_local std::vector<size_t> caller_input_of;  // the job whose prepared input each job reads
+  if (prepared.size() < groups.size()) prepared.resize(groups.size());
+  thread_local std::vector<size_t> caller_input_of;  // the group whose prepared input each group reads
   std::vector<size_t>& input_of = caller_input_of;
-  input_of.assign(jobs.size(), 0);
+  input_of.assign(groups.size(), 0);
   thread_local std::vector<int64_t> caller_first_block;
   std::vector<int64_t>& first_block = caller_first_block;  // of each job, in the batch's numbering
   first_block.assign(jobs.size() + 1, 0);
-  thread_local std::vector<MatmulJob> caller_resolved;  // reused: matmul runs hundreds of times per token
-  std::vector<MatmulJob>& resolved = caller_resolved;
-  resolved.assign(jobs.begin(), jobs.end());
   const MatmulJob* last_prepared = nullptr;
+  bool decode = true;  // every group small enough for the streaming kernels
   for (size_t j = 0; j < jobs.size(); ++j) {
-    MatmulJob& job = resolved[j];
-    if (job.x_stride < 0) job.x_stride = job.w->cols;
-    if (job.y_stride < 0) job.y_stride = job.w->rows;
-    const int64_t rows = block_rows(job.n_rows);
+    const MatmulJob& job = jobs[j];
+    const int64_t rows = job.n_rows == 0 ? 1 : block_rows(groups[first_group[j]].n_rows);
     const int64_t blocks = job.n_rows == 0 ? 0 : (job.w->rows + rows - 1) / rows;
     first_block[j + 1] = first_block[j] + blocks;
     if (blocks == 0) continue;
-    if (g_observer) g_observer(*job.w, job.x, job.n_rows, job.x_stride);
-    if (last_prepared && same_prepared_input(*last_prepared, job)) {
-      input_of[j] = input_of[size_t(last_prepared - resolved.data())];
-      continue;
+    if (g_observer) g_observer(*job.w, job.x, job.n_rows, job.x_stride < 0 ? job.w->cols : job.x_stride);
+    for (size_t g = first_group[j]; g < first_group[j + 1]; ++g) {
+      const MatmulJob& group = groups[g];
+      decode = decode && group.n_rows <= kSmallBatchMax;
+      if (last_prepared && same_prepared_input(*last_prepared, group)) {
+        input_of[g] = input_of[size_t(last_prepared - groups.data())];
+        continue;
+      }
+      prepare_input(group.x, group.x_stride, group.n_rows, *group.w, prepared[g]);
+      input_of[g] = g;
+      last_prepared = &group;
     }
-    prepare_input(job.x, job.x_stride, job.n_rows, *job.w, prepared[j]);
-    input_of[j] = j;
-    last_prepared = &job;
   }
   // Each thread takes a run of fixed-size blocks of output features (rows of W) and streams only
   // its part of W. Library calls see the same block shapes whatever the thread count, so results
@@ -243,16 +248,16 @@ void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs) {
   // running ahead inside it. (Runs of a sixteenth, the pool's default, cut two threads' DRAM
   // speed on one 3072 × 2048 matrix from 72 to 49 GB/s at Q8_0, 65 to 54 at Q4_0: every run's
   // end prefetched rows the other thread reads, and each new run restarted the streams.)
-  const bool decode = std::all_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return j.n_rows <= kSmallBatchMax; });
   const int64_t grain = decode ? (first_block.back() + pool.size() - 1) / pool.size() : 1;
   pool.parallel_for(first_block.back(), grain, [&](int64_t begin, int64_t end) {
     size_t j = size_t(std::upper_bound(first_block.begin(), first_block.end(), begin) - first_block.begin()) - 1;
     for (int64_t b = begin; b < end; ++b) {
       while (b >= first_block[j + 1]) ++j;
-      const MatmulJob& job = resolved[j];
-      const int64_t rows = block_rows(job.n_rows), local = b - first_block[j];
-      run_rows(prepared[input_of[j]], job.n_rows, *job.w, job.y, job.y_stride, local * rows,
-               std::min(job.w->rows, (local + 1) * rows));
+      const MatmulJob& job = jobs[j];
+      const int64_t rows = block_rows(groups[first_group[j]].n_rows), local = b - first_block[j];
+      for (size_t g = first_group[j]; g < first_group[j + 1]; ++g)
+        run_rows(prepared[input_of[g]], groups[g].n_rows, *job.w, groups[g].y, groups[g].y_stride, local * rows,
+                 std::min(job.w->rows, (local + 1) * rows));
     }
   });
 }

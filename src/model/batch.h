@@ -27,7 +27,8 @@ class LatentRows {
  public:
   virtual ~LatentRows() = default;
   // Rows [0, first_position + n_tokens) of sequence `s` at `layer`, contiguous: the cached ones
-  // filled; the caller writes the new ones, then calls commit.
+  // filled; the caller writes the new ones, then calls commit. The rows of every sequence of the
+  // batch may be open at once.
   virtual float* open(int64_t layer, size_t s) = 0;
   // Stores the new rows written into open()'s buffer.
   virtual void commit(int64_t layer, size_t s) = 0;

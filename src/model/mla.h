@@ -21,7 +21,8 @@ namespace deepmoe {
 enum class AttentionMode { Expanded, Absorbed };
 
 struct MlaScratch {  // grown on demand, reused across layers and calls
-  std::vector<float> q, q_lora, kv_a, q_latent, scores, out_latent, attn;
+  std::vector<float> q, q_lora, kv_a, q_latent, out_latent, attn;
+  std::vector<float*> cache_layers;  // each sequence's open latent rows
 };
 
 // x: [n_tokens, hidden], the tokens of `batch` one sequence after another; appends each

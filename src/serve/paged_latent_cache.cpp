@@ -31,18 +31,20 @@ void PagedLatentCache::bind(std::span<const BatchSequence> batch,
   }
   batch_ = batch;
   tables_ = block_tables;
+  if (gathered_.size() < batch.size()) gathered_.resize(batch.size());
 }
 
 float* PagedLatentCache::open(int64_t layer, size_t s) {
   const int64_t cached = batch_[s].first_position, total = cached + int64_t(batch_[s].tokens.size());
-  if (gathered_.size() < size_t(total * row_size_)) gathered_.resize(size_t(total * row_size_));
+  std::vector<float>& gathered = gathered_[s];
+  if (gathered.size() < size_t(total * row_size_)) gathered.resize(size_t(total * row_size_));
   const std::vector<int32_t>& table = *tables_[s];
   for (int64_t first = 0; first < cached; first += block_tokens_) {
     const int64_t count = std::min(block_tokens_, cached - first);
-    std::memcpy(gathered_.data() + first * row_size_, block_rows(layer, table[size_t(first / block_tokens_)]),
+    std::memcpy(gathered.data() + first * row_size_, block_rows(layer, table[size_t(first / block_tokens_)]),
                 size_t(count * row_size_) * sizeof(float));
   }
-  return gathered_.data();
+  return gathered.data();
 }
 
 void PagedLatentCache::commit(int64_t layer, size_t s) {
@@ -51,7 +53,7 @@ void PagedLatentCache::commit(int64_t layer, size_t s) {
   for (int64_t position = first_new; position < total;) {
     const int64_t in_block = position % block_tokens_, count = std::min(block_tokens_ - in_block, total - position);
     std::memcpy(block_rows(layer, table[size_t(position / block_tokens_)]) + in_block * row_size_,
-                gathered_.data() + position * row_size_, size_t(count * row_size_) * sizeof(float));
+                gathered_[s].data() + position * row_size_, size_t(count * row_size_) * sizeof(float));
     position += count;
   }
 }

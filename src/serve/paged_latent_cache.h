@@ -40,7 +40,7 @@ class PagedLatentCache final : public LatentRows {
   std::vector<std::unique_ptr<float[]>> layers_;
   std::span<const BatchSequence> batch_;
   std::span<const std::vector<int32_t>* const> tables_;
-  std::vector<float> gathered_;
+  std::vector<std::vector<float>> gathered_;  // per sequence of the batch
 };
 
 }  // namespace deepmoe

@@ -7,6 +7,7 @@
 
 #include "kernels/attention_f32.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_invariant_f32.h"
 #include "kernels/quantize.h"
 #include "test_util.h"
 
@@ -78,6 +79,34 @@ TEST(BatchInvarianceOff, SomeRowsDependOnTheBatch) {
   matmul(pool, x.data(), 1, matrix, alone.data());
   matmul(pool, x.data(), m, matrix, batched.data());
   EXPECT_NE(0, std::memcmp(alone.data(), batched.data(), size_t(rows) * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace deepmoe
+
+namespace deepmoe {
+namespace {
+
+TEST(InvariantF32Kernel, MatchesDoubleAndItsPortableTwinBitForBit) {
+  // Awkward sizes: rows not a multiple of the 16-wide panels, columns not of the 4 partial sums.
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{37, 45}, {16, 64}, {5, 3}}) {
+    const std::vector<float> w = testing::random_vector(size_t(rows * cols), 11), x = testing::random_vector(size_t(4 * cols), 12);
+    const WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
+    const PackedPanels& panels = packed_panels(matrix);
+    for (int64_t m = 1; m <= 4; ++m) {
+      std::vector<float> fast(size_t(m * rows), -1.0f), portable(size_t(m * rows), -2.0f);
+      matmul_invariant_f32(x.data(), cols, m, panels, fast.data(), rows, 0, rows);
+      matmul_invariant_f32_portable(x.data(), cols, m, panels, portable.data(), rows, 0, rows);
+      EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), fast.size() * sizeof(float))) << rows << "x" << cols << " M=" << m;
+      const std::vector<double> expected = testing::matmul_reference(x, m, w, rows, cols);
+      EXPECT_LT(testing::relative_error(fast, expected), 1e-6) << rows << "x" << cols << " M=" << m;
+    }
+    // A range that starts and ends inside panels leaves the other outputs alone.
+    std::vector<float> part(size_t(rows), 7.0f);
+    matmul_invariant_f32(x.data(), cols, 1, panels, part.data(), rows, 1, rows - 1);
+    EXPECT_EQ(part[0], 7.0f);
+    EXPECT_EQ(part[size_t(rows - 1)], 7.0f);
+  }
 }
 
 }  // namespace
