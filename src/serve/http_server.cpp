@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <set>
 #include <thread>
 
 #include "core/error.h"
@@ -128,6 +129,11 @@ void HttpServer::drain(std::chrono::milliseconds grace) {
   server_->stop();
 }
 
+nlohmann::json HttpServer::model_object() const {
+  return {{"id", options_.limits.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "deepmoe"},
+          {"max_model_len", options_.limits.context}};
+}
+
 void HttpServer::routes() {
   httplib::Server& s = *server_;
   s.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
@@ -143,7 +149,12 @@ void HttpServer::routes() {
     return httplib::Server::HandlerResponse::Unhandled;
   });
   s.set_post_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
-    metrics_.count_request(request.path.size() > 64 ? std::string("(other)") : request.path, response.status);
+    // Known routes only: a label per unknown path would let clients grow the metrics without bound.
+    static const std::set<std::string> routes = {"/health", "/metrics", "/tokenize", "/detokenize", "/v1/models",
+                                                 "/v1/completions", "/v1/chat/completions"};
+    std::string endpoint = routes.count(request.path) ? request.path : "(other)";
+    if (request.path.rfind("/v1/models/", 0) == 0) endpoint = "/v1/models/{id}";
+    metrics_.count_request(endpoint, response.status);
   });
   s.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
     if (!response.body.empty()) return;
@@ -167,13 +178,13 @@ void HttpServer::routes() {
     send_json(response, 200, {{"status", "ok"}});
   });
   s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) {
-    send_json(response, 200,
-              {{"object", "list"},
-               {"data", json::array({{{"id", options_.limits.model_id},
-                                      {"object", "model"},
-                                      {"created", created_},
-                                      {"owned_by", "deepmoe"},
-                                      {"max_model_len", options_.limits.context}}})}});
+    send_json(response, 200, {{"object", "list"}, {"data", json::array({model_object()})}});
+  });
+  s.Get(R"(/v1/models/(.+))", [this](const httplib::Request& request, httplib::Response& response) {
+    if (request.matches[1] != options_.limits.model_id)
+      return send_error(response, 404, fmt::format("the model '{}' does not exist", std::string(request.matches[1])),
+                        "model");
+    send_json(response, 200, model_object());
   });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(metrics_.render(engine_.stats()), "text/plain; version=0.0.4");
@@ -293,7 +304,10 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
           for (size_t i = 0; i < run->choices(); ++i)
             first.push_back({{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
                              {"finish_reason", nullptr}});
-          if (!send(chunk(first))) return run->cancel(), false;
+          if (!send(chunk(first))) {
+            run->cancel();
+            return false;
+          }
         }
         std::vector<int64_t> offsets(run->choices(), 0);
         std::vector<ChoiceDelta> deltas;
@@ -301,7 +315,10 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
           deltas.clear();
           if (!run->poll(std::chrono::milliseconds(1000), deltas)) {
             static const std::string keep_alive = ": keep-alive\n\n";  // an SSE comment; probes the connection
-            if (!sink.write(keep_alive.data(), keep_alive.size())) return run->cancel(), false;
+            if (!sink.write(keep_alive.data(), keep_alive.size())) {
+              run->cancel();
+              return false;
+            }
             continue;
           }
           for (const ChoiceDelta& delta : deltas) {
@@ -322,7 +339,10 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
             choice["logprobs"] = logprobs;
             if (chat) choice["delta"] = delta.text.empty() ? json::object() : json{{"content", delta.text}};
             else choice["text"] = delta.text;
-            if (!send(chunk(json::array({choice})))) return run->cancel(), false;
+            if (!send(chunk(json::array({choice})))) {
+              run->cancel();
+              return false;
+            }
           }
         }
         if (!run->error().empty()) send(error_body(run->error(), "server_error", {}));

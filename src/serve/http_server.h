@@ -47,6 +47,7 @@ class HttpServer {
 
  private:
   void routes();
+  nlohmann::json model_object() const;  // the one entry of /v1/models
   void completions(const httplib::Request& request, httplib::Response& response, bool chat);
   void tokenize(const httplib::Request& request, httplib::Response& response);
   void detokenize(const httplib::Request& request, httplib::Response& response);

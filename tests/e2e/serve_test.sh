@@ -125,7 +125,6 @@ expect_status "still healthy after garbage and hang-ups" 200 '"ok"' "$main_url/h
 
 run_client api "$main_url" "$key" "$model"
 run_client invariance "$main_url" "$key" "$model"
-run_client cancel "$main_url" "$key" "$model"
 run_client prefix "$main_url" "$key" "$model"
 run_client load "$main_url" "$key" "$model" 64 20
 curl -s "${auth[@]}" "$main_url/metrics" >metrics.txt
@@ -145,6 +144,7 @@ kill "$pid" 2>/dev/null
 
 # A full queue: 429 with Retry-After while the one slot is busy.
 start_server busy --model slow --threads 1 --max-batch 1 --max-queue 0 && busy_url=$url busy_pid=$pid
+run_client cancel "$busy_url" "$key" slow
 curl -s -N --max-time 60 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >busy_stream.txt &
 first_curl=$!
 for _ in $(seq 1 100); do grep -q "data:" busy_stream.txt && break; sleep 0.05; done
