@@ -234,6 +234,36 @@ void HttpServer::detokenize(const httplib::Request& request, httplib::Response& 
   }
 }
 
+// The choices of a whole (not streamed) response from everything its run produced.
+json HttpServer::whole_choices(const CompletionRun& run, const std::vector<ChoiceDelta>& deltas,
+                               const CompletionRequest& request) const {
+  std::vector<std::string> texts(run.choices());
+  std::vector<FinishReason> reasons(run.choices(), FinishReason::Stop);
+  std::vector<json> chat_logprobs(run.choices(), json::array());
+  std::vector<CompletionLogprobs> completion_logprobs(run.choices());
+  for (const ChoiceDelta& delta : deltas) {
+    if (delta.token && request.logprobs) {
+      if (request.chat) chat_logprobs[delta.index].push_back(chat_logprob(tokenizer_, *delta.token));
+      else completion_logprobs[delta.index].add(tokenizer_, *delta.token, int64_t(texts[delta.index].size()));
+    }
+    texts[delta.index] += delta.text;
+    if (delta.finished) reasons[delta.index] = *delta.finished;
+  }
+  json choices = json::array();
+  for (size_t i = 0; i < run.choices(); ++i) {
+    json choice = {{"index", i}, {"finish_reason", finish_reason_name(reasons[i])}};
+    if (request.chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", texts[i]}};
+      choice["logprobs"] = request.logprobs ? json{{"content", chat_logprobs[i]}} : json(nullptr);
+    } else {
+      choice["text"] = texts[i];
+      choice["logprobs"] = request.logprobs ? completion_logprobs[i].to_json() : json(nullptr);
+    }
+    choices.push_back(choice);
+  }
+  return choices;
+}
+
 void HttpServer::completions(const httplib::Request& request, httplib::Response& response, bool chat) {
   std::shared_ptr<CompletionRun> run;
   CompletionRequest parsed;
@@ -254,36 +284,40 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
   const std::string& model = options_.limits.model_id;
 
   if (!parsed.stream) {
+    // Whole responses: most finish within a short wait and go out with their status. A longer
+    // one switches to a chunked body that starts with whitespace (valid before JSON) written
+    // every 200 ms: a failed write means the client is gone, and the run is cancelled.
+    auto whole = [=, this](const std::vector<ChoiceDelta>& deltas) {
+      return json{{"id", id}, {"object", object}, {"created", created}, {"model", model},
+                  {"choices", whole_choices(*run, deltas, parsed)}, {"usage", usage_json(*run)}};
+    };
     std::vector<ChoiceDelta> deltas;
-    while (!run->done()) run->poll(std::chrono::milliseconds(1000), deltas);
-    if (!run->error().empty()) return send_error(response, 500, run->error(), {}, "server_error");
-    std::vector<std::string> texts(run->choices());
-    std::vector<FinishReason> reasons(run->choices(), FinishReason::Stop);
-    std::vector<json> chat_logprobs(run->choices(), json::array());
-    std::vector<CompletionLogprobs> completion_logprobs(run->choices());
-    for (const ChoiceDelta& delta : deltas) {
-      if (delta.token && parsed.logprobs) {
-        if (chat) chat_logprobs[delta.index].push_back(chat_logprob(tokenizer_, *delta.token));
-        else completion_logprobs[delta.index].add(tokenizer_, *delta.token, int64_t(texts[delta.index].size()));
-      }
-      texts[delta.index] += delta.text;
-      if (delta.finished) reasons[delta.index] = *delta.finished;
+    const auto probe_every = std::chrono::milliseconds(200);
+    const auto deadline = std::chrono::steady_clock::now() + probe_every;
+    while (!run->done() && std::chrono::steady_clock::now() < deadline) run->poll(probe_every, deltas);
+    if (run->done()) {
+      if (!run->error().empty()) return send_error(response, 500, run->error(), {}, "server_error");
+      return send_json(response, 200, whole(deltas));
     }
-    json choices = json::array();
-    for (size_t i = 0; i < run->choices(); ++i) {
-      json choice = {{"index", i}, {"finish_reason", finish_reason_name(reasons[i])}};
-      if (chat) {
-        choice["message"] = {{"role", "assistant"}, {"content", texts[i]}};
-        choice["logprobs"] = parsed.logprobs ? json{{"content", chat_logprobs[i]}} : json(nullptr);
-      } else {
-        choice["text"] = texts[i];
-        choice["logprobs"] = parsed.logprobs ? completion_logprobs[i].to_json() : json(nullptr);
-      }
-      choices.push_back(choice);
-    }
-    return send_json(response, 200,
-                     {{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"choices", choices},
-                      {"usage", usage_json(*run)}});
+    response.set_chunked_content_provider(
+        "application/json", [=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
+          auto next_probe = std::chrono::steady_clock::now();
+          while (!run->done()) {
+            run->poll(probe_every, deltas);
+            if (std::chrono::steady_clock::now() < next_probe) continue;
+            next_probe += probe_every;
+            if (!sink.write(" ", 1)) {
+              run->cancel();
+              return false;
+            }
+          }
+          const std::string body =
+              dump(run->error().empty() ? whole(deltas) : error_body(run->error(), "server_error", {}));
+          sink.write(body.data(), body.size());
+          sink.done();
+          return true;
+        });
+    return;
   }
 
   // Streaming: one server-sent event per token of each choice, then usage if asked, then [DONE].

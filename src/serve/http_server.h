@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "serve/completion_run.h"
 #include "serve/engine.h"
 #include "serve/metrics.h"
 #include "serve/openai_api.h"
@@ -49,6 +50,8 @@ class HttpServer {
   void routes();
   nlohmann::json model_object() const;  // the one entry of /v1/models
   void completions(const httplib::Request& request, httplib::Response& response, bool chat);
+  nlohmann::json whole_choices(const CompletionRun& run, const std::vector<ChoiceDelta>& deltas,
+                               const CompletionRequest& request) const;
   void tokenize(const httplib::Request& request, httplib::Response& response);
   void detokenize(const httplib::Request& request, httplib::Response& response);
 

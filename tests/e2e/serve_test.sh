@@ -145,6 +145,18 @@ kill "$pid" 2>/dev/null
 # A full queue: 429 with Retry-After while the one slot is busy.
 start_server busy --model slow --threads 1 --max-batch 1 --max-queue 0 && busy_url=$url busy_pid=$pid
 run_client cancel "$busy_url" "$key" slow
+# A whole (not streamed) request whose client gives up is cancelled too (whitespace probes).
+steps() { curl -s "$busy_url/metrics" | awk '/^deepmoe_engine_steps_total/ {print $2}'; }
+before=$(steps)
+curl -s -o /dev/null --max-time 0.3 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true}' "$busy_url/v1/completions"
+for _ in $(seq 1 100); do curl -s "$busy_url/metrics" | grep -q '^deepmoe_requests_running 0' && break; sleep 0.05; done
+after=$(steps)
+[ -n "$before" ] && [ $((after - before)) -lt 900 ] && curl -s "$busy_url/metrics" | grep -q '^deepmoe_requests_running 0' &&
+  ok "a whole request whose client gives up is cancelled ($((after - before)) of 1000 steps)" ||
+  bad "whole request cancellation (steps $before -> $after)"
+whole=$(curl -s -X POST -d '{"prompt":"The","max_tokens":600,"ignore_eos":true}' "$busy_url/v1/completions")
+echo "$whole" | /usr/bin/python3 -c "import json,sys; d=json.loads(sys.stdin.read()); assert d['usage']['completion_tokens'] == 600 and d['choices'][0]['finish_reason'] == 'length'" &&
+  ok "a long whole request (chunked, whitespace first) is valid JSON" || bad "long whole request ($(echo "$whole" | head -c 200))"
 curl -s -N --max-time 60 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >busy_stream.txt &
 first_curl=$!
 for _ in $(seq 1 100); do grep -q "data:" busy_stream.txt && break; sleep 0.05; done

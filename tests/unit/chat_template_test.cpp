@@ -30,6 +30,13 @@ TEST(ChatTemplateTest, FollowsPythonJinjaWhereTheJavaScriptRendererDiffers) {
   EXPECT_EQ(t.render(nlohmann::json::array(), false, "", ""), "True None 3 abab [1, 'x'] {'k': 1.0}");
 }
 
+// A namespace that holds itself is a cycle of shared pointers: freed at the end of the render
+// (the ASan stage of scripts/test fails this test with a leak otherwise; found by fuzzing).
+TEST(ChatTemplateTest, ANamespaceThatHoldsItselfIsFreed) {
+  const ChatTemplate t("{% set ns = namespace(a=1, list=[]) %}{% set ns.a = ns %}{% set ns.list = [ns, ns] %}{{ ns.list | length }}");
+  EXPECT_EQ(t.render(nlohmann::json::array(), false, "", ""), "2");
+}
+
 TEST(ChatTemplateTest, NamesWhatIsUnsupportedOrWrong) {
   EXPECT_NE(render_error("{{ 'x' | wordwrap }}").find("unsupported filter 'wordwrap'"), std::string::npos);
   EXPECT_NE(render_error("{% filter upper %}x{% endfilter %}").find("unsupported statement"), std::string::npos);

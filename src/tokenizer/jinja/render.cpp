@@ -172,9 +172,10 @@ class Interpreter {
     define("raise_exception", [](Args& args, Kwargs&) -> Value {
       fail("chat template raised an exception: {}", args.empty() ? std::string() : to_output(args[0]));
     });
-    define("namespace", [](Args&, Kwargs& kwargs) -> Value {
+    define("namespace", [this](Args&, Kwargs& kwargs) -> Value {
       auto fields = std::make_shared<Dict>();
       for (auto& [k, v] : kwargs) fields->emplace_back(k, v);
+      namespaces_.push_back(fields);
       return Value(Namespace{fields});
     });
     define("range", [](Args& args, Kwargs&) -> Value {
@@ -206,6 +207,13 @@ class Interpreter {
     render(t.body, out);
     return out;
   }
+
+  ~Interpreter() {
+    for (auto& weak : namespaces_)
+      if (auto fields = weak.lock()) fields->clear();
+  }
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
 
  private:
   enum class Flow { kNormal, kBreak, kContinue };
@@ -866,6 +874,9 @@ class Interpreter {
   }
 
   std::vector<std::unordered_map<std::string, Value>> scopes_;
+  // Every namespace() made, to empty at the end: `{% set ns.x = ns %}` makes a namespace hold
+  // itself, a cycle of shared pointers that would otherwise never be freed (found by fuzzing).
+  std::vector<std::weak_ptr<Dict>> namespaces_;
   int call_depth_ = 0;
 };
 
