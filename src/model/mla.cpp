@@ -126,14 +126,14 @@ void latent_attention(const Config& c, int64_t n_tokens, int64_t first_position,
 // W_UK per head) and the output (· W_UVᵀ per head) for all the batch's tokens at once, so each
 // head's slices of kv_b_proj are read once per step; then each sequence against its own cache.
 // Sequences of a few tokens (decode) run one per thread, the others one at a time over the pool.
+// first_token: each sequence's first token in q and attn, then the end (batch.size() + 1 entries,
+// counted from first_token[0]).
 void attend_absorbed(const Config& c, const MlaWeights& w, std::span<const BatchSequence> batch,
-                     std::span<float* const> cache_layers, const float* q, float* attn, MlaScratch& s,
-                     ThreadPool& pool) {
+                     std::span<float* const> cache_layers, std::span<const int64_t> first_token, const float* q,
+                     float* attn, MlaScratch& s, ThreadPool& pool) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
-  std::vector<int64_t> first_token(batch.size() + 1, 0);
-  for (size_t i = 0; i < batch.size(); ++i) first_token[i + 1] = first_token[i] + int64_t(batch[i].tokens.size());
-  const int64_t n_tokens = first_token.back();
+  const int64_t base = first_token.front(), n_tokens = first_token.back() - base;
   grow(s.q_latent, n_tokens * heads * row);
   grow(s.out_latent, n_tokens * heads * rank);
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {
@@ -148,7 +148,8 @@ void attend_absorbed(const Config& c, const MlaWeights& w, std::span<const Batch
   });
   auto attend = [&](size_t i, ThreadPool* sequence_pool) {
     latent_attention(c, int64_t(batch[i].tokens.size()), batch[i].first_position, cache_layers[i],
-                     s.q_latent.data() + first_token[i] * heads * row, s.out_latent.data() + first_token[i] * heads * rank,
+                     s.q_latent.data() + (first_token[i] - base) * heads * row,
+                     s.out_latent.data() + (first_token[i] - base) * heads * rank,
                      sequence_pool);
   };
   std::vector<size_t> short_sequences;
@@ -177,8 +178,12 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope_dim, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const float eps = float(c.rms_norm_eps);
-  int64_t n_tokens = 0;
-  for (const BatchSequence& sequence : batch) n_tokens += int64_t(sequence.tokens.size());
+  // Each sequence's first token in the batch, then the end.
+  std::vector<int64_t>& first_token = s.first_token;
+  first_token.assign(batch.size() + 1, 0);
+  for (size_t index = 0; index < batch.size(); ++index)
+    first_token[index + 1] = first_token[index] + int64_t(batch[index].tokens.size());
+  const int64_t n_tokens = first_token.back();
 
   // q: [n_tokens, heads, nope + rope]
   grow(s.q, n_tokens * heads * qk);
@@ -199,10 +204,8 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
   // Each sequence's new cache rows (normalized c_kv, rotated k_pe) and rotated queries.
   std::vector<float*>& cache_layers = s.cache_layers;
   cache_layers.assign(batch.size(), nullptr);
-  std::vector<int64_t> first_token(batch.size() + 1, 0);
   for (size_t index = 0; index < batch.size(); ++index) {
     const int64_t count = int64_t(batch[index].tokens.size()), first_position = batch[index].first_position;
-    first_token[index + 1] = first_token[index] + count;
     cache_layers[index] = cache.open(layer, index);
     float* cache_rows = cache_layers[index] + first_position * row;
     rmsnorm(s.kv_a.data() + first_token[index] * row, row, w.kv_a_layernorm, count, rank, eps, cache_rows, row);
@@ -225,7 +228,7 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
   bool all_absorbed = true;
   for (size_t index = 0; index < batch.size(); ++index) all_absorbed = all_absorbed && mode_of(index) == AttentionMode::Absorbed;
   if (all_absorbed) {
-    attend_absorbed(c, w, batch, cache_layers, s.q.data(), s.attn.data(), s, pool);
+    attend_absorbed(c, w, batch, cache_layers, first_token, s.q.data(), s.attn.data(), s, pool);
   } else {
     for (size_t index = 0; index < batch.size(); ++index) {
       const float* q = s.q.data() + first_token[index] * heads * qk;
@@ -234,7 +237,8 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
         attend_expanded(c, w, int64_t(batch[index].tokens.size()), batch[index].first_position, cache_layers[index], q,
                         attn, pool);
       } else {
-        attend_absorbed(c, w, batch.subspan(index, 1), std::span(cache_layers).subspan(index, 1), q, attn, s, pool);
+        attend_absorbed(c, w, batch.subspan(index, 1), std::span(cache_layers).subspan(index, 1),
+                        std::span(first_token).subspan(index, 2), q, attn, s, pool);
       }
     }
   }

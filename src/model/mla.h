@@ -22,7 +22,8 @@ enum class AttentionMode { Expanded, Absorbed };
 
 struct MlaScratch {  // grown on demand, reused across layers and calls
   std::vector<float> q, q_lora, kv_a, q_latent, out_latent, attn;
-  std::vector<float*> cache_layers;  // each sequence's open latent rows
+  std::vector<float*> cache_layers;   // each sequence's open latent rows
+  std::vector<int64_t> first_token;   // each sequence's first token in the batch, then the end
 };
 
 // x: [n_tokens, hidden], the tokens of `batch` one sequence after another; appends each

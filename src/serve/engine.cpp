@@ -23,7 +23,6 @@ struct Engine::Sequence {
   Sequence(EngineRequest r, uint64_t order)
       : stream(std::make_shared<RequestStream>()), request(std::move(r)), sampler(request.sampling), arrival(order) {
     tokens = std::move(request.prompt);
-    stream->set_prompt_tokens(int64_t(tokens.size()));
   }
   int64_t pending() const { return int64_t(tokens.size()) - computed; }
 };

@@ -49,10 +49,10 @@ json usage_json(const CompletionRun& run) {
 struct CompletionLogprobs {
   json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), text_offset = json::array();
   void add(const Tokenizer& tokenizer, const EngineToken& token, int64_t offset) {
-    tokens.push_back(token_text(tokenizer, token.token));
+    tokens.push_back(tokenizer.token_bytes(token.token));
     token_logprobs.push_back(token.logprob);
     json top = json::object();
-    for (const TokenLogprob& entry : token.top) top[token_text(tokenizer, entry.token)] = entry.logprob;
+    for (const TokenLogprob& entry : token.top) top[tokenizer.token_bytes(entry.token)] = entry.logprob;
     top_logprobs.push_back(top);
     text_offset.push_back(offset);
   }

@@ -276,8 +276,6 @@ std::string finish_reason_name(FinishReason reason) {
   }
 }
 
-std::string token_text(const Tokenizer& tokenizer, int32_t token) { return tokenizer.token_bytes(token); }
-
 nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token) {
   auto entry = [&](int32_t id, float logprob) {
     const std::string bytes = tokenizer.token_bytes(id);

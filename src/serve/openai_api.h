@@ -96,7 +96,4 @@ std::string finish_reason_name(FinishReason reason);
 // Logprobs of one token in the chat format ({token, logprob, bytes, top_logprobs}).
 nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token);
 
-// Token text for the completions format's logprobs (lossy where a token is part of a character).
-std::string token_text(const Tokenizer& tokenizer, int32_t token);
-
 }  // namespace deepmoe

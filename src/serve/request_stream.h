@@ -35,14 +35,12 @@ class RequestStream {
   bool cancelled() const { return cancelled_; }
   FinishReason finish_reason() const;
   std::string error() const;
-  int64_t prompt_tokens() const { return prompt_tokens_; }
   // Prompt tokens served from the prefix cache at admission (the last admission, after a preemption).
   int64_t cached_tokens() const { return cached_tokens_; }
 
   // The engine's side.
   void push(EngineToken token);
   void finish(FinishReason reason, std::string error = {});
-  void set_prompt_tokens(int64_t n) { prompt_tokens_ = n; }
   void set_cached_tokens(int64_t n) { cached_tokens_ = n; }
 
  private:
@@ -52,7 +50,7 @@ class RequestStream {
   FinishReason reason_ = FinishReason::None;
   std::string error_;
   std::atomic<bool> cancelled_{false};
-  std::atomic<int64_t> prompt_tokens_{0}, cached_tokens_{0};
+  std::atomic<int64_t> cached_tokens_{0};
 };
 
 }  // namespace deepmoe
