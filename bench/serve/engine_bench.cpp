@@ -2,7 +2,7 @@
 // batching, paged cache, batch-invariant kernels as `deepmoe serve` runs them), P random prompt
 // tokens and exactly G generated tokens each; aggregate generated tokens/s per concurrency, as
 // JSON lines. bench/peer_llamacpp/batch.mjs measures llama.cpp the same way, in process.
-//   engine_bench MODEL [--concurrency 1,4,16,64] [--prompt 64] [--gen 128] [--threads 2] [--reps 3]
+//   engine_bench MODEL [--concurrency 1,4,16,64] [--prompt 64] [--gen 128] [--threads 2] [--reps 3] [--dtype auto|bf16]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,11 +18,11 @@ using namespace deepmoe;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R]\n");
+    std::fprintf(stderr, "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R] [--dtype auto|bf16]\n");
     return 2;
   }
   std::map<std::string, std::string> options = {
-      {"concurrency", "1,4,16,64"}, {"prompt", "64"}, {"gen", "128"}, {"threads", "2"}, {"reps", "3"}};
+      {"concurrency", "1,4,16,64"}, {"prompt", "64"}, {"gen", "128"}, {"threads", "2"}, {"reps", "3"}, {"dtype", "auto"}};
   for (int i = 2; i + 1 < argc; i += 2) options[std::string(argv[i]).substr(2)] = argv[i + 1];
   const int64_t prompt = std::stoll(options["prompt"]), gen = std::stoll(options["gen"]);
   const int reps = std::stoi(options["reps"]);
@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   for (std::string item; std::getline(list, item, ',');) concurrencies.push_back(std::stoi(item));
   try {
     const auto weights = ModelWeights::load(argv[1]);
+    if (options["dtype"] == "bf16") weights->round_to_bf16();
     Model model(*weights, std::stoi(options["threads"]));
     model.forced_attention_mode = AttentionMode::Absorbed;
     set_batch_invariant_kernels(true);

@@ -27,7 +27,7 @@ extern "C" void on_stop_signal(int signal_number) {
 
 void add_serve_command(CLI::App& app) {
   struct Options {
-    std::string model, model_name;
+    std::string model, model_name, dtype = "auto";
     ServerOptions server;
     EngineOptions engine;
     double kv_cache_mb = 1024;
@@ -47,6 +47,10 @@ void add_serve_command(CLI::App& app) {
   command->add_option("--max-queue", o->engine.max_queue, "requests waiting beyond the batch before 429 (default 256)");
   command->add_option("--ctx", o->engine.context, "longest sequence, prompt plus output (default: the model's, at most 4096)");
   command->add_option("--threads", o->threads, "compute threads (0: all cores)");
+  command->add_option("--dtype", o->dtype,
+                      "weights as stored (auto) or f32 matrices rounded to bf16 at load (bf16: half the bytes per "
+                      "step; activations stay f32)")
+      ->check(CLI::IsMember({"auto", "bf16"}));
   command->add_option("--drain-seconds", o->drain_seconds, "on SIGTERM, how long requests in flight may finish (default 30)");
   command->callback([o] {
     if (!(o->kv_cache_mb > 0) || o->kv_cache_mb > 1e7) fail("--kv-cache-mb must be in (0, 1e7], found {}", o->kv_cache_mb);
@@ -59,6 +63,7 @@ void add_serve_command(CLI::App& app) {
     std::unique_ptr<ChatTemplate> chat_template;
     if (!tokenizer->chat_template().empty()) chat_template = std::make_unique<ChatTemplate>(tokenizer->chat_template());
     const auto weights = load_model(o->model);
+    if (o->dtype == "bf16") weights->round_to_bf16();
     const Config& config = weights->config;
     if (o->engine.context == 0) o->engine.context = std::min<int64_t>(config.max_position_embeddings, 4096);
     if (o->engine.context > config.max_position_embeddings)

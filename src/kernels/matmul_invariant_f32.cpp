@@ -1,3 +1,7 @@
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "kernels/matmul_invariant_f32.h"
 
 #include <immintrin.h>
@@ -9,7 +13,10 @@
 #include <mutex>
 #include <shared_mutex>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/avx512_common.h"
 #include "kernels/matmul_small_batch_avx512.h"
@@ -22,33 +29,63 @@ constexpr int64_t kPanel = 16;  // output features per panel: one AVX-512 vector
 
 using PanelKey = std::tuple<const void*, int64_t, int64_t, WeightFormat>;
 
-const PackedPanels& pack(const WeightMatrix& w, PackedPanels& packed) {
-  packed.rows = w.rows;
-  packed.cols = w.cols;
-  const int64_t panels = (w.rows + kPanel - 1) / kPanel;
-  packed.values.assign(size_t(panels * w.cols * kPanel), 0.0f);
-  std::vector<float> rows(size_t(kPanel * w.cols));
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t first = p * kPanel, count = std::min(kPanel, w.rows - first);
-    dequantize_rows(w, first, count, rows.data());
-    float* panel = packed.values.data() + p * w.cols * kPanel;
+// Rows [first, first + count) of w into one panel, k-major: bf16 bits as they are (BF16 weights)
+// or f32 values (every other format, dequantized).
+template <typename T>
+void fill_panel(const WeightMatrix& w, int64_t first, int64_t count, T* panel) {
+  const int64_t cols = w.cols;
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    const auto* bits = static_cast<const uint16_t*>(w.data) + first * cols;
     for (int64_t r = 0; r < count; ++r)
-      for (int64_t k = 0; k < w.cols; ++k) panel[k * kPanel + r] = rows[size_t(r * w.cols + k)];
+      for (int64_t k = 0; k < cols; ++k) panel[k * kPanel + r] = bits[r * cols + k];
+  } else {
+    thread_local std::vector<float> rows;
+    rows.resize(size_t(kPanel * cols));
+    dequantize_rows(w, first, count, rows.data());
+    for (int64_t r = 0; r < count; ++r)
+      for (int64_t k = 0; k < cols; ++k) panel[k * kPanel + r] = rows[size_t(r * cols + k)];
   }
-  return packed;
 }
 
+template <typename T>
+void pack_into(const WeightMatrix& w, AlignedVector<T>& out) {
+  const int64_t panels = (w.rows + kPanel - 1) / kPanel;
+  out.assign(size_t(panels * w.cols * kPanel), T(0));
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t first = p * kPanel;
+    fill_panel(w, first, std::min(kPanel, w.rows - first), out.data() + p * w.cols * kPanel);
+  }
+}
+
+void pack(const WeightMatrix& w, PackedPanels& packed) {
+  packed.rows = w.rows;
+  packed.cols = w.cols;
+  if (w.format == WeightFormat::BF16) pack_into(w, packed.halves);
+  else pack_into(w, packed.values);
+}
+
+inline float widen(float value) { return value; }
+inline float widen(uint16_t bits) { return bf16_to_f32(bits); }
+
 // One row's outputs [lane_begin, lane_end) of a panel, the scalar way (the reference order).
-void panel_portable(const float* x, const float* panel, int64_t cols, float* y, int64_t lane_begin, int64_t lane_end) {
+template <typename T>
+void panel_portable(const float* x, const T* panel, int64_t cols, float* y, int64_t lane_begin, int64_t lane_end) {
   for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
     float partial[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t k = 0; k < cols; ++k) partial[k & 3] = std::fma(x[k], panel[k * kPanel + lane], partial[k & 3]);
+    for (int64_t k = 0; k < cols; ++k)
+      partial[k & 3] = std::fma(x[k], widen(panel[k * kPanel + lane]), partial[k & 3]);
     y[lane] = (partial[0] + partial[1]) + (partial[2] + partial[3]);
   }
 }
 
-template <int R>
-DEEPMOE_AVX512 void panel_avx512(const float* x, int64_t x_stride, const float* panel, int64_t cols, float* y,
+DEEPMOE_AVX512 inline __m512 load_panel_row(const float* w) { return _mm512_load_ps(w); }
+DEEPMOE_AVX512 inline __m512 load_panel_row(const uint16_t* w) {
+  const __m256i bits = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <int R, typename T>
+DEEPMOE_AVX512 void panel_avx512(const float* x, int64_t x_stride, const T* panel, int64_t cols, float* y,
                                  int64_t y_stride, __mmask16 lanes) {
   __m512 acc[4][R];
   for (auto& phase : acc)
@@ -56,13 +93,13 @@ DEEPMOE_AVX512 void panel_avx512(const float* x, int64_t x_stride, const float* 
   int64_t k = 0;
   for (; k + 4 <= cols; k += 4) {
     for (int phase = 0; phase < 4; ++phase) {
-      const __m512 w = _mm512_load_ps(panel + (k + phase) * kPanel);
+      const __m512 w = load_panel_row(panel + (k + phase) * kPanel);
       for (int r = 0; r < R; ++r)
         acc[phase][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * x_stride + k + phase]), w, acc[phase][r]);
     }
   }
   for (int phase = 0; k < cols; ++k, ++phase) {
-    const __m512 w = _mm512_load_ps(panel + k * kPanel);
+    const __m512 w = load_panel_row(panel + k * kPanel);
     for (int r = 0; r < R; ++r) acc[phase][r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * x_stride + k]), w, acc[phase][r]);
   }
   for (int r = 0; r < R; ++r) {
@@ -71,13 +108,13 @@ DEEPMOE_AVX512 void panel_avx512(const float* x, int64_t x_stride, const float* 
   }
 }
 
-template <bool Avx512>
-void run(const float* x, int64_t x_stride, int64_t n_rows, const PackedPanels& w, float* y, int64_t y_stride,
-         int64_t row_begin, int64_t row_end) {
+template <bool Avx512, typename T>
+void run(const float* x, int64_t x_stride, int64_t n_rows, const PackedPanels& w, const T* panels, float* y,
+         int64_t y_stride, int64_t row_begin, int64_t row_end) {
   for (int64_t p = row_begin / kPanel; p * kPanel < row_end; ++p) {
     const int64_t first = p * kPanel;
     const int64_t lane_begin = std::max(row_begin - first, int64_t(0)), lane_end = std::min(row_end - first, kPanel);
-    const float* panel = w.values.data() + p * w.cols * kPanel;
+    const T* panel = panels + p * w.cols * kPanel;
     float* out = y + first;
     if constexpr (Avx512) {
       const __mmask16 lanes = __mmask16(((1u << lane_end) - 1) & ~((1u << lane_begin) - 1));
@@ -92,6 +129,13 @@ void run(const float* x, int64_t x_stride, int64_t n_rows, const PackedPanels& w
         panel_portable(x + r * x_stride, panel, w.cols, out + r * y_stride, lane_begin, lane_end);
     }
   }
+}
+
+template <bool Avx512>
+void run(const float* x, int64_t x_stride, int64_t n_rows, const PackedPanels& w, float* y, int64_t y_stride,
+         int64_t row_begin, int64_t row_end) {
+  if (!w.halves.empty()) return run<Avx512>(x, x_stride, n_rows, w, w.halves.data(), y, y_stride, row_begin, row_end);
+  run<Avx512>(x, x_stride, n_rows, w, w.values.data(), y, y_stride, row_begin, row_end);
 }
 
 }  // namespace

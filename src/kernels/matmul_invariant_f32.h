@@ -5,7 +5,8 @@
 // into panels of 16 output features, k-major, so the kernel broadcasts activations against whole
 // vectors of weights: no horizontal sums (the dot-product kernels spend their time there on the
 // short rows of small models), one weight load per 4 rows' FMAs. The portable path computes the
-// same sums with std::fma, so results agree bit for bit with or without AVX-512.
+// same sums with std::fma, so results agree bit for bit with or without AVX-512. BF16 weights stay
+// BF16 in their panels (widened in registers by a shift, exact): half the bytes every step reads.
 #pragma once
 #include <cstdint>
 
@@ -16,7 +17,10 @@ namespace deepmoe {
 
 struct PackedPanels {
   int64_t rows = 0, cols = 0;
-  AlignedVector<float> values;  // [ceil(rows / 16)][cols][16], rows past the end zero
+  // [ceil(rows / 16)][cols][16], rows past the end zero: BF16 weights in `halves` (bf16 bits), every
+  // other format widened to f32 in `values`. One of the two is empty.
+  AlignedVector<float> values;
+  AlignedVector<uint16_t> halves;
 };
 
 // w's panels, packed on first use and kept for the process's life (keyed by w's data). Thread-safe.

@@ -5,8 +5,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <set>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/ggml_blocks.h"
 #include "kernels/quantize.h"
@@ -443,6 +445,42 @@ size_t ModelWeights::decode_weight_bytes() const {
     if (layer.moe.has_shared_experts) bytes += mlp_bytes(layer.moe.shared_experts);
   }
   return bytes;
+}
+
+int64_t ModelWeights::round_to_bf16() {
+  std::vector<WeightMatrix*> matrices = {&embed_tokens, &lm_head};
+  auto add_mlp = [&](MlpWeights& mlp) {
+    for (WeightMatrix* w : {&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}) matrices.push_back(w);
+  };
+  for (LayerWeights& layer : layers) {
+    MlaWeights& a = layer.self_attn;
+    for (WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj,
+                            &a.kv_b_proj_keys_transposed, &a.kv_b_proj_values, &a.o_proj})
+      matrices.push_back(w);
+    if (!layer.is_moe) {
+      add_mlp(layer.mlp);
+      continue;
+    }
+    for (MlpWeights& expert : layer.moe.experts) add_mlp(expert);  // the router (moe.gate) stays f32
+    if (layer.moe.has_shared_experts) add_mlp(layer.moe.shared_experts);
+  }
+  std::map<std::pair<const void*, int64_t>, const uint16_t*> rounded;  // by source data and size: aliases stay aliases
+  int64_t count = 0;
+  for (WeightMatrix* w : matrices) {
+    if (!w->data || w->format != WeightFormat::F32) continue;
+    const int64_t n = w->rows * w->cols;
+    const uint16_t*& bits = rounded[{w->data, n}];
+    if (!bits) {
+      std::vector<uint16_t>& buffer = owned_bf16_.emplace_back(size_t(n));
+      const auto* values = static_cast<const float*>(w->data);
+      for (int64_t i = 0; i < n; ++i) buffer[size_t(i)] = f32_to_bf16(values[i]);
+      bits = buffer.data();
+      ++count;
+    }
+    w->format = WeightFormat::BF16;
+    w->data = bits;
+  }
+  return count;
 }
 
 }  // namespace deepmoe

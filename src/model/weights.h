@@ -77,6 +77,12 @@ struct ModelWeights {
   // Loads config.json and the safetensors of `model_dir`; throws Error naming the file and tensor.
   static std::unique_ptr<ModelWeights> load(const std::string& model_dir);
 
+  // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
+  // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).
+  // Matrices that shared data (tied embeddings, kv_b_proj's halves) still share it. Returns how
+  // many tensors it rounded (shared data counted once).
+  int64_t round_to_bf16();
+
   // Every matrix by its HF tensor name (lm_head only when untied; derived matrices excluded).
   std::vector<std::pair<std::string, const WeightMatrix*>> named_matrices() const;
   // Layers whose kv_b_proj exists only as its two halves (a GGUF), by the HF name converters

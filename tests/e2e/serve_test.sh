@@ -142,6 +142,14 @@ grep -q '^deepmoe_requests_total{endpoint="/v1/completions",status="400"} [1-9]'
 start_server small --model model --threads 2 --api-key "$key" --kv-cache-mb 0.1 --ctx 256 && run_client preempt "$main_url" "$key" "$model" "$url"
 kill "$pid" 2>/dev/null
 
+# --dtype bf16: the f32 weights rounded at load (the kernels read half the bytes); greedy requests
+# are still the same alone or among 15 others. A dtype it does not offer: one line naming it.
+start_server bf16 --model model --threads 2 --api-key "$key" --dtype bf16 && run_client invariance "$url" "$key" "$model"
+kill "$pid" 2>/dev/null
+if "$deepmoe" serve --model model --dtype f16 >/dev/null 2>dtype.err; then bad "--dtype f16 accepted"
+elif [ "$(wc -l <dtype.err)" -eq 1 ] && grep -q -- "--dtype" dtype.err; then ok "--dtype f16: one line naming it"
+else bad "--dtype f16 error: $(cat dtype.err)"; fi
+
 # A full queue: 429 with Retry-After while the one slot is busy.
 start_server busy --model slow --threads 1 --max-batch 1 --max-queue 0 && busy_url=$url busy_pid=$pid
 run_client cancel "$busy_url" "$key" slow

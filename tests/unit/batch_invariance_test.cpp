@@ -3,8 +3,11 @@
 // against the row computed alone, and that the mode is needed (without it, some rows differ).
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cstring>
 
+#include "core/dtype.h"
 #include "kernels/attention_f32.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_invariant_f32.h"
@@ -30,12 +33,16 @@ TEST_F(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
   const int64_t rows = 96, cols = 256, max_m = 23;
   const std::vector<float> w = testing::random_vector(size_t(rows * cols), 1);
   const std::vector<float> x = testing::random_vector(size_t(max_m * cols), 2);
-  for (const FormatCase c : {FormatCase{WeightFormat::F32, 0}, FormatCase{WeightFormat::Q8_0, 0},
+  std::vector<uint16_t> w_bf16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w_bf16[i] = f32_to_bf16(w[i]);
+  for (const FormatCase c : {FormatCase{WeightFormat::F32, 0}, FormatCase{WeightFormat::BF16, 0}, FormatCase{WeightFormat::Q8_0, 0},
                              FormatCase{WeightFormat::Q4_0, 0}, FormatCase{WeightFormat::Int8, 0},
                              FormatCase{WeightFormat::Int4, 64}}) {
     QuantizedMatrix q;
     WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
-    if (c.format != WeightFormat::F32) {
+    if (c.format == WeightFormat::BF16) {
+      matrix = WeightMatrix{WeightFormat::BF16, w_bf16.data(), rows, cols};
+    } else if (c.format != WeightFormat::F32) {
       q = quantize_matrix(w.data(), rows, cols, c.format, c.group);
       matrix = q.view();
     }
@@ -89,23 +96,33 @@ namespace {
 
 TEST(InvariantF32Kernel, MatchesDoubleAndItsPortableTwinBitForBit) {
   // Awkward sizes: rows not a multiple of the 16-wide panels, columns not of the 4 partial sums.
+  // BF16 weights stay 16-bit in their panels: the reference multiplies by their exact values.
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{37, 45}, {16, 64}, {5, 3}}) {
     const std::vector<float> w = testing::random_vector(size_t(rows * cols), 11), x = testing::random_vector(size_t(4 * cols), 12);
-    const WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
-    const PackedPanels& panels = packed_panels(matrix);
-    for (int64_t m = 1; m <= 4; ++m) {
-      std::vector<float> fast(size_t(m * rows), -1.0f), portable(size_t(m * rows), -2.0f);
-      matmul_invariant_f32(x.data(), cols, m, panels, fast.data(), rows, 0, rows);
-      matmul_invariant_f32_portable(x.data(), cols, m, panels, portable.data(), rows, 0, rows);
-      EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), fast.size() * sizeof(float))) << rows << "x" << cols << " M=" << m;
-      const std::vector<double> expected = testing::matmul_reference(x, m, w, rows, cols);
-      EXPECT_LT(testing::relative_error(fast, expected), 1e-6) << rows << "x" << cols << " M=" << m;
+    std::vector<uint16_t> bits(w.size());
+    std::vector<float> widened(w.size());
+    for (size_t i = 0; i < w.size(); ++i) widened[i] = bf16_to_f32(bits[i] = f32_to_bf16(w[i]));
+    for (const WeightFormat format : {WeightFormat::F32, WeightFormat::BF16}) {
+      const bool half = format == WeightFormat::BF16;
+      const WeightMatrix matrix{format, half ? static_cast<const void*>(bits.data()) : w.data(), rows, cols};
+      const PackedPanels& panels = packed_panels(matrix);
+      EXPECT_EQ(panels.halves.empty(), !half);
+      EXPECT_EQ(panels.values.empty(), half);
+      for (int64_t m = 1; m <= 4; ++m) {
+        const std::string where = fmt::format("{} {}x{} M={}", weight_format_name(format), rows, cols, m);
+        std::vector<float> fast(size_t(m * rows), -1.0f), portable(size_t(m * rows), -2.0f);
+        matmul_invariant_f32(x.data(), cols, m, panels, fast.data(), rows, 0, rows);
+        matmul_invariant_f32_portable(x.data(), cols, m, panels, portable.data(), rows, 0, rows);
+        EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), fast.size() * sizeof(float))) << where;
+        const std::vector<double> expected = testing::matmul_reference(x, m, half ? widened : w, rows, cols);
+        EXPECT_LT(testing::relative_error(fast, expected), 1e-6) << where;
+      }
+      // A range that starts and ends inside panels leaves the other outputs alone.
+      std::vector<float> part(size_t(rows), 7.0f);
+      matmul_invariant_f32(x.data(), cols, 1, panels, part.data(), rows, 1, rows - 1);
+      EXPECT_EQ(part[0], 7.0f);
+      EXPECT_EQ(part[size_t(rows - 1)], 7.0f);
     }
-    // A range that starts and ends inside panels leaves the other outputs alone.
-    std::vector<float> part(size_t(rows), 7.0f);
-    matmul_invariant_f32(x.data(), cols, 1, panels, part.data(), rows, 1, rows - 1);
-    EXPECT_EQ(part[0], 7.0f);
-    EXPECT_EQ(part[size_t(rows - 1)], 7.0f);
   }
 }
 

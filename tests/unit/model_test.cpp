@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
@@ -99,6 +100,52 @@ TEST_F(ModelTest, LogitsAreBitIdenticalAcrossThreadCounts) {
     EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * 4), 0) << n << " tokens";
     EXPECT_EQ(std::memcmp(one.data(), three.data(), one.size() * 4), 0) << n << " tokens";
   }
+}
+
+TEST_F(ModelTest, RoundingToBf16GivesEveryMatrixButTheRoutersTheBitsABf16CheckpointStores) {
+  // The same random values written as BF16 by the checkpoint writer (round to nearest even, as
+  // PyTorch's .to(bfloat16)) are the reference for each rounded matrix.
+  const std::string config_path = (dir_ / "source_config.json").string();
+  write_random_checkpoint(config_path, (dir_ / "bf16").string(), 11, DType::BF16);
+  const auto f32 = ModelWeights::load((dir_ / "model").string());
+  const auto rounded = ModelWeights::load((dir_ / "model").string());
+  const auto bf16 = ModelWeights::load((dir_ / "bf16").string());
+  const int64_t count = rounded->round_to_bf16();
+  const auto names = rounded->named_matrices(), reference = bf16->named_matrices(), original = f32->named_matrices();
+  ASSERT_EQ(names.size(), reference.size());
+  int64_t routers = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const auto& [name, w] = names[i];
+    ASSERT_EQ(name, reference[i].first);
+    const size_t n = size_t(w->rows * w->cols);
+    if (name.ends_with("mlp.gate.weight")) {  // the router computes in f32 and keeps its values
+      ++routers;
+      EXPECT_EQ(w->format, WeightFormat::F32) << name;
+      EXPECT_EQ(0, std::memcmp(w->data, original[i].second->data, n * 4)) << name;
+      continue;
+    }
+    ASSERT_EQ(w->format, WeightFormat::BF16) << name;
+    EXPECT_EQ(0, std::memcmp(w->data, reference[i].second->data, n * 2)) << name;
+  }
+  EXPECT_GT(routers, 0);
+  for (size_t l = 0; l < rounded->layers.size(); ++l) {
+    const MlaWeights& a = rounded->layers[l].self_attn;
+    EXPECT_EQ(a.kv_b_proj_values.data, a.kv_b_proj.data) << "layer " << l << ": the alias is kept";
+    const WeightMatrix& keys = f32->layers[l].self_attn.kv_b_proj_keys_transposed;  // derived, f32
+    ASSERT_EQ(a.kv_b_proj_keys_transposed.format, WeightFormat::BF16);
+    const auto* bits = static_cast<const uint16_t*>(a.kv_b_proj_keys_transposed.data);
+    const auto* values = static_cast<const float*>(keys.data);
+    for (int64_t j = 0; j < keys.rows * keys.cols; ++j) ASSERT_EQ(bits[j], f32_to_bf16(values[j])) << "layer " << l;
+  }
+  // Every matrix named, plus each layer's transposed key half (the value half is an alias).
+  EXPECT_EQ(count, int64_t(names.size()) - routers + int64_t(rounded->layers.size()));
+  // The model runs on them: close to the f32 logits, and not equal to them.
+  const auto ids = tokens(24);
+  const auto exact = full_pass(*f32, ids, 2, std::nullopt), approx = full_pass(*rounded, ids, 2, std::nullopt);
+  const double error = testing::relative_error(approx, exact);
+  EXPECT_GT(error, 1e-5);
+  EXPECT_LT(error, 3e-2);
+  EXPECT_EQ(rounded->round_to_bf16(), 0) << "nothing left to round";
 }
 
 TEST_F(ModelTest, TokensOutsideTheVocabularyAndOverfullCachesAreErrors) {
