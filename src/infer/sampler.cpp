@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 
 namespace deepmoe {
 
@@ -34,7 +35,7 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
   }
   if (params_.temperature == 0.0f) {
     // First maximum wins: deterministic whatever produced the logits.
-    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    return int32_t(first_argmax(logits.data(), vocab));
   }
 
   candidates_.resize(size_t(vocab));

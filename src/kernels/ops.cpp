@@ -30,12 +30,23 @@ inline float exp_vectorizable(float x) {
 
 }  // namespace
 
-void rmsnorm(const float* x, int64_t x_stride, const float* weight, int64_t n_tokens, int64_t dim,
-             float eps, float* out, int64_t out_stride) {
+// The sum of squares in eight double lanes (a vector's worth), added in order at the end: the
+// loop vectorizes without reassociating anything (one double chain cost ~4 cycles per element,
+// 5 % of a batched decode step on a 256-wide model).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void rmsnorm(const float* x, int64_t x_stride,
+                                                                           const float* weight, int64_t n_tokens,
+                                                                           int64_t dim, float eps, float* out,
+                                                                           int64_t out_stride) {
+  constexpr int64_t kLanes = 8;
+  const int64_t body = dim / kLanes * kLanes;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* row = x + t * x_stride;
-    double sum_squares = 0.0;  // double: the mean of squares of large rows loses bits in f32
-    for (int64_t i = 0; i < dim; ++i) sum_squares += double(row[i]) * row[i];
+    double lanes[kLanes] = {};  // double: the mean of squares of large rows loses bits in f32
+    for (int64_t i = 0; i < body; i += kLanes)
+      for (int64_t j = 0; j < kLanes; ++j) lanes[j] += double(row[i + j]) * row[i + j];
+    double sum_squares = 0.0;
+    for (int64_t i = body; i < dim; ++i) sum_squares += double(row[i]) * row[i];
+    for (double lane : lanes) sum_squares += lane;
     const float inverse = float(1.0 / std::sqrt(sum_squares / double(dim) + double(eps)));
     float* dst = out + t * out_stride;
     for (int64_t i = 0; i < dim; ++i) dst[i] = row[i] * inverse * weight[i];
@@ -76,6 +87,21 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void softmax_inplac
   }
   const float inverse = float(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) row[i] *= inverse;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) int64_t first_argmax(const float* values, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  const int64_t body = n / kLanes * kLanes;
+  float lane_max[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = -INFINITY;
+  for (int64_t i = 0; i < body; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = std::max(lane_max[j], values[i + j]);
+  float max_value = -INFINITY;
+  for (int64_t j = 0; j < kLanes; ++j) max_value = std::max(max_value, lane_max[j]);
+  for (int64_t i = body; i < n; ++i) max_value = std::max(max_value, values[i]);
+  for (int64_t i = 0; i < n; ++i)
+    if (values[i] == max_value) return i;
+  return 0;  // every value NaN
 }
 
 void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin) {

@@ -15,6 +15,12 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 // In-place softmax of one row of n values (max-subtracted, f32 accumulation).
 void softmax_inplace(float* row, int64_t n);
 
+// Index of the first largest of n > 0 values: std::max_element's answer on NaN-free input (a NaN
+// is never chosen; all NaN gives 0),
+// found with vector maxima, then the first index that holds the maximum (greedy sampling over
+// a vocabulary: a branchy scalar scan cost 2 µs per token at 4096 entries).
+int64_t first_argmax(const float* values, int64_t n);
+
 // Rotates interleaved pairs (x[2i], x[2i+1]) of a rope vector of `dim` values by the angles
 // whose cos/sin are given ([dim/2] each), as DeepSeek's checkpoints expect.
 void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin);

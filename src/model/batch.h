@@ -27,8 +27,9 @@ class LatentRows {
  public:
   virtual ~LatentRows() = default;
   // Rows [0, first_position + n_tokens) of sequence `s` at `layer`, contiguous: the cached ones
-  // filled; the caller writes the new ones, then calls commit. The rows of every sequence of the
-  // batch may be open at once.
+  // filled; the caller writes the new ones, then calls commit (the buffer stays readable until the
+  // next open of that sequence). The rows of every sequence of the batch may be open at once, and
+  // different sequences may be opened and committed from different threads at the same time.
   virtual float* open(int64_t layer, size_t s) = 0;
   // Stores the new rows written into open()'s buffer.
   virtual void commit(int64_t layer, size_t s) = 0;

@@ -185,40 +185,46 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
     first_token[index + 1] = first_token[index] + int64_t(batch[index].tokens.size());
   const int64_t n_tokens = first_token.back();
 
-  // q: [n_tokens, heads, nope + rope]
+  // q: [n_tokens, heads, nope + rope]; kv_a: [n_tokens, rank + rope] -> cache rows: normalized
+  // c_kv, rotated k_pe. q_a_proj and kv_a_proj read the same input: one wake-up of the pool.
   grow(s.q, n_tokens * heads * qk);
+  grow(s.kv_a, n_tokens * row);
   if (c.q_lora_rank) {
     grow(s.q_lora, n_tokens * *c.q_lora_rank);
-    matmul(pool, x, n_tokens, w.q_a_proj, s.q_lora.data());
+    const MatmulJob jobs[] = {{x, n_tokens, &w.q_a_proj, s.q_lora.data()},
+                              {x, n_tokens, &w.kv_a_proj_with_mqa, s.kv_a.data()}};
+    matmul_batch(pool, jobs);
     rmsnorm(s.q_lora.data(), *c.q_lora_rank, w.q_a_layernorm, n_tokens, *c.q_lora_rank, eps, s.q_lora.data(),
             *c.q_lora_rank);
     matmul(pool, s.q_lora.data(), n_tokens, w.q_b_proj, s.q.data());
   } else {
-    matmul(pool, x, n_tokens, w.q_proj, s.q.data());
+    const MatmulJob jobs[] = {{x, n_tokens, &w.q_proj, s.q.data()}, {x, n_tokens, &w.kv_a_proj_with_mqa, s.kv_a.data()}};
+    matmul_batch(pool, jobs);
   }
-  // kv_a: [n_tokens, rank + rope] -> cache rows: normalized c_kv, rotated k_pe
-  grow(s.kv_a, n_tokens * row);
-  matmul(pool, x, n_tokens, w.kv_a_proj_with_mqa, s.kv_a.data());
   grow(s.attn, n_tokens * heads * v_dim);
 
-  // Each sequence's new cache rows (normalized c_kv, rotated k_pe) and rotated queries.
+  // Each sequence's new cache rows (normalized c_kv, rotated k_pe), stored at once (they are
+  // final), and its rotated queries; sequences in parallel (a paged cache gathers each one's rows).
   std::vector<float*>& cache_layers = s.cache_layers;
   cache_layers.assign(batch.size(), nullptr);
-  for (size_t index = 0; index < batch.size(); ++index) {
-    const int64_t count = int64_t(batch[index].tokens.size()), first_position = batch[index].first_position;
-    cache_layers[index] = cache.open(layer, index);
-    float* cache_rows = cache_layers[index] + first_position * row;
-    rmsnorm(s.kv_a.data() + first_token[index] * row, row, w.kv_a_layernorm, count, rank, eps, cache_rows, row);
-    for (int64_t t = 0; t < count; ++t) {
-      const int64_t token = first_token[index] + t;
-      float* k_pe = cache_rows + t * row + rank;
-      std::memcpy(k_pe, s.kv_a.data() + token * row + rank, size_t(rope_dim) * sizeof(float));
-      rope_rotate_pairs(k_pe, rope_dim, rope.cos_at(token), rope.sin_at(token));
-      for (int64_t h = 0; h < heads; ++h)
-        rope_rotate_pairs(s.q.data() + (token * heads + h) * qk + nope, rope_dim, rope.cos_at(token),
-                          rope.sin_at(token));
+  pool.parallel_for(int64_t(batch.size()), 1, [&](int64_t begin, int64_t end) {
+    for (size_t index = size_t(begin); index < size_t(end); ++index) {
+      const int64_t count = int64_t(batch[index].tokens.size()), first_position = batch[index].first_position;
+      cache_layers[index] = cache.open(layer, index);
+      float* cache_rows = cache_layers[index] + first_position * row;
+      rmsnorm(s.kv_a.data() + first_token[index] * row, row, w.kv_a_layernorm, count, rank, eps, cache_rows, row);
+      for (int64_t t = 0; t < count; ++t) {
+        const int64_t token = first_token[index] + t;
+        float* k_pe = cache_rows + t * row + rank;
+        std::memcpy(k_pe, s.kv_a.data() + token * row + rank, size_t(rope_dim) * sizeof(float));
+        rope_rotate_pairs(k_pe, rope_dim, rope.cos_at(token), rope.sin_at(token));
+        for (int64_t h = 0; h < heads; ++h)
+          rope_rotate_pairs(s.q.data() + (token * heads + h) * qk + nope, rope_dim, rope.cos_at(token),
+                            rope.sin_at(token));
+      }
+      cache.commit(layer, index);
     }
-  }
+  });
   // Attention: absorbed for the whole batch when every sequence is (always, when forced);
   // otherwise each sequence by its own mode.
   auto mode_of = [&](size_t index) {
@@ -242,7 +248,6 @@ void mla_forward(const Config& c, const MlaWeights& w, const float* x, std::span
       }
     }
   }
-  for (size_t index = 0; index < batch.size(); ++index) cache.commit(layer, index);
   matmul(pool, s.attn.data(), n_tokens, w.o_proj, out);
 }
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "test_util.h"
@@ -70,6 +71,25 @@ TEST(OpsTest, AxpyAddsScaled) {
   for (size_t i = 0; i < 33; ++i) expected[i] = y[i] + 0.25 * x[i];
   axpy(33, 0.25f, x.data(), y.data());
   EXPECT_LT(relative_error(y, expected), 1e-7);
+}
+
+TEST(OpsTest, FirstArgmaxIsStdMaxElementsAnswer) {
+  // Lengths around the 16-lane body; the maximum planted in the tail, the body, twice (the first
+  // wins), and next to NaNs (never chosen).
+  for (int64_t n : {1, 15, 16, 17, 100, 4096, 4099}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      auto v = random_vector(size_t(n), uint64_t(100 + n + trial));
+      const size_t a = size_t((trial * 7919 + 13) % n), b = size_t((trial * 104729 + 5) % n);
+      if (trial >= 2) v[a] = 9.0f;
+      if (trial >= 3) v[b] = 9.0f;
+      if (trial >= 4 && n > 2) v[size_t(n / 2)] = v[0] = NAN;
+      if (trial == 5) v[size_t(n - 1)] = 9.5f;
+      const auto expected = std::max_element(v.begin(), v.end(), [](float x, float y) { return x < y || std::isnan(x); });
+      EXPECT_EQ(first_argmax(v.data(), n), expected - v.begin()) << "n=" << n << " trial " << trial;
+    }
+  }
+  const float all_nan[3] = {NAN, NAN, NAN};
+  EXPECT_EQ(first_argmax(all_nan, 3), 0);
 }
 
 }  // namespace
