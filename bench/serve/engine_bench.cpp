@@ -3,6 +3,7 @@
 // tokens and exactly G generated tokens each; aggregate generated tokens/s per concurrency, as
 // JSON lines. bench/peer_llamacpp/batch.mjs measures llama.cpp the same way, in process.
 //   engine_bench MODEL [--concurrency 1,4,16,64] [--prompt 64] [--gen 128] [--threads 2] [--reps 3] [--dtype auto|bf16]
+//   [--temperature 0] [--top-p 1]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,11 +19,11 @@ using namespace deepmoe;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R] [--dtype auto|bf16]\n");
+    std::fprintf(stderr, "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R] [--dtype auto|bf16] [--temperature T] [--top-p P]\n");
     return 2;
   }
   std::map<std::string, std::string> options = {
-      {"concurrency", "1,4,16,64"}, {"prompt", "64"}, {"gen", "128"}, {"threads", "2"}, {"reps", "3"}, {"dtype", "auto"}};
+      {"concurrency", "1,4,16,64"}, {"prompt", "64"}, {"gen", "128"}, {"threads", "2"}, {"reps", "3"}, {"dtype", "auto"}, {"temperature", "0"}, {"top-p", "1"}};
   for (int i = 2; i + 1 < argc; i += 2) options[std::string(argv[i]).substr(2)] = argv[i + 1];
   const int64_t prompt = std::stoll(options["prompt"]), gen = std::stoll(options["gen"]);
   const int reps = std::stoi(options["reps"]);
@@ -54,6 +55,9 @@ int main(int argc, char** argv) {
             request.prompt.push_back(int32_t(state % uint32_t(vocab)));
           }
           request.max_tokens = gen;
+          request.sampling.temperature = std::stof(options["temperature"]);
+          request.sampling.top_p = std::stof(options["top-p"]);
+          request.sampling.seed = uint64_t(i);
           streams.push_back(engine.submit(std::move(request)));
         }
         int64_t tokens = 0;

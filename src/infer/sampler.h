@@ -27,10 +27,13 @@ class Sampler {
   int32_t sample(std::span<float> logits, std::span<const int32_t> history);
 
  private:
+  int64_t sorted_nucleus(int64_t kept) const;
+  int64_t nucleus(std::span<const float> logits, int64_t kept);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<int32_t> candidates_;
-  std::vector<float> probabilities_;
+  std::vector<float> probabilities_;  // by token id
 };
 
 }  // namespace deepmoe

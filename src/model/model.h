@@ -39,6 +39,9 @@ class Model {
   // Tokens routed to each expert since construction: [layer][n_routed_experts] (zeros for dense layers).
   const std::vector<std::vector<int64_t>>& expert_load() const { return expert_load_; }
 
+  // The model's threads, for a caller's work between passes (the server samples on them).
+  ThreadPool& pool() { return pool_; }
+
   std::optional<AttentionMode> forced_attention_mode;
 
  private:

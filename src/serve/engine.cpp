@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 
 namespace deepmoe {
 
@@ -211,40 +212,44 @@ void Engine::publish_full_blocks(Sequence& sequence) {
   }
 }
 
-void Engine::sample(Sequence& sequence, float* logits) {
+EngineToken Engine::choose(Sequence& sequence, float* logits) const {
   const int64_t vocab = model_.config().vocab_size;
   const int64_t top = sequence.request.top_logprobs;
+  thread_local std::vector<double> log_probabilities;
   if (top >= 0) {  // log-softmax of the model's logits, before any sampling transform
-    log_probabilities_.resize(size_t(vocab));
-    const float max_logit = *std::max_element(logits, logits + vocab);
+    log_probabilities.resize(size_t(vocab));
+    const float max_logit = logits[first_argmax(logits, vocab)];
     double total = 0.0;
     for (int64_t i = 0; i < vocab; ++i) total += std::exp(double(logits[i]) - max_logit);
     const double log_total = std::log(total) + max_logit;
-    for (int64_t i = 0; i < vocab; ++i) log_probabilities_[size_t(i)] = double(logits[i]) - log_total;
+    for (int64_t i = 0; i < vocab; ++i) log_probabilities[size_t(i)] = double(logits[i]) - log_total;
   }
-  const int32_t token = sequence.sampler.sample(std::span(logits, size_t(vocab)), sequence.tokens);
+  EngineToken out;
+  out.token = sequence.sampler.sample(std::span(logits, size_t(vocab)), sequence.tokens);
+  if (top >= 0) {
+    out.logprob = float(log_probabilities[size_t(out.token)]);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) order[size_t(i)] = int32_t(i);
+    const int64_t k = std::min(top, vocab);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return log_probabilities[size_t(a)] > log_probabilities[size_t(b)] ||
+             (log_probabilities[size_t(a)] == log_probabilities[size_t(b)] && a < b);
+    });
+    for (int64_t i = 0; i < k; ++i) out.top.push_back({order[size_t(i)], float(log_probabilities[size_t(order[size_t(i)])])});
+  }
+  return out;
+}
+
+void Engine::deliver(Sequence& sequence, EngineToken token) {
   ++sequence.generated;
   {
     std::lock_guard lock(mutex_);
     ++stats_.generated_tokens;
   }
   const auto& stops = sequence.request.stop_tokens;
-  if (std::find(stops.begin(), stops.end(), token) != stops.end()) return finish(sequence, FinishReason::Stop);
-  EngineToken out;
-  out.token = token;
-  if (top >= 0) {
-    out.logprob = float(log_probabilities_[size_t(token)]);
-    std::vector<int32_t> order(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) order[size_t(i)] = int32_t(i);
-    const int64_t k = std::min(top, vocab);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-      return log_probabilities_[size_t(a)] > log_probabilities_[size_t(b)] ||
-             (log_probabilities_[size_t(a)] == log_probabilities_[size_t(b)] && a < b);
-    });
-    for (int64_t i = 0; i < k; ++i) out.top.push_back({order[size_t(i)], float(log_probabilities_[size_t(order[size_t(i)])])});
-  }
-  sequence.tokens.push_back(token);
-  sequence.stream->push(std::move(out));
+  if (std::find(stops.begin(), stops.end(), token.token) != stops.end()) return finish(sequence, FinishReason::Stop);
+  sequence.tokens.push_back(token.token);
+  sequence.stream->push(std::move(token));
   if (sequence.generated >= sequence.request.max_tokens || int64_t(sequence.tokens.size()) >= options_.context)
     finish(sequence, FinishReason::Length);
 }
@@ -313,13 +318,20 @@ void Engine::step() {
     ++stats_.steps;
     stats_.tokens_computed += tokens;
   }
-  int64_t row = 0;
+  std::vector<Sequence*> sampling;  // in batch order: their logits rows are in this order
   for (size_t i = 0; i < scheduled.size(); ++i) {
     Sequence& sequence = *scheduled[i];
     sequence.computed += sequence.chunk;
     publish_full_blocks(sequence);
-    if (batch[i].logits == LogitsFor::LastToken) sample(sequence, logits_.data() + row++ * vocab);
+    if (batch[i].logits == LogitsFor::LastToken) sampling.push_back(&sequence);
   }
+  // Each sequence samples from its own row with its own generator: in parallel (a serial
+  // loop cost a tenth of a 16-sequence step at top_p 0.9), delivered in batch order.
+  std::vector<EngineToken> chosen(sampling.size());
+  model_.pool().parallel_for(int64_t(sampling.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) chosen[size_t(k)] = choose(*sampling[size_t(k)], logits_.data() + k * vocab);
+  });
+  for (size_t k = 0; k < sampling.size(); ++k) deliver(*sampling[k], std::move(chosen[k]));
   std::erase_if(running_, [](const auto& s) { return s->done; });
 }
 

@@ -83,7 +83,10 @@ class Engine {
   void publish_full_blocks(Sequence& sequence);
   void finish(Sequence& sequence, FinishReason reason, const std::string& error = {});
   void release_blocks(Sequence& sequence);
-  void sample(Sequence& sequence, float* logits);
+  // The next token from a sequence's logits row, with its log-probabilities when asked: work
+  // of that sequence alone (any thread). deliver() records it and streams it (step loop only).
+  EngineToken choose(Sequence& sequence, float* logits) const;
+  void deliver(Sequence& sequence, EngineToken token);
 
   Model& model_;
   EngineOptions options_;
@@ -103,7 +106,6 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<float> logits_;
-  std::vector<double> log_probabilities_;
   std::thread thread_;
 };
 
