@@ -6,8 +6,8 @@
 // uncached (a fresh first word each time) against the same prompt again (from the cache).
 // In C++ rather than Node so that the client takes as little as possible of the 2 cores it
 // shares with the server.
-//   serve_load HOST PORT MODEL [--concurrency 1,4,16,64] [--gen 64] [--prompt-words 48]
-//              [--requests-per-client 4] [--long-prompt-words 1500]
+//   serve_load HOST PORT MODEL [--concurrency 1,4,16,64] [--gen 128] [--prompt-words 48]
+//              [--requests-per-client 8] [--long-prompt-words 1500]
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -103,8 +103,8 @@ int main(int argc, char** argv) {
   }
   const std::string host = argv[1], model = argv[3];
   const int port = std::atoi(argv[2]);
-  std::map<std::string, std::string> options = {{"concurrency", "1,4,16,64"}, {"gen", "64"}, {"prompt-words", "48"},
-                                                 {"requests-per-client", "4"}, {"long-prompt-words", "1500"}};
+  std::map<std::string, std::string> options = {{"concurrency", "1,4,16,64"}, {"gen", "128"}, {"prompt-words", "48"},
+                                                 {"requests-per-client", "8"}, {"long-prompt-words", "1500"}};
   for (int i = 4; i + 1 < argc; i += 2) {
     const std::string name = std::string(argv[i]).substr(2);
     if (!options.count(name)) {
