@@ -37,10 +37,9 @@ int64_t Sampler::sorted_nucleus(int64_t kept) const {
 // (an eighth of a nat each, so bucket order is logit order); whole buckets are in while the
 // mass stays under top_p, and only the bucket that crosses it is sorted. Moves the nucleus to
 // the front of candidates_ and returns its size.
-int64_t Sampler::nucleus(std::span<const float> logits, int64_t kept) {
+int64_t Sampler::nucleus(std::span<const float> logits, float max_logit, int64_t kept) {
   constexpr int kBuckets = 256;
   constexpr double kPerNat = 8.0;
-  const float max_logit = logits[size_t(first_argmax(logits.data(), int64_t(logits.size())))];
   const double scale = kPerNat / params_.temperature;
   auto bucket_of = [&](int32_t token) {
     return int(std::min(double(kBuckets - 1), (double(max_logit) - logits[size_t(token)]) * scale));
@@ -114,7 +113,7 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
     }
   }
   auto probability = [&](int64_t i) { return probabilities_[size_t(candidates_[size_t(i)])]; };
-  if (params_.top_p < 1.0f) kept = sorted ? sorted_nucleus(kept) : nucleus(logits, kept);
+  if (params_.top_p < 1.0f) kept = sorted ? sorted_nucleus(kept) : nucleus(logits, logits[size_t(best)], kept);
   if (params_.min_p > 0.0f) {  // the kept tokens at least min_p times as likely as the best
     const float threshold = params_.min_p * probabilities_[size_t(best)];
     kept = std::partition(candidates_.begin(), candidates_.begin() + kept,

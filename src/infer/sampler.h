@@ -28,7 +28,7 @@ class Sampler {
 
  private:
   int64_t sorted_nucleus(int64_t kept) const;
-  int64_t nucleus(std::span<const float> logits, int64_t kept);
+  int64_t nucleus(std::span<const float> logits, float max_logit, int64_t kept);
 
   SamplingParams params_;
   std::mt19937_64 rng_;
