@@ -6,6 +6,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "kernels/ops.h"
 #include "model/model.h"
 #include "train/data.h"
 
@@ -71,10 +72,7 @@ void add_ppl_command(CLI::App& app) {
       }
       for (int64_t t = 0; t < o->seq; ++t) {
         const float* row = logits.data() + t * c.vocab_size;
-        double max = row[0], sum = 0;
-        for (int64_t v = 1; v < c.vocab_size; ++v) max = std::max(max, double(row[v]));
-        for (int64_t v = 0; v < c.vocab_size; ++v) sum += std::exp(double(row[v]) - max);
-        total += std::log(sum) + max - double(row[targets[size_t(t)]]);
+        total += log_sum_exp(row, c.vocab_size) - double(row[targets[size_t(t)]]);
       }
     }
     const int64_t n = windows * o->seq;

@@ -21,6 +21,16 @@ void validate(const SamplingParams& p) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) { validate(params); }
 
+namespace {
+// Best first: the higher logit, and of equal logits the lower id (the order top_k, top_p and
+// min_p are defined in).
+auto best_first(std::span<const float> logits) {
+  return [logits](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  };
+}
+}  // namespace
+
 // top_p on candidates sorted best first: the shortest prefix whose mass reaches top_p.
 int64_t Sampler::sorted_nucleus(int64_t kept) const {
   double mass = 0.0;
@@ -52,9 +62,7 @@ int64_t Sampler::nucleus(std::span<const float> logits, float max_logit, int64_t
   auto begin = candidates_.begin(), end = candidates_.begin() + kept;
   auto inside = std::partition(begin, end, [&](int32_t token) { return bucket_of(token) < crossing; });
   auto crossing_end = std::partition(inside, end, [&](int32_t token) { return bucket_of(token) == crossing; });
-  std::sort(inside, crossing_end, [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-  });
+  std::sort(inside, crossing_end, best_first(logits));
   for (auto it = inside; it != crossing_end; ++it) {
     below += probabilities_[size_t(*it)];
     if (below >= params_.top_p) return (it - begin) + 1;
@@ -83,13 +91,10 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
   // The candidates: every token (in id order), or the top_k best (sorted best first).
   candidates_.resize(size_t(vocab));
   std::iota(candidates_.begin(), candidates_.end(), 0);
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-  };
   int64_t kept = vocab;
   const bool sorted = params_.top_k > 0 && params_.top_k < vocab;
   if (sorted) {
-    std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(), by_logit);
+    std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(), best_first(logits));
     kept = params_.top_k;
   }
   const int32_t best = sorted ? candidates_[0] : int32_t(first_argmax(logits.data(), vocab));

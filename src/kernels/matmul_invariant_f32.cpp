@@ -81,8 +81,7 @@ void panel_portable(const float* x, const T* panel, int64_t cols, float* y, int6
 
 DEEPMOE_AVX512 inline __m512 load_panel_row(const float* w) { return _mm512_load_ps(w); }
 DEEPMOE_AVX512 inline __m512 load_panel_row(const uint16_t* w) {
-  const __m256i bits = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return widen_bf16(_mm256_load_si256(reinterpret_cast<const __m256i*>(w)));
 }
 
 template <int R, typename T>

@@ -19,13 +19,11 @@ namespace {
 
 DEEPMOE_AVX512 inline __m512 load16(const float* w, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, w); }
 DEEPMOE_AVX512 inline __m512 load16(const uint16_t* w, __mmask16 mask) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, w);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return widen_bf16(_mm256_maskz_loadu_epi16(mask, w));
 }
 DEEPMOE_AVX512 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
 DEEPMOE_AVX512 inline __m512 load16(const uint16_t* w) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
 }
 
 template <int M, typename WeightT>

@@ -28,6 +28,21 @@ inline float exp_vectorizable(float x) {
   return x < -87.3f ? 0.0f : p * scale;
 }
 
+// The largest of n values (NaNs ignored; -inf when there are none), in 16 independent lanes so
+// the loop vectorizes in each caller's clone; a maximum is exact in any order.
+inline float max_in_lanes(const float* x, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  const int64_t body = n / kLanes * kLanes;
+  float lane_max[kLanes];
+  for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = -INFINITY;
+  for (int64_t i = 0; i < body; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = std::max(lane_max[j], x[i + j]);
+  float max_value = -INFINITY;
+  for (int64_t j = 0; j < kLanes; ++j) max_value = std::max(max_value, lane_max[j]);
+  for (int64_t i = body; i < n; ++i) max_value = std::max(max_value, x[i]);
+  return max_value;
+}
+
 }  // namespace
 
 // The sum of squares in eight double lanes (a vector's worth), added in order at the end: the
@@ -66,13 +81,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void silu_mul(const
 __attribute__((target_clones("avx512f", "avx2", "default"))) void softmax_inplace(float* row, int64_t n) {
   constexpr int64_t kLanes = 16;
   const int64_t body = n / kLanes * kLanes;
-  float lane_max[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = -INFINITY;
-  for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = std::max(lane_max[j], row[i + j]);
-  float max_value = -INFINITY;
-  for (int64_t j = 0; j < kLanes; ++j) max_value = std::max(max_value, lane_max[j]);
-  for (int64_t i = body; i < n; ++i) max_value = std::max(max_value, row[i]);
+  const float max_value = max_in_lanes(row, n);
   float lane_sum[kLanes] = {};
   for (int64_t i = 0; i < body; i += kLanes)
     for (int64_t j = 0; j < kLanes; ++j) {
@@ -90,18 +99,17 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void softmax_inplac
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) int64_t first_argmax(const float* values, int64_t n) {
-  constexpr int64_t kLanes = 16;
-  const int64_t body = n / kLanes * kLanes;
-  float lane_max[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = -INFINITY;
-  for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lane_max[j] = std::max(lane_max[j], values[i + j]);
-  float max_value = -INFINITY;
-  for (int64_t j = 0; j < kLanes; ++j) max_value = std::max(max_value, lane_max[j]);
-  for (int64_t i = body; i < n; ++i) max_value = std::max(max_value, values[i]);
+  const float max_value = max_in_lanes(values, n);
   for (int64_t i = 0; i < n; ++i)
     if (values[i] == max_value) return i;
   return 0;  // every value NaN
+}
+
+double log_sum_exp(const float* x, int64_t n) {
+  const double max_value = x[first_argmax(x, n)];
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(double(x[i]) - max_value);
+  return std::log(sum) + max_value;
 }
 
 void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin) {

@@ -21,6 +21,10 @@ void softmax_inplace(float* row, int64_t n);
 // a vocabulary: a branchy scalar scan cost 2 µs per token at 4096 entries).
 int64_t first_argmax(const float* values, int64_t n);
 
+// log Σ exp(x[i]) over n > 0 values, in double after subtracting the maximum (log-softmax's
+// normalizer: log p(i) = x[i] − log_sum_exp).
+double log_sum_exp(const float* x, int64_t n);
+
 // Rotates interleaved pairs (x[2i], x[2i+1]) of a rope vector of `dim` values by the angles
 // whose cos/sin are given ([dim/2] each), as DeepSeek's checkpoints expect.
 void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin);

@@ -1,7 +1,6 @@
 #include "serve/engine.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -218,10 +217,7 @@ EngineToken Engine::choose(Sequence& sequence, float* logits) const {
   thread_local std::vector<double> log_probabilities;
   if (top >= 0) {  // log-softmax of the model's logits, before any sampling transform
     log_probabilities.resize(size_t(vocab));
-    const float max_logit = logits[first_argmax(logits, vocab)];
-    double total = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) total += std::exp(double(logits[i]) - max_logit);
-    const double log_total = std::log(total) + max_logit;
+    const double log_total = log_sum_exp(logits, vocab);
     for (int64_t i = 0; i < vocab; ++i) log_probabilities[size_t(i)] = double(logits[i]) - log_total;
   }
   EngineToken out;

@@ -73,6 +73,18 @@ TEST(OpsTest, AxpyAddsScaled) {
   EXPECT_LT(relative_error(y, expected), 1e-7);
 }
 
+TEST(OpsTest, LogSumExpMatchesLongDoubleFormula) {
+  // A spread of 200: exp overflows without the maximum subtracted.
+  for (int64_t n : {1, 17, 4099}) {
+    const auto x = random_vector(size_t(n), uint64_t(40 + n), 200.0f);
+    long double max = x[0], sum = 0;
+    for (float v : x) max = std::max(max, (long double)v);
+    for (float v : x) sum += std::exp((long double)v - max);
+    const double expected = double(std::log(sum) + max);
+    EXPECT_NEAR(log_sum_exp(x.data(), n), expected, 1e-12 * std::abs(expected)) << "n=" << n;
+  }
+}
+
 TEST(OpsTest, FirstArgmaxIsStdMaxElementsAnswer) {
   // Lengths around the 16-lane body; the maximum planted in the tail, the body, twice (the first
   // wins), and next to NaNs (never chosen).
