@@ -1,5 +1,6 @@
 // Chat templates come with downloaded models: any template text renders or throws Error, within
-// bounded time and memory (range, output size and macro depth are capped).
+// bounded time, memory and stack (the parser bounds nesting and chains, the renderer its depth,
+// steps and string sizes).
 #include <nlohmann/json.hpp>
 
 #include <cstddef>

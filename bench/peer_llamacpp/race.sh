@@ -12,7 +12,9 @@
 #   v2lite  DeepSeek-V2-Lite's full config (27 layers, hidden 2048, 64 experts top-6 + 2 shared,
 #           no q_lora): GGUF Q8_0 16.7 GB, Q4_0 8.9 GB; making them needs a 31 GB bf16
 #           checkpoint on disk for a while (deleted after conversion) and takes many minutes.
-# Files are made once and reused. --quick: the small shape only, 1 thread, 1 repetition (checks
+# Files are made once and reused. Each run starts from the file in one page-cache state
+# (bench/file_states.sh; STATES, default "written read"): as the converter left it, and after one
+# sequential read from cold. --quick: the small shape only, 1 thread, 1 repetition (checks
 # that the script works).
 #
 # Both engines read the same file. llama.cpp runs through node-llama-cpp (race.mjs) with the
@@ -47,6 +49,8 @@ unset OPENBLAS_CORETYPE
 
 if [ $quick -eq 1 ]; then shapes=small threads_list=1 reps=1; else shapes="small v2lite" threads_list="1 2" reps=5; fi
 prompts="128 512"
+states=${STATES:-written read}
+source "$repo/bench/file_states.sh"
 gen=128
 # llama.cpp maps the file (its default, llama-bench's too). On x86 it also copies Q4_0 weights
 # into a repacked (8x8 interleaved) buffer, so with mmap a Q4_0 file is resident twice (mapped
@@ -94,31 +98,34 @@ field() { /usr/bin/python3 -c "import json, sys; print(round(json.loads(sys.argv
 # its share of the bandwidth measured before it is the roofline figure.
 bandwidth() { "$here/build/read_bandwidth" "$1" 2>/dev/null || echo error; }
 
-echo "| model | file | threads | prompt | prefill tok/s deepmoe | llama.cpp | decode tok/s deepmoe | llama.cpp | deepmoe decode GB/s | read GB/s before deepmoe / llama.cpp | peak RSS MB deepmoe | llama.cpp |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| model | file | state | threads | prompt | prefill tok/s deepmoe | llama.cpp | decode tok/s deepmoe | llama.cpp | deepmoe decode GB/s | read GB/s before deepmoe / llama.cpp | peak RSS MB deepmoe | llama.cpp |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for shape in $shapes; do
   make_files "$shape"
   for type in q8_0 q4_0; do
     file=$work/$shape-$type.gguf
-    cat "$file" >/dev/null  # one sequential read puts the file in the page cache for both engines
-    for threads in $threads_list; do
-      for prompt in $prompts; do
-        bw_ours=$(bandwidth "$threads")
-        ours=$( (ulimit -v "$ram_kb"; /usr/bin/time -v -o "$work/time.txt" "$deepmoe" bench --model "$file" \
-          --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps --json) 2>"$work/deepmoe.err") ||
-          { echo "race.sh: deepmoe bench failed on $file: $(tail -1 "$work/deepmoe.err")" >&2; ours='{}'; }
-        rss=$(awk '/Maximum resident set size/ {printf "%.1f", $6 / 1024}' "$work/time.txt" 2>/dev/null)
-        [ "$ours" = '{}' ] && rss=error
-        bw_theirs=$(bandwidth "$threads")
-        theirs=$(DEEPMOE_SHIM_VERBOSE=1 LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$file" \
-          --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps $llama_mmap 2>"$work/llama.err") ||
-          { echo "race.sh: llama.cpp failed on $file: $(tail -1 "$work/llama.err")" >&2; theirs='{}'; }
-        grep -q "threadpool_shim: a pool of" "$work/llama.err" ||
-          echo "race.sh: the thread-pool shim did not attach on $file (llama.cpp timed with per-graph threads)" >&2
-        echo "{\"shape\": \"$shape\", \"type\": \"$type\", \"deepmoe\": $ours, \"deepmoe_time_v_rss_mb\": \"${rss:-error}\", \"llama_cpp\": $theirs, \"read_gb_s_before_deepmoe\": \"$bw_ours\", \"read_gb_s_before_llama_cpp\": \"$bw_theirs\"}" >>"$results"
-        echo "| $shape | $type | $threads | $prompt | $(field "$ours" prefill_tok_s) | $(field "$theirs" prefill_tok_s)" \
-          "| $(field "$ours" decode_tok_s) | $(field "$theirs" decode_tok_s) | $(field "$ours" decode_weight_gb_s)" \
-          "| $bw_ours / $bw_theirs | ${rss:-error} | $(field "$theirs" peak_rss_mb) |"
+    for state in $states; do
+      for threads in $threads_list; do
+        for prompt in $prompts; do
+          bw_ours=$(bandwidth "$threads")
+          file_state "$state" "$file"
+          ours=$( (ulimit -v "$ram_kb"; /usr/bin/time -v -o "$work/time.txt" "$deepmoe" bench --model "$file" \
+            --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps --json) 2>"$work/deepmoe.err") ||
+            { echo "race.sh: deepmoe bench failed on $file: $(tail -1 "$work/deepmoe.err")" >&2; ours='{}'; }
+          rss=$(awk '/Maximum resident set size/ {printf "%.1f", $6 / 1024}' "$work/time.txt" 2>/dev/null)
+          [ "$ours" = '{}' ] && rss=error
+          bw_theirs=$(bandwidth "$threads")
+          file_state "$state" "$file"
+          theirs=$(DEEPMOE_SHIM_VERBOSE=1 LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$file" \
+            --threads "$threads" --prompt "$prompt" --gen $gen --reps $reps $llama_mmap 2>"$work/llama.err") ||
+            { echo "race.sh: llama.cpp failed on $file: $(tail -1 "$work/llama.err")" >&2; theirs='{}'; }
+          grep -q "threadpool_shim: a pool of" "$work/llama.err" ||
+            echo "race.sh: the thread-pool shim did not attach on $file (llama.cpp timed with per-graph threads)" >&2
+          echo "{\"shape\": \"$shape\", \"type\": \"$type\", \"state\": \"$state\", \"deepmoe\": $ours, \"deepmoe_time_v_rss_mb\": \"${rss:-error}\", \"llama_cpp\": $theirs, \"read_gb_s_before_deepmoe\": \"$bw_ours\", \"read_gb_s_before_llama_cpp\": \"$bw_theirs\"}" >>"$results"
+          echo "| $shape | $type | $state | $threads | $prompt | $(field "$ours" prefill_tok_s) | $(field "$theirs" prefill_tok_s)" \
+            "| $(field "$ours" decode_tok_s) | $(field "$theirs" decode_tok_s) | $(field "$ours" decode_weight_gb_s)" \
+            "| $bw_ours / $bw_theirs | ${rss:-error} | $(field "$theirs" peak_rss_mb) |"
+        done
       done
     done
   done

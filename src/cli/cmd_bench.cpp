@@ -23,6 +23,7 @@ double median(std::vector<double> values) {
 
 void add_bench_command(CLI::App& app) {
   struct Options {
+    LoadOptions load;
     std::string model;
     int threads = 0;
     int64_t prompt = 64, gen = 32, reps = 3;
@@ -31,6 +32,7 @@ void add_bench_command(CLI::App& app) {
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("bench", "Measure prefill and decode speed on random prompt tokens");
   command->add_option("--model", options->model, "HuggingFace model directory")->required();
+  add_load_options(command, options->load);
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   command->add_option("--prompt", options->prompt, "prompt tokens");
   command->add_option("--gen", options->gen, "generated tokens");
@@ -40,7 +42,7 @@ void add_bench_command(CLI::App& app) {
     if (options->prompt < 1 || options->gen < 2 || options->reps < 1)
       fail("bench: need --prompt >= 1, --gen >= 2, --reps >= 1");
     const auto load_start = std::chrono::steady_clock::now();
-    const auto weights = load_model(options->model);
+    const auto weights = load_model(options->model, options->load);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     const int threads = resolve_threads(options->threads);
     warn_if_gemm_is_held_back();
@@ -65,6 +67,7 @@ void add_bench_command(CLI::App& app) {
         {"gen_tokens", options->gen},
         {"reps", options->reps},
         {"load_seconds", load_seconds},
+        {"weights", weights->file_residence()},
         {"prefill_tok_s", median(prefill)},
         {"decode_tok_s", decode_tok_s},
         {"decode_weight_bytes_per_token", bytes_per_token},

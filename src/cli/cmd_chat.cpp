@@ -13,6 +13,7 @@ namespace deepmoe::cli {
 
 void add_chat_command(CLI::App& app) {
   struct Options {
+    LoadOptions load;
     std::string model, system;
     int64_t max_reply = 512;
     int threads = 0;
@@ -22,6 +23,7 @@ void add_chat_command(CLI::App& app) {
   auto* command = app.add_subcommand(
       "chat", "Chat through the model's chat template: one user message per line of stdin, replies streamed");
   command->add_option("--model", options->model, "HuggingFace model directory with tokenizer files")->required();
+  add_load_options(command, options->load);
   command->add_option("--system", options->system, "system prompt");
   command->add_option("-n", options->max_reply, "most tokens per reply");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
@@ -32,7 +34,7 @@ void add_chat_command(CLI::App& app) {
     const auto tokenizer = load_model_tokenizer(options->model);
     if (tokenizer->chat_template().empty()) fail("{}: tokenizer_config.json has no chat_template", options->model);
     const ChatTemplate chat_template(tokenizer->chat_template());
-    const auto weights = load_model(options->model);
+    const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
     const bool interactive = isatty(STDIN_FILENO) != 0;
     if (interactive) fmt::print(stderr, "deepmoe chat: one message per line; /reset starts over; Ctrl-D ends\n");

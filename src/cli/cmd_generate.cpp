@@ -9,6 +9,7 @@ namespace deepmoe::cli {
 
 void add_generate_command(CLI::App& app) {
   struct Options {
+    LoadOptions load;
     std::string model, tokens, prompt;
     int64_t n_new = 16;
     int threads = 0;
@@ -17,6 +18,7 @@ void add_generate_command(CLI::App& app) {
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("generate", "Generate after a prompt (text, or token ids)");
   command->add_option("--model", options->model, "HuggingFace model directory")->required();
+  add_load_options(command, options->load);
   auto* tokens = command->add_option("--tokens", options->tokens, "prompt as comma-separated token ids (prints ids)");
   auto* prompt = command->add_option("--prompt", options->prompt, "prompt text (needs the model's tokenizer.json; prints text)");
   tokens->excludes(prompt);
@@ -35,7 +37,7 @@ void add_generate_command(CLI::App& app) {
     } else {
       ids = parse_token_list(options->tokens);
     }
-    const auto weights = load_model(options->model);
+    const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
     bool first = true;
     std::unique_ptr<StreamingDecoder> text;

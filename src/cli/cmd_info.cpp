@@ -5,10 +5,12 @@ namespace deepmoe::cli {
 
 void add_info_command(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>();
+  auto load = std::make_shared<LoadOptions>();
   auto* command = app.add_subcommand("info", "Summarize a model: architecture, parameters, KV cache");
   command->add_option("--model", *model_dir, "HuggingFace model directory")->required();
-  command->callback([model_dir] {
-    const auto weights = load_model(*model_dir);
+  add_load_options(command, *load);
+  command->callback([model_dir, load] {
+    const auto weights = load_model(*model_dir, *load);
     const Config& c = weights->config;
     int64_t moe_layers = 0;
     for (const auto& layer : weights->layers) moe_layers += layer.is_moe;
@@ -29,7 +31,8 @@ void add_info_command(CLI::App& app) {
                               : "");
     fmt::print("parameters         {:.3f} M total, {:.3f} M active per token\n", weights->parameter_count() / 1e6,
                weights->active_parameter_count() / 1e6);
-    fmt::print("weights            {:.1f} MiB as loaded\n", double(weights->weight_bytes()) / (1 << 20));
+    fmt::print("weights            {:.1f} MiB as loaded ({})\n", double(weights->weight_bytes()) / (1 << 20),
+               weights->file_residence());
     fmt::print("kv cache per token {} values = {} bytes in f32 ({} layers x (kv_lora_rank {} + qk_rope {}))\n",
                c.num_hidden_layers * c.kv_cache_values_per_token(),
                c.num_hidden_layers * c.kv_cache_values_per_token() * 4, c.num_hidden_layers, c.kv_lora_rank,

@@ -6,12 +6,14 @@ namespace deepmoe::cli {
 
 void add_logits_command(CLI::App& app) {
   struct Options {
+    LoadOptions load;
     std::string model, tokens, out, attention = "auto";
     int threads = 0;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("logits", "Write float32 logits [n_tokens, vocab] of one forward pass as .npy");
   command->add_option("--model", options->model, "HuggingFace model directory")->required();
+  add_load_options(command, options->load);
   command->add_option("--tokens", options->tokens, "comma-separated token ids, e.g. 1,2,3")->required();
   command->add_option("--out", options->out, "output .npy file")->required();
   command->add_option("--threads", options->threads, "threads (0: all cores)");
@@ -19,7 +21,7 @@ void add_logits_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
   command->callback([options] {
     const auto tokens = parse_token_list(options->tokens);
-    const auto weights = load_model(options->model);
+    const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
     if (options->attention != "auto")
       model.forced_attention_mode =

@@ -14,6 +14,7 @@ namespace deepmoe::cli {
 
 void add_ppl_command(CLI::App& app) {
   struct Options {
+    LoadOptions load;
     std::string model, data, compare;
     int64_t seq = 512, max_windows = 0;
     int threads = 0;
@@ -22,6 +23,7 @@ void add_ppl_command(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* command = app.add_subcommand("ppl", "Perplexity of a model on a uint32 token file");
   command->add_option("--model", o->model, "HuggingFace model directory")->required();
+  add_load_options(command, o->load);
   command->add_option("--data", o->data, "tokens (uint32 file, deepmoe prepare's output)")->required();
   command->add_option("--seq", o->seq, "tokens per window (each predicts its next token)");
   command->add_option("--max-windows", o->max_windows, "score only the first N windows (0: all)");
@@ -32,7 +34,7 @@ void add_ppl_command(CLI::App& app) {
   command->callback([o] {
     if (o->seq < 1) fail("--seq must be >= 1");
     const train::TokenWindows data(o->data, o->seq, train::WindowOrder::Sequential, 0);
-    const auto weights = load_model(o->model);
+    const auto weights = load_model(o->model, o->load);
     const Config& c = weights->config;
     if (o->seq > c.max_position_embeddings)
       fail("--seq {} is longer than the model's max_position_embeddings {}", o->seq, c.max_position_embeddings);
@@ -42,7 +44,7 @@ void add_ppl_command(CLI::App& app) {
     std::unique_ptr<ModelWeights> other_weights;
     std::unique_ptr<Model> other;
     if (!o->compare.empty()) {
-      other_weights = load_model(o->compare);
+      other_weights = load_model(o->compare, o->load);
       if (other_weights->config.vocab_size != c.vocab_size)
         fail("--compare {}: vocabulary {} differs from {}", o->compare, other_weights->config.vocab_size, c.vocab_size);
       other = std::make_unique<Model>(*other_weights, resolve_threads(o->threads));

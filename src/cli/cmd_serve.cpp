@@ -1,7 +1,11 @@
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "cli/common.h"
@@ -23,11 +27,49 @@ extern "C" void on_stop_signal(int signal_number) {
   const char byte = char(signal_number);
   [[maybe_unused]] const ssize_t written = write(g_signal_pipe[1], &byte, 1);
 }
+
+// The API key: --api-key, else the first line of --api-key-file, else $DEEPMOE_API_KEY (a key on
+// the command line is visible to every user of the machine in `ps`).
+std::string resolve_api_key(const std::string& flag, const std::string& file) {
+  if (!flag.empty() && !file.empty()) fail("give --api-key or --api-key-file, not both");
+  if (!flag.empty()) return flag;
+  if (!file.empty()) {
+    std::ifstream in(file);
+    if (!in) fail("--api-key-file {}: cannot read it", file);
+    std::string key;
+    std::getline(in, key);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
+    if (key.empty()) fail("--api-key-file {}: the first line is empty", file);
+    return key;
+  }
+  const char* env = std::getenv("DEEPMOE_API_KEY");
+  return env ? env : "";
+}
+
+// Ids of [0, vocab_size) the tokenizer cannot spell: never sampled.
+std::vector<int32_t> unspellable_ids(const Tokenizer& tokenizer, int64_t vocab_size) {
+  std::vector<int32_t> ids;
+  for (int64_t id = 0; id < vocab_size; ++id)
+    if (!tokenizer.spells(int32_t(id))) ids.push_back(int32_t(id));
+  return ids;
+}
+
+// One connection is one descriptor: the default soft limit (often 1024) is below what
+// --max-connections allows.
+void raise_descriptor_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
 }  // namespace
 
 void add_serve_command(CLI::App& app) {
   struct Options {
-    std::string model, model_name, dtype = "auto";
+    LoadOptions load;
+    std::string model, model_name, dtype = "auto", api_key_file;
+    double read_timeout = 10;
     ServerOptions server;
     EngineOptions engine;
     double kv_cache_mb = 1024;
@@ -37,9 +79,21 @@ void add_serve_command(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* command = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   command->add_option("--model", o->model, "HuggingFace model directory (with tokenizer files) or .gguf")->required();
+  add_load_options(command, o->load);
   command->add_option("--host", o->server.host, "address to listen on (default 127.0.0.1: this machine only)");
   command->add_option("--port", o->server.port, "port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
-  command->add_option("--api-key", o->server.api_key, "require 'Authorization: Bearer KEY' on every endpoint but /health");
+  command->add_option("--api-key", o->server.api_key,
+                      "require 'Authorization: Bearer KEY' on every endpoint but /health (visible in ps: prefer "
+                      "--api-key-file or $DEEPMOE_API_KEY)");
+  command->add_option("--api-key-file", o->api_key_file, "read the API key from the first line of this file");
+  command->add_option("--cors-origin", o->server.cors_origins,
+                      "let web pages of this origin call the server (e.g. http://localhost:3000; '*' for any); "
+                      "repeatable. Other cross-origin requests are refused");
+  command->add_option("--read-timeout", o->read_timeout,
+                      "seconds a client has to send a request's headers, then its body; idle connections close "
+                      "after it too (default 10)");
+  command->add_option("--max-connections", o->server.max_connections,
+                      "open connections; beyond it the longest-idle are closed (default 512)");
   command->add_option("--model-name", o->model_name, "the model id clients send (default: the --model directory's name)");
   command->add_option("--max-batch", o->engine.max_batch, "sequences per step (default 16)");
   command->add_option("--max-batch-tokens", o->engine.max_batch_tokens, "tokens per step, decode plus prompt chunks (default 256)");
@@ -56,13 +110,19 @@ void add_serve_command(CLI::App& app) {
     if (!(o->kv_cache_mb > 0) || o->kv_cache_mb > 1e7) fail("--kv-cache-mb must be in (0, 1e7], found {}", o->kv_cache_mb);
     if (o->engine.max_queue < 0) fail("--max-queue must be >= 0, found {}", o->engine.max_queue);
     if (o->drain_seconds < 0) fail("--drain-seconds must be >= 0, found {}", o->drain_seconds);
+    if (!(o->read_timeout > 0) || o->read_timeout > 3600) fail("--read-timeout must be in (0, 3600], found {}", o->read_timeout);
+    if (o->server.max_connections < 1 || o->server.max_connections > 65536)
+      fail("--max-connections must be in [1, 65536], found {}", o->server.max_connections);
+    o->server.read_timeout = std::chrono::milliseconds(int64_t(o->read_timeout * 1000));
+    o->server.api_key = resolve_api_key(o->server.api_key, o->api_key_file);
+    raise_descriptor_limit();
     // A client that hangs up must not kill the process with SIGPIPE.
     signal(SIGPIPE, SIG_IGN);
 
     const auto tokenizer = load_model_tokenizer(o->model);
     std::unique_ptr<ChatTemplate> chat_template;
     if (!tokenizer->chat_template().empty()) chat_template = std::make_unique<ChatTemplate>(tokenizer->chat_template());
-    const auto weights = load_model(o->model);
+    const auto weights = load_model(o->model, o->load);
     if (o->dtype == "bf16") weights->round_to_bf16();
     const Config& config = weights->config;
     if (o->engine.context == 0) o->engine.context = std::min<int64_t>(config.max_position_embeddings, 4096);
@@ -70,6 +130,7 @@ void add_serve_command(CLI::App& app) {
       fail("--ctx {} exceeds the model's max_position_embeddings {}", o->engine.context, config.max_position_embeddings);
     o->engine.kv_blocks =
         PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
+    o->engine.never_sample = unspellable_ids(*tokenizer, config.vocab_size);
     Model model(*weights, resolve_threads(o->threads));
     // A request's tokens must not depend on what it is batched with.
     model.forced_attention_mode = AttentionMode::Absorbed;
@@ -83,11 +144,20 @@ void add_serve_command(CLI::App& app) {
     }
     o->server.limits.model_id = name;
     o->server.limits.context = o->engine.context;
+    o->server.limits.max_prompt_bytes = prompt_byte_bound(*tokenizer, o->engine.context);
     HttpServer server(engine, *tokenizer, chat_template.get(), o->server);
     server.bind();
-    fmt::print(stderr, "deepmoe serve: model '{}' on http://{}:{} (context {}, cache {} tokens, batch {} sequences / {} tokens)\n",
+    fmt::print(stderr,
+               "deepmoe serve: model '{}' on http://{}:{} (context {}, cache {} tokens, batch {} sequences / {} tokens, "
+               "weights: {})\n",
                name, o->server.host, server.port(), o->engine.context, o->engine.kv_blocks * o->engine.block_tokens,
-               o->engine.max_batch, o->engine.max_batch_tokens);
+               o->engine.max_batch, o->engine.max_batch_tokens, weights->file_residence());
+    if (o->server.api_key.empty() && !is_loopback_host(o->server.host))
+      fmt::print(stderr, "deepmoe serve: warning: listening on {} without an API key: anyone who can reach this "
+                 "address can use the model (set --api-key-file or DEEPMOE_API_KEY)\n", o->server.host);
+    if (!o->engine.never_sample.empty())
+      fmt::print(stderr, "deepmoe serve: {} of the model's {} token ids have no text in the tokenizer; they are never sampled\n",
+                 o->engine.never_sample.size(), config.vocab_size);
     if (pipe(g_signal_pipe) != 0) fail("cannot create a pipe for signal handling");
     struct sigaction action {};
     action.sa_handler = on_stop_signal;

@@ -111,16 +111,19 @@ void run_training(const TrainOptions& o) {
   const std::string metrics_path = (std::filesystem::path(o.out) / "metrics.jsonl").string();
   std::vector<std::string> kept_metrics;
   if (o.resume) {
-    const auto newest = train::newest_checkpoint(o.out);
-    if (!newest) fail("--resume: no checkpoint under {}/checkpoints", o.out);
-    const nlohmann::json state = train::load_checkpoint(*newest, p, optimizer);
+    // The newest checkpoint that verifies; each newer one that does not costs one warning line.
+    const train::ResumedCheckpoint resumed = train::resume_newest_good(o.out, p, optimizer);
+    for (const auto& [dir, why] : resumed.skipped)
+      fmt::print(stderr, "deepmoe: warning: skipping checkpoint {}: {}\n", dir, why);
+    const std::string& newest = resumed.dir;
+    const nlohmann::json& state = resumed.state;
     if (state.value("run", nlohmann::json()) != run)
-      fail("--resume: {} was made with different settings ({}), not {}", *newest, state.value("run", nlohmann::json()).dump(),
-           run.dump());
+      fail("--resume: {} was made with different settings ({}), not {}", newest,
+           state.value("run", nlohmann::json()).dump(), run.dump());
     first_step = state.value("step", int64_t(0));
     std::ifstream old(metrics_path);
     for (std::string line; std::getline(old, line) && int64_t(kept_metrics.size()) < first_step;) kept_metrics.push_back(line);
-    fmt::print("resuming from {} (step {})\n", *newest, first_step);
+    fmt::print("resuming from {} (step {})\n", newest, first_step);
   }
 
   train::GemmPrecision precision = train::GemmPrecision::F32;

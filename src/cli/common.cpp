@@ -69,8 +69,23 @@ void warn_if_gemm_is_held_back() {
              forced);
 }
 
-std::unique_ptr<ModelWeights> load_model(const std::string& dir) {
-  auto weights = ModelWeights::load(dir);
+void add_load_options(CLI::App* command, LoadOptions& load) {
+  load.access = FileAccess::Auto;
+  auto* map = command->add_flag_callback(
+      "--mmap", [&load] { load.access = FileAccess::Map; },
+      "map the model file instead of reading it (starts at once; speed then depends on how the file came into the "
+      "page cache)");
+  command
+      ->add_flag_callback("--no-mmap", [&load] { load.access = FileAccess::Read; },
+                          "read the model into memory even when it may not fit (default: when it fits)")
+      ->excludes(map);
+  command->add_flag("--mlock", load.lock, "lock the weights in memory (never paged out)");
+}
+
+std::unique_ptr<ModelWeights> load_model(const std::string& dir, LoadOptions load) {
+  auto weights = ModelWeights::load(dir, load);
+  if (load.lock && weights->file_residence().find("locked") == std::string::npos)
+    fmt::print(stderr, "deepmoe: warning: --mlock could not lock the weights (raise 'ulimit -l'); continuing unlocked\n");
   const auto& ignored = weights->ignored_tensors;
   if (!ignored.empty()) {
     const size_t shown = std::min<size_t>(ignored.size(), 10);

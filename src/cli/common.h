@@ -46,7 +46,13 @@ std::string read_file(const std::string& path);
 // One stderr line when OPENBLAS_CORETYPE holds OpenBLAS to pre-AVX-512 kernels on an AVX-512 CPU.
 void warn_if_gemm_is_held_back();
 
-std::unique_ptr<ModelWeights> load_model(const std::string& dir);
+// --mmap / --no-mmap / --mlock, with llama.cpp's meanings, for the commands that run a model.
+// With neither of the first two the weights are read into memory when they fit (FileAccess::Auto):
+// a mapped file's speed depends on how it came into the page cache (io/mapped_file.h).
+void add_load_options(CLI::App* command, LoadOptions& load);
+
+// `load` as given; one warning line when --mlock could not lock the weights.
+std::unique_ptr<ModelWeights> load_model(const std::string& dir, LoadOptions load = {});
 
 // A tokenizer.json, a directory holding one, or a .gguf carrying one.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);

@@ -93,13 +93,27 @@ GgufValue read_value(Cursor& in, const std::string& file, const std::string& key
   const uint64_t count = in.read<uint64_t>("length of " + key);
   if (count > in.remaining() / min_value_bytes(v.element_type))
     fail("{}: key {}: array of {} elements does not fit in the file", file, key, count);
+  // What a file can make us hold is bounded by its size: one-byte elements stay one byte, and
+  // no vector grows by doubling past the count (a string array still takes up to 4x its bytes,
+  // 32 per 8-byte empty string).
+  switch (v.element_type) {
+    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::Bool: {
+      const uint8_t* p = in.take(count, key);
+      v.bytes.assign(p, p + count);
+      if (v.element_type == GgufValueType::Bool)
+        for (uint8_t& b : v.bytes) b = b != 0;
+      return v;
+    }
+    case GgufValueType::String: v.strings.reserve(size_t(count)); break;
+    case GgufValueType::F32: case GgufValueType::F64: v.floats.reserve(size_t(count)); break;
+    default: v.ints.reserve(size_t(count)); break;
+  }
   for (uint64_t i = 0; i < count; ++i) {
     GgufValue e;
     read_scalar(in, v.element_type, e, key);
     switch (v.element_type) {
       case GgufValueType::String: v.strings.push_back(std::move(e.string_value)); break;
       case GgufValueType::F32: case GgufValueType::F64: v.floats.push_back(e.float_value); break;
-      case GgufValueType::Bool: v.ints.push_back(e.bool_value ? 1 : 0); break;
       default: v.ints.push_back(e.integer); break;
     }
   }
@@ -129,8 +143,15 @@ void put_string(std::vector<uint8_t>& out, const std::string& s) {
   write_raw(out, s.data(), s.size());
 }
 
+bool is_byte_type(GgufValueType t) {
+  return t == GgufValueType::U8 || t == GgufValueType::I8 || t == GgufValueType::Bool;
+}
+
 void put_scalar(std::vector<uint8_t>& out, GgufValueType type, const GgufValue& v, size_t index, bool element) {
-  const int64_t i = element ? (index < v.ints.size() ? v.ints[index] : 0) : v.integer;
+  const int64_t i = !element                ? v.integer
+                    : is_byte_type(type)    ? (index < v.bytes.size() ? int64_t(int8_t(v.bytes[index])) : 0)
+                    : index < v.ints.size() ? v.ints[index]
+                                            : 0;
   const uint64_t u = uint64_t(i);
   const double f = element ? (index < v.floats.size() ? v.floats[index] : 0) : v.float_value;
   switch (type) {
@@ -372,7 +393,8 @@ std::vector<uint8_t> GgufWriter::header() const {
     const size_t count = v.element_type == GgufValueType::String ? v.strings.size()
                          : (v.element_type == GgufValueType::F32 || v.element_type == GgufValueType::F64)
                              ? v.floats.size()
-                             : v.ints.size();
+                         : is_byte_type(v.element_type) ? v.bytes.size()
+                                                        : v.ints.size();
     put<uint64_t>(out, count);
     for (size_t i = 0; i < count; ++i) put_scalar(out, v.element_type, v, i, true);
   }

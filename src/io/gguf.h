@@ -19,7 +19,8 @@ enum class GgufValueType : uint32_t {
 };
 
 // One metadata value. Scalars keep their on-disk type (llama.cpp checks types exactly), arrays
-// their element type; numbers are held widened.
+// their element type; numbers are held widened, except arrays of one-byte elements (a file must
+// not make us hold 8 bytes for each of its bytes).
 struct GgufValue {
   GgufValueType type = GgufValueType::U32;
   GgufValueType element_type = GgufValueType::U32;  // arrays only
@@ -27,7 +28,8 @@ struct GgufValue {
   double float_value = 0;
   bool bool_value = false;
   std::string string_value;
-  std::vector<int64_t> ints;          // integer and bool arrays
+  std::vector<int64_t> ints;          // integer arrays of 2- to 8-byte elements
+  std::vector<uint8_t> bytes;         // u8, i8 (two's complement) and bool (0 or 1) arrays, as compact as on disk
   std::vector<double> floats;         // f32 / f64 arrays
   std::vector<std::string> strings;   // string arrays
 

@@ -1,11 +1,6 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 
 #include <algorithm>
 #include <filesystem>
@@ -51,14 +46,22 @@ TensorView parse_entry(const std::string& name, const nlohmann::json& entry, con
   const std::string dtype = dtype_it->get<std::string>();
   if (!parse_dtype(dtype, &view.dtype)) fail("{}: tensor {}: unsupported dtype {}", file, name, dtype);
 
-  uint64_t numel = 1;
+  // Every extent is bounded, a zero included: the product of the others (not 0, which would hide
+  // them) must stay small, so that no later product of the shape's int64s overflows.
+  uint64_t nonzero_product = 1;
+  bool has_zero = false;
   for (const auto& dim : *shape_it) {
     if (!dim.is_number_unsigned()) fail("{}: tensor {}: shape holds a non-integer", file, name);
     const uint64_t extent = dim.get<uint64_t>();
-    if (!checked_mul(numel, extent, &numel) || numel > (uint64_t(1) << 48))
+    if (extent > uint64_t(INT64_MAX))
+      fail("{}: tensor {}: shape holds {}, more than a 64-bit signed integer holds", file, name, extent);
+    has_zero = has_zero || extent == 0;
+    if (extent != 0 &&
+        (!checked_mul(nonzero_product, extent, &nonzero_product) || nonzero_product > (uint64_t(1) << 48)))
       fail("{}: tensor {}: shape is too large", file, name);
     view.shape.push_back(int64_t(extent));
   }
+  const uint64_t numel = has_zero ? 0 : nonzero_product;
   uint64_t expected_bytes = 0;
   if (!checked_mul(numel, dtype_size(view.dtype), &expected_bytes))
     fail("{}: tensor {}: shape is too large", file, name);
@@ -141,16 +144,6 @@ std::vector<uint8_t> header_bytes(const std::vector<TensorHeader>& tensors) {
   return out;
 }
 
-void write_all(int fd, std::span<const uint8_t> data, const std::string& path) {
-  size_t written = 0;
-  while (written < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + written, data.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("{}: write failed: {}", path, std::strerror(errno));
-    written += size_t(n);
-  }
-}
-
 }  // namespace
 
 std::vector<uint8_t> serialize_safetensors(const std::vector<TensorToWrite>& tensors) {
@@ -167,17 +160,8 @@ std::vector<uint8_t> serialize_safetensors(const std::vector<TensorToWrite>& ten
 }
 
 SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<TensorHeader>& tensors)
-    : path_(path), temporary_(path + ".tmp"), tensors_(tensors) {
-  fd_ = ::open(temporary_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("{}: cannot create: {}", temporary_, std::strerror(errno));
-  write_all(fd_, header_bytes(tensors_), temporary_);
-}
-
-SafetensorsWriter::~SafetensorsWriter() {
-  if (fd_ >= 0) {  // not finished: leave nothing behind
-    ::close(fd_);
-    ::unlink(temporary_.c_str());
-  }
+    : path_(path), file_(path), tensors_(tensors) {
+  file_.write(header_bytes(tensors_));
 }
 
 void SafetensorsWriter::write_next(std::span<const uint8_t> data) {
@@ -185,17 +169,15 @@ void SafetensorsWriter::write_next(std::span<const uint8_t> data) {
   const TensorHeader& tensor = tensors_[next_++];
   if (data.size() != tensor_bytes(tensor))
     fail("{}: tensor {} has {} bytes, its shape needs {}", path_, tensor.name, data.size(), tensor_bytes(tensor));
-  write_all(fd_, data, temporary_);
+  file_.write(data);
 }
 
 void SafetensorsWriter::finish() {
   if (next_ != tensors_.size()) fail("{}: {} of {} tensors written", path_, next_, tensors_.size());
-  if (::fsync(fd_) != 0 || ::close(fd_) != 0) fail("{}: cannot flush to disk", temporary_);
-  fd_ = -1;
-  if (::rename(temporary_.c_str(), path_.c_str()) != 0) fail("{}: cannot rename into place", path_);
+  file_.commit();
 }
 
-CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_dir) {
+CheckpointReader::CheckpointReader(const std::string& model_dir, LoadOptions load) : dir_(model_dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(model_dir)) fail("{}: not a model directory", model_dir);
   const fs::path index_path = fs::path(model_dir) / "model.safetensors.index.json";
@@ -213,7 +195,7 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
         fail("{}: weight_map[{}] names a file outside the directory", index_path.string(), name);
       shards.insert(shard);
     }
-    for (const auto& shard : shards) add_file((fs::path(model_dir) / shard).string());
+    for (const auto& shard : shards) add_file((fs::path(model_dir) / shard).string(), load);
     for (const auto& [name, file] : index["weight_map"].items()) {
       const auto it = tensors_.find(name);
       if (it == tensors_.end())
@@ -221,7 +203,7 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
              file.get<std::string>());
     }
   } else if (fs::exists(single_path)) {
-    add_file(single_path.string());
+    add_file(single_path.string(), load);
   } else {
     fail("{}: no model.safetensors or model.safetensors.index.json", model_dir);
   }
@@ -233,8 +215,8 @@ CheckpointReader::CheckpointReader(std::string source, std::unique_ptr<MappedFil
   files_.push_back(std::move(file));
 }
 
-void CheckpointReader::add_file(const std::string& path) {
-  files_.push_back(std::make_unique<MappedFile>(path));
+void CheckpointReader::add_file(const std::string& path, LoadOptions load) {
+  files_.push_back(std::make_unique<MappedFile>(path, load));
   for (auto& view : parse_safetensors(files_.back()->bytes(), path)) {
     if (tensors_.count(view.name)) fail("{}: tensor {} appears in two files", path, view.name);
     std::string name = view.name;

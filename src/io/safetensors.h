@@ -49,28 +49,27 @@ struct TensorHeader {
   std::vector<int64_t> shape;
 };
 
-// Streams a safetensors file tensor by tensor (for checkpoints larger than memory), into a
-// temporary file renamed over `path` by finish(): the file appears whole or not at all.
+// Streams a safetensors file tensor by tensor (for checkpoints larger than memory) through an
+// AtomicFile that finish() commits: the file appears whole or not at all.
 class SafetensorsWriter {
  public:
   SafetensorsWriter(const std::string& path, const std::vector<TensorHeader>& tensors);
-  ~SafetensorsWriter();
   // The data of the next tensor, in header order, exactly its size in bytes.
   void write_next(std::span<const uint8_t> data);
   void finish();
 
  private:
-  std::string path_, temporary_;
+  std::string path_;
+  AtomicFile file_;
   std::vector<TensorHeader> tensors_;
   size_t next_ = 0;
-  int fd_ = -1;
 };
 
 // All tensors of a HuggingFace model directory: `model.safetensors`, or the shards listed in
 // `model.safetensors.index.json`. Files stay mapped while the reader lives.
 class CheckpointReader {
  public:
-  explicit CheckpointReader(const std::string& model_dir);
+  explicit CheckpointReader(const std::string& model_dir, LoadOptions load = {});
   // Tensors that another format (GGUF) presents under HF names; `file` stays mapped.
   CheckpointReader(std::string source, std::unique_ptr<MappedFile> file, std::map<std::string, TensorView> tensors);
 
@@ -78,9 +77,10 @@ class CheckpointReader {
   const TensorView* find(const std::string& name) const;
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::string& dir() const { return dir_; }
+  const std::vector<std::unique_ptr<MappedFile>>& files() const { return files_; }
 
  private:
-  void add_file(const std::string& path);
+  void add_file(const std::string& path, LoadOptions load);
 
   std::string dir_;
   std::vector<std::unique_ptr<MappedFile>> files_;

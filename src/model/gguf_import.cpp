@@ -158,8 +158,8 @@ bool is_gguf_path(const std::string& path) {
   return path.ends_with(".gguf") && std::filesystem::is_regular_file(path);
 }
 
-GgufCheckpoint import_gguf(const std::string& path) {
-  auto file = std::make_unique<MappedFile>(path);
+GgufCheckpoint import_gguf(const std::string& path, LoadOptions load) {
+  auto file = std::make_unique<MappedFile>(path, load);
   const GgufFile f = parse_gguf(file->bytes(), path);
   GgufCheckpoint out;
   const nlohmann::json json = config_json(f);

@@ -24,6 +24,6 @@ struct GgufCheckpoint {
 };
 
 // Throws Error naming the file and what is missing or malformed.
-GgufCheckpoint import_gguf(const std::string& path);
+GgufCheckpoint import_gguf(const std::string& path, LoadOptions load = {});
 
 }  // namespace deepmoe

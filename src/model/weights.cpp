@@ -247,10 +247,10 @@ WeightMatrix transpose_key_up_projection(WeightLoader& loader, const Config& c, 
 
 }  // namespace
 
-std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
+std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, LoadOptions load) {
   auto model = std::make_unique<ModelWeights>();
   if (is_gguf_path(model_dir)) {
-    GgufCheckpoint gguf = import_gguf(model_dir);
+    GgufCheckpoint gguf = import_gguf(model_dir, load);
     model->config = gguf.config;
     model->config_json = gguf.config_json;
     model->reader_ = std::move(gguf.reader);
@@ -258,7 +258,7 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir) {
     const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
     model->config = load_config(config_path);
     model->config_json = read_text_file(config_path);
-    model->reader_ = std::make_unique<CheckpointReader>(model_dir);
+    model->reader_ = std::make_unique<CheckpointReader>(model_dir, load);
   }
   const Config& c = model->config;
   WeightLoader loader(*model, *model->reader_);
@@ -423,6 +423,16 @@ size_t ModelWeights::weight_bytes() const {
   for (const auto& buffer : owned_bf16_) bytes += buffer.size() * sizeof(uint16_t);
   for (const auto& buffer : owned_i32_) bytes += buffer.size() * sizeof(int32_t);
   return bytes;
+}
+
+std::string ModelWeights::file_residence() const {
+  bool read = false, mapped = false, locked = true;
+  for (const auto& file : reader_->files()) {
+    (file->read_into_memory() ? read : mapped) = true;
+    locked = locked && file->locked();
+  }
+  std::string out = read && mapped ? "read into memory and mmap" : read ? "read into memory" : "mmap";
+  return locked && !reader_->files().empty() ? out + ", locked" : out;
 }
 
 size_t ModelWeights::decode_weight_bytes() const {

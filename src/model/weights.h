@@ -74,8 +74,9 @@ struct ModelWeights {
   WeightMatrix lm_head;  // [vocab, hidden]; embed_tokens when tied
   std::vector<std::string> ignored_tensors;  // unknown names (warned about); MTP layers excluded
 
-  // Loads config.json and the safetensors of `model_dir`; throws Error naming the file and tensor.
-  static std::unique_ptr<ModelWeights> load(const std::string& model_dir);
+  // Loads config.json and the safetensors of `model_dir` (or a .gguf), mapped or read into memory
+  // as `load` says; throws Error naming the file and tensor.
+  static std::unique_ptr<ModelWeights> load(const std::string& model_dir, LoadOptions load = {});
 
   // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
   // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).
@@ -93,6 +94,8 @@ struct ModelWeights {
   int64_t parameter_count() const;         // every parameter of the main layers
   int64_t active_parameter_count() const;  // per token: top-k routed experts only
   size_t weight_bytes() const;             // as held (mapped or widened)
+  // How the checkpoint's files are held, for a person: "mmap", "read into memory" (+ ", locked").
+  std::string file_residence() const;
   // Weight bytes one decoded token reads: every matrix it multiplies by, with num_experts_per_tok
   // experts per MoE layer (the memory traffic that bounds decode speed).
   size_t decode_weight_bytes() const;

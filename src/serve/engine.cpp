@@ -1,6 +1,7 @@
 #include "serve/engine.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -35,6 +36,10 @@ Engine::Engine(Model& model, const EngineOptions& options)
   if (options_.max_batch < 1) fail("--max-batch must be >= 1, found {}", options_.max_batch);
   if (options_.max_batch_tokens < 1) fail("--max-batch-tokens must be >= 1, found {}", options_.max_batch_tokens);
   if (options_.context < 2) fail("--ctx must be >= 2, found {}", options_.context);
+  const int64_t vocab = model.config().vocab_size;
+  for (const int32_t id : options_.never_sample)
+    if (id < 0 || id >= vocab) fail("never_sample id {} is outside the vocabulary [0, {})", id, vocab);
+  if (int64_t(options_.never_sample.size()) >= vocab) fail("every token id is excluded from sampling");
   // One sequence of the full context must fit on its own, or it could be preempted forever.
   const int64_t needed = (options_.context + options_.block_tokens - 1) / options_.block_tokens;
   if (options_.kv_blocks < needed)
@@ -214,6 +219,7 @@ void Engine::publish_full_blocks(Sequence& sequence) {
 EngineToken Engine::choose(Sequence& sequence, float* logits) const {
   const int64_t vocab = model_.config().vocab_size;
   const int64_t top = sequence.request.top_logprobs;
+  for (const int32_t id : options_.never_sample) logits[id] = -std::numeric_limits<float>::infinity();
   thread_local std::vector<double> log_probabilities;
   if (top >= 0) {  // log-softmax of the model's logits, before any sampling transform
     log_probabilities.resize(size_t(vocab));

@@ -32,6 +32,9 @@ struct EngineOptions {
   int64_t kv_blocks = 0;           // blocks in the cache
   int64_t context = 0;             // longest sequence, prompt plus output
   int64_t max_queue = 256;         // requests waiting for a slot before submit refuses
+  // Ids never sampled nor reported among top logprobs: those the tokenizer cannot spell
+  // (a vocab_size padded past the tokenizer's ids, holes in its vocabulary).
+  std::vector<int32_t> never_sample;
 };
 
 struct EngineRequest {

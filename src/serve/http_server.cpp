@@ -4,11 +4,14 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cctype>
 #include <set>
 #include <thread>
 
 #include "core/error.h"
 #include "serve/completion_run.h"
+#include "serve/connection_guard.h"
 
 namespace deepmoe {
 
@@ -81,7 +84,62 @@ void raise_listen_backlog(int port) {
   }
 }
 
+// Whether `given` equals `expected`, in time that depends on the lengths only: an API key must
+// not leak through how soon a comparison fails.
+bool constant_time_equal(std::string_view given, std::string_view expected) {
+  unsigned char difference = given.size() != expected.size();
+  for (size_t i = 0; i < expected.size(); ++i)
+    difference |= static_cast<unsigned char>((i < given.size() ? given[i] : 0) ^ expected[i]);
+  return difference == 0;
+}
+
+std::string lower(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return text;
+}
+
+// The host name of a Host header ("[::1]:8080" -> "::1", "localhost:80" -> "localhost").
+std::string host_name(const std::string& header) {
+  if (!header.empty() && header[0] == '[') return lower(header.substr(1, header.find(']') - 1));
+  return lower(header.substr(0, header.find(':')));
+}
+
+// Whether a Content-Type names JSON (parameters such as charset allowed).
+bool is_json_content_type(const std::string& header) {
+  std::string type = lower(header.substr(0, header.find(';')));
+  type.erase(std::remove_if(type.begin(), type.end(), [](unsigned char c) { return std::isspace(c); }), type.end());
+  return type == "application/json";
+}
+
+// A chunked body's provider never lets an exception out: cpp-httplib does not catch them there
+// (std::terminate). What was thrown ends the body with `error_text(message)`.
+// It also holds the connection's busy token until the body is out.
+httplib::ContentProviderWithoutLength guard_provider(httplib::ContentProviderWithoutLength provider,
+                                                     std::function<std::string(const std::string&)> error_text,
+                                                     std::shared_ptr<CompletionRun> run, std::shared_ptr<void> busy) {
+  return [provider = std::move(provider), error_text = std::move(error_text), run, busy](size_t offset,
+                                                                                        httplib::DataSink& sink) {
+    std::string message;
+    try {
+      return provider(offset, sink);
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (...) {
+      message = "internal error";
+    }
+    run->cancel();
+    const std::string text = error_text(message);
+    if (sink.write(text.data(), text.size())) sink.done();
+    return true;
+  };
+}
+
 }  // namespace
+
+bool is_loopback_host(const std::string& host) {
+  const std::string name = lower(host);
+  return name == "localhost" || name == "::1" || name.rfind("127.", 0) == 0;
+}
 
 HttpServer::HttpServer(Engine& engine, const Tokenizer& tokenizer, const ChatTemplate* chat_template,
                        ServerOptions options)
@@ -91,10 +149,11 @@ HttpServer::HttpServer(Engine& engine, const Tokenizer& tokenizer, const ChatTem
       options_(std::move(options)),
       server_(std::make_unique<httplib::Server>()),
       created_(unix_seconds()) {
-  // A thread per connection in flight: every queued or running request's handler waits on its
-  // stream, plus room for /health and /metrics while the queue is full.
-  const size_t threads = size_t(std::min<int64_t>(engine_.options().max_queue + engine_.options().max_batch + 16, 1024));
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // A thread per open connection (every queued or running request's handler waits on its stream),
+  // plus room for /health and /metrics while the guard sheds connections over the cap.
+  guard_ = std::make_unique<ConnectionGuard>(options_.read_timeout, options_.max_connections);
+  const size_t threads = options_.max_connections + 16;
+  server_->new_task_queue = [threads] { return new ConnectionThreads(threads); };
   server_->set_payload_max_length(options_.max_body_bytes);
   routes();
 }
@@ -111,6 +170,7 @@ void HttpServer::bind() {
     port_ = options_.port;
   }
   raise_listen_backlog(port_);
+  guard_->start(port_);
 }
 
 void HttpServer::serve() { server_->listen_after_bind(); }
@@ -137,16 +197,10 @@ nlohmann::json HttpServer::model_object() const {
 void HttpServer::routes() {
   httplib::Server& s = *server_;
   s.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
+    guard_->touch(request.remote_addr, request.remote_port);  // the headers are in; the body has its own time
     if (request.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
-    if (!options_.api_key.empty() && request.get_header_value("Authorization") != "Bearer " + options_.api_key) {
-      send_error(response, 401, "missing or wrong API key (Authorization: Bearer KEY)", {}, "authentication_error");
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    if (draining_ && request.path != "/metrics") {
-      send_error(response, 503, "the server is shutting down", {}, "service_unavailable");
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
+    return refuse_before_routing(request, response) ? httplib::Server::HandlerResponse::Handled
+                                                    : httplib::Server::HandlerResponse::Unhandled;
   });
   s.set_post_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
     // Known routes only: a label per unknown path would let clients grow the metrics without bound.
@@ -189,10 +243,67 @@ void HttpServer::routes() {
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(metrics_.render(engine_.stats()), "text/plain; version=0.0.4");
   });
-  s.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) { tokenize(q, r); });
-  s.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) { detokenize(q, r); });
+  // The body has been read: the connection is busy until the answer is out (the guard leaves it).
+  s.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) {
+    const auto busy = guard_->busy(q.remote_addr, q.remote_port);
+    tokenize(q, r);
+  });
+  s.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) {
+    const auto busy = guard_->busy(q.remote_addr, q.remote_port);
+    detokenize(q, r);
+  });
   s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { completions(q, r, false); });
   s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { completions(q, r, true); });
+}
+
+bool HttpServer::refuse_before_routing(const httplib::Request& request, httplib::Response& response) {
+  // Without a key, a loopback server answers only its own names: a web page whose DNS name is
+  // rebound to 127.0.0.1 sends its own name in Host.
+  if (options_.api_key.empty() && is_loopback_host(options_.host)) {
+    const std::string host = host_name(request.get_header_value("Host"));
+    if (!is_loopback_host(host) && host != lower(options_.host)) {
+      send_error(response, 403, fmt::format("Host '{}' is not this server's (without --api-key, only localhost names)",
+                                            request.get_header_value("Host")));
+      return true;
+    }
+  }
+  // Browsers name the page's origin; only --cors-origin ones (and the server's own) may call.
+  if (request.has_header("Origin")) {
+    const std::string origin = request.get_header_value("Origin");
+    const bool allowed = std::any_of(options_.cors_origins.begin(), options_.cors_origins.end(),
+                                     [&](const std::string& o) { return o == "*" || o == origin; });
+    const bool same_origin = origin == "http://" + request.get_header_value("Host");
+    if (!allowed && !same_origin) {
+      send_error(response, 403, fmt::format("cross-origin request from '{}' refused (allow it with --cors-origin)", origin));
+      return true;
+    }
+    if (allowed) {
+      response.set_header("Access-Control-Allow-Origin", origin);
+      response.set_header("Vary", "Origin");
+    }
+    if (request.method == "OPTIONS") {  // a preflight: what the page may send
+      response.status = 204;
+      response.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      response.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      response.set_header("Access-Control-Max-Age", "600");
+      return true;
+    }
+  }
+  if (!options_.api_key.empty() &&
+      !constant_time_equal(request.get_header_value("Authorization"), "Bearer " + options_.api_key)) {
+    send_error(response, 401, "missing or wrong API key (Authorization: Bearer KEY)", {}, "authentication_error");
+    return true;
+  }
+  if (draining_ && request.path != "/metrics") {
+    send_error(response, 503, "the server is shutting down", {}, "service_unavailable");
+    return true;
+  }
+  // A form or text/plain POST is what a page may send cross-site without asking first: JSON only.
+  if (request.method == "POST" && !is_json_content_type(request.get_header_value("Content-Type"))) {
+    send_error(response, 415, "the request body must be JSON, sent with 'Content-Type: application/json'");
+    return true;
+  }
+  return false;
 }
 
 void HttpServer::tokenize(const httplib::Request& request, httplib::Response& response) {
@@ -214,6 +325,8 @@ void HttpServer::tokenize(const httplib::Request& request, httplib::Response& re
     send_json(response, 200, {{"tokens", ids}, {"count", ids.size()}, {"max_model_len", options_.limits.context}});
   } catch (const ApiError& e) {
     send_error(response, e.status(), e.what(), e.param(), e.type());
+  } catch (const Error& e) {
+    send_error(response, 400, e.what());
   }
 }
 
@@ -223,9 +336,12 @@ void HttpServer::detokenize(const httplib::Request& request, httplib::Response& 
     auto tokens = body.find("tokens");
     if (tokens == body.end() || !tokens->is_array()) throw ApiError(400, "'tokens': expected an array of token ids", "tokens");
     std::vector<int32_t> ids;
-    for (const json& id : *tokens) {
+    for (size_t i = 0; i < tokens->size(); ++i) {
+      const json& id = (*tokens)[i];
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tokenizer_.id_limit())
         throw ApiError(400, fmt::format("'tokens': expected token ids in [0, {})", tokenizer_.id_limit()), "tokens");
+      if (!tokenizer_.spells(int32_t(id.get<int64_t>())))
+        throw ApiError(400, fmt::format("'tokens[{}]': the vocabulary has no token {}", i, id.get<int64_t>()), "tokens");
       ids.push_back(int32_t(id.get<int64_t>()));
     }
     send_json(response, 200, {{"prompt", tokenizer_.decode(ids)}});
@@ -265,6 +381,8 @@ json HttpServer::whole_choices(const CompletionRun& run, const std::vector<Choic
 }
 
 void HttpServer::completions(const httplib::Request& request, httplib::Response& response, bool chat) {
+  // Held until the answer is out, by the body providers below when the answer is streamed.
+  const std::shared_ptr<void> busy = guard_->busy(request.remote_addr, request.remote_port);
   std::shared_ptr<CompletionRun> run;
   CompletionRequest parsed;
   try {
@@ -300,7 +418,8 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
       return send_json(response, 200, whole(deltas));
     }
     response.set_chunked_content_provider(
-        "application/json", [=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
+        "application/json",
+        guard_provider([=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
           auto next_probe = std::chrono::steady_clock::now();
           while (!run->done()) {
             run->poll(probe_every, deltas);
@@ -316,7 +435,8 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
           sink.write(body.data(), body.size());
           sink.done();
           return true;
-        });
+        },
+        [](const std::string& message) { return dump(error_body(message, "server_error", {})); }, run, busy));
     return;
   }
 
@@ -325,7 +445,7 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
   const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
-      "text/event-stream", [=, this](size_t, httplib::DataSink& sink) {
+      "text/event-stream", guard_provider([=, this](size_t, httplib::DataSink& sink) {
         auto send = [&](const json& event) {
           const std::string line = "data: " + dump(event) + "\n\n";
           return sink.write(line.data(), line.size());
@@ -389,7 +509,9 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
         sink.write(done.data(), done.size());
         sink.done();
         return true;
-      });
+      },
+      [](const std::string& message) { return "data: " + dump(error_body(message, "server_error", {})) + "\n\ndata: [DONE]\n\n"; },
+      run, busy));
 }
 
 }  // namespace deepmoe

@@ -3,12 +3,16 @@
 // and Prometheus /metrics. Handlers run on the library's thread pool and only wait on their
 // requests' streams; the engine's one step loop does all model work. Every refusal is an
 // OpenAI error object: 400 bad fields, 401 without the API key, 404, 413 bodies over the limit,
-// 429 with Retry-After when the queue is full, 503 while draining.
+// 429 with Retry-After when the queue is full, 503 while draining. First contact is guarded:
+// POST bodies must be JSON, nested at most kMaxJsonNesting deep; without an API key only this
+// machine's host names are accepted in Host (DNS rebinding); cross-origin requests only from
+// --cors-origin; slow or idle connections are cut (ConnectionGuard).
 #pragma once
 #include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "serve/completion_run.h"
 #include "serve/engine.h"
@@ -25,13 +29,24 @@ struct Response;
 
 namespace deepmoe {
 
+class ConnectionGuard;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port (see HttpServer::port)
   std::string api_key;  // empty: no authentication
   size_t max_body_bytes = size_t(4) << 20;
+  // Origins whose web pages may call the server (CORS); "*" for any. Other cross-origin requests are refused.
+  std::vector<std::string> cors_origins;
+  // A client must deliver a request's headers, and then its body, within this; idle keep-alive
+  // connections are closed after it too.
+  std::chrono::milliseconds read_timeout{10000};
+  size_t max_connections = 512;  // open at once; beyond it the longest-waiting idle ones are closed
   ApiLimits limits;
 };
+
+// Whether a server on `host` can be reached only from this machine.
+bool is_loopback_host(const std::string& host);
 
 class HttpServer {
  public:
@@ -54,12 +69,16 @@ class HttpServer {
                                const CompletionRequest& request) const;
   void tokenize(const httplib::Request& request, httplib::Response& response);
   void detokenize(const httplib::Request& request, httplib::Response& response);
+  // The refusal of a request before routing (bad Host, origin, key, content type; draining), or
+  // nothing. Sets CORS headers on `response` for an allowed origin.
+  bool refuse_before_routing(const httplib::Request& request, httplib::Response& response);
 
   Engine& engine_;
   const Tokenizer& tokenizer_;
   const ChatTemplate* chat_template_;
   ServerOptions options_;
   Metrics metrics_;
+  std::unique_ptr<ConnectionGuard> guard_;
   std::unique_ptr<httplib::Server> server_;
   int port_ = 0;
   std::atomic<bool> draining_{false};

@@ -15,7 +15,35 @@ json error_body(const std::string& message, const std::string& type, const std::
            {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", nullptr}}}};
 }
 
+namespace {
+
+// The deepest nesting of arrays and objects in `text`, counting brackets outside strings; stops
+// counting past `limit`. Malformed text is the parser's business, not this scan's.
+int json_nesting(const std::string& text, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) return deepest;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+}  // namespace
+
 json parse_json_object(const std::string& body) {
+  if (json_nesting(body, kMaxJsonNesting) > kMaxJsonNesting)
+    throw ApiError(400, fmt::format("the request body nests arrays and objects more than {} deep", kMaxJsonNesting));
   json parsed = json::parse(body, nullptr, false);
   if (parsed.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
   if (!parsed.is_object()) throw ApiError(400, "the request body must be a JSON object");
@@ -75,7 +103,15 @@ std::string message_content(const json& content, const std::string& param) {
   return text;
 }
 
-std::vector<int32_t> chat_prompt(const json& body, const Tokenizer& tokenizer, const ChatTemplate* chat_template) {
+// Refuses text that cannot fit the context whatever it tokenizes to, before tokenizing it.
+void check_prompt_bytes(size_t bytes, const ApiLimits& limits, const char* param) {
+  if (limits.max_prompt_bytes > 0 && int64_t(bytes) > limits.max_prompt_bytes)
+    bad_field(param, fmt::format("{} bytes of prompt text cannot fit this model's context of {} tokens", bytes,
+                                 limits.context));
+}
+
+std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits, const Tokenizer& tokenizer,
+                                 const ChatTemplate* chat_template) {
   const json* messages = field(body, "messages");
   if (!messages) bad_field("messages", "required");
   if (!messages->is_array()) bad_field("messages", "expected an array of messages");
@@ -102,17 +138,22 @@ std::vector<int32_t> chat_prompt(const json& body, const Tokenizer& tokenizer, c
   } catch (const Error& e) {
     throw ApiError(400, fmt::format("the chat template failed on these messages: {}", e.what()), "messages");
   }
+  check_prompt_bytes(prompt.size(), limits, "messages");
   return tokenizer.encode(prompt, false);
 }
 
-std::vector<int32_t> completion_prompt(const json& body, const Tokenizer& tokenizer) {
+std::vector<int32_t> completion_prompt(const json& body, const ApiLimits& limits, const Tokenizer& tokenizer) {
   const json* prompt = field(body, "prompt");
   if (!prompt) bad_field("prompt", "required");
-  if (prompt->is_string()) return tokenizer.encode(prompt->get<std::string>(), true);
+  auto encode = [&](const json& text) {
+    check_prompt_bytes(text.get_ref<const std::string&>().size(), limits, "prompt");
+    return tokenizer.encode(text.get<std::string>(), true);
+  };
+  if (prompt->is_string()) return encode(*prompt);
   if (!prompt->is_array() || prompt->empty()) bad_field("prompt", "expected a string or an array of token ids");
   if ((*prompt)[0].is_string()) {
     if (prompt->size() != 1) bad_field("prompt", "one prompt per request (use n for several completions)");
-    return tokenizer.encode((*prompt)[0].get<std::string>(), true);
+    return encode((*prompt)[0]);
   }
   std::vector<int32_t> ids;
   for (size_t i = 0; i < prompt->size(); ++i) {
@@ -186,8 +227,11 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
     } else {
       bad_field("stop", "expected a string or an array of strings");
     }
-    for (const std::string& s : r.stop)
+    for (const std::string& s : r.stop) {
       if (s.empty()) bad_field("stop", "stop strings must not be empty");
+      if (int64_t(s.size()) > limits.max_stop_bytes)
+        bad_field("stop", fmt::format("a stop string of {} bytes; at most {}", s.size(), limits.max_stop_bytes));
+    }
   }
 
   if (chat) {
@@ -201,7 +245,7 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
     r.top_logprobs = *top;
   }
 
-  r.prompt = chat ? chat_prompt(body, tokenizer, chat_template) : completion_prompt(body, tokenizer);
+  r.prompt = chat ? chat_prompt(body, limits, tokenizer, chat_template) : completion_prompt(body, limits, tokenizer);
   const char* prompt_param = chat ? "messages" : "prompt";
   if (r.prompt.empty()) bad_field(prompt_param, "the prompt is empty");
   const int64_t prompt_tokens = int64_t(r.prompt.size());
@@ -212,7 +256,7 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
                    prompt_param);
   const char* max_name = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (auto max_tokens = integer_field(body, max_name, 1, INT64_MAX)) {
-    if (prompt_tokens + *max_tokens > limits.context)
+    if (*max_tokens > limits.context - prompt_tokens)  // not prompt + max: that overflows near INT64_MAX
       bad_field(max_name, fmt::format("{} tokens do not fit: the prompt has {} and the context holds {}", *max_tokens,
                                       prompt_tokens, limits.context));
     r.max_tokens = *max_tokens;
@@ -222,8 +266,25 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
   return r;
 }
 
+int64_t prompt_byte_bound(const Tokenizer& tokenizer, int64_t context) {
+  size_t longest = 1;
+  for (int32_t id = 0; id < tokenizer.id_limit(); ++id)
+    if (tokenizer.spells(id)) longest = std::max(longest, tokenizer.token_bytes(id).size());
+  return context * int64_t(longest);
+}
+
 ChoiceText::ChoiceText(const Tokenizer& tokenizer, std::vector<std::string> stop)
-    : decoder_(tokenizer, true), stop_(std::move(stop)) {}
+    : decoder_(tokenizer, true), stop_(std::move(stop)) {
+  for (const std::string& s : stop_) {
+    std::vector<size_t> failure(s.size(), 0);  // longest proper prefix of s[0..i] that ends at i
+    for (size_t i = 1, k = 0; i < s.size(); ++i) {
+      while (k > 0 && s[i] != s[k]) k = failure[k - 1];
+      if (s[i] == s[k]) ++k;
+      failure[i] = k;
+    }
+    failure_.push_back(std::move(failure));
+  }
+}
 
 std::string ChoiceText::release(size_t end) {
   if (end <= released_) return {};
@@ -245,26 +306,30 @@ std::string ChoiceText::finish() {
 }
 
 std::string ChoiceText::scan(bool final) {
-  size_t match = std::string::npos;
-  // A match starts in text not yet released: any start of a stop string is held back below.
-  for (const std::string& stop : stop_) match = std::min(match, decoded_.find(stop, released_));
+  // A match starts in text not yet released (any start of a stop string was held back), so each
+  // stop string's automaton runs over the unreleased text only. Where it ends without a match,
+  // its state is the longest tail that starts that stop string: that tail is held back.
+  size_t match = std::string::npos, hold = 0;
+  for (size_t s = 0; s < stop_.size(); ++s) {
+    const std::string& stop = stop_[s];
+    const std::vector<size_t>& failure = failure_[s];
+    size_t matched = 0;
+    for (size_t i = released_; i < decoded_.size(); ++i) {
+      while (matched > 0 && decoded_[i] != stop[matched]) matched = failure[matched - 1];
+      if (decoded_[i] == stop[matched]) ++matched;
+      if (matched == stop.size()) {
+        match = std::min(match, i + 1 - stop.size());
+        break;
+      }
+    }
+    if (matched < stop.size()) hold = std::max(hold, matched);
+  }
   if (match != std::string::npos) {
     stopped_ = true;
     decoded_.resize(match);
     return release(match);
   }
-  if (final) return release(decoded_.size());
-  // Hold back the longest tail that is the start of some stop string.
-  size_t hold = 0;
-  for (const std::string& stop : stop_) {
-    for (size_t length = std::min(stop.size() - 1, decoded_.size() - released_); length > hold; --length) {
-      if (decoded_.compare(decoded_.size() - length, length, stop, 0, length) == 0) {
-        hold = length;
-        break;
-      }
-    }
-  }
-  return release(decoded_.size() - hold);
+  return release(final ? decoded_.size() : decoded_.size() - hold);
 }
 
 std::string finish_reason_name(FinishReason reason) {

@@ -40,8 +40,20 @@ struct ApiLimits {
   int64_t context = 0;      // prompt + output tokens
   int64_t max_n = 8;        // choices per request
   int64_t max_stop = 4;     // stop strings per request
+  int64_t max_stop_bytes = 1024;  // bytes per stop string
   int64_t max_top_logprobs = 20;
+  // Prompt text longer than this cannot fit the context (0: no bound); refused before it is
+  // tokenized. See prompt_byte_bound.
+  int64_t max_prompt_bytes = 0;
 };
+
+// Nesting deeper than this ([ and { inside each other) is refused before anything walks the body:
+// nlohmann parses iteratively but copies, compares and dumps recursively. OpenAI's requests nest 5 deep.
+inline constexpr int kMaxJsonNesting = 64;
+
+// The longest text that can still be `context` tokens: each token spells at most the longest
+// token's bytes. Counts only ids the tokenizer spells.
+int64_t prompt_byte_bound(const Tokenizer& tokenizer, int64_t context);
 
 struct CompletionRequest {
   bool chat = false;
@@ -85,6 +97,9 @@ class ChoiceText {
 
   StreamingDecoder decoder_;
   std::vector<std::string> stop_;
+  // Knuth-Morris-Pratt failure function of each stop string: the scan is linear in the text
+  // it looks at, however long and repetitive the stop strings are.
+  std::vector<std::vector<size_t>> failure_;
   std::string decoded_;  // everything decoded (up to a matched stop)
   size_t released_ = 0;
   bool stopped_ = false;

@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/pre_tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -174,15 +175,7 @@ TrainedBpe train_bpe(const std::vector<std::string>& files, const BpeTrainingOpt
 namespace {
 
 void write_atomically(const std::filesystem::path& path, const std::string& text) {
-  const auto temporary = path.string() + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) fail("{}: cannot open for writing", temporary);
-    out << text;
-    out.flush();
-    if (!out) fail("{}: write failed", temporary);
-  }
-  std::filesystem::rename(temporary, path);
+  write_file_atomically(path.string(), {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
 }
 
 // A DeepSeek-V3-style chat template of our own: system text first, then User/Assistant turns.

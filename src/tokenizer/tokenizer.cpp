@@ -19,6 +19,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Token ids are int32 everywhere, and one past the largest (the tokenizer's id limit) must be one too.
+bool is_valid_id(int64_t id) { return id >= 0 && id < INT32_MAX; }
+// A JSON id is read whole: get<int32_t>() would truncate 2^32 + 5 to 5.
+bool is_valid_id(const json& id) {
+  if (id.is_number_unsigned()) return id.get<uint64_t>() < uint64_t(INT32_MAX);
+  return id.is_number_integer() && is_valid_id(id.get<int64_t>());
+}
+
 std::string read_text_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open", path.string());
@@ -79,8 +87,8 @@ std::unique_ptr<BpeModel> parse_model(simdjson::dom::element model_element) {
   vocab.reserve(vocab_object.size());
   for (const auto entry : vocab_object) {
     int64_t id = 0;
-    if (entry.value.get(id) != simdjson::SUCCESS || id < 0 || id > INT32_MAX)
-      fail("model.vocab['{}'] must be a non-negative integer id", entry.key);
+    if (entry.value.get(id) != simdjson::SUCCESS || !is_valid_id(id))
+      fail("model.vocab['{}'] must be an integer id in [0, {})", entry.key, INT32_MAX);
     vocab.emplace(entry.key, int32_t(id));
   }
   simdjson::dom::array merges;
@@ -98,9 +106,10 @@ AddedToken parse_added_token(const json& spec, size_t index) {
       !spec["content"].is_string())
     fail("added_tokens[{}] must have an integer \"id\" and a string \"content\"", index);
   AddedToken token;
-  token.id = spec["id"].get<int32_t>();
-  if (token.id < 0) fail("added_tokens[{}] has negative id {}", index, token.id);
   token.content = spec["content"].get<std::string>();
+  if (!is_valid_id(spec["id"]))
+    fail("added_tokens[{}] ('{}') has id {}, outside [0, {})", index, token.content, spec["id"].dump(), INT32_MAX);
+  token.id = spec["id"].get<int32_t>();
   token.special = spec.value("special", false);
   token.single_word = spec.value("single_word", false);
   token.lstrip = spec.value("lstrip", false);
@@ -195,8 +204,12 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
           } else if (item.contains("SpecialToken")) {
             const std::string name = item["SpecialToken"].value("id", std::string());
             const json& entry = p.value("special_tokens", json::object()).value(name, json::object());
-            for (const json& id : entry.value("ids", json::array()))
+            for (const json& id : entry.value("ids", json::array())) {
+              if (!is_valid_id(id))
+                fail("post_processor: special token '{}' has id {}, not an integer in [0, {})", name, id.dump(),
+                     INT32_MAX);
               (seen_sequence ? t->suffix_ids_ : t->prefix_ids_).push_back(id.get<int32_t>());
+            }
           }
         }
       }
@@ -277,6 +290,11 @@ std::string Tokenizer::token_bytes(int32_t id) const {
   if (token.empty()) fail("token id {} is not in the vocabulary (ids go up to {})", id, id_limit_ - 1);
   if (!byte_level::decode(token, out)) out = token;
   return out;
+}
+
+bool Tokenizer::spells(int32_t id) const {
+  if (id < 0 || id >= id_limit_) return false;
+  return added_by_id_.count(id) > 0 || !model_->id_to_token(id).empty();
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {

@@ -36,6 +36,9 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
   // The raw bytes one token stands for (may be part of a multi-byte character).
   std::string token_bytes(int32_t id) const;
+  // Whether `id` stands for some text (token_bytes and decode accept it). A vocabulary may have
+  // holes, and a model's vocab_size may exceed the tokenizer's ids (DeepSeek pads it).
+  bool spells(int32_t id) const;
 
   // Id of a token string (added token or vocabulary entry); nullopt when absent.
   std::optional<int32_t> token_to_id(std::string_view token) const;

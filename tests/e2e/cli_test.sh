@@ -331,5 +331,38 @@ expect_error "quantize: already quantized" "already quantized" "$deepmoe" quanti
 cp -r q_w4g32 q_noconfig && /usr/bin/python3 -c "
 import json; c = json.load(open('q_noconfig/config.json')); c['quantization_config']['format'] = 'q8_0'; json.dump(c, open('q_noconfig/config.json', 'w'))"
 expect_error "quantized weights that disagree with config.json" "q_noconfig" "$deepmoe" info --model q_noconfig
+
+# Resume verifies a checkpoint (the checksums in its state.json, its config) before using it: a
+# corrupt newest one is skipped with one warning line and the one before resumes exactly (and the
+# corrupt step is saved again over it); a checkpoint of another model with the same parameter
+# count is refused; with no good checkpoint left, one error line.
+flip_bit() {  # near the end of the file: a float's bits, the file still well-formed
+  /usr/bin/python3 -c "
+import sys; f = open(sys.argv[1], 'r+b'); f.seek(-3, 2); b = f.read(1); f.seek(-3, 2); f.write(bytes([b[0] ^ 1]))" "$1"
+}
+"$deepmoe" train "${common[@]}" --steps 4 --out fallback >/dev/null 2>&1
+flip_bit fallback/checkpoints/step-4/model.safetensors
+"$deepmoe" train "${common[@]}" --steps 6 --resume --out fallback >fallback_out.txt 2>fallback_err.txt
+rc=$?
+[ "$rc" -eq 0 ] && [ "$(wc -l <fallback_err.txt)" -eq 1 ] &&
+  grep -q "warning: .*fallback/checkpoints/step-4: .*step-4/model.safetensors: corrupt" fallback_err.txt &&
+  grep -q "resuming from .*step-2 (step 2)" fallback_out.txt &&
+  [ "$(losses full/metrics.jsonl)" = "$(losses fallback/metrics.jsonl)" ] &&
+  [ "$(ls fallback/checkpoints | tr '\n' ' ')" = "step-4 step-6 " ] &&
+  "$deepmoe" info --model fallback/checkpoints/step-4 >/dev/null &&
+  ok "resume skips a corrupt newest checkpoint with one warning line and resumes the previous one exactly" ||
+  bad "resume past a corrupt checkpoint (exit $rc: $(head -c 300 fallback_err.txt))"
+sed 's/"topk_group": 2}/"topk_group": 2, "rope_theta": 50000.0}/' config.json >config_rope.json
+"$deepmoe" init --config config_rope.json --out model_rope --seed 5 >/dev/null
+"$deepmoe" train "${common[@]}" --steps 2 --out other_config >/dev/null 2>&1
+expect_error "resume refuses a checkpoint of another config with the same parameter count" \
+  "another model: its config.json has rope_theta 10000, this run's has 50000" "$deepmoe" train --init model_rope \
+  --data tokens.u32 --seq 16 --batch 2 --lr 1e-3 --schedule constant --save-every 2 --keep-last 2 --steps 4 --resume \
+  --out other_config
+"$deepmoe" train "${common[@]}" --steps 2 --out only_corrupt >/dev/null 2>&1
+flip_bit only_corrupt/checkpoints/step-2/model.safetensors
+expect_error "resume with only a corrupt checkpoint: one error line" \
+  "no usable checkpoint.*step-2/model.safetensors: corrupt" \
+  "$deepmoe" train "${common[@]}" --steps 4 --resume --out only_corrupt
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

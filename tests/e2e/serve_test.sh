@@ -156,31 +156,31 @@ run_client cancel "$busy_url" "$key" slow
 # A whole (not streamed) request whose client gives up is cancelled too (whitespace probes).
 steps() { curl -s "$busy_url/metrics" | awk '/^deepmoe_engine_steps_total/ {print $2}'; }
 before=$(steps)
-curl -s -o /dev/null --max-time 0.3 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true}' "$busy_url/v1/completions"
+curl -s -o /dev/null --max-time 0.3 -X POST -H "Content-Type: application/json" -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true}' "$busy_url/v1/completions"
 for _ in $(seq 1 100); do curl -s "$busy_url/metrics" | grep -q '^deepmoe_requests_running 0' && break; sleep 0.05; done
 after=$(steps)
 [ -n "$before" ] && [ $((after - before)) -lt 900 ] && curl -s "$busy_url/metrics" | grep -q '^deepmoe_requests_running 0' &&
   ok "a whole request whose client gives up is cancelled ($((after - before)) of 1000 steps)" ||
   bad "whole request cancellation (steps $before -> $after)"
-whole=$(curl -s -X POST -d '{"prompt":"The","max_tokens":600,"ignore_eos":true}' "$busy_url/v1/completions")
+whole=$(curl -s -X POST -H "Content-Type: application/json" -d '{"prompt":"The","max_tokens":600,"ignore_eos":true}' "$busy_url/v1/completions")
 echo "$whole" | /usr/bin/python3 -c "import json,sys; d=json.loads(sys.stdin.read()); assert d['usage']['completion_tokens'] == 600 and d['choices'][0]['finish_reason'] == 'length'" &&
   ok "a long whole request (chunked, whitespace first) is valid JSON" || bad "long whole request ($(echo "$whole" | head -c 200))"
-curl -s -N --max-time 60 -X POST -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >busy_stream.txt &
+curl -s -N --max-time 60 -X POST -H "Content-Type: application/json" -d '{"prompt":"The","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >busy_stream.txt &
 first_curl=$!
 for _ in $(seq 1 100); do grep -q "data:" busy_stream.txt && break; sleep 0.05; done
-curl -s -D headers.txt -o body.txt -X POST -d '{"prompt":"The","max_tokens":2}' "$busy_url/v1/completions"
+curl -s -D headers.txt -o body.txt -X POST -H "Content-Type: application/json" -d '{"prompt":"The","max_tokens":2}' "$busy_url/v1/completions"
 grep -q "^HTTP/1.1 429" headers.txt && grep -qi "^Retry-After: 1" headers.txt && grep -q '"error"' body.txt &&
   ok "a full queue: 429 with Retry-After" || bad "429 ($(head -1 headers.txt) $(head -c 200 body.txt))"
 
 # SIGTERM: the stream in flight finishes with [DONE], new requests are refused, the server exits 0.
 wait_for_stream_start() { for _ in $(seq 1 100); do grep -q "data:" drain_stream.txt && return; sleep 0.05; done; }
 wait "$first_curl"  # the first stream ends, then the next takes the free slot
-curl -s -N --max-time 60 -X POST -d '{"prompt":"It","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >drain_stream.txt &
+curl -s -N --max-time 60 -X POST -H "Content-Type: application/json" -d '{"prompt":"It","max_tokens":1000,"ignore_eos":true,"stream":true}' "$busy_url/v1/completions" >drain_stream.txt &
 curl_pid=$!
 wait_for_stream_start
 kill -TERM "$busy_pid"
 sleep 0.2
-refused=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{"prompt":"a","max_tokens":1}' "$busy_url/v1/completions")
+refused=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Content-Type: application/json" -d '{"prompt":"a","max_tokens":1}' "$busy_url/v1/completions")
 wait "$busy_pid"
 rc=$?
 wait "$curl_pid" 2>/dev/null
@@ -188,6 +188,124 @@ tail -c 200 drain_stream.txt | grep -q "data: \[DONE\]" && grep -q '"finish_reas
   [ "$rc" -eq 0 ] && [ "$refused" = 503 ] &&
   ok "SIGTERM drains: the stream in flight finishes, new requests refused, exit 0" ||
   bad "SIGTERM drain (exit $rc, new request $refused, stream end: $(tail -c 120 drain_stream.txt))"
+
+# Hostile clients (issue 18): each answered with a 4xx or a clean end of stream, the server alive
+# after. A model whose vocab_size (600) exceeds the tokenizer's 512 ids, as DeepSeek pads its
+# vocabulary; no API key (the default), a short read timeout, one allowed web origin.
+sed 's/"vocab_size": 512/"vocab_size": 600/' config.json >padded_config.json
+"$deepmoe" init --config padded_config.json --out padded --seed 4 --tokenizer tok >/dev/null || bad "init padded"
+start_server hostile --model padded --threads 2 --read-timeout 2 --cors-origin http://app.example || exit 1
+h_url=$url h_pid=$pid
+j=(-X POST -H "Content-Type: application/json")
+grep -q "of the model's 600 token ids have no text" hostile.log && ok "padded vocabulary: the server says which ids it never samples" ||
+  bad "padded vocabulary notice ($(head -c 300 hostile.log))"
+/usr/bin/python3 -c "import sys; sys.stdout.write('{\"prompt\":\"a\",\"max_tokens\":2,\"response_format\":{\"type\":' + '['*1000000 + ']'*1000000 + '}}')" >nested.json
+expect_status "10^6 nested brackets: 400" 400 "nests" "${j[@]}" --data-binary @nested.json "$h_url/v1/completions"
+expect_status "10^6 nested brackets to /tokenize: 400" 400 "nests" "${j[@]}" --data-binary @nested.json "$h_url/tokenize"
+# Streams at temperature 2 with logprobs, 32 at once: never an id the tokenizer cannot spell, every
+# stream ends with [DONE], no error events.
+stream_pids=()
+for i in $(seq 1 32); do
+  curl -s -N --max-time 60 "${j[@]}" -d "{\"prompt\":\"The jury\",\"max_tokens\":40,\"temperature\":2,\"stream\":true,\"logprobs\":3,\"seed\":$i,\"ignore_eos\":true}" \
+    "$h_url/v1/completions" >"padded_stream_$i.txt" &
+  stream_pids+=($!)
+done
+wait "${stream_pids[@]}"
+streams_ok=1
+for i in $(seq 1 32); do
+  tail -c 20 "padded_stream_$i.txt" | grep -q "data: \[DONE\]" && ! grep -q '"error"' "padded_stream_$i.txt" || streams_ok=0
+done
+[ $streams_ok = 1 ] && ok "32 hot streams on a padded vocabulary all end with [DONE], no errors" ||
+  bad "padded streams ($(grep -l '"error"' padded_stream_*.txt | head -3) $(tail -c 200 padded_stream_1.txt))"
+expect_status "/detokenize of an id past the tokenizer: 400 naming it" 400 'tokens' "${j[@]}" -d '{"tokens":[1,550]}' "$h_url/detokenize"
+expect_status "/tokenize of a bad field: 400" 400 "add_special_tokens" "${j[@]}" -d '{"prompt":"a","add_special_tokens":3}' "$h_url/tokenize"
+# Huge integers and long stop strings.
+expect_status "max_tokens = INT64_MAX: 400" 400 '"param":"max_tokens"' "${j[@]}" -d '{"prompt":"a","max_tokens":9223372036854775807}' "$h_url/v1/completions"
+expect_status "max_tokens = 2^64-1: 400" 400 '"param":"max_tokens"' "${j[@]}" -d '{"prompt":"a","max_tokens":18446744073709551615}' "$h_url/v1/completions"
+expect_status "max_tokens = 1e400: 400" 400 "" "${j[@]}" -d '{"prompt":"a","max_tokens":1e400}' "$h_url/v1/completions"
+long_stop=$(head -c 100000 /dev/zero | tr '\0' 'x')
+echo "{\"prompt\":\"a\",\"stop\":[\"$long_stop\"]}" >long_stop.json
+expect_status "a 100 kB stop string: 400" 400 '"param":"stop"' "${j[@]}" --data-binary @long_stop.json "$h_url/v1/completions"
+head -c 3000000 /dev/zero | tr '\0' 'a' | /usr/bin/python3 -c "import json,sys; print(json.dumps({'prompt': sys.stdin.read()}))" >huge_prompt.json
+expect_status "a 3 MB prompt: 400 before tokenizing" 400 "bytes of prompt text" "${j[@]}" --data-binary @huge_prompt.json "$h_url/v1/completions"
+# Cross-site requests: a page may POST a form or text/plain without asking; its DNS name may be
+# rebound to 127.0.0.1; a preflight from an origin not allowed gets nothing to go on.
+expect_status "text/plain POST: 415" 415 "Content-Type" -X POST -H "Content-Type: text/plain" -d '{"prompt":"a","max_tokens":1}' "$h_url/v1/completions"
+expect_status "form POST: 415" 415 "Content-Type" -X POST -d '{"prompt":"a","max_tokens":1}' "$h_url/v1/completions"
+expect_status "foreign Host without a key: 403" 403 "Host" "${j[@]}" -H "Host: evil.example" -d '{"prompt":"a","max_tokens":1}' "$h_url/v1/completions"
+expect_status "foreign Origin: 403" 403 "cross-origin" "${j[@]}" -H "Origin: http://evil.example" -d '{"prompt":"a","max_tokens":1}' "$h_url/v1/completions"
+curl -s -D preflight.txt -o /dev/null -X OPTIONS -H "Origin: http://app.example" -H "Access-Control-Request-Method: POST" \
+  -H "Access-Control-Request-Headers: content-type" "$h_url/v1/completions"
+curl -s -D allowed.txt -o allowed_body.txt "${j[@]}" -H "Origin: http://app.example" -d '{"prompt":"a","max_tokens":2}' "$h_url/v1/completions"
+grep -q "^HTTP/1.1 204" preflight.txt && grep -qi "^Access-Control-Allow-Origin: http://app.example" preflight.txt &&
+  grep -qi "^Access-Control-Allow-Headers:.*Content-Type" preflight.txt && grep -q "^HTTP/1.1 200" allowed.txt &&
+  grep -qi "^Access-Control-Allow-Origin: http://app.example" allowed.txt && grep -q '"choices"' allowed_body.txt &&
+  ok "--cors-origin: preflight 204 and the allowed origin's POST answered with CORS headers" ||
+  bad "CORS ($(head -1 preflight.txt) $(head -1 allowed.txt))"
+# Slow sockets: 600 connections that trickle header bytes (the old server served 288 at a time);
+# /health and a real request are still answered, and the server cuts the trickling ones.
+cat >slowloris.py <<'PY'
+import resource, socket, sys, time, subprocess
+port, n = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+sockets = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    sockets.append(s)
+def trickle():
+    for s in sockets:
+        try: s.send(b"X")
+        except OSError: pass
+trickle(); time.sleep(0.5); trickle()
+url = f"http://127.0.0.1:{port}"
+health = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url + "/health"],
+                        capture_output=True, text=True).stdout
+answer = subprocess.run(["curl", "-s", "--max-time", "20", "-X", "POST", "-H", "Content-Type: application/json", "-d",
+                         '{"prompt":"The","max_tokens":4}', url + "/v1/completions"], capture_output=True, text=True).stdout
+# Keep trickling a byte every half second: a per-read timeout alone would never end these.
+deadline = time.time() + 6
+while time.time() < deadline:
+    trickle(); time.sleep(0.5)
+closed = 0
+for s in sockets:
+    s.settimeout(0.2)
+    try:
+        closed += s.recv(1) == b""
+    except ConnectionResetError:
+        closed += 1
+    except OSError:
+        pass
+print(health, '"choices"' in answer, closed)
+PY
+read -r health answered closed < <(timeout 60 /usr/bin/python3 slowloris.py "${h_url##*:}" 600)
+[ "$health" = 200 ] && [ "$answered" = True ] && ok "600 slow sockets: /health and a completion still answered" ||
+  bad "slow sockets: /health $health, completion answered $answered"
+[ "${closed:-0}" -ge 590 ] && ok "slow sockets cut after --read-timeout ($closed of 600)" || bad "slow sockets cut: ${closed:-none} of 600"
+expect_status "hostile server still healthy" 200 '"ok"' "$h_url/health"
+kill -TERM "$h_pid" && wait "$h_pid" && ok "hostile server exits 0 on SIGTERM" || bad "hostile server exit"
+
+# The API key from the environment or a file (not visible in ps), compared in constant time.
+DEEPMOE_API_KEY=env-key start_server envkey --model model --threads 1 && env_url=$url env_pid=$pid
+expect_status "key from DEEPMOE_API_KEY: 401 without it" 401 "API key" "$env_url/v1/models"
+expect_status "key from DEEPMOE_API_KEY: 200 with it" 200 '"data"' -H "Authorization: Bearer env-key" "$env_url/v1/models"
+tr '\0' ' ' <"/proc/$env_pid/cmdline" | grep -q env-key && bad "the env key shows in ps" || ok "the env key is not in ps"
+kill "$env_pid" 2>/dev/null
+printf 'file-key\n' >key.txt
+start_server filekey --model model --threads 1 --api-key-file key.txt && file_url=$url file_pid=$pid
+expect_status "key from --api-key-file: 401 with another" 401 "API key" -H "Authorization: Bearer file-ke" "$file_url/v1/models"
+expect_status "key from --api-key-file: 200 with it" 200 '"data"' -H "Authorization: Bearer file-key" "$file_url/v1/models"
+kill "$file_pid" 2>/dev/null
+if "$deepmoe" serve --model model --api-key-file /nonexistent/key >/dev/null 2>keyfile.err; then bad "missing key file accepted"
+elif [ "$(wc -l <keyfile.err)" -eq 1 ] && grep -q -- "--api-key-file" keyfile.err; then ok "missing key file: one line naming it"
+else bad "missing key file error: $(cat keyfile.err)"; fi
+"$deepmoe" serve --model model --host 0.0.0.0 --port 0 2>public.log &
+public_pid=$!
+for _ in $(seq 1 100); do grep -q "http://" public.log && break; sleep 0.1; done
+kill "$public_pid" 2>/dev/null; wait "$public_pid" 2>/dev/null
+grep -q "warning: listening on 0.0.0.0 without an API key" public.log && ok "a public --host without a key warns" ||
+  bad "no warning for a public host ($(head -c 300 public.log))"
 
 kill -TERM "$main_pid" && wait "$main_pid" && ok "main server exits 0 on SIGTERM" || bad "main server exit"
 echo "$passed passed, $failed failed"

@@ -157,6 +157,48 @@ TEST(Gguf, CorruptFilesGiveOneClearError) {
   (void)f;
 }
 
+// u8, i8 and bool arrays are held one byte per element: widened to int64 they let a file make us
+// hold 8 bytes for each of its own. A length beyond the file is refused before any allocation.
+TEST(Gguf, OneByteArraysStayOneBytePerElement) {
+  const auto byte_array = [](GgufValueType type, std::vector<uint8_t> bytes) {
+    GgufValue v;
+    v.type = GgufValueType::Array;
+    v.element_type = type;
+    v.bytes = std::move(bytes);
+    return v;
+  };
+  GgufWriter w;
+  w.add("u8", byte_array(GgufValueType::U8, {0, 7, 255}));
+  w.add("i8", byte_array(GgufValueType::I8, {0x80, 0xff, 1}));
+  w.add("bool", byte_array(GgufValueType::Bool, {1, 0, 1}));
+  w.add("big", byte_array(GgufValueType::U8, std::vector<uint8_t>(1 << 20, 3)));
+  auto bytes = w.serialize();
+  const GgufFile f = parse_gguf(bytes, "mem.gguf");
+  EXPECT_EQ(f.find("u8")->bytes, (std::vector<uint8_t>{0, 7, 255}));
+  EXPECT_EQ(f.find("i8")->bytes, (std::vector<uint8_t>{0x80, 0xff, 1}));
+  EXPECT_EQ(f.find("bool")->bytes, (std::vector<uint8_t>{1, 0, 1}));
+  EXPECT_TRUE(f.find("u8")->ints.empty());
+  EXPECT_EQ(f.find("big")->bytes.capacity(), size_t(1) << 20);
+  // A bool stored as 2 reads as true.
+  const size_t first_bool = 24 + (8 + 2) + 4 + 4 + 8 + 3 + (8 + 2) + 4 + 4 + 8 + 3 + (8 + 4) + 4 + 4 + 8;
+  ASSERT_EQ(bytes[first_bool], 1);
+  bytes[first_bool] = 2;
+  EXPECT_EQ(parse_gguf(bytes, "mem.gguf").find("bool")->bytes[0], 1);
+
+  GgufWriter one;
+  one.add("k", byte_array(GgufValueType::U8, {1}));
+  auto lying = one.serialize();
+  const uint64_t huge = uint64_t(1) << 40;
+  std::memcpy(lying.data() + 24 + 8 + 1 + 4 + 4, &huge, 8);  // the element count
+  try {
+    parse_gguf(lying, "bad.gguf");
+    ADD_FAILURE() << "an array of 2^40 u8 in a " << lying.size() << "-byte file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("key k: array of 1099511627776 elements does not fit"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(GgmlBlocks, F16RoundsToNearestEvenAndRoundTripsEveryHalf) {
   for (uint32_t h = 0; h < 0x10000; ++h) {
     const float v = f16_to_f32(uint16_t(h));

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "tokenizer/byte_level.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -178,6 +180,95 @@ TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", true), "logprobs");
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true), "tools");
   EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": null, "seed": null})"), "");  // null is absent
+}
+
+// Finding 18.3.1: 10^6 nested brackets in response_format killed the server (nlohmann copies and
+// compares recursively). Refused with a 400 before anything walks it; brackets in strings do not count.
+TEST_F(ParseRequest, RefusesDeepNestingBeforeWalkingIt) {
+  const int deep = 1000000;
+  const std::string nested = R"({"prompt":"a","max_tokens":2,"response_format":{"type":)" + std::string(deep, '[') +
+                             std::string(deep, ']') + "}}";
+  EXPECT_EQ(error_param(nested), "(none)");
+  std::string chat = R"({"messages":[{"role":"user","content":)" + std::string(deep, '[') + std::string(deep, ']') + "}]}";
+  EXPECT_EQ(error_param(chat, true), "(none)");
+  EXPECT_THROW(parse_json_object(std::string(kMaxJsonNesting + 1, '[') + std::string(kMaxJsonNesting + 1, ']')), ApiError);
+  EXPECT_TRUE(parse_json_object("{\"a\":" + std::string(kMaxJsonNesting - 1, '[') + std::string(kMaxJsonNesting - 1, ']') + "}")
+                  .is_object());
+  const std::string brackets_in_text = R"({"prompt": ")" + std::string(5000, '[') + R"(\"{{{"})";
+  EXPECT_TRUE(parse_json_object(brackets_in_text).is_object());
+}
+
+// Finding 18.3.5: prompt + max_tokens overflowed for max_tokens near INT64_MAX and was accepted.
+TEST_F(ParseRequest, RefusesMaxTokensThatOverflow) {
+  EXPECT_EQ(error_param(R"({"prompt": "abc", "max_tokens": 9223372036854775807})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "abc", "max_tokens": 9223372036854775806})"), "max_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "abc", "max_completion_tokens": 9223372036854775807})"), "max_completion_tokens");
+  EXPECT_EQ(error_param(R"({"prompt": "abc", "max_tokens": 18446744073709551615})"), "max_tokens");
+  EXPECT_EQ(parse(R"({"prompt": "abc", "max_tokens": 61})", false).max_tokens, 61);  // exactly fills the context
+}
+
+// Finding 18.3.6: stop strings of any length (a quadratic hold-back scan) and a prompt of
+// megabytes tokenized before the context check.
+TEST_F(ParseRequest, BoundsStopStringsAndPromptTextBeforeTokenizing) {
+  const std::string longest(size_t(limits_.max_stop_bytes), 'x');
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": [")" + longest + R"("]})"), "");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": [")" + longest + R"(x"]})"), "stop");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "stop": ")" + longest + R"(x"})"), "stop");
+  limits_.max_prompt_bytes = prompt_byte_bound(*tokenizer_, limits_.context);
+  EXPECT_EQ(limits_.max_prompt_bytes, 64 * 7);  // the longest token: "<|end|>"
+  const std::string huge(size_t(4) << 20, 'a');
+  bool refused_fast = false;
+  try {
+    parse(R"({"prompt": ")" + huge + R"("})", false);
+  } catch (const ApiError& e) {
+    refused_fast = std::string(e.what()).find("bytes of prompt text") != std::string::npos;
+  }
+  EXPECT_TRUE(refused_fast) << "refused by the byte bound, not after tokenizing";
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": ")" + huge + R"("}]})", true), "messages");
+  EXPECT_EQ(error_param(R"({"prompt": ")" + std::string(40, 'a') + R"("})"), "");
+}
+
+// The hold-back is the longest unreleased tail that starts a stop string, and the earliest
+// match in the text so far wins: checked against a direct search on random text over a tiny
+// alphabet (where stop strings overlap themselves and each other most).
+TEST(ChoiceText, StreamsTheSameTextAsADirectSearch) {
+  const auto tokenizer = byte_tokenizer();
+  std::mt19937 random(7);
+  auto word = [&](size_t length) {
+    std::string s;
+    for (size_t i = 0; i < length; ++i) s += char('a' + random() % 2);
+    return s;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::string> stops;
+    for (int k = 0; k < 1 + int(random() % 3); ++k) stops.push_back(word(1 + random() % 6));
+    const std::string text = word(random() % 40);
+    // The choice ends when the first stop string is complete, at the earliest match in the text so far.
+    size_t cut = std::string::npos;
+    for (size_t end = 1; end <= text.size() && cut == std::string::npos; ++end)
+      for (const std::string& stop : stops) cut = std::min(cut, text.substr(0, end).find(stop));
+    ChoiceText choice(*tokenizer, stops);
+    std::string released;
+    for (size_t i = 0; i < text.size() && !choice.stopped(); ++i) {
+      const std::string piece = choice.push(int32_t(uint8_t(text[i])));
+      released += piece;
+      // Nothing is held back that cannot start a stop string.
+      size_t hold = 0;
+      for (const std::string& stop : stops) {
+        for (size_t length = std::min(stop.size() - 1, i + 1 - released.size()); length > 0; --length) {
+          if (text.compare(i + 1 - length, length, stop, 0, length) == 0) {
+            hold = std::max(hold, length);
+            break;
+          }
+        }
+      }
+      if (!choice.stopped()) {
+        ASSERT_EQ(released.size(), i + 1 - hold) << text;
+      }
+    }
+    released += choice.finish();
+    ASSERT_EQ(released, text.substr(0, cut)) << text << " stops " << ::testing::PrintToString(stops);
+  }
 }
 
 }  // namespace

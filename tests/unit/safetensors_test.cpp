@@ -72,6 +72,26 @@ TEST(SafetensorsTest, RejectsMalformedFilesWithTheReason) {
   expect_rejected(with_header(R"({"a":[1]})", 8), "not an object");
 }
 
+// A zero extent made the element count 0, and the extents after it went unchecked: 2^63 became a
+// negative int64 in the shape, and [0, 2^62, 4] a shape whose other products overflow.
+TEST(SafetensorsTest, EveryExtentIsCheckedEvenAfterAZero) {
+  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[0,9223372036854775808],"data_offsets":[0,0]}})", 0),
+                  "tensor a: shape holds 9223372036854775808, more than a 64-bit signed integer holds");
+  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})", 0),
+                  "tensor a: shape is too large");
+  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})", 0),
+                  "tensor a: shape is too large");
+  expect_rejected(
+      with_header(R"({"a":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}})", 0),
+      "tensor a: shape is too large");
+  const auto empty = parse_safetensors(
+      with_header(R"({"a":{"dtype":"F32","shape":[0,1099511627776],"data_offsets":[0,0]}})", 0), "empty.safetensors");
+  ASSERT_EQ(empty.size(), 1u);
+  EXPECT_EQ(empty[0].shape, (std::vector<int64_t>{0, int64_t(1) << 40}));
+  EXPECT_EQ(empty[0].numel(), 0);
+  EXPECT_EQ(empty[0].n_bytes, 0u);
+}
+
 TEST(CheckpointReaderTest, ReadsShardsThroughTheIndexAndRejectsBadIndexes) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / "deepmoe_checkpoint_reader_test";

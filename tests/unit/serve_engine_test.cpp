@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -222,6 +223,42 @@ TEST_F(ServeEngine, RefusesWhatItCannotRun) {
   EXPECT_THROW(engine.submit(greedy(prompt(10, 2), 4)), QueueFull);
   running->cancel();
   EXPECT_THROW(Engine(model, options(9)), Error);  // 9 blocks of 16 < one sequence of 160
+}
+
+// Finding 18.3.2: a model whose vocab_size exceeds the tokenizer's ids sampled ids nobody can
+// spell, and the streaming decoder threw. Ids in never_sample are neither sampled nor reported.
+TEST_F(ServeEngine, NeverSamplesOrReportsExcludedIds) {
+  Model model(*weights_, 2);
+  model.forced_attention_mode = AttentionMode::Absorbed;
+  EngineOptions o = options();
+  for (int32_t id = 0; id < 211; ++id)
+    if (id % 7 != 3) o.never_sample.push_back(id);  // 30 ids left
+  Engine engine(model, o);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    EngineRequest r = greedy(prompt(9, i), 60);
+    r.sampling.temperature = i == 0 ? 0.0f : 2.0f;  // greedy, and hot enough to reach unlikely ids
+    r.sampling.seed = uint64_t(i);
+    r.top_logprobs = 5;
+    streams.push_back(engine.submit(std::move(r)));
+  }
+  int tokens = 0;
+  for (auto& stream : streams) {
+    EngineToken token;
+    while (stream->next(token, std::chrono::seconds(60)) == RequestStream::Next::Token) {
+      ++tokens;
+      EXPECT_EQ(token.token % 7, 3) << token.token;
+      ASSERT_EQ(token.top.size(), 5u);
+      for (const TokenLogprob& top : token.top) {
+        EXPECT_EQ(top.token % 7, 3) << top.token;
+        EXPECT_TRUE(std::isfinite(top.logprob));
+      }
+    }
+  }
+  EXPECT_EQ(tokens, 240);
+  EngineOptions bad = options();
+  bad.never_sample = {211};
+  EXPECT_THROW(Engine(model, bad), Error);
 }
 
 TEST(BlockPool, FreeListPublishedBlocksAndLeastRecentlyUsedEviction) {

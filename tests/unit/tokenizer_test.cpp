@@ -199,5 +199,37 @@ TEST(TokenizerTest, RejectsWhatItDoesNotSupportByName) {
   EXPECT_NE(error_of(j.dump()).find("0x20"), std::string::npos);
 }
 
+// Ids are int32 and so is one past the largest: 2^32 + 5 was read as 5, and 2147483647 made the
+// id limit (id + 1) overflow.
+TEST(TokenizerTest, RejectsIdsOutsideInt32ByName) {
+  const auto error_of = [](const nlohmann::json& j) {
+    try {
+      Tokenizer::from_json(j.dump(), "", "t.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const int64_t id : {(int64_t(1) << 32) + 5, int64_t(INT32_MAX), int64_t(-1)}) {
+    auto j = nlohmann::json::parse(tiny_tokenizer_json());
+    j["added_tokens"] = {{{"id", id}, {"content", "<|big|>"}, {"special", true}}};
+    const std::string what = error_of(j);
+    EXPECT_NE(what.find("added_tokens[0] ('<|big|>') has id " + std::to_string(id)), std::string::npos) << what;
+  }
+  auto j = nlohmann::json::parse(tiny_tokenizer_json());
+  j["added_tokens"] = {{{"id", uint64_t(1) << 63}, {"content", "<|big|>"}}};
+  EXPECT_NE(error_of(j).find("has id 9223372036854775808"), std::string::npos);
+  j = nlohmann::json::parse(tiny_tokenizer_json());
+  j["model"]["vocab"]["Ġhi"] = INT32_MAX;
+  EXPECT_NE(error_of(j).find("model.vocab['Ġhi'] must be an integer id in [0, 2147483647)"), std::string::npos);
+  j = nlohmann::json::parse(tiny_tokenizer_json());
+  j["post_processor"] = {{"type", "TemplateProcessing"},
+                         {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                         {"special_tokens", {{"<s>", {{"ids", {(int64_t(1) << 32) + 1}}}}}}};
+  EXPECT_NE(error_of(j).find("special token '<s>' has id 4294967297"), std::string::npos) << error_of(j);
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {258};
+  EXPECT_EQ(Tokenizer::from_json(j.dump(), "", "t.json")->encode("hi", true).front(), 258);
+}
+
 }  // namespace
 }  // namespace deepmoe

@@ -35,6 +35,10 @@ struct Expr {
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   int line = 0;
+  // Levels of the tree below and including this node. Evaluating and destroying a tree recurse
+  // once per level, and chains (a ~ b ~ c..., x|f|g...) are parsed by loops, not recursion: the
+  // parser bounds the height of every tree it builds instead.
+  int height = 1;
 };
 
 struct Node {
@@ -65,7 +69,8 @@ struct Template {
 };
 
 // Parses template source (HF's settings: trim_blocks and lstrip_blocks on). Throws Error naming
-// the line and the construct for syntax errors and unsupported statements.
+// the line and the construct for syntax errors, unsupported statements, and nesting or chains
+// deeper than the parser's bounds (a few hundred levels; real templates use a handful).
 Template parse(const std::string& source);
 
 }  // namespace deepmoe::jinja

@@ -406,15 +406,23 @@ class Parser {
     auto e = make(Expr::Kind::kBinary, std::move(op), left->line);
     e->args.push_back(std::move(left));
     e->args.push_back(std::move(right));
+    return sealed(std::move(e));
+  }
+  // A node whose operands are all in place: its height is set and bounded (ast.h).
+  ExprPtr sealed(ExprPtr e) {
+    for (const auto& a : e->args)
+      if (a) e->height = std::max(e->height, a->height + 1);
+    for (const auto& [_, v] : e->kwargs) e->height = std::max(e->height, v->height + 1);
+    if (e->height > kMaxExpressionHeight)
+      fail("chat template line {}: an expression nested or chained deeper than {} levels", e->line,
+           kMaxExpressionHeight);
     return e;
   }
 
-  ExprPtr parse_expression() {
-    DepthGuard guard(*this);
-    return parse_conditional(true);
-  }
+  ExprPtr parse_expression() { return parse_conditional(true); }
 
   ExprPtr parse_conditional(bool allow) {
+    DepthGuard guard(*this);  // "a if b else c if d else ..." recurses once per else
     ExprPtr value = parse_or();
     while (allow && at_name("if")) {
       ++pos_;
@@ -422,7 +430,7 @@ class Parser {
       e->args.push_back(parse_or());
       e->args.push_back(std::move(value));
       e->args.push_back(accept_name("else") ? parse_conditional(true) : nullptr);
-      value = std::move(e);
+      value = sealed(std::move(e));
     }
     return value;
   }
@@ -442,7 +450,7 @@ class Parser {
       const int line = next().line;
       auto e = make(Expr::Kind::kUnary, "not", line);
       e->args.push_back(parse_not());
-      return e;
+      return sealed(std::move(e));
     }
     return parse_compare();
   }
@@ -496,7 +504,7 @@ class Parser {
       const Token& t = next();
       auto e = make(Expr::Kind::kUnary, t.text, t.line);
       e->args.push_back(parse_unary());
-      return e;
+      return sealed(std::move(e));
     }
     return parse_postfix(parse_primary());
   }
@@ -520,19 +528,19 @@ class Parser {
       if (accept_op(".")) {
         auto e = make(Expr::Kind::kAttribute, expect_name(), line);
         e->args.push_back(std::move(value));
-        value = std::move(e);
+        value = sealed(std::move(e));
       } else if (accept_op("[")) {
         value = parse_subscript(std::move(value), line);
       } else if (accept_op("(")) {
         auto e = make(Expr::Kind::kCall, "", line);
         e->args.push_back(std::move(value));
         parse_call_arguments(*e);
-        value = std::move(e);
+        value = sealed(std::move(e));
       } else if (accept_op("|")) {
         auto e = make(Expr::Kind::kFilter, expect_name(), line);
         e->args.push_back(std::move(value));
         if (accept_op("(")) parse_call_arguments(*e);
-        value = std::move(e);
+        value = sealed(std::move(e));
       } else if (accept_name("is")) {
         const bool negated = accept_name("not");
         std::string test = at_name("none") ? next().text : expect_name();
@@ -546,7 +554,7 @@ class Parser {
                     !at_name("if") && !at_name("in") && !at_name("is") && !at_name("not"))) {
           e->args.push_back(parse_primary());  // "is divisibleby 3", "is equalto x"
         }
-        value = std::move(e);
+        value = sealed(std::move(e));
       } else {
         return value;
       }
@@ -573,7 +581,7 @@ class Parser {
       if (!parts[0]) fail("chat template line {}: empty subscript", line);
       e->args.push_back(std::move(parts[0]));
     }
-    return e;
+    return sealed(std::move(e));
   }
 
   ExprPtr parse_primary() {
@@ -618,7 +626,7 @@ class Parser {
             e->args.push_back(parse_expression());
             if (!at_op("]")) expect_op(",");
           }
-          return e;
+          return sealed(std::move(e));
         }
         if (t.text == "{") {
           auto e = make(Expr::Kind::kDict, "", t.line);
@@ -628,7 +636,7 @@ class Parser {
             e->args.push_back(parse_expression());
             if (!at_op("}")) expect_op(",");
           }
-          return e;
+          return sealed(std::move(e));
         }
         break;
       }
@@ -647,6 +655,8 @@ class Parser {
     ~DepthGuard() { --parser.depth_; }
   };
   static constexpr int kMaxDepth = 100;
+  // Expression trees (ast.h): chains are loops in the parser, so the guard above does not see them.
+  static constexpr int kMaxExpressionHeight = 256;
 
   std::vector<Token> tokens_;
   size_t pos_ = 0;

@@ -5,7 +5,50 @@
 
 #include <cmath>
 
+#include "core/error.h"
+
 namespace deepmoe::jinja {
+
+void Budget::check_text_size(uint64_t bytes, const char* what) {
+  if (bytes > kMaxTextBytes) fail("chat template: {} would exceed {} MiB", what, kMaxTextBytes >> 20);
+}
+
+void Budget::exhausted() {
+  fail("chat template: more than {} steps (a step: one statement, evaluation, loop iteration, element, or {} bytes "
+       "of text)",
+       kMaxSteps, kStepCost);
+}
+
+namespace {
+
+// The containers whose last owner let go while another was being deleted on this thread.
+struct Graveyard {
+  std::vector<std::variant<List*, Dict*>> queue;
+  bool draining = false;
+};
+thread_local Graveyard graveyard;
+
+template <typename T>
+void bury(T* container) {
+  graveyard.queue.emplace_back(container);
+  if (graveyard.draining) return;  // the loop below, further up this thread's stack, deletes it
+  graveyard.draining = true;
+  while (!graveyard.queue.empty()) {
+    const auto next = graveyard.queue.back();
+    graveyard.queue.pop_back();
+    std::visit([](auto* c) { delete c; }, next);
+  }
+  graveyard.draining = false;
+}
+
+[[noreturn]] void too_deep() {
+  fail("chat template: a value nested deeper than {} levels (a list that contains itself?)", Budget::kMaxValueDepth);
+}
+
+}  // namespace
+
+std::shared_ptr<List> Value::make_list(List list) { return {new List(std::move(list)), bury<List>}; }
+std::shared_ptr<Dict> Value::make_dict(Dict dict) { return {new Dict(std::move(dict)), bury<Dict>}; }
 
 bool Value::truthy() const {
   return std::visit(
@@ -34,7 +77,9 @@ const Value* find(const Dict& dict, const std::string& key) {
   return nullptr;
 }
 
-Value from_json(const nlohmann::json& j) {
+Value from_json(const nlohmann::json& j, int depth) {
+  if (depth > Budget::kMaxValueDepth)
+    fail("chat template: the variables nest deeper than {} levels", Budget::kMaxValueDepth);
   switch (j.type()) {
     case nlohmann::json::value_t::null: return Value(None{});
     case nlohmann::json::value_t::boolean: return Value(j.get<bool>());
@@ -44,12 +89,12 @@ Value from_json(const nlohmann::json& j) {
     case nlohmann::json::value_t::string: return Value(j.get<std::string>());
     case nlohmann::json::value_t::array: {
       List list;
-      for (const auto& item : j) list.push_back(from_json(item));
+      for (const auto& item : j) list.push_back(from_json(item, depth + 1));
       return Value(std::move(list));
     }
     case nlohmann::json::value_t::object: {
       Dict dict;
-      for (const auto& [k, v] : j.items()) dict.emplace_back(k, from_json(v));
+      for (const auto& [k, v] : j.items()) dict.emplace_back(k, from_json(v, depth + 1));
       return Value(std::move(dict));
     }
     default: return Value();
@@ -88,8 +133,6 @@ std::string string_repr(const std::string& s) {
   return out + quote;
 }
 
-std::string repr(const Value& v) { return v.is_string() ? string_repr(v.str()) : to_output(v); }
-
 std::string json_string(const std::string& s) {
   // ensure_ascii=False: only quotes, backslashes and control characters are escaped.
   std::string out = "\"";
@@ -113,9 +156,22 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-}  // namespace
+std::string output(const Value& v, Budget& budget, int depth);
 
-std::string to_output(const Value& v) {
+std::string repr(const Value& v, Budget& budget, int depth) {
+  return v.is_string() ? string_repr(v.str()) : output(v, budget, depth);
+}
+
+// Appends a piece of a list's or dict's text, charged and bounded as it grows.
+void append(std::string& out, const std::string& piece, Budget& budget) {
+  Budget::check_text_size(uint64_t(out.size()) + piece.size(), "a value's text");
+  budget.text(piece.size());
+  out += piece;
+}
+
+std::string output(const Value& v, Budget& budget, int depth) {
+  if (depth > Budget::kMaxValueDepth) too_deep();
+  budget.step();
   if (v.is_undefined()) return "";
   if (v.is_none()) return "None";
   if (v.is_bool()) return std::get<bool>(v.data) ? "True" : "False";
@@ -126,7 +182,7 @@ std::string to_output(const Value& v) {
     std::string out = "[";
     for (size_t i = 0; i < v.list().size(); ++i) {
       if (i) out += ", ";
-      out += repr(v.list()[i]);
+      append(out, repr(v.list()[i], budget, depth + 1), budget);
     }
     return out + "]";
   }
@@ -134,9 +190,9 @@ std::string to_output(const Value& v) {
     std::string out = "{";
     for (size_t i = 0; i < v.dict().size(); ++i) {
       if (i) out += ", ";
-      out += string_repr(v.dict()[i].first);
+      append(out, string_repr(v.dict()[i].first), budget);
       out += ": ";
-      out += repr(v.dict()[i].second);
+      append(out, repr(v.dict()[i].second, budget, depth + 1), budget);
     }
     return out + "}";
   }
@@ -144,11 +200,17 @@ std::string to_output(const Value& v) {
   return "<function>";
 }
 
-std::string to_json(const Value& v, int indent, int depth) {
+std::string json(const Value& v, int indent, Budget& budget, int depth) {
+  if (depth > Budget::kMaxValueDepth) too_deep();
+  budget.step();
   std::string newline, close;
   if (indent > 0) {
-    newline.assign(1, '\n').append(size_t(indent * (depth + 1)), ' ');
-    close.assign(1, '\n').append(size_t(indent * depth), ' ');
+    // The indentation alone can be what grows: charge and bound it before building it.
+    const uint64_t width = uint64_t(indent) * uint64_t(depth + 1);
+    Budget::check_text_size(width, "tojson's indentation");
+    budget.text(width);
+    newline.assign(1, '\n').append(size_t(width), ' ');
+    close.assign(1, '\n').append(size_t(indent) * size_t(depth), ' ');
   }
   const std::string separator = indent > 0 ? "," : ", ";
   if (v.is_undefined() || v.is_none()) return "null";
@@ -161,8 +223,8 @@ std::string to_json(const Value& v, int indent, int depth) {
     std::string out = "[";
     for (size_t i = 0; i < v.list().size(); ++i) {
       if (i) out += separator;
-      out += newline;
-      out += to_json(v.list()[i], indent, depth + 1);
+      append(out, newline, budget);
+      append(out, json(v.list()[i], indent, budget, depth + 1), budget);
     }
     return out + close + "]";
   }
@@ -172,37 +234,49 @@ std::string to_json(const Value& v, int indent, int depth) {
     std::string out = "{";
     for (size_t i = 0; i < d.size(); ++i) {
       if (i) out += separator;
-      out += newline;
-      out += json_string(d[i].first);
+      append(out, newline, budget);
+      append(out, json_string(d[i].first), budget);
       out += ": ";
-      out += to_json(d[i].second, indent, depth + 1);
+      append(out, json(d[i].second, indent, budget, depth + 1), budget);
     }
     return out + close + "}";
   }
   return "null";
 }
 
-bool equal(const Value& a, const Value& b) {
+bool equal_at(const Value& a, const Value& b, Budget& budget, int depth) {
+  if (depth > Budget::kMaxValueDepth) too_deep();
+  budget.step();
   if (a.is_number() && b.is_number()) return a.number() == b.number();
   if (a.is_bool() && b.is_bool()) return std::get<bool>(a.data) == std::get<bool>(b.data);
-  if (a.is_string() && b.is_string()) return a.str() == b.str();
+  if (a.is_string() && b.is_string()) {
+    budget.text(std::min(a.str().size(), b.str().size()));
+    return a.str() == b.str();
+  }
   if (a.is_none() && b.is_none()) return true;
   if (a.is_undefined() && b.is_undefined()) return true;
   if (a.is_list() && b.is_list()) {
     if (a.list().size() != b.list().size()) return false;
     for (size_t i = 0; i < a.list().size(); ++i)
-      if (!equal(a.list()[i], b.list()[i])) return false;
+      if (!equal_at(a.list()[i], b.list()[i], budget, depth + 1)) return false;
     return true;
   }
   if (a.is_dict() && b.is_dict()) {
     if (a.dict().size() != b.dict().size()) return false;
     for (const auto& [k, v] : a.dict()) {
+      budget.step(b.dict().size());  // find() is a linear search
       const Value* other = find(b.dict(), k);
-      if (other == nullptr || !equal(v, *other)) return false;
+      if (other == nullptr || !equal_at(v, *other, budget, depth + 1)) return false;
     }
     return true;
   }
   return false;
 }
+
+}  // namespace
+
+std::string to_output(const Value& v, Budget& budget) { return output(v, budget, 0); }
+std::string to_json(const Value& v, int indent, Budget& budget) { return json(v, indent, budget, 0); }
+bool equal(const Value& a, const Value& b, Budget& budget) { return equal_at(a, b, budget, 0); }
 
 }  // namespace deepmoe::jinja
