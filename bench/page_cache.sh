@@ -4,7 +4,10 @@
 # llama.cpp (node-llama-cpp, its default mmap). The state is made again before every run. Prints
 # a markdown table; JSON lines go to WORKDIR/page_cache.jsonl.
 #
-#   bench/page_cache.sh FILE.gguf [DEEPMOE_BIN] [WORKDIR]     (THREADS="1 2" PROMPT=128 GEN=64 REPS=3)
+#   bench/page_cache.sh FILE.gguf [DEEPMOE_BIN] [WORKDIR]
+#   (THREADS="1 2" PROMPT=128 GEN=64 REPS=3 ENGINES="deepmoe deepmoe-mmap llama.cpp" ROUNDS=1: each
+#   round runs every state once more, interleaved, so a slow minute of this shared machine does not
+#   land on one state alone)
 #
 # A V2-Lite-shaped Q4_0 file as bench/peer_llamacpp/race.sh makes it: deepmoe init --dtype bf16
 # with bench/configs/deepseek-v2-lite.json, then deepmoe convert --to gguf --type q4_0.
@@ -17,6 +20,8 @@ threads_list=${THREADS:-1 2}
 prompt=${PROMPT:-128}
 gen=${GEN:-64}
 reps=${REPS:-3}
+engines=${ENGINES:-deepmoe deepmoe-mmap llama.cpp}
+rounds=${ROUNDS:-1}
 mkdir -p "$work"
 "$here/peer_llamacpp/install.sh" >/dev/null
 unset OPENBLAS_CORETYPE  # see bench/model_bench.sh
@@ -27,10 +32,11 @@ round1() { /usr/bin/python3 -c "import sys; v = sys.argv[1]; print(round(float(v
 
 results=$work/page_cache.jsonl
 : >"$results"
-echo "| engine | threads | state | prefill tok/s | decode tok/s | load s | weights | peak RSS MB |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| engine | threads | state | prefill tok/s | decode tok/s | load s | weights | huge pages MB | peak RSS MB |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for threads in $threads_list; do
-  for engine in deepmoe deepmoe-mmap llama.cpp; do
+  for engine in $engines; do
+    for round in $(seq "$rounds"); do
     for state in written cold read; do
       file_state "$state" "$file"
       case $engine in
@@ -46,9 +52,10 @@ for threads in $threads_list; do
           weights=$(field "$out" weights) load=$(field "$out" load_seconds) ;;
       esac
       [ "$out" = '{}' ] && echo "page_cache.sh: $engine failed: $(tail -1 "$work/err.txt")" >&2
-      echo "{\"engine\": \"$engine\", \"threads\": $threads, \"state\": \"$state\", \"result\": $out}" >>"$results"
+      echo "{\"engine\": \"$engine\", \"threads\": $threads, \"round\": $round, \"state\": \"$state\", \"result\": $out}" >>"$results"
       echo "| $engine | $threads | $state | $(round1 "$(field "$out" prefill_tok_s)") | $(round1 "$(field "$out" decode_tok_s)")" \
-        "| $(round1 "$load") | $weights | $(round1 "$(field "$out" peak_rss_mb)") |"
+        "| $(round1 "$load") | $weights | $(round1 "$(field "$out" huge_page_mb)") | $(round1 "$(field "$out" peak_rss_mb)") |"
+    done
     done
   done
 done

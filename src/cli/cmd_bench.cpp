@@ -73,6 +73,7 @@ void add_bench_command(CLI::App& app) {
         {"decode_weight_bytes_per_token", bytes_per_token},
         {"decode_weight_gb_s", decode_tok_s * bytes_per_token / 1e9},
         {"peak_rss_mb", peak_rss_mb()},
+        {"huge_page_mb", mapped_in_huge_pages_mb()},
     };
     if (options->json) {
       fmt::print("{}\n", result.dump());

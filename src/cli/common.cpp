@@ -140,4 +140,16 @@ double peak_rss_mb() {
   return double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
+double mapped_in_huge_pages_mb() {
+  std::ifstream rollup("/proc/self/smaps_rollup");
+  std::string key;
+  double total_kib = 0;
+  while (rollup >> key) {
+    double kib = 0;
+    if ((key == "AnonHugePages:" || key == "FilePmdMapped:") && rollup >> kib) total_kib += kib;
+    rollup.ignore(256, '\n');
+  }
+  return total_kib / 1024.0;
+}
+
 }  // namespace deepmoe::cli

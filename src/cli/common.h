@@ -71,5 +71,8 @@ int resolve_threads(int requested);
 
 // Peak resident set size of this process so far, in MiB.
 double peak_rss_mb();
+// MiB of this process's memory mapped with 2 MiB pages now (anonymous and file-backed): how
+// much of the weights the TLB sees as large pages, which decode speed depends on.
+double mapped_in_huge_pages_mb();
 
 }  // namespace deepmoe::cli

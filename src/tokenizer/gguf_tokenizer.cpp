@@ -74,7 +74,11 @@ GgufTokenizerFiles tokenizer_files_from_gguf(const GgufFile& f) {
   if (const GgufValue* v = f.find("tokenizer.ggml.add_bos_token")) config["add_bos_token"] = v->bool_value;
   if (const GgufValue* v = f.find("tokenizer.ggml.add_eos_token")) config["add_eos_token"] = v->bool_value;
   if (f.find("tokenizer.chat_template")) config["chat_template"] = f.get_string("tokenizer.chat_template");
-  return {tokenizer.dump(), config.dump()};
+  try {
+    return {tokenizer.dump(), config.dump()};
+  } catch (const nlohmann::json::exception& e) {  // a token or template that is not UTF-8
+    fail("{}: the tokenizer it carries is not valid UTF-8: {}", f.file, e.what());
+  }
 }
 
 std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& f) {

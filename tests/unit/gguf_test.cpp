@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "kernels/ggml_blocks.h"
+#include "tokenizer/gguf_tokenizer.h"
 #include "test_util.h"
 
 namespace deepmoe {
@@ -196,6 +197,23 @@ TEST(Gguf, OneByteArraysStayOneBytePerElement) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("key k: array of 1099511627776 elements does not fit"), std::string::npos)
         << e.what();
+  }
+}
+
+// Found by fuzz_gguf_tokenizer: a token that is not UTF-8 escaped as nlohmann's type_error
+// (not an Error, so no one-line message) when the rebuilt tokenizer.json was dumped.
+TEST(Gguf, ATokenizerThatIsNotUtf8IsOneClearError) {
+  GgufWriter w;
+  w.add("tokenizer.ggml.model", GgufValue::string("gpt2"));
+  w.add("tokenizer.ggml.tokens", GgufValue::string_array({"a", "b\xff"}));
+  w.add("tokenizer.ggml.merges", GgufValue::string_array({}));
+  const GgufFile f = parse_gguf(w.serialize(), "bad-utf8.gguf");
+  try {
+    tokenizer_from_gguf(f);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad-utf8.gguf"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("UTF-8"), std::string::npos) << e.what();
   }
 }
 
