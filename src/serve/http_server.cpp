@@ -111,14 +111,12 @@ bool is_json_content_type(const std::string& header) {
   return type == "application/json";
 }
 
-// A chunked body's provider never lets an exception out: cpp-httplib does not catch them there
-// (std::terminate). What was thrown ends the body with `error_text(message)`.
-// It also holds the connection's busy token until the body is out.
-httplib::ContentProviderWithoutLength guard_provider(httplib::ContentProviderWithoutLength provider,
-                                                     std::function<std::string(const std::string&)> error_text,
-                                                     std::shared_ptr<CompletionRun> run, std::shared_ptr<void> busy) {
-  return [provider = std::move(provider), error_text = std::move(error_text), run, busy](size_t offset,
-                                                                                        httplib::DataSink& sink) {
+}  // namespace
+
+BodyProvider never_throwing(BodyProvider provider, std::function<std::string(const std::string&)> error_text,
+                            std::function<void()> on_error) {
+  return [provider = std::move(provider), error_text = std::move(error_text), on_error = std::move(on_error)](
+             size_t offset, httplib::DataSink& sink) {
     std::string message;
     try {
       return provider(offset, sink);
@@ -127,14 +125,12 @@ httplib::ContentProviderWithoutLength guard_provider(httplib::ContentProviderWit
     } catch (...) {
       message = "internal error";
     }
-    run->cancel();
+    on_error();
     const std::string text = error_text(message);
     if (sink.write(text.data(), text.size())) sink.done();
     return true;
   };
 }
-
-}  // namespace
 
 bool is_loopback_host(const std::string& host) {
   const std::string name = lower(host);
@@ -419,7 +415,7 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
     }
     response.set_chunked_content_provider(
         "application/json",
-        guard_provider([=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
+        never_throwing([=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
           auto next_probe = std::chrono::steady_clock::now();
           while (!run->done()) {
             run->poll(probe_every, deltas);
@@ -436,7 +432,8 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
           sink.done();
           return true;
         },
-        [](const std::string& message) { return dump(error_body(message, "server_error", {})); }, run, busy));
+        [](const std::string& message) { return dump(error_body(message, "server_error", {})); },
+        [run, busy] { run->cancel(); }));  // the busy token lives as long as the body
     return;
   }
 
@@ -445,7 +442,7 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
   const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
-      "text/event-stream", guard_provider([=, this](size_t, httplib::DataSink& sink) {
+      "text/event-stream", never_throwing([=, this](size_t, httplib::DataSink& sink) {
         auto send = [&](const json& event) {
           const std::string line = "data: " + dump(event) + "\n\n";
           return sink.write(line.data(), line.size());
@@ -511,7 +508,7 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
         return true;
       },
       [](const std::string& message) { return "data: " + dump(error_body(message, "server_error", {})) + "\n\ndata: [DONE]\n\n"; },
-      run, busy));
+      [run, busy] { run->cancel(); }));
 }
 
 }  // namespace deepmoe

@@ -10,6 +10,7 @@
 #pragma once
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 
 namespace httplib {
 class Server;
+class DataSink;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -47,6 +49,13 @@ struct ServerOptions {
 
 // Whether a server on `host` can be reached only from this machine.
 bool is_loopback_host(const std::string& host);
+
+// A chunked body's provider (cpp-httplib's ContentProviderWithoutLength).
+using BodyProvider = std::function<bool(size_t offset, httplib::DataSink& sink)>;
+// `provider`, except that an exception never leaves it (cpp-httplib does not catch one there:
+// std::terminate): on one, `on_error` runs and the body ends with error_text(what was thrown).
+BodyProvider never_throwing(BodyProvider provider, std::function<std::string(const std::string&)> error_text,
+                            std::function<void()> on_error);
 
 class HttpServer {
  public:

@@ -160,6 +160,27 @@ std::string tiny_tokenizer_json(const std::string& model_type = "BPE") {
   return j.dump();
 }
 
+// Finding 18.3.8 (/detokenize 500'd on a vocabulary hole) and 18.3.2 (ids past the tokenizer):
+// spells() says which ids decode, so the server refuses or never samples the others.
+TEST(TokenizerTest, SpellsExactlyTheIdsItCanDecode) {
+  nlohmann::json j = nlohmann::json::parse(tiny_tokenizer_json());
+  j["added_tokens"][0]["id"] = 300;  // ids 258..299: a hole
+  const auto t = Tokenizer::from_json(j.dump(), "", "holes");
+  EXPECT_EQ(t->id_limit(), 301);
+  for (int32_t id = -2; id < 310; ++id) {
+    const bool decodes = [&] {
+      try {
+        t->token_bytes(id);
+        return true;
+      } catch (const Error&) {
+        return false;
+      }
+    }();
+    EXPECT_EQ(t->spells(id), decodes) << id;
+    EXPECT_EQ(t->spells(id), (id >= 0 && id < 258) || id == 300) << id;
+  }
+}
+
 TEST(TokenizerTest, EncodesDecodesAndStreamsWholeCharacters) {
   const auto t = Tokenizer::from_json(tiny_tokenizer_json(), "", "tiny");
   EXPECT_EQ(t->encode(" hi<|end|>"), (std::vector<int32_t>{257, 258}));
