@@ -12,7 +12,7 @@
 #   v2lite  DeepSeek-V2-Lite's full config (27 layers, hidden 2048, 64 experts top-6 + 2 shared,
 #           no q_lora): GGUF Q8_0 16.7 GB, Q4_0 8.9 GB; making them needs a 31 GB bf16
 #           checkpoint on disk for a while (deleted after conversion) and takes many minutes.
-# Files are made once and reused. Each run starts from the file in one page-cache state
+# Files are made once and reused; SHAPES="small" runs one shape. Each run starts from the file in one page-cache state
 # (bench/file_states.sh; STATES, default "written read"): as the converter left it, and after one
 # sequential read from cold. --quick: the small shape only, 1 thread, 1 repetition (checks
 # that the script works).
@@ -47,7 +47,7 @@ work=$(realpath "$work")
 # bench/model_bench.sh); deepmoe's prefill uses it.
 unset OPENBLAS_CORETYPE
 
-if [ $quick -eq 1 ]; then shapes=small threads_list=1 reps=1; else shapes="small v2lite" threads_list="1 2" reps=5; fi
+if [ $quick -eq 1 ]; then shapes=small threads_list=1 reps=1; else shapes=${SHAPES:-small v2lite} threads_list="1 2" reps=5; fi
 prompts="128 512"
 states=${STATES:-written read}
 source "$repo/bench/file_states.sh"
