@@ -21,14 +21,6 @@
 
 namespace deepmoe {
 
-const char* file_access_name(FileAccess access) {
-  switch (access) {
-    case FileAccess::Map: return "mmap";
-    case FileAccess::Read: return "read";
-    default: return "auto";
-  }
-}
-
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;

@@ -22,7 +22,6 @@ struct LoadOptions {
   FileAccess access = FileAccess::Map;
   bool lock = false;  // mlock the bytes (no paging out); a failure is reported, not fatal
 };
-const char* file_access_name(FileAccess access);
 
 // A whole file's bytes, read-only, mapped or read into memory (LoadOptions).
 class MappedFile {

@@ -26,20 +26,6 @@ std::optional<std::string> peer_key(int fd) {
   return std::string(host) + " " + port;
 }
 
-// The local port of a connected (not listening) TCP socket, or -1 for anything else.
-int connection_port(int fd) {
-  sockaddr_storage address{};
-  socklen_t size = sizeof(address);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return -1;
-  int port = -1;
-  if (address.ss_family == AF_INET) port = ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
-  if (address.ss_family == AF_INET6) port = ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
-  int listening = 0;
-  socklen_t option_size = sizeof(listening);
-  if (port < 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &option_size) != 0 || listening) return -1;
-  return port;
-}
-
 // This process's descriptors that are connections accepted on `port`, with their peers.
 std::vector<std::pair<int, std::string>> connections_on(int port) {
   std::vector<std::pair<int, std::string>> out;
@@ -49,7 +35,8 @@ std::vector<std::pair<int, std::string>> connections_on(int port) {
     char* end = nullptr;
     const long fd = std::strtol(entry->d_name, &end, 10);
     if (end == entry->d_name || *end != '\0' || fd == dirfd(directory)) continue;
-    if (connection_port(int(fd)) != port) continue;
+    bool listening = false;
+    if (tcp_local_port(int(fd), &listening) != port || listening) continue;
     if (auto key = peer_key(int(fd))) out.emplace_back(int(fd), std::move(*key));
   }
   closedir(directory);
@@ -59,6 +46,20 @@ std::vector<std::pair<int, std::string>> connections_on(int port) {
 std::string key_of(const std::string& address, int port) { return address + " " + std::to_string(port); }
 
 }  // namespace
+
+int tcp_local_port(int fd, bool* listening) {
+  sockaddr_storage address{};
+  socklen_t size = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0) return -1;
+  int port = -1;
+  if (address.ss_family == AF_INET) port = ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  if (address.ss_family == AF_INET6) port = ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
+  int accepting = 0;
+  socklen_t option_size = sizeof(accepting);
+  if (port < 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &option_size) != 0) return -1;
+  *listening = accepting != 0;
+  return port;
+}
 
 ConnectionGuard::ConnectionGuard(std::chrono::milliseconds read_timeout, size_t max_connections)
     : read_timeout_(read_timeout), max_connections_(max_connections) {}
@@ -98,11 +99,6 @@ std::shared_ptr<void> ConnectionGuard::busy(const std::string& address, int port
 void ConnectionGuard::touch(const std::string& address, int port) {
   std::lock_guard lock(mutex_);
   peers_[key_of(address, port)].active = Clock::now();
-}
-
-int64_t ConnectionGuard::cut() const {
-  std::lock_guard lock(mutex_);
-  return cut_;
 }
 
 void ConnectionGuard::watch(int port) {
@@ -147,7 +143,6 @@ void ConnectionGuard::scan(int port) {
     for (auto it = peers_.begin(); it != peers_.end();)  // forget closed connections
       it = (open_keys.count(it->first) || it->second.busy > 0) ? std::next(it) : peers_.erase(it);
     sockets_ = std::move(seen);
-    cut_ += int64_t(to_cut.size());
   }
   // The descriptor may have been closed and reused since the scan: cut it only if it still
   // belongs to the same peer. shutdown() wakes the thread blocked reading it; httplib closes it.

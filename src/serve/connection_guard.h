@@ -24,6 +24,10 @@
 
 namespace deepmoe {
 
+// The local port of TCP socket `fd` and whether it listens; -1 when `fd` is no TCP socket.
+// (cpp-httplib keeps its descriptors to itself: the server finds them by port.)
+int tcp_local_port(int fd, bool* listening);
+
 class ConnectionGuard {
  public:
   using Clock = std::chrono::steady_clock;
@@ -38,7 +42,6 @@ class ConnectionGuard {
   std::shared_ptr<void> busy(const std::string& address, int port);
   // A request's headers arrived: the client has another read_timeout for the body.
   void touch(const std::string& address, int port);
-  int64_t cut() const;  // connections cut so far
 
  private:
   struct Peer {
@@ -50,12 +53,11 @@ class ConnectionGuard {
 
   const std::chrono::milliseconds read_timeout_;
   const size_t max_connections_;
-  mutable std::mutex mutex_;
+  std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
   std::map<std::string, Peer> peers_;  // by "address port"
   std::unordered_map<int, std::string> sockets_;  // descriptor -> peer key, as last seen
-  int64_t cut_ = 0;
   std::thread thread_;
 };
 

@@ -1,7 +1,6 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -71,16 +70,8 @@ struct CompletionLogprobs {
 // among this process's descriptors by its port.
 void raise_listen_backlog(int port) {
   for (int fd = 0; fd < 4096; ++fd) {
-    int listening = 0;
-    socklen_t size = sizeof(listening);
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening) continue;
-    sockaddr_storage address{};
-    socklen_t address_size = sizeof(address);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_size) != 0) continue;
-    int bound = -1;
-    if (address.ss_family == AF_INET) bound = ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
-    if (address.ss_family == AF_INET6) bound = ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port);
-    if (bound == port) listen(fd, SOMAXCONN);
+    bool listening = false;
+    if (tcp_local_port(fd, &listening) == port && listening) listen(fd, SOMAXCONN);
   }
 }
 
