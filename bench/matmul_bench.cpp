@@ -60,8 +60,7 @@ void BM_deepmoe(benchmark::State& state, DType dtype) {
   const bool bf16 = dtype == DType::BF16;
   Weights pool = make_pool(rows, cols, bf16);
   std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
-  deepmoe::ThreadPool threads_pool(threads);
-  deepmoe::use_single_threaded_blas();
+  const deepmoe::Context threads_pool(threads);
   size_t next = 0;
   const size_t copies = bf16 ? pool.bf16.size() : pool.f32.size();
   for (auto _ : state) {
@@ -98,8 +97,7 @@ void BM_deepmoe_quant(benchmark::State& state, Quant quant) {
   } while (pool.size() < 2 || pool.size() * pool.back().view().bytes() < kPoolBytes);
   std::vector<float> x(size_t(m * cols), 0.5f), y(size_t(m * rows));
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) * 0.25f - 0.7f;
-  deepmoe::ThreadPool threads_pool(int(state.range(3)));
-  deepmoe::use_single_threaded_blas();
+  const deepmoe::Context threads_pool(int(state.range(3)));
   size_t next = 0;
   for (auto _ : state) {
     deepmoe::WeightMatrix w = pool[next].view();

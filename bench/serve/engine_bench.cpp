@@ -33,9 +33,11 @@ int main(int argc, char** argv) {
   try {
     const auto weights = ModelWeights::load(argv[1]);
     if (options["dtype"] == "bf16") weights->round_to_bf16();
-    Model model(*weights, std::stoi(options["threads"]));
-    model.forced_attention_mode = AttentionMode::Absorbed;
-    set_batch_invariant_kernels(true);
+    ModelOptions model_options;  // as the server runs it
+    model_options.threads = std::stoi(options["threads"]);
+    model_options.attention_mode = AttentionMode::Absorbed;
+    model_options.context.batch_invariant = true;
+    Model model(*weights, model_options);
     EngineOptions engine_options;
     engine_options.max_batch = 64;
     engine_options.context = prompt + gen + 1;

@@ -22,10 +22,11 @@ void add_logits_command(CLI::App& app) {
   command->callback([options] {
     const auto tokens = parse_token_list(options->tokens);
     const auto weights = load_model(options->model, options->load);
-    Model model(*weights, resolve_threads(options->threads));
+    ModelOptions model_options;
+    model_options.threads = resolve_threads(options->threads);
     if (options->attention != "auto")
-      model.forced_attention_mode =
-          options->attention == "expanded" ? AttentionMode::Expanded : AttentionMode::Absorbed;
+      model_options.attention_mode = options->attention == "expanded" ? AttentionMode::Expanded : AttentionMode::Absorbed;
+    Model model(*weights, model_options);
     const int64_t n_tokens = int64_t(tokens.size()), vocab = weights->config.vocab_size;
     LatentCache cache(weights->config, n_tokens);
     std::vector<float> logits(size_t(n_tokens * vocab));

@@ -131,10 +131,12 @@ void add_serve_command(CLI::App& app) {
     o->engine.kv_blocks =
         PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
     o->engine.never_sample = unspellable_ids(*tokenizer, config.vocab_size);
-    Model model(*weights, resolve_threads(o->threads));
     // A request's tokens must not depend on what it is batched with.
-    model.forced_attention_mode = AttentionMode::Absorbed;
-    set_batch_invariant_kernels(true);
+    ModelOptions model_options;
+    model_options.threads = resolve_threads(o->threads);
+    model_options.attention_mode = AttentionMode::Absorbed;
+    model_options.context.batch_invariant = true;
+    Model model(*weights, model_options);
     Engine engine(model, o->engine);
 
     std::string name = o->model_name;

@@ -126,10 +126,10 @@ void run_training(const TrainOptions& o) {
     fmt::print("resuming from {} (step {})\n", newest, first_step);
   }
 
-  train::GemmPrecision precision = train::GemmPrecision::F32;
+  GemmPrecision precision = GemmPrecision::F32;
   if (o.precision == "bf16") {
     if (cpu_has_bf16_gemm())
-      precision = train::GemmPrecision::BF16;
+      precision = GemmPrecision::BF16;
     else
       fmt::print(stderr, "deepmoe: note: this CPU has no AVX512-BF16, so --precision bf16 trains in f32\n");
   }
@@ -142,7 +142,7 @@ void run_training(const TrainOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = first_step; step < o.steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
-    p.zero_grads();
+    p.zero_grads(graph.context().pool());
     double loss = 0, ce = 0;
     std::vector<std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
@@ -158,9 +158,9 @@ void run_training(const TrainOptions& o) {
     }
     if (!std::isfinite(loss)) fail("step {}: the loss is {} (diverged; try a lower --lr or --clip)", step, loss);
     if (step == 0 && !o.dump_grads.empty()) p.save(o.dump_grads, train::Parameters::Which::Grads);
-    const double norm = train::clip_gradients(p, o.clip);
+    const double norm = train::clip_gradients(graph.context().pool(), p, o.clip);
     const double lr = train::learning_rate(schedule, step);
-    optimizer.step(p, lr);
+    optimizer.step(graph.context().pool(), p, lr);
     if (o.bias_update > 0) update_balance_bias(c, p, loads, o.bias_update);
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();

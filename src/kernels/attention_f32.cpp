@@ -118,22 +118,22 @@ DEEPMOE_AVX512 void weighted_avx512(int64_t m, int64_t n, int64_t k, const float
 
 }  // namespace
 
-void query_key_scores(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
-                      int64_t ldb, float* c, int64_t ldc) {
-  if (cpu_has_avx512() && (m <= kSmallQueryRows || batch_invariant_kernels()))
+void query_key_scores(bool batch_invariant, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                      const float* b, int64_t ldb, float* c, int64_t ldc) {
+  if (cpu_has_avx512() && (m <= kSmallQueryRows || batch_invariant))
     return scores_avx512(m, n, k, alpha, a, lda, b, ldb, c, ldc);
-  if (batch_invariant_kernels()) {  // one row per call: the same rounding whatever m is
+  if (batch_invariant) {  // one row per call: the same rounding whatever m is
     for (int64_t i = 0; i < m; ++i) gemm_f32(true, 1, n, k, alpha, a + i * lda, lda, b, ldb, 0.0f, c + i * ldc, ldc);
     return;
   }
   gemm_f32(true, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
-void weighted_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                   int64_t ldc) {
-  if (cpu_has_avx512() && (m <= kSmallQueryRows || batch_invariant_kernels()))
+void weighted_rows(bool batch_invariant, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc) {
+  if (cpu_has_avx512() && (m <= kSmallQueryRows || batch_invariant))
     return weighted_avx512(m, n, k, a, lda, b, ldb, c, ldc);
-  if (batch_invariant_kernels()) {
+  if (batch_invariant) {
     for (int64_t i = 0; i < m; ++i) gemm_f32(false, 1, n, k, 1.0f, a + i * lda, lda, b, ldb, 0.0f, c + i * ldc, ldc);
     return;
   }

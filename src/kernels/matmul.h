@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-#include "core/thread_pool.h"
+#include "kernels/context.h"
 
 namespace deepmoe {
 
@@ -65,7 +65,7 @@ constexpr int64_t kSmallBatchMax = 4;
 
 // y[m, :] = W · x[m, :] for m < n_rows. x rows are x_stride apart, y rows y_stride apart
 // (defaults: packed). The pool splits the output features across threads.
-void matmul(ThreadPool& pool, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
+void matmul(const Context& ctx, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
             int64_t x_stride = -1, int64_t y_stride = -1);
 
 // One product of a batch: y[m, :] = W · x[m, :] for m < n_rows (strides as matmul's).
@@ -80,12 +80,12 @@ struct MatmulJob {
 // Independent products in one parallel region: the decode step's routed experts run as one
 // wake-up of the pool instead of one per matrix. Each job is split into the same row blocks as
 // matmul() would use, so results equal running the jobs one by one.
-void matmul_batch(ThreadPool& pool, std::span<const MatmulJob> jobs);
+void matmul_batch(const Context& ctx, std::span<const MatmulJob> jobs);
 
 // matmul on output rows [row_begin, row_end) only, on the calling thread (for callers that
-// parallelize at a coarser level, e.g. over attention heads).
-void matmul_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
-                 int64_t y_stride, int64_t row_begin, int64_t row_end);
+// parallelize at a coarser level, e.g. over attention heads); ctx gives the settings only.
+void matmul_rows(const Context& ctx, const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
+                 float* y, int64_t y_stride, int64_t row_begin, int64_t row_end);
 
 // The streaming kernel on output rows [row_begin, row_end) only (exposed for tests and bench).
 void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
@@ -99,20 +99,6 @@ void gemm_f32_ex(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64
 // Plain f32 GEMM on strided row-major matrices (attention): C = A·B or A·Bᵀ, C = alpha·AB + beta·C.
 void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
-
-// Sees the input of every matmul() call before the product, while set (calibration records the
-// range of each weight's activations with it). Set it only while no matmul runs.
-using MatmulObserver = std::function<void(const WeightMatrix& w, const float* x, int64_t n_rows, int64_t x_stride)>;
-void set_matmul_observer(MatmulObserver observer);
-
-// Batch-invariant mode (the server's): every row of every product, and every query row of
-// attention, is computed by the same kernel in the same order whatever the other rows of its
-// batch, so a sequence's tokens do not depend on what it is batched with. Rows then go through
-// the streaming kernels in groups of kSmallBatchMax (never sgemv or a GEMM, whose rounding
-// depends on M): prefill streams the weights once per group instead of once. Process-wide; set
-// it only while no matmul runs.
-void set_batch_invariant_kernels(bool on);
-bool batch_invariant_kernels();
 
 // "OpenBLAS <core>": the library and the CPU kernels it chose (OPENBLAS_CORETYPE overrides them).
 std::string gemm_library_name();

@@ -14,7 +14,6 @@ namespace deepmoe {
 
 namespace {
 
-std::atomic<bool> g_force_portable{false};
 
 constexpr int64_t kChunk = 32;
 
@@ -122,22 +121,19 @@ __attribute__((target_clones("avx2", "default"))) void portable_int8_u8_dot_rows
 
 }  // namespace
 
-void force_portable_quant_kernels(bool force) { g_force_portable = force; }
-bool portable_quant_kernels_forced() { return g_force_portable; }
-
 void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
-                    int64_t y_stride, int64_t row_begin, int64_t row_end) {
+                    int64_t y_stride, int64_t row_begin, int64_t row_end, bool portable) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("quant_dot_rows: {} rows", n_rows);
   if (!w.is_quantized()) fail("quant_dot_rows: {} weights are not quantized", weight_format_name(w.format));
-  if (!g_force_portable && cpu_has_avx512())
+  if (!portable && cpu_has_avx512())
     return quant_dot_rows_avx512(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
   portable_quant_dot_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
 void int8_u8_dot_rows(const QuantizedActivations& xq, int64_t n_rows, const WeightMatrix& w, float* y,
-                      int64_t y_stride, int64_t row_begin, int64_t row_end) {
+                      int64_t y_stride, int64_t row_begin, int64_t row_end, bool portable) {
   if (w.format != WeightFormat::Int8 || !w.row_sums) fail("int8_u8_dot_rows: needs Int8 weights with row sums");
-  if (!g_force_portable && cpu_has_avx512_vnni())
+  if (!portable && cpu_has_avx512_vnni())
     return int8_u8_dot_rows_vnni(xq, n_rows, w, y, y_stride, row_begin, row_end);
   portable_int8_u8_dot_rows(xq, n_rows, w, y, y_stride, row_begin, row_end);
 }

@@ -51,7 +51,7 @@ inline float max_in_lanes(const float* x, int64_t n) {
 __attribute__((target_clones("avx512f", "avx2", "default"))) void rmsnorm(const float* x, int64_t x_stride,
                                                                            const float* weight, int64_t n_tokens,
                                                                            int64_t dim, float eps, float* out,
-                                                                           int64_t out_stride) {
+                                                                           int64_t out_stride, float* inv_rms) {
   constexpr int64_t kLanes = 8;
   const int64_t body = dim / kLanes * kLanes;
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -63,8 +63,27 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void rmsnorm(const 
     for (int64_t i = body; i < dim; ++i) sum_squares += double(row[i]) * row[i];
     for (double lane : lanes) sum_squares += lane;
     const float inverse = float(1.0 / std::sqrt(sum_squares / double(dim) + double(eps)));
+    if (inv_rms) inv_rms[t] = inverse;
     float* dst = out + t * out_stride;
     for (int64_t i = 0; i < dim; ++i) dst[i] = row[i] * inverse * weight[i];
+  }
+}
+
+void rmsnorm_backward(const float* x, int64_t x_stride, const float* weight, const float* inv_rms, const float* dy,
+                      int64_t n_tokens, int64_t dim, float* dx, float* dweight) {
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* row = x + t * x_stride;
+    const float* g = dy + t * dim;
+    const float inv = inv_rms[t];
+    // y_i = x_i·inv·w_i with inv = (mean(x²)+eps)^-1/2:  dx_j = inv·g_j·w_j − x_j·inv³·mean_i(g_i·w_i·x_i)
+    double dot = 0;
+    for (int64_t i = 0; i < dim; ++i) {
+      dot += double(g[i]) * weight[i] * row[i];
+      dweight[i] += g[i] * row[i] * inv;
+    }
+    const float coefficient = float(dot / double(dim)) * inv * inv * inv;
+    float* out = dx + t * x_stride;
+    for (int64_t i = 0; i < dim; ++i) out[i] += inv * g[i] * weight[i] - row[i] * coefficient;
   }
 }
 
@@ -73,6 +92,14 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void silu_mul(const
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + exp_vectorizable(-g)) * up[i];
+  }
+}
+
+void silu_mul_backward(const float* gate, const float* up, const float* d_out, int64_t n, float* d_gate, float* d_up) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i], s = 1.0f / (1.0f + std::exp(-g));
+    d_up[i] = d_out[i] * g * s;
+    d_gate[i] = d_out[i] * up[i] * s * (1.0f + g * (1.0f - s));
   }
 }
 
@@ -117,6 +144,15 @@ void rope_rotate_pairs(float* x, int64_t dim, const float* cos, const float* sin
     const float a = x[2 * i], b = x[2 * i + 1];
     x[2 * i] = a * cos[i] - b * sin[i];
     x[2 * i + 1] = a * sin[i] + b * cos[i];
+  }
+}
+
+void rope_rotate_pairs_backward(float* dx, int64_t dim, const float* cos, const float* sin) {
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float even = dx[2 * i], odd = dx[2 * i + 1];
+    // forward: e' = e·c − o·s, o' = e·s + o·c; its transpose:
+    dx[2 * i] = even * cos[i] + odd * sin[i];
+    dx[2 * i + 1] = -even * sin[i] + odd * cos[i];
   }
 }
 

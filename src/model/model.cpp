@@ -3,17 +3,15 @@
 #include <cstring>
 
 #include "core/error.h"
-#include "kernels/matmul.h"
-#include "kernels/ops.h"
+#include "model/embedding.h"
 
 namespace deepmoe {
 
-Model::Model(const ModelWeights& weights, int n_threads)
+Model::Model(const ModelWeights& weights, ModelOptions options)
     : weights_(weights),
-      pool_(n_threads),
-      expert_load_(size_t(weights.config.num_hidden_layers), std::vector<int64_t>(size_t(weights.config.n_routed_experts))) {
-  use_single_threaded_blas();
-}
+      attention_mode_(options.attention_mode),
+      context_(options.threads, std::move(options.context)),
+      expert_load_(size_t(weights.config.num_hidden_layers), std::vector<int64_t>(size_t(weights.config.n_routed_experts))) {}
 
 namespace {
 // One sequence in one contiguous cache: its rows are the cache itself.
@@ -43,10 +41,12 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
   const Config& c = config();
   const int64_t hidden = c.hidden_size;
   positions_.clear();
+  token_ids_.clear();
   for (const BatchSequence& sequence : batch) {
     for (int32_t token : sequence.tokens)
       if (token < 0 || token >= c.vocab_size) fail("token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
     for (size_t t = 0; t < sequence.tokens.size(); ++t) positions_.push_back(sequence.first_position + int64_t(t));
+    token_ids_.insert(token_ids_.end(), sequence.tokens.begin(), sequence.tokens.end());
   }
   const int64_t n_tokens = int64_t(positions_.size());
   if (n_tokens == 0) return;
@@ -54,45 +54,32 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
   const size_t activations = size_t(n_tokens * hidden);
   if (hidden_.size() < activations) {
     hidden_.resize(activations);
+    last_rows_.resize(activations);
     normed_.resize(activations);
-    branch_.resize(activations);
   }
   rope_.compute(c, positions_);
-  const float eps = float(c.rms_norm_eps);
-
-  // x: [n_tokens, hidden]
-  const WeightMatrix& embed = weights_.embed_tokens;
-  int64_t t = 0;
-  for (const BatchSequence& sequence : batch)
-    for (int32_t token : sequence.tokens) dequantize_rows(embed, token, 1, hidden_.data() + t++ * hidden);
-
+  embed_forward(weights_.embed_tokens, token_ids_, hidden_.data());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = weights_.layers[size_t(i)];
-    rmsnorm(hidden_.data(), hidden, layer.input_layernorm, n_tokens, hidden, eps, normed_.data(), hidden);
-    mla_forward(c, layer.self_attn, normed_.data(), batch, rope_, cache, i, forced_attention_mode, mla_, pool_,
-                branch_.data());
-    axpy(n_tokens * hidden, 1.0f, branch_.data(), hidden_.data());
-    rmsnorm(hidden_.data(), hidden, layer.post_attention_layernorm, n_tokens, hidden, eps, normed_.data(), hidden);
+    decoder_forward(context_, c, layer, i, batch, rope_, &cache, attention_mode_, scratch_, nullptr, hidden_.data());
     if (layer.is_moe) {
-      moe_forward(c, layer.moe, normed_.data(), n_tokens, moe_, pool_, branch_.data());
+      const std::vector<int32_t>& begin = scratch_.moe.routing.expert_begin;
       std::vector<int64_t>& load = expert_load_[size_t(i)];
-      for (size_t e = 0; e < load.size(); ++e) load[e] += moe_.expert_begin[e + 1] - moe_.expert_begin[e];
-    } else {
-      mlp_forward(layer.mlp, normed_.data(), hidden, n_tokens, moe_.mlp, pool_, branch_.data());
+      for (size_t e = 0; e < load.size(); ++e) load[e] += begin[e + 1] - begin[e];
     }
-    axpy(n_tokens * hidden, 1.0f, branch_.data(), hidden_.data());
   }
 
-  // The final norm and lm_head only for the rows whose logits are wanted, gathered in order.
+  // The head only for the rows whose logits are wanted, gathered in order.
   int64_t logit_rows = 0, first_token = 0;
   for (const BatchSequence& sequence : batch) {
     const int64_t count = int64_t(sequence.tokens.size()), rows = sequence.logit_rows();
-    rmsnorm(hidden_.data() + (first_token + count - rows) * hidden, hidden, weights_.norm, rows, hidden, eps,
-            normed_.data() + logit_rows * hidden, hidden);
+    std::memcpy(last_rows_.data() + logit_rows * hidden, hidden_.data() + (first_token + count - rows) * hidden,
+                size_t(rows * hidden) * sizeof(float));
     logit_rows += rows;
     first_token += count;
   }
-  matmul(pool_, normed_.data(), logit_rows, weights_.lm_head, logits);
+  head_forward(context_, weights_.lm_head, weights_.norm, float(c.rms_norm_eps), last_rows_.data(), logit_rows,
+               normed_.data(), nullptr, logits);
 }
 
 }  // namespace deepmoe

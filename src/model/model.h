@@ -1,6 +1,7 @@
-// The decoder: embedding → layers (RMSNorm → MLA → residual → RMSNorm → MLP or MoE → residual)
-// → final RMSNorm → lm_head. One forward call runs a chunk of tokens of one sequence and
-// appends them to its latent cache, or (forward_batch) chunks of several sequences at once.
+// The decoder for inference: embedding → layers (model/decoder.h) → final RMSNorm → lm_head.
+// One forward call runs a chunk of tokens of one sequence and appends them to its latent cache,
+// or (forward_batch) chunks of several sequences at once. Training runs the same layers
+// (train/model_train.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -8,27 +9,33 @@
 #include <span>
 #include <vector>
 
-#include "core/thread_pool.h"
+#include "kernels/context.h"
 #include "model/batch.h"
+#include "model/decoder.h"
 #include "model/latent_cache.h"
-#include "model/mla.h"
-#include "model/moe.h"
 #include "model/weights.h"
 
 namespace deepmoe {
 
+struct ModelOptions {
+  int threads = 1;
+  // Absorbed for up to kSmallBatchMax new tokens of a sequence, expanded above, unless set.
+  std::optional<AttentionMode> attention_mode;
+  ContextOptions context;  // batch invariance (the server), an observer (calibration)
+};
+
 class Model {
  public:
-  // Starts n_threads worker threads and sets the GEMM library's thread count.
-  Model(const ModelWeights& weights, int n_threads);
+  // Starts options.threads worker threads (the model's context owns them).
+  Model(const ModelWeights& weights, ModelOptions options);
+  Model(const ModelWeights& weights, int n_threads) : Model(weights, ModelOptions{n_threads, {}, {}}) {}
 
   const Config& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
 
   // Runs `tokens` at positions cache.length ... and appends them to `cache`. logits receives
   // [n_tokens, vocab] (AllTokens) or [1, vocab] (LastToken). Throws Error on a token id outside
-  // the vocabulary or a full cache. Attention mode: absorbed for up to kSmallBatchMax tokens,
-  // expanded above, unless forced.
+  // the vocabulary or a full cache.
   void forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits);
 
   // Runs every sequence's chunk in one pass (see model/batch.h). logits receives each sequence's
@@ -39,20 +46,19 @@ class Model {
   // Tokens routed to each expert since construction: [layer][n_routed_experts] (zeros for dense layers).
   const std::vector<std::vector<int64_t>>& expert_load() const { return expert_load_; }
 
-  // The model's threads, for a caller's work between passes (the server samples on them).
-  ThreadPool& pool() { return pool_; }
-
-  std::optional<AttentionMode> forced_attention_mode;
+  // The model's context: its threads, for a caller's work between passes (the server samples on them).
+  const Context& context() const { return context_; }
 
  private:
   const ModelWeights& weights_;
-  ThreadPool pool_;
+  std::optional<AttentionMode> attention_mode_;
+  Context context_;
   RopeTable rope_;
   std::vector<int64_t> positions_;
+  std::vector<int32_t> token_ids_;
   std::vector<std::vector<int64_t>> expert_load_;
-  std::vector<float> hidden_, normed_, branch_;  // [n_tokens, hidden]
-  MlaScratch mla_;
-  MoeScratch moe_;
+  std::vector<float> hidden_, last_rows_, normed_;  // [n_tokens, hidden]
+  DecoderScratch scratch_;
 };
 
 }  // namespace deepmoe

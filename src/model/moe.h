@@ -1,38 +1,61 @@
 // DeepSeekMoE: shared experts that see every token plus fine-grained routed experts, of which
-// each token picks num_experts_per_tok by the gate (greedy, group-limited, or aux-loss-free
-// noaux_tc with a selection-only correction bias).
+// each token picks num_experts_per_tok by the router (model/router.h). Forward and backward side
+// by side; training's forward is inference's, keeping what backward needs.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
-#include "core/thread_pool.h"
+#include "core/activation_slab.h"
+#include "kernels/context.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
 #include "model/mlp.h"
+#include "model/router.h"
 #include "model/weights.h"
 
 namespace deepmoe {
 
-// One token's routing. gate_logits: [n_routed_experts]; bias: [n_routed_experts] or nullptr.
-// Writes num_experts_per_tok expert indices (best first) and their combine weights, with
-// normalization and routed_scaling_factor applied by the model_type's rule.
-void route_token(const Config& config, const float* gate_logits, const float* bias, int32_t* experts,
-                 float* weights);
+// One call's routing: each token's choices, and the (token, choice) slots grouped by expert so
+// each expert's weights are read once per call.
+struct MoeRouting {
+  std::vector<int32_t> chosen;       // [n_tokens, k]
+  std::vector<float> chosen_weight;  // [n_tokens, k]
+  std::vector<int32_t> expert_begin;    // [n_routed_experts + 1]: expert e's slots are [begin[e], begin[e + 1])
+  std::vector<int32_t> token_of_slot;   // [n_tokens · k]
+  std::vector<int32_t> choice_of_slot;  // index into chosen / chosen_weight
+};
 
 struct MoeScratch {
-  std::vector<float> gate_logits, expert_in, expert_out, shared_out;
-  std::vector<int32_t> chosen;    // [n_tokens, k]
-  std::vector<float> chosen_weight;
-  std::vector<int32_t> expert_begin, token_of_slot;  // tokens grouped by expert
-  std::vector<float> weight_of_slot;
+  std::vector<float> gate_logits, expert_in, expert_out;
+  MoeRouting routing;
+  RouterScratch router;
   MlpScratch mlp;
-  std::vector<float> slot_gate, slot_up;  // decode: [n_slots, moe_intermediate]
+  std::vector<float> slot_gate, slot_up;  // [n_slots, moe_intermediate]
   std::vector<MatmulJob> jobs;
 };
 
-// x: [n_tokens, hidden] -> out: [n_tokens, hidden]. Tokens are grouped by expert so each
-// expert's weights are read once per call.
-void moe_forward(const Config& config, const MoeWeights& w, const float* x, int64_t n_tokens,
-                 MoeScratch& scratch, ThreadPool& pool, float* out);
+// What backward needs of one call (spans from the step's slab, and the routing).
+struct MoeSaved {
+  MoeRouting routing;
+  std::span<float> scores;                    // [n_tokens, n_routed_experts]
+  std::span<float> expert_in, expert_out;     // [n_slots, hidden]: each slot's input and expert output
+  MlpSaved experts;                           // [n_slots, moe_intermediate]
+  MlpSaved shared;                            // [n_tokens, shared intermediate]
+  // Carves the spans for n_tokens (before the forward pass).
+  static MoeSaved take(const Config& config, const MoeWeights& w, ActivationSlab& slab, int64_t n_tokens);
+};
+
+// x: [n_tokens, hidden] -> out: [n_tokens, hidden]. Inference passes saved = null; training,
+// spans from MoeSaved::take. After the call, scratch.routing (or saved->routing) holds the routing.
+void moe_forward(const Context& ctx, const Config& config, const MoeWeights& w, const float* x, int64_t n_tokens,
+                 MoeScratch& scratch, MoeSaved* saved, float* out);
+
+// dx [n_tokens, hidden] += ∂loss/∂x for dy = ∂loss/∂out, over `batch` sequences of `seq` tokens
+// (the balance loss is per sequence; aux_weight 0: none); the weights' gradients accumulate into
+// `grads`.
+void moe_backward(const Context& ctx, const Config& config, const MoeWeights& w, const MoeWeights& grads,
+                  const float* x, int64_t batch, int64_t seq, double aux_weight, const MoeSaved& saved,
+                  const float* dy, float* dx);
 
 }  // namespace deepmoe

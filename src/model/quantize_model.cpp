@@ -230,28 +230,24 @@ std::map<std::string, Uint8Range> calibrate_activation_ranges(const ModelWeights
   std::map<const void*, std::string> names;
   for (const auto& [name, w] : weights.named_matrices()) names[w->data] = name;
   std::map<std::string, Range> ranges;
-  set_matmul_observer([&](const WeightMatrix& w, const float* x, int64_t n_rows, int64_t x_stride) {
+  ModelOptions options;
+  options.threads = threads;
+  options.context.observer = [&](const WeightMatrix& w, const float* x, int64_t n_rows, int64_t x_stride) {
     const auto it = names.find(w.data);
     if (it == names.end()) return;
     Range& r = ranges[it->second];
     for (int64_t m = 0; m < n_rows; ++m)
       for (int64_t k = 0; k < w.cols; ++k) r.add(x[m * x_stride + k]);
-  });
-  try {
-    Model model(weights, threads);
-    LatentCache cache(weights.config, seq);
-    std::vector<int32_t> inputs, targets;
-    std::vector<float> logits(size_t(seq * weights.config.vocab_size));
-    for (int64_t k = 0; k < windows; ++k) {
-      data.batch(k, 1, inputs, targets);
-      cache.length = 0;
-      model.forward(inputs, cache, LogitsFor::AllTokens, logits.data());
-    }
-  } catch (...) {
-    set_matmul_observer(nullptr);
-    throw;
+  };
+  Model model(weights, std::move(options));
+  LatentCache cache(weights.config, seq);
+  std::vector<int32_t> inputs, targets;
+  std::vector<float> logits(size_t(seq * weights.config.vocab_size));
+  for (int64_t k = 0; k < windows; ++k) {
+    data.batch(k, 1, inputs, targets);
+    cache.length = 0;
+    model.forward(inputs, cache, LogitsFor::AllTokens, logits.data());
   }
-  set_matmul_observer(nullptr);
 
   // Fallbacks for weights that saw nothing: "model.layers.N.mlp.experts.E.up_proj.weight" →
   // the layer's "up_proj" over all experts, then the model's.

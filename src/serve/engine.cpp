@@ -330,7 +330,7 @@ void Engine::step() {
   // Each sequence samples from its own row with its own generator: in parallel (a serial
   // loop cost a tenth of a 16-sequence step at top_p 0.9), delivered in batch order.
   std::vector<EngineToken> chosen(sampling.size());
-  model_.pool().parallel_for(int64_t(sampling.size()), 1, [&](int64_t begin, int64_t end) {
+  model_.context().pool().parallel_for(int64_t(sampling.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) chosen[size_t(k)] = choose(*sampling[size_t(k)], logits_.data() + k * vocab);
   });
   for (size_t k = 0; k < sampling.size(); ++k) deliver(*sampling[k], std::move(chosen[k]));

@@ -7,24 +7,137 @@
 
 #include "core/error.h"
 #include "kernels/gemm_bf16.h"
-#include "kernels/matmul.h"
-#include "train/layers.h"
+#include "model/embedding.h"
+#include "model/gradients.h"
+#include "model/router.h"
 
 namespace deepmoe::train {
 
-TrainGraph::TrainGraph(const Config& config, int n_threads, GemmPrecision precision, bool recompute)
-    : config_(config), pool_(n_threads), precision_(precision), recompute_(recompute) {
-  if (precision == GemmPrecision::BF16 && !cpu_has_bf16_gemm()) fail("bf16 training needs a CPU with AVX512-BF16");
-  use_single_threaded_blas();
-  set_training_pool(&pool_);
-  set_training_precision(precision);
-  set_bf16_weights(precision == GemmPrecision::BF16 ? &bf16_weights_ : nullptr);
+namespace {
+
+// TEMPORARY until the tensor list's view lands: the weights' structure over a flat buffer laid
+// out as p's tensors.
+ModelWeights view_of(const Parameters& p, const float* base) {
+  const Config& c = p.config();
+  ModelWeights w;
+  w.config = c;
+  auto vec = [&](const std::string& name) -> const float* {
+    const ParameterTensor* t = p.find(name);
+    return t ? base + t->offset : nullptr;
+  };
+  auto mat = [&](const std::string& name) {
+    WeightMatrix m;
+    if (const ParameterTensor* t = p.find(name)) {
+      m.data = base + t->offset;
+      m.rows = t->shape[0];
+      m.cols = t->shape[1];
+    }
+    return m;
+  };
+  auto mlp = [&](const std::string& prefix) {
+    return MlpWeights{mat(prefix + "gate_proj.weight"), mat(prefix + "up_proj.weight"), mat(prefix + "down_proj.weight")};
+  };
+  w.embed_tokens = mat("model.embed_tokens.weight");
+  w.norm = vec("model.norm.weight");
+  w.lm_head = c.tie_word_embeddings ? w.embed_tokens : mat("lm_head.weight");
+  w.layers.resize(size_t(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights& layer = w.layers[size_t(l)];
+    const std::string prefix = fmt::format("model.layers.{}.", l), a = prefix + "self_attn.", m = prefix + "mlp.";
+    layer.input_layernorm = vec(prefix + "input_layernorm.weight");
+    layer.post_attention_layernorm = vec(prefix + "post_attention_layernorm.weight");
+    MlaWeights& mla = layer.self_attn;
+    mla.q_proj = mat(a + "q_proj.weight");
+    mla.q_a_proj = mat(a + "q_a_proj.weight");
+    mla.q_a_layernorm = vec(a + "q_a_layernorm.weight");
+    mla.q_b_proj = mat(a + "q_b_proj.weight");
+    mla.kv_a_proj_with_mqa = mat(a + "kv_a_proj_with_mqa.weight");
+    mla.kv_a_layernorm = vec(a + "kv_a_layernorm.weight");
+    mla.kv_b_proj = mat(a + "kv_b_proj.weight");
+    mla.o_proj = mat(a + "o_proj.weight");
+    mla.kv_b_proj_values = mla.kv_b_proj;
+    mla.values_head_stride = c.qk_nope_head_dim + c.v_head_dim;
+    mla.values_head_offset = c.qk_nope_head_dim;
+    layer.is_moe = c.is_moe_layer(l);
+    if (!layer.is_moe) {
+      layer.mlp = mlp(m);
+      continue;
+    }
+    layer.moe.gate = mat(m + "gate.weight");
+    layer.moe.e_score_correction_bias = vec(m + "gate.e_score_correction_bias");
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) layer.moe.experts.push_back(mlp(fmt::format("{}experts.{}.", m, e)));
+    layer.moe.has_shared_experts = c.n_shared_experts > 0;
+    if (layer.moe.has_shared_experts) layer.moe.shared_experts = mlp(m + "shared_experts.");
+  }
+  return w;
 }
 
-TrainGraph::~TrainGraph() {
-  set_bf16_weights(nullptr);
-  set_training_precision(GemmPrecision::F32);
-  set_training_pool(nullptr);
+// Every matrix of w but the routers' (of the f32 buffer at f32_base) re-pointed at the same offset of
+// bits, as BF16.
+void point_matrices_at_bf16(ModelWeights& w, const float* f32_base, const uint16_t* bits) {
+  auto rebase = [&](WeightMatrix& m) {
+    if (!m.data) return;
+    m.data = bits + (static_cast<const float*>(m.data) - f32_base);
+    m.format = WeightFormat::BF16;
+  };
+  auto mlp = [&](MlpWeights& m) {
+    rebase(m.gate_proj);
+    rebase(m.up_proj);
+    rebase(m.down_proj);
+  };
+  rebase(w.embed_tokens);
+  rebase(w.lm_head);
+  for (LayerWeights& layer : w.layers) {
+    MlaWeights& a = layer.self_attn;
+    for (WeightMatrix* m : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.o_proj,
+                            &a.kv_b_proj_values})
+      rebase(*m);
+    mlp(layer.mlp);
+    // The router stays f32, as HF's DeepSeek computes it: a rounding flip of the selection would
+    // change which experts a token sees, not just a few bits of its output.
+    for (MlpWeights& e : layer.moe.experts) mlp(e);
+    mlp(layer.moe.shared_experts);
+  }
+}
+
+ContextOptions with_precision(GemmPrecision precision) {
+  ContextOptions options;
+  options.precision = precision;
+  return options;
+}
+
+}  // namespace
+
+TrainGraph::TrainGraph(const Config& config, int n_threads, GemmPrecision precision, bool recompute)
+    : config_(config), context_(n_threads, with_precision(precision)), recompute_(recompute) {
+  if (precision == GemmPrecision::BF16 && !cpu_has_bf16_gemm()) fail("bf16 training needs a CPU with AVX512-BF16");
+}
+
+void TrainGraph::bind(const Parameters& p) {
+  const float* values = p.values().data();
+  const float* grads = p.grads().data();
+  const bool bf16 = context_.precision() == GemmPrecision::BF16;
+  if (values != bound_values_ || grads != bound_grads_) {
+    values_ = view_of(p, values);
+    grads_ = view_of(p, grads);
+    if (bf16) {
+      bf16_bits_.resize(p.values().size());
+      bf16_ = view_of(p, values);
+      point_matrices_at_bf16(bf16_, values, bf16_bits_.data());
+    }
+    bound_values_ = values;
+    bound_grads_ = grads;
+  }
+  if (!bf16) return;
+  // The weights may have changed since the last call (optimizer step, resume): a fresh bf16 copy.
+  constexpr int64_t kChunk = 1 << 16;
+  context_.pool().parallel_for(int64_t(bf16_bits_.size()), kChunk, [&](int64_t begin, int64_t end) {
+    convert_f32_to_bf16(values + begin, bf16_bits_.data() + begin, size_t(end - begin));
+  });
+}
+
+DecoderSaved TrainGraph::take_layer(int64_t layer, ActivationSlab& slab, int64_t batch, int64_t seq) const {
+  return DecoderSaved::take(config_, values_.layers[size_t(layer)], slab, batch, seq);
 }
 
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
@@ -36,20 +149,23 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   for (const auto ids : {inputs, targets})
     for (const int32_t id : ids)
       if (id < 0 || id >= vocab) fail("token id {} is outside the vocabulary [0, {})", id, vocab);
-  if (rope_positions_ != seq) {
-    rope_.compute(c, 0, seq);
-    rope_positions_ = seq;
+  bind(p);
+  const ModelWeights& forward_weights = context_.precision() == GemmPrecision::BF16 ? bf16_ : values_;
+  // Every sequence from position 0: the rope table holds each token's angles, in batch order.
+  if (int64_t(positions_.size()) != n) {
+    positions_.resize(size_t(n));
+    for (int64_t r = 0; r < n; ++r) positions_[size_t(r)] = r % seq;
+    rope_.compute(c, positions_);
   }
+  std::vector<BatchSequence> sequences;
+  for (int64_t b = 0; b < batch; ++b) sequences.push_back({inputs.subspan(size_t(b * seq), size_t(seq)), 0, LogitsFor::None});
   layers_.resize(recompute_ ? 1 : size_t(c.num_hidden_layers));
   if (recompute_) layer_inputs_.resize(size_t(c.num_hidden_layers));
   StepLoss result;
-  // The weights may have changed since the last call (optimizer step, resume): fresh bf16 copies.
-  if (precision_ == GemmPrecision::BF16) bf16_weights_.refresh(p.values().data(), p.values().size());
 
   // Forward.
-  const float* embed = p.value("model.embed_tokens.weight");
   std::vector<float> x(size_t(n * hidden));
-  for (int64_t r = 0; r < n; ++r) std::copy_n(embed + int64_t(inputs[size_t(r)]) * hidden, hidden, x.data() + r * hidden);
+  embed_forward(values_.embed_tokens, inputs, x.data());
   slab_.rewind();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (recompute_) {
@@ -57,39 +173,45 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       std::copy(x.begin(), x.end(), layer_inputs_[size_t(l)].begin());
       layer_slab_.rewind();
     }
-    forward_layer(p, l, batch, seq, x, recompute_ ? layer_slab_ : slab_, layers_[recompute_ ? 0 : size_t(l)], &result);
+    DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
+    saved = take_layer(l, recompute_ ? layer_slab_ : slab_, batch, seq);
+    decoder_forward(context_, c, forward_weights.layers[size_t(l)], l, sequences, rope_, nullptr, std::nullopt,
+                    scratch_, &saved, x.data());
+    if (c.is_moe_layer(l)) {
+      const MoeRouting& routing = saved.moe.routing;
+      result.balance += balance_loss(c, saved.moe.scores.data(), routing.chosen.data(), batch, seq);
+      std::vector<int32_t>& counts = result.expert_counts.emplace_back(size_t(c.n_routed_experts));
+      for (size_t e = 0; e < counts.size(); ++e) counts[e] = routing.expert_begin[e + 1] - routing.expert_begin[e];
+    }
   }
   final_in_ = slab_.take(x.size());
   std::copy(x.begin(), x.end(), final_in_.begin());
   final_inv_rms_ = slab_.take(size_t(n));
   final_normed_ = slab_.take(size_t(n * hidden));
-  rmsnorm_forward(x.data(), hidden, p.value("model.norm.weight"), n, hidden, eps, final_normed_.data(),
-                  final_inv_rms_.data());
-  const bool tied = c.tie_word_embeddings;
-  const std::string head_name = tied ? "model.embed_tokens.weight" : "lm_head.weight";
   logits_ = slab_.take(size_t(n * vocab));
-  linear_forward(final_normed_.data(), n, p.value(head_name), vocab, hidden, logits_.data());
+  head_forward(context_, forward_weights.lm_head, values_.norm, eps, x.data(), n, final_normed_.data(),
+               final_inv_rms_.data(), logits_.data());
 
   // Cross-entropy; logits_ becomes d loss / d logits = (softmax - onehot) / n.
   std::vector<double> row_loss(static_cast<size_t>(n));
-  pool_.parallel_for(n, 8, [&](int64_t r_begin, int64_t r_end) {
-  for (int64_t r = r_begin; r < r_end; ++r) {
-    float* row = logits_.data() + r * vocab;
-    const float target_logit = row[targets[size_t(r)]];
-    const float max = *std::max_element(row, row + vocab);
-    // One exp per logit, kept for the gradient: softmax = exp(logit − max) / sum.
-    double sum = 0;
-    for (int64_t v = 0; v < vocab; ++v) {
-      row[v] = std::exp(row[v] - max);
-      sum += row[v];
+  context_.pool().parallel_for(n, 8, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      float* row = logits_.data() + r * vocab;
+      const float target_logit = row[targets[size_t(r)]];
+      const float max = *std::max_element(row, row + vocab);
+      // One exp per logit, kept for the gradient: softmax = exp(logit − max) / sum.
+      double sum = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        row[v] = std::exp(row[v] - max);
+        sum += row[v];
+      }
+      row_loss[size_t(r)] = std::log(sum) + max - target_logit;
+      if (backward) {
+        const float scale = float(double(grad_scale) / (sum * double(n)));
+        for (int64_t v = 0; v < vocab; ++v) row[v] *= scale;
+        row[targets[size_t(r)]] -= grad_scale / float(n);
+      }
     }
-    row_loss[size_t(r)] = std::log(sum) + max - target_logit;
-    if (backward) {
-      const float scale = float(double(grad_scale) / (sum * double(n)));
-      for (int64_t v = 0; v < vocab; ++v) row[v] *= scale;
-      row[targets[size_t(r)]] -= grad_scale / float(n);
-    }
-  }
   });
   double total = 0;
   for (const double v : row_loss) total += v;
@@ -98,92 +220,23 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   if (!backward) return result;
 
   // Backward.
-  std::vector<float> d_normed(size_t(n * hidden), 0.0f), dx(size_t(n * hidden), 0.0f);
-  linear_backward(final_normed_.data(), logits_.data(), n, p.value(head_name), vocab, hidden, d_normed.data(),
-                  p.grad(head_name));
-  rmsnorm_backward(final_in_.data(), hidden, p.value("model.norm.weight"), final_inv_rms_.data(), d_normed.data(), n,
-                   hidden, dx.data(), p.grad("model.norm.weight"));
+  std::vector<float> dx(size_t(n * hidden), 0.0f);
+  head_backward(context_, forward_weights.lm_head, values_.norm, final_in_.data(), n, final_inv_rms_.data(),
+                final_normed_.data(), logits_.data(), grad_data(grads_.lm_head), grad_data(grads_.norm), dx.data());
   const double aux_scale = aux_weight * grad_scale;
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
-    LayerSaved& s = layers_[recompute_ ? 0 : size_t(l)];
+    DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
+    const LayerWeights& w = forward_weights.layers[size_t(l)];
     if (recompute_) {
       std::vector<float> x_again(layer_inputs_[size_t(l)].begin(), layer_inputs_[size_t(l)].end());
       layer_slab_.rewind();
-      forward_layer(p, l, batch, seq, x_again, layer_slab_, s, nullptr);
+      saved = take_layer(l, layer_slab_, batch, seq);
+      decoder_forward(context_, c, w, l, sequences, rope_, nullptr, std::nullopt, scratch_, &saved, x_again.data());
     }
-    backward_layer(p, l, batch, seq, aux_scale, s, dx);
+    decoder_backward(context_, c, w, grads_.layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
   }
-  float* d_embed = p.grad("model.embed_tokens.weight");
-  for (int64_t r = 0; r < n; ++r) {
-    float* row = d_embed + int64_t(inputs[size_t(r)]) * hidden;
-    for (int64_t h = 0; h < hidden; ++h) row[h] += dx[size_t(r * hidden + h)];
-  }
+  embed_backward(inputs, dx.data(), hidden, grad_data(grads_.embed_tokens));
   return result;
-}
-
-void TrainGraph::forward_layer(Parameters& p, int64_t l, int64_t batch, int64_t seq, std::vector<float>& x,
-                               ActivationSlab& slab, LayerSaved& s, StepLoss* result) {
-  const Config& c = config_;
-  const int64_t n = batch * seq, hidden = c.hidden_size;
-  const float eps = float(c.rms_norm_eps);
-  const std::string prefix = fmt::format("model.layers.{}.", l);
-  std::vector<float> branch(size_t(n * hidden));
-  s = LayerSaved{};
-  s.x_in = slab.take(x.size());
-  std::copy(x.begin(), x.end(), s.x_in.begin());
-  s.inv_rms1 = slab.take(size_t(n));
-  s.normed1 = slab.take(size_t(n * hidden));
-  rmsnorm_forward(x.data(), hidden, p.value(prefix + "input_layernorm.weight"), n, hidden, eps, s.normed1.data(),
-                  s.inv_rms1.data());
-  mla_train_forward(c, p, prefix + "self_attn.", s.normed1.data(), batch, seq, rope_, slab, s.mla, branch.data());
-  for (size_t i = 0; i < x.size(); ++i) x[i] += branch[i];
-  s.h = slab.take(x.size());
-  std::copy(x.begin(), x.end(), s.h.begin());
-  s.inv_rms2 = slab.take(size_t(n));
-  s.normed2 = slab.take(size_t(n * hidden));
-  rmsnorm_forward(x.data(), hidden, p.value(prefix + "post_attention_layernorm.weight"), n, hidden, eps,
-                  s.normed2.data(), s.inv_rms2.data());
-  if (c.is_moe_layer(l)) {
-    moe_train_forward(c, p, prefix + "mlp.", s.normed2.data(), batch, seq, slab, s.moe, branch.data());
-    if (result != nullptr) {
-      result->balance += s.moe.aux_loss;
-      result->expert_counts.push_back(s.moe.counts);
-    }
-  } else {
-    const std::string m = prefix + "mlp.";
-    s.mlp = MlpSaved::take(slab, n, c.intermediate_size);
-    mlp_forward({p.value(m + "gate_proj.weight"), p.value(m + "up_proj.weight"), p.value(m + "down_proj.weight"),
-                 nullptr, nullptr, nullptr, hidden, c.intermediate_size},
-                s.normed2.data(), n, s.mlp, branch.data());
-  }
-  for (size_t i = 0; i < x.size(); ++i) x[i] += branch[i];
-}
-
-void TrainGraph::backward_layer(Parameters& p, int64_t l, int64_t batch, int64_t seq, double aux_scale, LayerSaved& s,
-                                std::vector<float>& dx) {
-  const Config& c = config_;
-  const int64_t n = batch * seq, hidden = c.hidden_size;
-  const std::string prefix = fmt::format("model.layers.{}.", l);
-  // x_out = h + ffn(norm2(h)):  dh = dx + d ffn path
-  std::vector<float> d_normed(size_t(n * hidden), 0.0f);
-  if (c.is_moe_layer(l)) {
-    moe_train_backward(c, p, prefix + "mlp.", s.normed2.data(), batch, seq, aux_scale, s.moe, dx.data(),
-                       d_normed.data());
-  } else {
-    const std::string m = prefix + "mlp.";
-    mlp_backward({p.value(m + "gate_proj.weight"), p.value(m + "up_proj.weight"), p.value(m + "down_proj.weight"),
-                  p.grad(m + "gate_proj.weight"), p.grad(m + "up_proj.weight"), p.grad(m + "down_proj.weight"),
-                  hidden, c.intermediate_size},
-                 s.normed2.data(), n, s.mlp, dx.data(), d_normed.data());
-  }
-  rmsnorm_backward(s.h.data(), hidden, p.value(prefix + "post_attention_layernorm.weight"), s.inv_rms2.data(),
-                   d_normed.data(), n, hidden, dx.data(), p.grad(prefix + "post_attention_layernorm.weight"));
-  // h = x_in + mla(norm1(x_in))
-  std::fill(d_normed.begin(), d_normed.end(), 0.0f);
-  mla_train_backward(c, p, prefix + "self_attn.", s.normed1.data(), batch, seq, rope_, s.mla, dx.data(),
-                     d_normed.data());
-  rmsnorm_backward(s.x_in.data(), hidden, p.value(prefix + "input_layernorm.weight"), s.inv_rms1.data(),
-                   d_normed.data(), n, hidden, dx.data(), p.grad(prefix + "input_layernorm.weight"));
 }
 
 size_t TrainGraph::activation_bytes() const { return slab_.bytes() + layer_slab_.bytes(); }

@@ -1,17 +1,18 @@
-// One training step's forward and backward over a batch of sequences: embedding, layers (RMSNorm
-// → MLA → residual → RMSNorm → MLP or MoE → residual), final norm, lm_head (tied or not), mean
-// token cross-entropy plus aux_weight × the MoE balance loss. Gradients accumulate into
-// Parameters::grads(), so several calls make gradient accumulation.
+// One training step's forward and backward over a batch of sequences: the model's own layers
+// (model/decoder.h, model/embedding.h) run over views of the trainer's flat parameters and
+// gradients, keeping what backward needs; the loss is the mean token cross-entropy plus
+// aux_weight × the MoE balance loss. Gradients accumulate into Parameters::grads(), so several
+// calls make gradient accumulation.
 #pragma once
 #include <cstdint>
 #include <span>
 #include <vector>
 
-#include "core/thread_pool.h"
+#include "core/activation_slab.h"
+#include "kernels/context.h"
+#include "model/decoder.h"
 #include "model/rope.h"
-#include "train/layers.h"
-#include "train/mla_train.h"
-#include "train/moe_train.h"
+#include "model/weights.h"
 #include "train/parameters.h"
 
 namespace deepmoe::train {
@@ -32,7 +33,6 @@ class TrainGraph {
   // and gradients are bit-identical, the forward runs twice).
   TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32,
              bool recompute = false);
-  ~TrainGraph();
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
   // p.grads() (grad_scale = 1 / accumulation steps). Throws Error for an id outside the vocabulary.
@@ -41,34 +41,31 @@ class TrainGraph {
 
   // Bytes held by the saved activations now (after a run: the step's activation memory).
   size_t activation_bytes() const;
+  // The graph's context: its pool serves the optimizer step too.
+  const Context& context() const { return context_; }
 
  private:
-  struct LayerSaved {
-    std::span<float> x_in, inv_rms1, normed1, h, inv_rms2, normed2;
-    MlaSaved mla;
-    MoeSaved moe;
-    MlpSaved mlp;
-  };
-  // x (layer l's input) becomes its output; s receives what backward_layer needs. result, when
-  // given, collects the MoE balance loss and expert counts.
-  void forward_layer(Parameters& p, int64_t l, int64_t batch, int64_t seq, std::vector<float>& x,
-                     ActivationSlab& slab, LayerSaved& s, StepLoss* result);
-  // dx: d loss / d layer output on entry, d loss / d layer input on return.
-  void backward_layer(Parameters& p, int64_t l, int64_t batch, int64_t seq, double aux_scale, LayerSaved& s,
-                      std::vector<float>& dx);
+  // Points the weight views at p's buffers (again, when they moved) and refreshes the bf16 copy.
+  void bind(const Parameters& p);
+  DecoderSaved take_layer(int64_t layer, ActivationSlab& slab, int64_t batch, int64_t seq) const;
+
   Config config_;
-  ThreadPool pool_;
-  GemmPrecision precision_;
-  Bf16Weights bf16_weights_;
+  Context context_;
   bool recompute_;
   RopeTable rope_;
-  int64_t rope_positions_ = 0;
+  std::vector<int64_t> positions_;
+  // Views of the parameters: values (f32), their bf16 copy (the forward weights in bf16 precision;
+  // norms stay f32), and the gradients.
+  ModelWeights values_, grads_, bf16_;
+  const float *bound_values_ = nullptr, *bound_grads_ = nullptr;
+  std::vector<uint16_t> bf16_bits_;
   // Activation memory: slab_ holds the step's saved tensors; with recompute_, layer_slab_ holds
   // one layer's at a time (rewound for each layer) and slab_ only the layers' inputs.
   ActivationSlab slab_, layer_slab_;
-  std::vector<LayerSaved> layers_;                // one per layer, or one reused by all with recompute_
+  std::vector<DecoderSaved> layers_;              // one per layer, or one reused by all with recompute_
   std::vector<std::span<float>> layer_inputs_;    // recompute_ only: each layer's input
   std::span<float> final_in_, final_inv_rms_, final_normed_, logits_;
+  DecoderScratch scratch_;
 };
 
 }  // namespace deepmoe::train

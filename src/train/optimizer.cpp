@@ -3,7 +3,6 @@
 #include <cmath>
 #include <numbers>
 
-#include "train/layers.h"
 
 namespace deepmoe::train {
 
@@ -65,7 +64,7 @@ Optimizer::Optimizer(const Parameters& p, OptimizerOptions options) : options_(o
   ranges_ = trainable_chunks(p);
 }
 
-void Optimizer::step(Parameters& p, double lr) {
+void Optimizer::step(ThreadPool& pool, Parameters& p, double lr) {
   ++steps_;
   float* w = p.values().data();
   const float* g = p.grads().data();
@@ -78,7 +77,7 @@ void Optimizer::step(Parameters& p, double lr) {
     const float root_correction2 = float(std::sqrt(correction2));
     const AdamWCoefficients k{decay, float(b1), float(1 - b1), float(b2), float(1 - b2), step_size, root_correction2,
                               float(options_.eps)};
-    training_pool().parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+    pool.parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
       for (int64_t c = c_begin; c < c_end; ++c) {
         const auto [begin, end] = ranges_[size_t(c)];
         adamw_update(w + begin, g + begin, m_.data() + begin, v_.data() + begin, end - begin, k);
@@ -87,7 +86,7 @@ void Optimizer::step(Parameters& p, double lr) {
     return;
   }
   const LionCoefficients k{decay, float(b1), float(1 - b1), float(b2), float(1 - b2), float(lr)};
-  training_pool().parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+  pool.parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       const auto [begin, end] = ranges_[size_t(c)];
       lion_update(w + begin, g + begin, m_.data() + begin, end - begin, k);
@@ -115,11 +114,11 @@ double learning_rate(const ScheduleOptions& s, int64_t step) {
   return s.lr;
 }
 
-double clip_gradients(Parameters& p, double max_norm) {
+double clip_gradients(ThreadPool& pool, Parameters& p, double max_norm) {
   const auto chunks = trainable_chunks(p);
   std::vector<double> partial(chunks.size(), 0.0);
   float* g = p.grads().data();
-  training_pool().parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+  pool.parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       double sum = 0;
       for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) sum += double(g[i]) * g[i];
@@ -132,7 +131,7 @@ double clip_gradients(Parameters& p, double max_norm) {
   if (max_norm > 0) {
     const double coefficient = max_norm / (norm + 1e-6);
     if (coefficient < 1.0)
-      training_pool().parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+      pool.parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
         for (int64_t c = c_begin; c < c_end; ++c)
           for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) g[i] = float(g[i] * coefficient);
       });

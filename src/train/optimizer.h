@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "train/parameters.h"
 
 namespace deepmoe::train {
@@ -25,7 +26,7 @@ class Optimizer {
   // One update with learning rate lr from p.grads() (trainable tensors only; decoupled weight
   // decay on every one of them). AdamW: torch.optim.AdamW. Lion: p -= lr·(sign(β1·m + (1-β1)·g)
   // + wd·p), then m = β2·m + (1-β2)·g, with sign(0) = 0.
-  void step(Parameters& p, double lr);
+  void step(ThreadPool& pool, Parameters& p, double lr);
   int64_t steps_taken() const { return steps_; }
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }  // empty for Lion
@@ -52,6 +53,6 @@ double learning_rate(const ScheduleOptions& s, int64_t step);
 
 // Global L2 norm of the trainable gradients; when max_norm > 0 and the norm exceeds it, scales
 // them by max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_. Returns the norm before.
-double clip_gradients(Parameters& p, double max_norm);
+double clip_gradients(ThreadPool& pool, Parameters& p, double max_norm);
 
 }  // namespace deepmoe::train

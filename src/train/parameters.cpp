@@ -7,7 +7,6 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
-#include "train/layers.h"
 
 namespace deepmoe::train {
 
@@ -66,9 +65,9 @@ float* Parameters::grad(const std::string& name) {
   return t ? grads_.data() + t->offset : nullptr;
 }
 
-void Parameters::zero_grads() {
+void Parameters::zero_grads(ThreadPool& pool) {
   const int64_t n = int64_t(grads_.size());
-  training_pool().parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
+  pool.parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
     std::fill(grads_.begin() + begin, grads_.begin() + end, 0.0f);
   });
 }

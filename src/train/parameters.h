@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "model/config.h"
 #include "model/tensor_specs.h"
 
@@ -39,7 +40,7 @@ class Parameters {
   const float* value(const std::string& name) const;
   const ParameterTensor* find(const std::string& name) const;
 
-  void zero_grads();
+  void zero_grads(ThreadPool& pool);
   // Writes config.json and model.safetensors (F32, HF names), atomically. `which` selects the
   // values or the gradients (for --dump-grads).
   enum class Which { Values, Grads };

@@ -47,7 +47,7 @@ TEST_P(AttentionF32Test, ScoresMatchDoubleReference) {
   const auto a = random_vector(size_t(m * lda), 1), b = random_vector(size_t(n * ldb), 2);
   std::vector<float> c(size_t(m * ldc), kUntouched);
   const float alpha = 0.37f;
-  query_key_scores(m, n, k, alpha, a.data(), lda, b.data(), ldb, c.data(), ldc);
+  query_key_scores(false, m, n, k, alpha, a.data(), lda, b.data(), ldb, c.data(), ldc);
   expect_block_matches(
       c, m, n, ldc,
       [&](int64_t i, int64_t j) {
@@ -63,7 +63,7 @@ TEST_P(AttentionF32Test, WeightedRowsMatchDoubleReference) {
   const int64_t lda = k + kPad, ldb = n + 3, ldc = n + kPad;
   const auto a = random_vector(size_t(m * lda), 3), b = random_vector(size_t(k * ldb), 4);
   std::vector<float> c(size_t(m * ldc), kUntouched);
-  weighted_rows(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
+  weighted_rows(false, m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
   expect_block_matches(
       c, m, n, ldc,
       [&](int64_t i, int64_t j) {
@@ -87,16 +87,16 @@ TEST(AttentionF32Test, ResultsDoNotDependOnTheSplit) {
   const int64_t m = 16, n = 130, k = 576;
   const auto a = random_vector(size_t(m * k), 5), b = random_vector(size_t(n * k), 6);
   std::vector<float> whole(size_t(m * n)), split(size_t(m * n));
-  query_key_scores(m, n, k, 1.0f, a.data(), k, b.data(), k, whole.data(), n);
+  query_key_scores(false, m, n, k, 1.0f, a.data(), k, b.data(), k, whole.data(), n);
   for (int64_t first = 0; first < n; first += 37)
-    query_key_scores(m, std::min<int64_t>(37, n - first), k, 1.0f, a.data(), k, b.data() + first * k, k,
+    query_key_scores(false, m, std::min<int64_t>(37, n - first), k, 1.0f, a.data(), k, b.data() + first * k, k,
                      split.data() + first, n);
   EXPECT_EQ(whole, split);
   const auto p = random_vector(size_t(m * n), 7), values = random_vector(size_t(n * k), 8);
   std::vector<float> out_whole(size_t(m * k)), out_split(size_t(m * k));
-  weighted_rows(m, k, n, p.data(), n, values.data(), k, out_whole.data(), k);
+  weighted_rows(false, m, k, n, p.data(), n, values.data(), k, out_whole.data(), k);
   for (int64_t first = 0; first < k; first += 100)
-    weighted_rows(m, std::min<int64_t>(100, k - first), n, p.data(), n, values.data() + first, k,
+    weighted_rows(false, m, std::min<int64_t>(100, k - first), n, p.data(), n, values.data() + first, k,
                   out_split.data() + first, k);
   EXPECT_EQ(out_whole, out_split);
 }

@@ -17,19 +17,19 @@
 namespace deepmoe {
 namespace {
 
-class BatchInvariance : public ::testing::Test {
- protected:
-  void SetUp() override { set_batch_invariant_kernels(true); }
-  void TearDown() override { set_batch_invariant_kernels(false); }
-};
+ContextOptions batch_invariant() {
+  ContextOptions options;
+  options.batch_invariant = true;
+  return options;
+}
 
 struct FormatCase {
   WeightFormat format;
   int64_t group;
 };
 
-TEST_F(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
-  ThreadPool pool(2);
+TEST(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
+  const Context pool(2, batch_invariant());
   const int64_t rows = 96, cols = 256, max_m = 23;
   const std::vector<float> w = testing::random_vector(size_t(rows * cols), 1);
   const std::vector<float> x = testing::random_vector(size_t(max_m * cols), 2);
@@ -58,27 +58,27 @@ TEST_F(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
   }
 }
 
-TEST_F(BatchInvariance, AttentionQueryRowsEqualTheRowAlone) {
+TEST(BatchInvariance, AttentionQueryRowsEqualTheRowAlone) {
   const int64_t m = 150, n = 70, k = 80;  // more query rows than the tile kernels take outside this mode
   const std::vector<float> a = testing::random_vector(size_t(m * k), 3), b = testing::random_vector(size_t(n * k), 4);
   std::vector<float> all(size_t(m * n)), one(static_cast<size_t>(n));
-  query_key_scores(m, n, k, 0.5f, a.data(), k, b.data(), k, all.data(), n);
+  query_key_scores(true, m, n, k, 0.5f, a.data(), k, b.data(), k, all.data(), n);
   for (int64_t i : {0, 63, 64, 149}) {
-    query_key_scores(1, n, k, 0.5f, a.data() + i * k, k, b.data(), k, one.data(), n);
+    query_key_scores(true, 1, n, k, 0.5f, a.data() + i * k, k, b.data(), k, one.data(), n);
     EXPECT_EQ(0, std::memcmp(one.data(), all.data() + i * n, size_t(n) * sizeof(float))) << "row " << i;
   }
   const std::vector<float> p = testing::random_vector(size_t(m * n), 5), v = testing::random_vector(size_t(n * k), 6);
   std::vector<float> sums(size_t(m * k)), sum(static_cast<size_t>(k));
-  weighted_rows(m, k, n, p.data(), n, v.data(), k, sums.data(), k);
+  weighted_rows(true, m, k, n, p.data(), n, v.data(), k, sums.data(), k);
   for (int64_t i : {0, 64, 149}) {
-    weighted_rows(1, k, n, p.data() + i * n, n, v.data(), k, sum.data(), k);
+    weighted_rows(true, 1, k, n, p.data() + i * n, n, v.data(), k, sum.data(), k);
     EXPECT_EQ(0, std::memcmp(sum.data(), sums.data() + i * k, size_t(k) * sizeof(float))) << "row " << i;
   }
 }
 
 TEST(BatchInvarianceOff, SomeRowsDependOnTheBatch) {
   // The mode is what makes the rows equal: without it, M = 1 (sgemv) and M = 16 (sgemm) round differently.
-  ThreadPool pool(1);
+  const Context pool(1);
   const int64_t rows = 64, cols = 256, m = 16;
   const std::vector<float> w = testing::random_vector(size_t(rows * cols), 7), x = testing::random_vector(size_t(m * cols), 8);
   const WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};

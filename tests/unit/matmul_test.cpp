@@ -34,8 +34,8 @@ TEST_P(MatmulTest, MatchesNaiveDoubleLoop) {
   const WeightMatrix matrix = testing::weight_matrix(
       format, format == WeightFormat::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(), shape.rows, shape.cols);
   std::vector<float> y(size_t(shape.m * shape.rows));
-  ThreadPool pool(threads);
-  matmul(pool, x.data(), shape.m, matrix, y.data());
+  const Context ctx(threads);
+  matmul(ctx, x.data(), shape.m, matrix, y.data());
   EXPECT_LT(relative_error(y, testing::matmul_reference(x, shape.m, w, shape.rows, shape.cols)), 1e-5)
       << "m=" << shape.m << " rows=" << shape.rows << " cols=" << shape.cols;
 }
@@ -52,8 +52,8 @@ TEST(MatmulTest, StridedRowsReadAndWriteOnlyTheirColumns) {
   auto x = random_vector(size_t(m * x_stride), 3);
   auto w = random_vector(size_t(rows * cols), 4);
   std::vector<float> y(size_t(m * y_stride), 7.0f);
-  ThreadPool pool(2);
-  matmul(pool, x.data(), m, testing::weight_matrix(WeightFormat::F32, w.data(), rows, cols), y.data(), x_stride,
+  const Context ctx(2);
+  matmul(ctx, x.data(), m, testing::weight_matrix(WeightFormat::F32, w.data(), rows, cols), y.data(), x_stride,
          y_stride);
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t r = 0; r < rows; ++r) {

@@ -52,8 +52,10 @@ class ModelTest : public ::testing::Test {
 
   std::vector<float> full_pass(const ModelWeights& weights, const std::vector<int32_t>& ids, int threads,
                                std::optional<AttentionMode> mode) {
-    Model model(weights, threads);
-    model.forced_attention_mode = mode;
+    ModelOptions options;
+    options.threads = threads;
+    options.attention_mode = mode;
+    Model model(weights, options);
     LatentCache cache(weights.config, int64_t(ids.size()));
     std::vector<float> logits(ids.size() * size_t(weights.config.vocab_size));
     model.forward(ids, cache, LogitsFor::AllTokens, logits.data());

@@ -10,6 +10,8 @@
 namespace deepmoe::train {
 namespace {
 
+ThreadPool pool_(2);
+
 Config tiny_config() {
   Config c;
   c.vocab_size = 3;
@@ -32,13 +34,13 @@ TEST(OptimizerTest, LionTwoStepsByHand) {
   Optimizer opt(p, o);
   const float g1[8] = {2, -3, 0, 1, 1, 1, 1, 1}, g2[8] = {-0.1f, -3, 0, 1, 1, 1, 1, 1};
   std::copy(g1, g1 + 8, p.grads().begin());
-  opt.step(p, 0.1);
+  opt.step(pool_, p, 0.1);
   // w = 1·(1 − 0.05) − 0.1·sign(0.1·g): 0.85, 1.05, 0.95 (sign 0)
   EXPECT_FLOAT_EQ(p.values()[0], 0.85f);
   EXPECT_FLOAT_EQ(p.values()[1], 1.05f);
   EXPECT_FLOAT_EQ(p.values()[2], 0.95f);
   std::copy(g2, g2 + 8, p.grads().begin());
-  opt.step(p, 0.1);
+  opt.step(pool_, p, 0.1);
   // m after step 1 = 0.01·g1 = 0.02; blend = 0.9·0.02 + 0.1·(−0.1) = 0.008 > 0: w = 0.85·0.95 − 0.1
   EXPECT_NEAR(p.values()[0], 0.85f * 0.95f - 0.1f, 1e-6);
   EXPECT_NEAR(p.values()[1], 1.05f * 0.95f + 0.1f, 1e-6);
@@ -52,7 +54,7 @@ TEST(OptimizerTest, AdamWFirstStepIsSignedLearningRate) {
   OptimizerOptions o;
   o.weight_decay = 0.1;
   Optimizer opt(p, o);
-  opt.step(p, 0.01);
+  opt.step(pool_, p, 0.01);
   // Bias-corrected first step: m̂ = g, v̂ = g², so the update is lr·g/(|g| + eps) after decay.
   EXPECT_NEAR(p.values()[0], 2.0 * (1 - 0.001) - 0.01 * 0.5 / (0.5 + 1e-8), 1e-6);
   EXPECT_NEAR(p.values()[1], 2.0 * (1 - 0.001) + 0.01 * 4.0 / (4.0 + 1e-8), 1e-6);
@@ -77,9 +79,9 @@ TEST(OptimizerTest, SchedulesAndClipping) {
   Parameters p(tiny_config());
   p.grads()[0] = 3.0f;
   p.grads()[7] = 4.0f;
-  EXPECT_NEAR(clip_gradients(p, 1.0), 5.0, 1e-9);
+  EXPECT_NEAR(clip_gradients(pool_, p, 1.0), 5.0, 1e-9);
   EXPECT_NEAR(p.grads()[0], 3.0 / (5.0 + 1e-6), 1e-6);
-  EXPECT_NEAR(clip_gradients(p, 0.0), 1.0, 1e-5);  // 0: measure only
+  EXPECT_NEAR(clip_gradients(pool_, p, 0.0), 1.0, 1e-5);  // 0: measure only
 }
 
 }  // namespace

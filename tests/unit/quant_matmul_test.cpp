@@ -33,14 +33,16 @@ struct Shape {
 };
 
 
-class QuantMatmulTest : public ::testing::TestWithParam<std::tuple<QuantCase, Shape, bool>> {
- protected:
-  void TearDown() override { force_portable_quant_kernels(false); }
-};
+ContextOptions portable_kernels(bool portable) {
+  ContextOptions options;
+  options.portable_quant_kernels = portable;
+  return options;
+}
+
+class QuantMatmulTest : public ::testing::TestWithParam<std::tuple<QuantCase, Shape, bool>> {};
 
 TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
   const auto [c, shape, portable] = GetParam();
-  force_portable_quant_kernels(portable);
   // Offset inputs, so asymmetric ranges and zero points matter.
   auto x = random_vector(size_t(shape.m * shape.cols), 7);
   for (auto& v : x) v += 0.3f;
@@ -92,15 +94,15 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
   }
   const auto expected = testing::matmul_reference(x_seen, shape.m, dequantized, shape.rows, shape.cols);
   for (int threads : {1, 2}) {
-    ThreadPool pool(threads);
+    const Context ctx(threads, portable_kernels(portable));
     std::vector<float> y(size_t(shape.m * shape.rows));
-    matmul(pool, x.data(), shape.m, w, y.data());
+    matmul(ctx, x.data(), shape.m, w, y.data());
     EXPECT_LT(relative_error(y, expected), 2e-6) << c.name << " m=" << shape.m << " rows=" << shape.rows
                                                  << " cols=" << shape.cols << " threads=" << threads;
   }
   // The per-thread entry point (used per attention head) gives the same rows.
   std::vector<float> y_rows(size_t(shape.m * shape.rows));
-  matmul_rows(x.data(), shape.cols, shape.m, w, y_rows.data(), shape.rows, 0, shape.rows);
+  matmul_rows(Context(1, portable_kernels(portable)), x.data(), shape.cols, shape.m, w, y_rows.data(), shape.rows, 0, shape.rows);
   EXPECT_LT(relative_error(y_rows, expected), 2e-6) << c.name;
 }
 
@@ -134,7 +136,6 @@ INSTANTIATE_TEST_SUITE_P(
 // Int8 takes any column count (the tail through masked loads or a scalar loop).
 TEST(QuantMatmulTest, Int8AnyColumnCount) {
   for (bool portable : {false, true}) {
-    force_portable_quant_kernels(portable);
     for (const int64_t cols : {1, 15, 33, 131, 200}) {
       for (const auto activations : {ActivationQuant::None, ActivationQuant::Dynamic}) {
         const int64_t m = 3, rows = 23;
@@ -150,14 +151,13 @@ TEST(QuantMatmulTest, Int8AnyColumnCount) {
           quantize_activations(x.data(), m, cols, cols, nullptr, xq);
           dequantize_activations(xq, m, cols, x_seen.data());
         }
-        ThreadPool pool(1);
+        const Context ctx(1, portable_kernels(portable));
         std::vector<float> y(size_t(m * rows));
-        matmul(pool, x.data(), m, w, y.data());
+        matmul(ctx, x.data(), m, w, y.data());
         EXPECT_LT(relative_error(y, testing::matmul_reference(x_seen, m, dequantized, rows, cols)), 2e-6) << "cols=" << cols;
       }
     }
   }
-  force_portable_quant_kernels(false);
 }
 
 TEST(QuantizeTest, Int4CodesUseTheirRangeAndRoundTrip) {

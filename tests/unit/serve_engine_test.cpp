@@ -44,8 +44,14 @@ class ServeEngine : public ::testing::Test {
     delete weights_;
     fs::remove_all(dir_);
   }
-  void SetUp() override { set_batch_invariant_kernels(true); }
-  void TearDown() override { set_batch_invariant_kernels(false); }
+  // As the server runs the model: absorbed attention, batch-invariant kernels.
+  static ModelOptions serving(int threads) {
+    ModelOptions o;
+    o.threads = threads;
+    o.attention_mode = AttentionMode::Absorbed;
+    o.context.batch_invariant = true;
+    return o;
+  }
 
   static std::vector<int32_t> prompt(size_t n, int32_t salt) {
     std::vector<int32_t> ids(n);
@@ -80,7 +86,6 @@ class ServeEngine : public ::testing::Test {
 };
 
 TEST_F(ServeEngine, PagedBatchedForwardMatchesOneSequenceAtATime) {
-  set_batch_invariant_kernels(false);
   const Config& c = weights_->config;
   Model model(*weights_, 2);
   // Three sequences with different histories, then one batch: a prompt chunk, a decode step, a
@@ -118,8 +123,7 @@ TEST_F(ServeEngine, PagedBatchedForwardMatchesOneSequenceAtATime) {
 }
 
 TEST_F(ServeEngine, GreedyOutputEqualsPlainGenerationAloneOrAmongFifteenOthers) {
-  Model reference_model(*weights_, 2);
-  reference_model.forced_attention_mode = AttentionMode::Absorbed;
+  Model reference_model(*weights_, serving(2));
   const std::vector<int32_t> ids = prompt(37, 9);
   std::vector<int32_t> expected;
   generate(reference_model, ids, 40, SamplingParams{}, [&](int32_t t) {
@@ -127,8 +131,7 @@ TEST_F(ServeEngine, GreedyOutputEqualsPlainGenerationAloneOrAmongFifteenOthers) 
     return true;
   });
 
-  Model model(*weights_, 2);
-  model.forced_attention_mode = AttentionMode::Absorbed;
+  Model model(*weights_, serving(2));
   Engine engine(model, options());
   EXPECT_EQ(collect(*engine.submit(greedy(ids, 40))), expected);
 
@@ -152,14 +155,12 @@ TEST_F(ServeEngine, PreemptedSequencesFinishWithTheSameTokens) {
   // Alone, with plenty of blocks.
   std::vector<std::vector<int32_t>> expected;
   {
-    Model model(*weights_, 2);
-    model.forced_attention_mode = AttentionMode::Absorbed;
+    Model model(*weights_, serving(2));
     Engine engine(model, options());
     for (int i = 0; i < 6; ++i) expected.push_back(collect(*engine.submit(greedy(prompt(20, 40 + i), 100))));
   }
   // Six at once in a cache that holds one full-context sequence and one block more.
-  Model model(*weights_, 2);
-  model.forced_attention_mode = AttentionMode::Absorbed;
+  Model model(*weights_, serving(2));
   Engine engine(model, options(11));
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 6; ++i) streams.push_back(engine.submit(greedy(prompt(20, 40 + i), 100)));
@@ -171,8 +172,7 @@ TEST_F(ServeEngine, PreemptedSequencesFinishWithTheSameTokens) {
 }
 
 TEST_F(ServeEngine, RepeatedPromptReusesCachedBlocks) {
-  Model model(*weights_, 2);
-  model.forced_attention_mode = AttentionMode::Absorbed;
+  Model model(*weights_, serving(2));
   Engine engine(model, options());
   const std::vector<int32_t> ids = prompt(50, 7);
   const auto first = engine.submit(greedy(ids, 8));
@@ -191,8 +191,7 @@ TEST_F(ServeEngine, RepeatedPromptReusesCachedBlocks) {
 }
 
 TEST_F(ServeEngine, CancelledRequestFreesItsBlocks) {
-  Model model(*weights_, 2);
-  model.forced_attention_mode = AttentionMode::Absorbed;
+  Model model(*weights_, serving(2));
   EngineOptions long_context = options();
   long_context.context = 500;  // 460 steps to go when the cancel arrives after the first token
   Engine engine(model, long_context);
@@ -211,7 +210,7 @@ TEST_F(ServeEngine, CancelledRequestFreesItsBlocks) {
 }
 
 TEST_F(ServeEngine, RefusesWhatItCannotRun) {
-  Model model(*weights_, 1);
+  Model model(*weights_, serving(1));
   EngineOptions small = options();
   small.max_queue = 0;
   small.max_batch = 1;
@@ -228,8 +227,7 @@ TEST_F(ServeEngine, RefusesWhatItCannotRun) {
 // Finding 18.3.2: a model whose vocab_size exceeds the tokenizer's ids sampled ids nobody can
 // spell, and the streaming decoder threw. Ids in never_sample are neither sampled nor reported.
 TEST_F(ServeEngine, NeverSamplesOrReportsExcludedIds) {
-  Model model(*weights_, 2);
-  model.forced_attention_mode = AttentionMode::Absorbed;
+  Model model(*weights_, serving(2));
   EngineOptions o = options();
   for (int32_t id = 0; id < 211; ++id)
     if (id % 7 != 3) o.never_sample.push_back(id);  // 30 ids left

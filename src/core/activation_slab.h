@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-namespace deepmoe::train {
+namespace deepmoe {
 
 // Floats in pages of their own (mmap): freeing gives the memory back to the system at once,
 // so growing the slab never holds the old and new buffers' pages together.
@@ -46,4 +46,4 @@ class ActivationSlab {
   size_t overflow_floats_ = 0;
 };
 
-}  // namespace deepmoe::train
+}  // namespace deepmoe

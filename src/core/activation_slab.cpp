@@ -1,11 +1,11 @@
-#include "train/activation_slab.h"
+#include "core/activation_slab.h"
 
 #include <sys/mman.h>
 
 #include <new>
 #include <utility>
 
-namespace deepmoe::train {
+namespace deepmoe {
 
 namespace {
 constexpr size_t kAlignFloats = 16;  // 64 bytes: whole cache lines, aligned SIMD loads
@@ -58,4 +58,4 @@ std::span<float> ActivationSlab::take(size_t n) {
 
 size_t ActivationSlab::bytes() const { return (slab_.size() + overflow_floats_) * sizeof(float); }
 
-}  // namespace deepmoe::train
+}  // namespace deepmoe
