@@ -42,7 +42,9 @@ bool CompletionRun::done() const {
   return true;
 }
 
-int64_t CompletionRun::cached_tokens() const { return choices_.empty() ? 0 : choices_[0].stream->cached_tokens(); }
+Usage CompletionRun::usage() const {
+  return {prompt_tokens_, completion_tokens_, choices_.empty() ? 0 : choices_[0].stream->cached_tokens()};
+}
 
 bool CompletionRun::take(size_t index, std::chrono::milliseconds timeout, std::vector<ChoiceDelta>& deltas) {
   Choice& choice = choices_[index];

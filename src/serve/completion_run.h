@@ -1,11 +1,10 @@
 // One OpenAI request in flight: its n choices as engine requests, each choice's text (whole
 // characters, stop strings held back and cut), its tokens' logprobs, and the request's timing
-// for /metrics. The HTTP handler polls it and turns what it returns into JSON.
+// for /metrics. The HTTP handler polls it and hands what it returns to openai_api's builders.
 #pragma once
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,14 +13,6 @@
 #include "serve/openai_api.h"
 
 namespace deepmoe {
-
-// What one token (or the end) did to one choice.
-struct ChoiceDelta {
-  size_t index = 0;
-  std::string text;                       // released by this token (may be empty: held back)
-  std::optional<EngineToken> token;       // with logprobs when asked for
-  std::optional<FinishReason> finished;   // the choice ended here
-};
 
 class CompletionRun {
  public:
@@ -39,9 +30,7 @@ class CompletionRun {
   void cancel();
 
   size_t choices() const { return choices_.size(); }
-  int64_t prompt_tokens() const { return prompt_tokens_; }
-  int64_t completion_tokens() const { return completion_tokens_; }
-  int64_t cached_tokens() const;
+  Usage usage() const;
   // The engine's error, when a choice failed in the engine (empty otherwise).
   const std::string& error() const { return error_; }
 

@@ -40,29 +40,6 @@ int64_t unix_seconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-json usage_json(const CompletionRun& run) {
-  return {{"prompt_tokens", run.prompt_tokens()},
-          {"completion_tokens", run.completion_tokens()},
-          {"total_tokens", run.prompt_tokens() + run.completion_tokens()},
-          {"prompt_tokens_details", {{"cached_tokens", run.cached_tokens()}}}};
-}
-
-// The completions format's logprobs of a run of tokens.
-struct CompletionLogprobs {
-  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), text_offset = json::array();
-  void add(const Tokenizer& tokenizer, const EngineToken& token, int64_t offset) {
-    tokens.push_back(tokenizer.token_bytes(token.token));
-    token_logprobs.push_back(token.logprob);
-    json top = json::object();
-    for (const TokenLogprob& entry : token.top) top[tokenizer.token_bytes(entry.token)] = entry.logprob;
-    top_logprobs.push_back(top);
-    text_offset.push_back(offset);
-  }
-  json to_json() const {
-    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", text_offset}};
-  }
-};
-
 // Debian's cpp-httplib listens with a backlog of 5 (compiled into the library): 16 clients that
 // connect at once overflow it, and the kernel drops their SYNs, which clients resend after a
 // second (measured: p99 time to first token 1.05 s at concurrency 16). listen() again on the
@@ -176,11 +153,6 @@ void HttpServer::drain(std::chrono::milliseconds grace) {
   server_->stop();
 }
 
-nlohmann::json HttpServer::model_object() const {
-  return {{"id", options_.limits.model_id}, {"object", "model"}, {"created", created_}, {"owned_by", "deepmoe"},
-          {"max_model_len", options_.limits.context}};
-}
-
 void HttpServer::routes() {
   httplib::Server& s = *server_;
   s.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
@@ -219,13 +191,13 @@ void HttpServer::routes() {
     send_json(response, 200, {{"status", "ok"}});
   });
   s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) {
-    send_json(response, 200, {{"object", "list"}, {"data", json::array({model_object()})}});
+    send_json(response, 200, model_list(options_.limits, created_));
   });
   s.Get(R"(/v1/models/(.+))", [this](const httplib::Request& request, httplib::Response& response) {
     if (request.matches[1] != options_.limits.model_id)
       return send_error(response, 404, fmt::format("the model '{}' does not exist", std::string(request.matches[1])),
                         "model");
-    send_json(response, 200, model_object());
+    send_json(response, 200, model_object(options_.limits, created_));
   });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
     response.set_content(metrics_.render(engine_.stats()), "text/plain; version=0.0.4");
@@ -337,36 +309,6 @@ void HttpServer::detokenize(const httplib::Request& request, httplib::Response& 
   }
 }
 
-// The choices of a whole (not streamed) response from everything its run produced.
-json HttpServer::whole_choices(const CompletionRun& run, const std::vector<ChoiceDelta>& deltas,
-                               const CompletionRequest& request) const {
-  std::vector<std::string> texts(run.choices());
-  std::vector<FinishReason> reasons(run.choices(), FinishReason::Stop);
-  std::vector<json> chat_logprobs(run.choices(), json::array());
-  std::vector<CompletionLogprobs> completion_logprobs(run.choices());
-  for (const ChoiceDelta& delta : deltas) {
-    if (delta.token && request.logprobs) {
-      if (request.chat) chat_logprobs[delta.index].push_back(chat_logprob(tokenizer_, *delta.token));
-      else completion_logprobs[delta.index].add(tokenizer_, *delta.token, int64_t(texts[delta.index].size()));
-    }
-    texts[delta.index] += delta.text;
-    if (delta.finished) reasons[delta.index] = *delta.finished;
-  }
-  json choices = json::array();
-  for (size_t i = 0; i < run.choices(); ++i) {
-    json choice = {{"index", i}, {"finish_reason", finish_reason_name(reasons[i])}};
-    if (request.chat) {
-      choice["message"] = {{"role", "assistant"}, {"content", texts[i]}};
-      choice["logprobs"] = request.logprobs ? json{{"content", chat_logprobs[i]}} : json(nullptr);
-    } else {
-      choice["text"] = texts[i];
-      choice["logprobs"] = request.logprobs ? completion_logprobs[i].to_json() : json(nullptr);
-    }
-    choices.push_back(choice);
-  }
-  return choices;
-}
-
 void HttpServer::completions(const httplib::Request& request, httplib::Response& response, bool chat) {
   // Held until the answer is out, by the body providers below when the answer is streamed.
   const std::shared_ptr<void> busy = guard_->busy(request.remote_addr, request.remote_port);
@@ -383,18 +325,14 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
   } catch (const Error& e) {
     return send_error(response, 400, e.what());
   }
-  const std::string id = random_id(chat ? "chatcmpl" : "cmpl");
-  const int64_t created = unix_seconds();
-  const std::string object = chat ? "chat.completion" : "text_completion";
-  const std::string& model = options_.limits.model_id;
+  const ResponseIds ids{random_id(chat ? "chatcmpl" : "cmpl"), unix_seconds(), options_.limits.model_id, chat};
 
   if (!parsed.stream) {
     // Whole responses: most finish within a short wait and go out with their status. A longer
     // one switches to a chunked body that starts with whitespace (valid before JSON) written
     // every 200 ms: a failed write means the client is gone, and the run is cancelled.
     auto whole = [=, this](const std::vector<ChoiceDelta>& deltas) {
-      return json{{"id", id}, {"object", object}, {"created", created}, {"model", model},
-                  {"choices", whole_choices(*run, deltas, parsed)}, {"usage", usage_json(*run)}};
+      return completion_response(ids, run->choices(), deltas, parsed.logprobs, run->usage(), tokenizer_);
     };
     std::vector<ChoiceDelta> deltas;
     const auto probe_every = std::chrono::milliseconds(200);
@@ -430,7 +368,6 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
 
   // Streaming: one server-sent event per token of each choice, then usage if asked, then [DONE].
   // A failed write means the client is gone: the run is cancelled and its blocks freed.
-  const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
       "text/event-stream", never_throwing([=, this](size_t, httplib::DataSink& sink) {
@@ -438,18 +375,9 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
           const std::string line = "data: " + dump(event) + "\n\n";
           return sink.write(line.data(), line.size());
         };
-        auto chunk = [&](json choice_list) {
-          return json{{"id", id}, {"object", chunk_object}, {"created", created}, {"model", model}, {"choices", choice_list}};
-        };
-        if (chat) {
-          json first = json::array();
-          for (size_t i = 0; i < run->choices(); ++i)
-            first.push_back({{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
-                             {"finish_reason", nullptr}});
-          if (!send(chunk(first))) {
-            run->cancel();
-            return false;
-          }
+        if (chat && !send(chat_role_chunk(ids, run->choices()))) {
+          run->cancel();
+          return false;
         }
         std::vector<int64_t> offsets(run->choices(), 0);
         std::vector<ChoiceDelta> deltas;
@@ -464,35 +392,16 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
             continue;
           }
           for (const ChoiceDelta& delta : deltas) {
-            if (delta.text.empty() && !delta.finished && !(parsed.logprobs && delta.token)) continue;
-            json choice = {{"index", delta.index},
-                           {"finish_reason", delta.finished ? json(finish_reason_name(*delta.finished)) : json(nullptr)}};
-            json logprobs = nullptr;
-            if (parsed.logprobs && delta.token) {
-              if (chat) {
-                logprobs = {{"content", json::array({chat_logprob(tokenizer_, *delta.token)})}};
-              } else {
-                CompletionLogprobs one;
-                one.add(tokenizer_, *delta.token, offsets[delta.index]);
-                logprobs = one.to_json();
-              }
-            }
+            const std::optional<json> chunk = stream_chunk(ids, delta, parsed.logprobs, offsets[delta.index], tokenizer_);
             offsets[delta.index] += int64_t(delta.text.size());
-            choice["logprobs"] = logprobs;
-            if (chat) choice["delta"] = delta.text.empty() ? json::object() : json{{"content", delta.text}};
-            else choice["text"] = delta.text;
-            if (!send(chunk(json::array({choice})))) {
+            if (chunk && !send(*chunk)) {
               run->cancel();
               return false;
             }
           }
         }
         if (!run->error().empty()) send(error_body(run->error(), "server_error", {}));
-        if (parsed.include_usage) {
-          json last = chunk(json::array());
-          last["usage"] = usage_json(*run);
-          if (!send(last)) return false;
-        }
+        if (parsed.include_usage && !send(usage_chunk(ids, run->usage()))) return false;
         static const std::string done = "data: [DONE]\n\n";
         sink.write(done.data(), done.size());
         sink.done();

@@ -72,10 +72,7 @@ class HttpServer {
 
  private:
   void routes();
-  nlohmann::json model_object() const;  // the one entry of /v1/models
   void completions(const httplib::Request& request, httplib::Response& response, bool chat);
-  nlohmann::json whole_choices(const CompletionRun& run, const std::vector<ChoiceDelta>& deltas,
-                               const CompletionRequest& request) const;
   void tokenize(const httplib::Request& request, httplib::Response& response);
   void detokenize(const httplib::Request& request, httplib::Response& response);
   // The refusal of a request before routing (bad Host, origin, key, content type; draining), or

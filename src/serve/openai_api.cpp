@@ -355,4 +355,113 @@ nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token
   return out;
 }
 
+json usage_json(const Usage& usage) {
+  return {{"prompt_tokens", usage.prompt_tokens},
+          {"completion_tokens", usage.completion_tokens},
+          {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
+}
+
+namespace {
+
+// The completions format's logprobs of a run of tokens: parallel arrays, text_offset the byte
+// where each token's text starts in the choice's text.
+struct CompletionLogprobs {
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), text_offset = json::array();
+  void add(const Tokenizer& tokenizer, const EngineToken& token, int64_t offset) {
+    tokens.push_back(tokenizer.token_bytes(token.token));
+    token_logprobs.push_back(token.logprob);
+    json top = json::object();
+    for (const TokenLogprob& entry : token.top) top[tokenizer.token_bytes(entry.token)] = entry.logprob;
+    top_logprobs.push_back(top);
+    text_offset.push_back(offset);
+  }
+  json to_json() const {
+    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", text_offset}};
+  }
+};
+
+json response_object(const ResponseIds& ids, const char* object, json choices) {
+  return {{"id", ids.id}, {"object", object}, {"created", ids.created}, {"model", ids.model}, {"choices", std::move(choices)}};
+}
+
+const char* chunk_object(const ResponseIds& ids) { return ids.chat ? "chat.completion.chunk" : "text_completion"; }
+
+}  // namespace
+
+json completion_response(const ResponseIds& ids, size_t n_choices, const std::vector<ChoiceDelta>& deltas, bool logprobs,
+                         const Usage& usage, const Tokenizer& tokenizer) {
+  std::vector<std::string> texts(n_choices);
+  std::vector<FinishReason> reasons(n_choices, FinishReason::Stop);
+  std::vector<json> chat_logprobs(n_choices, json::array());
+  std::vector<CompletionLogprobs> completion_logprobs(n_choices);
+  for (const ChoiceDelta& delta : deltas) {
+    if (delta.token && logprobs) {
+      if (ids.chat) chat_logprobs[delta.index].push_back(chat_logprob(tokenizer, *delta.token));
+      else completion_logprobs[delta.index].add(tokenizer, *delta.token, int64_t(texts[delta.index].size()));
+    }
+    texts[delta.index] += delta.text;
+    if (delta.finished) reasons[delta.index] = *delta.finished;
+  }
+  json choices = json::array();
+  for (size_t i = 0; i < n_choices; ++i) {
+    json choice = {{"index", i}, {"finish_reason", finish_reason_name(reasons[i])}};
+    if (ids.chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", texts[i]}};
+      choice["logprobs"] = logprobs ? json{{"content", chat_logprobs[i]}} : json(nullptr);
+    } else {
+      choice["text"] = texts[i];
+      choice["logprobs"] = logprobs ? completion_logprobs[i].to_json() : json(nullptr);
+    }
+    choices.push_back(choice);
+  }
+  json response = response_object(ids, ids.chat ? "chat.completion" : "text_completion", std::move(choices));
+  response["usage"] = usage_json(usage);
+  return response;
+}
+
+json chat_role_chunk(const ResponseIds& ids, size_t n_choices) {
+  json choices = json::array();
+  for (size_t i = 0; i < n_choices; ++i)
+    choices.push_back({{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
+                       {"finish_reason", nullptr}});
+  return response_object(ids, chunk_object(ids), std::move(choices));
+}
+
+std::optional<json> stream_chunk(const ResponseIds& ids, const ChoiceDelta& delta, bool logprobs, int64_t text_offset,
+                                 const Tokenizer& tokenizer) {
+  if (delta.text.empty() && !delta.finished && !(logprobs && delta.token)) return std::nullopt;
+  json choice = {{"index", delta.index},
+                 {"finish_reason", delta.finished ? json(finish_reason_name(*delta.finished)) : json(nullptr)}};
+  json token_logprobs = nullptr;
+  if (logprobs && delta.token) {
+    if (ids.chat) {
+      token_logprobs = {{"content", json::array({chat_logprob(tokenizer, *delta.token)})}};
+    } else {
+      CompletionLogprobs one;
+      one.add(tokenizer, *delta.token, text_offset);
+      token_logprobs = one.to_json();
+    }
+  }
+  choice["logprobs"] = token_logprobs;
+  if (ids.chat) choice["delta"] = delta.text.empty() ? json::object() : json{{"content", delta.text}};
+  else choice["text"] = delta.text;
+  return response_object(ids, chunk_object(ids), json::array({choice}));
+}
+
+json usage_chunk(const ResponseIds& ids, const Usage& usage) {
+  json chunk = response_object(ids, chunk_object(ids), json::array());
+  chunk["usage"] = usage_json(usage);
+  return chunk;
+}
+
+json model_object(const ApiLimits& limits, int64_t created) {
+  return {{"id", limits.model_id}, {"object", "model"}, {"created", created}, {"owned_by", "deepmoe"},
+          {"max_model_len", limits.context}};
+}
+
+json model_list(const ApiLimits& limits, int64_t created) {
+  return {{"object", "list"}, {"data", json::array({model_object(limits, created)})}};
+}
+
 }  // namespace deepmoe

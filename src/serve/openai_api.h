@@ -111,4 +111,53 @@ std::string finish_reason_name(FinishReason reason);
 // Logprobs of one token in the chat format ({token, logprob, bytes, top_logprobs}).
 nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token);
 
+// What one token (or the end) did to one choice: what a running request yields, and what the
+// response builders below take.
+struct ChoiceDelta {
+  size_t index = 0;
+  std::string text;                       // released by this token (may be empty: held back)
+  std::optional<EngineToken> token;       // with logprobs when asked for
+  std::optional<FinishReason> finished;   // the choice ended here
+};
+
+// The fields every object and stream chunk of one response shares.
+struct ResponseIds {
+  std::string id;       // "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;  // Unix seconds
+  std::string model;
+  bool chat = false;    // /v1/chat/completions (messages and deltas) rather than /v1/completions (text)
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens served from the prefix cache
+};
+
+// {prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details: {cached_tokens}}
+nlohmann::json usage_json(const Usage& usage);
+
+// A whole response, "text_completion" or "chat.completion", with n_choices choices made of all
+// the deltas of a finished request in order; each choice's logprobs (when `logprobs`) in its
+// endpoint's format, else null.
+nlohmann::json completion_response(const ResponseIds& ids, size_t n_choices, const std::vector<ChoiceDelta>& deltas,
+                                   bool logprobs, const Usage& usage, const Tokenizer& tokenizer);
+
+// A chat stream's first chunk: each choice's role, with empty content.
+nlohmann::json chat_role_chunk(const ResponseIds& ids, size_t n_choices);
+
+// The stream chunk ("text_completion" or "chat.completion.chunk") of one delta, or nothing when
+// the delta has nothing to tell (its text held back, no finish, no logprobs asked for).
+// text_offset: the bytes of the choice's text streamed before this delta (the completions
+// format's logprobs.text_offset).
+std::optional<nlohmann::json> stream_chunk(const ResponseIds& ids, const ChoiceDelta& delta, bool logprobs,
+                                           int64_t text_offset, const Tokenizer& tokenizer);
+
+// A stream's last chunk when stream_options.include_usage asked for it: no choices, the usage.
+nlohmann::json usage_chunk(const ResponseIds& ids, const Usage& usage);
+
+// /v1/models/{id}: the one model served. `created`: when the server started (Unix seconds).
+nlohmann::json model_object(const ApiLimits& limits, int64_t created);
+// /v1/models: the list of that one.
+nlohmann::json model_list(const ApiLimits& limits, int64_t created);
+
 }  // namespace deepmoe

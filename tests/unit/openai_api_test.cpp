@@ -1,6 +1,6 @@
-// The OpenAI request parser (every bad field a 400 naming it) and a choice's text: whole
+// The OpenAI request parser (every bad field a 400 naming it), a choice's text (whole
 // characters only, stop strings cut even when split across tokens, held back while they might
-// still match and released once they cannot.
+// still match and released once they cannot), and the response objects and stream chunks.
 #include "serve/openai_api.h"
 
 #include <gtest/gtest.h>
@@ -269,6 +269,102 @@ TEST(ChoiceText, StreamsTheSameTextAsADirectSearch) {
     released += choice.finish();
     ASSERT_EQ(released, text.substr(0, cut)) << text << " stops " << ::testing::PrintToString(stops);
   }
+}
+
+
+// The response builders, field by field. Choice 0 streams "h", "i" and ends at max_tokens;
+// choice 1 streams "y", holds "w" back (it might start a stop string) and releases it at the end.
+class ResponseJson : public ::testing::Test {
+ protected:
+  static EngineToken token(char c, float logprob) { return {int32_t(c), logprob, {{int32_t(c), logprob}, {'z', -3.0f}}}; }
+  ResponseIds ids(bool chat) const { return {chat ? "chatcmpl-1" : "cmpl-1", 1700000000, "tiny", chat}; }
+  std::vector<ChoiceDelta> deltas() const {
+    return {{0, "h", token('h', -0.5f), std::nullopt},
+            {1, "y", token('y', -0.25f), std::nullopt},
+            {0, "i", token('i', -1.0f), FinishReason::Length},
+            {1, "", token('w', -2.0f), std::nullopt},
+            {1, "w", std::nullopt, FinishReason::Stop}};
+  }
+  const Usage usage_{7, 3, 4};
+  std::unique_ptr<Tokenizer> tokenizer_ = byte_tokenizer();
+};
+
+TEST_F(ResponseJson, UsageCountsTheTotalAndTheCachedPromptTokens) {
+  EXPECT_EQ(usage_json(usage_), nlohmann::json::parse(R"({"prompt_tokens": 7, "completion_tokens": 3,
+      "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}})"));
+}
+
+TEST_F(ResponseJson, CompletionHasEachChoicesTextFinishReasonAndLogprobs) {
+  const nlohmann::json expected = nlohmann::json::parse(R"({
+    "id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "tiny",
+    "choices": [
+      {"index": 0, "text": "hi", "finish_reason": "length",
+       "logprobs": {"tokens": ["h", "i"], "token_logprobs": [-0.5, -1.0],
+                    "top_logprobs": [{"h": -0.5, "z": -3.0}, {"i": -1.0, "z": -3.0}], "text_offset": [0, 1]}},
+      {"index": 1, "text": "yw", "finish_reason": "stop",
+       "logprobs": {"tokens": ["y", "w"], "token_logprobs": [-0.25, -2.0],
+                    "top_logprobs": [{"y": -0.25, "z": -3.0}, {"w": -2.0, "z": -3.0}], "text_offset": [0, 1]}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}})");
+  EXPECT_EQ(completion_response(ids(false), 2, deltas(), true, usage_, *tokenizer_), expected);
+  // Without logprobs asked for: null.
+  const nlohmann::json plain = completion_response(ids(false), 2, deltas(), false, usage_, *tokenizer_);
+  EXPECT_TRUE(plain["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(plain["choices"][1]["text"], "yw");
+}
+
+TEST_F(ResponseJson, ChatCompletionHasAnAssistantMessagePerChoice) {
+  const nlohmann::json expected = nlohmann::json::parse(R"({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "tiny",
+    "choices": [
+      {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "length", "logprobs": null},
+      {"index": 1, "message": {"role": "assistant", "content": "yw"}, "finish_reason": "stop", "logprobs": null}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}})");
+  EXPECT_EQ(completion_response(ids(true), 2, deltas(), false, usage_, *tokenizer_), expected);
+  // With logprobs: one chat-format entry per token, bytes spelled out.
+  const nlohmann::json with = completion_response(ids(true), 2, deltas(), true, usage_, *tokenizer_);
+  EXPECT_EQ(with["choices"][0]["logprobs"]["content"][1], nlohmann::json::parse(R"({"token": "i", "logprob": -1.0,
+      "bytes": [105], "top_logprobs": [{"token": "i", "logprob": -1.0, "bytes": [105]},
+                                       {"token": "z", "logprob": -3.0, "bytes": [122]}]})"));
+  EXPECT_EQ(with["choices"][1]["logprobs"]["content"].size(), 2u);
+}
+
+TEST_F(ResponseJson, StreamChunksCarryOneDeltaEach) {
+  const std::vector<ChoiceDelta> d = deltas();
+  EXPECT_EQ(*stream_chunk(ids(false), d[2], true, 1, *tokenizer_), nlohmann::json::parse(R"({
+    "id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "tiny",
+    "choices": [{"index": 0, "text": "i", "finish_reason": "length",
+                 "logprobs": {"tokens": ["i"], "token_logprobs": [-1.0], "top_logprobs": [{"i": -1.0, "z": -3.0}],
+                              "text_offset": [1]}}]})"));
+  EXPECT_EQ(*stream_chunk(ids(true), d[0], false, 0, *tokenizer_), nlohmann::json::parse(R"({
+    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "tiny",
+    "choices": [{"index": 0, "delta": {"content": "h"}, "finish_reason": null, "logprobs": null}]})"));
+  // A finish without text: an empty delta; held-back text without logprobs: no chunk at all.
+  const nlohmann::json finish = *stream_chunk(ids(true), {1, "", std::nullopt, FinishReason::Stop}, false, 2, *tokenizer_);
+  EXPECT_EQ(finish["choices"][0]["delta"], nlohmann::json::object());
+  EXPECT_EQ(finish["choices"][0]["finish_reason"], "stop");
+  EXPECT_FALSE(stream_chunk(ids(true), d[3], false, 1, *tokenizer_).has_value());
+  EXPECT_TRUE(stream_chunk(ids(true), d[3], true, 1, *tokenizer_).has_value());  // its logprobs are news
+}
+
+TEST_F(ResponseJson, AChatStreamOpensWithTheRoleAndClosesWithUsage) {
+  EXPECT_EQ(chat_role_chunk(ids(true), 2), nlohmann::json::parse(R"({
+    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "tiny",
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null},
+                {"index": 1, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]})"));
+  EXPECT_EQ(usage_chunk(ids(true), usage_), nlohmann::json::parse(R"({
+    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "tiny", "choices": [],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}})"));
+  EXPECT_EQ(usage_chunk(ids(false), usage_)["object"], "text_completion");
+}
+
+TEST_F(ResponseJson, ModelsListTheOneModelServed) {
+  ApiLimits limits;
+  limits.model_id.assign("tiny");
+  limits.context = 512;
+  const nlohmann::json model = nlohmann::json::parse(
+      R"({"id": "tiny", "object": "model", "created": 1700000000, "owned_by": "deepmoe", "max_model_len": 512})");
+  EXPECT_EQ(model_object(limits, 1700000000), model);
+  EXPECT_EQ(model_list(limits, 1700000000), (nlohmann::json{{"object", "list"}, {"data", {model}}}));
 }
 
 }  // namespace

@@ -1,0 +1,103 @@
+// A training run as a library: batches of token windows, gradient accumulation, clipping, the
+// optimizer step on a learning-rate schedule, V3's balance-bias update, validation, checkpoints
+// (every N steps, the last K kept, exact resume), OUT/metrics.jsonl with its plots, and the final
+// model in OUT. It prints nothing: each step is handed to the caller as a StepReport.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/expert_balance.h"
+#include "train/model_train.h"
+#include "train/optimizer.h"
+#include "train/parameters.h"
+
+namespace deepmoe::train {
+
+struct TrainerOptions {
+  // The model to start from: an HF directory, or a config.json whose seeded random model is
+  // written to out_dir/initial. Exactly one of the two.
+  std::string init_dir, config_path;
+  std::string data_path;       // training tokens (uint32 file)
+  std::string val_data_path;   // validation tokens; empty: no validation
+  std::string out_dir;         // metrics.jsonl, plots, checkpoints/ and the trained model
+  std::string dump_grads_dir;  // where step 0's unclipped gradients go; empty: nowhere
+  int64_t seq = 128, batch = 8, grad_accum = 1, steps = 100;
+  WindowOrder order = WindowOrder::Random;
+  uint64_t seed = 0;  // the windows' stream and the random model's weights
+  Schedule schedule = Schedule::Constant;
+  double lr = 1e-3, min_lr = 0.0;
+  int64_t warmup = 0;
+  OptimizerOptions optimizer;  // its betas as they are: Lion's defaults are the caller's to set
+  double clip = 1.0;           // global gradient-norm limit (0: off)
+  double aux_loss = 0.0;       // weight of the sequence-wise balance loss
+  double bias_update = 0.0;    // balance-bias step per training step (0: off)
+  int64_t eval_every = 0;      // validation loss every N steps and at the last (0: never)
+  int64_t save_every = 0, keep_last = 3;  // checkpoint every N steps and at the last (0: never)
+  bool resume = false;         // continue from the newest good checkpoint in out_dir
+  GemmPrecision precision = GemmPrecision::F32;  // BF16 falls back to F32 without AVX512-BF16
+  bool recompute = false;      // recompute activations per layer in backward (less memory)
+  int threads = 1;
+};
+
+// One optimizer step, as the caller may print it (metrics.jsonl holds the same numbers).
+struct StepReport {
+  int64_t step = 0;  // 0-based
+  double loss = 0, cross_entropy = 0, lr = 0, grad_norm = 0, tokens_per_second = 0;
+  std::vector<ExpertLoadStats> expert_load;  // per MoE layer
+  std::optional<double> val_loss;            // on the steps that evaluate
+  double seconds_left = 0;                   // this run's mean step time × the steps to go
+};
+
+struct TrainSummary {
+  double seconds = 0;              // run()'s wall time
+  std::optional<double> val_loss;  // the last evaluation's
+  size_t activation_bytes = 0;     // the last step's saved activations
+};
+
+class Trainer {
+ public:
+  // Sets the run up: checks the options, creates out_dir, writes the random model (config_path),
+  // loads the parameters, maps the token files, builds the graph's buffers, and with resume
+  // restores the newest checkpoint in out_dir that verifies. Throws Error on bad options or
+  // files, when there is no checkpoint to resume, or when the newest good one was made with
+  // other settings (seq, batch, grad_accum, seed, order, optimizer, precision).
+  explicit Trainer(TrainerOptions options);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Trains steps first_step() .. steps - 1 (once per Trainer): appends a line per step to
+  // out_dir/metrics.jsonl (keeping a resumed run's earlier lines), calls on_step after each step,
+  // saves checkpoints, then writes the model and the plots into out_dir. Throws Error when the
+  // loss diverges or a file cannot be written (a failed checkpoint keeps the previous ones).
+  TrainSummary run(const std::function<void(const StepReport&)>& on_step = {});
+
+  // With resume: the checkpoint restored, and newer ones skipped because they did not verify.
+  const std::optional<ResumedCheckpoint>& resumed() const { return resumed_; }
+  int64_t first_step() const { return first_step_; }
+  // What the GEMMs run in: F32 when BF16 was asked for on a CPU without AVX512-BF16.
+  GemmPrecision precision() const { return precision_; }
+  const Parameters& parameters() const { return p_; }
+
+ private:
+  double validation_loss();
+
+  TrainerOptions options_;
+  Parameters p_;
+  TokenWindows data_;
+  std::unique_ptr<TokenWindows> val_;
+  Optimizer optimizer_;
+  std::optional<ResumedCheckpoint> resumed_;
+  int64_t first_step_ = 0;
+  GemmPrecision precision_;
+  TrainGraph graph_;
+  std::vector<int32_t> inputs_, targets_;  // one micro-batch's token ids
+};
+
+}  // namespace deepmoe::train
