@@ -69,7 +69,8 @@ class Walker {
     layer_ = i;
     auto* layer = w_ ? &w_->layers[size_t(i)] : nullptr;
     auto* attn = field(layer, &LayerWeights::self_attn);
-    add(Attn, Norm, "input_layernorm.weight", "attn_norm.weight", {hidden}, field(layer, &LayerWeights::input_layernorm));
+    add(Attn, Norm, "input_layernorm.weight", "attn_norm.weight", {hidden},
+        field(layer, &LayerWeights::input_layernorm));
     add(Ffn, Norm, "post_attention_layernorm.weight", "ffn_norm.weight", {hidden},
         field(layer, &LayerWeights::post_attention_layernorm));
     if (c.q_lora_rank) {
@@ -117,10 +118,10 @@ class Walker {
   template <typename Mlp>
   void mlp(const std::string& hf_prefix, const std::array<const char*, 3>& gguf, int64_t intermediate, Mlp* m,
            Extra extra = {}) {
-    const int64_t hidden = c_.hidden_size;
     using enum TensorRole;
-    add(Ffn, Projection, hf_prefix + "gate_proj.weight", gguf[0], {intermediate, hidden}, field(m, &MlpWeights::gate_proj),
-        extra);
+    const int64_t hidden = c_.hidden_size;
+    add(Ffn, Projection, hf_prefix + "gate_proj.weight", gguf[0], {intermediate, hidden},
+        field(m, &MlpWeights::gate_proj), extra);
     add(Ffn, Projection, hf_prefix + "up_proj.weight", gguf[1], {intermediate, hidden}, field(m, &MlpWeights::up_proj),
         extra);
     add(Ffn, Projection, hf_prefix + "down_proj.weight", gguf[2], {hidden, intermediate},
