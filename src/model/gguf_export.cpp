@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +14,7 @@
 #include "io/safetensors.h"
 #include "kernels/ggml_blocks.h"
 #include "model/config.h"
+#include "model/tensor_list.h"
 #include "tokenizer/tokenizer_config.h"
 
 namespace deepmoe {
@@ -39,7 +42,6 @@ class TensorSource {
     convert_to_f32(view->dtype, bounce.data(), out.data(), out.size());
     return out;
   }
-  bool has(const std::string& name) const { return reader_.find(name) != nullptr; }
 
  private:
   CheckpointReader reader_;
@@ -82,17 +84,16 @@ struct Exporter {
     writer.add_tensor(gguf, type, dims, [src, hf, hf_shape, type] { return encode(src->f32(hf, hf_shape), type); });
   }
 
-  // Experts stacked into one {in, out, experts} tensor.
-  void experts(const std::string& gguf, const std::string& prefix, const std::string& proj, int64_t out,
-               int64_t in) {
+  // The routed experts of a layer, HF [out, in] each, stacked into one {in, out, experts} tensor.
+  void experts(const std::string& gguf, std::vector<std::string> hf, std::vector<int64_t> hf_shape) {
+    const int64_t out = hf_shape[0], in = hf_shape[1], n = int64_t(hf.size());
     const GgmlType type = matrix_type(in);
     auto src = source;
-    const int64_t n = c.n_routed_experts;
-    writer.add_tensor(gguf, type, {in, out, n}, [src, prefix, proj, out, in, n, type] {
+    writer.add_tensor(gguf, type, {in, out, n}, [src, hf, hf_shape, type] {
       std::vector<float> all;
-      all.reserve(size_t(n * out * in));
-      for (int64_t e = 0; e < n; ++e) {
-        const auto one = src->f32(fmt::format("{}experts.{}.{}.weight", prefix, e, proj), {out, in});
+      all.reserve(hf.size() * size_t(hf_shape[0] * hf_shape[1]));
+      for (const std::string& name : hf) {
+        const auto one = src->f32(name, hf_shape);
         all.insert(all.end(), one.begin(), one.end());
       }
       return encode(all, type);
@@ -101,12 +102,12 @@ struct Exporter {
 
   // kv_b_proj [heads·(nope + v), kv_rank] split per head into k_b {nope, kv_rank, heads}
   // (transposed: k_b[h][r][d] = W[h·(nope+v) + d][r]) and v_b {kv_rank, v, heads}.
-  void split_kv_b(const std::string& blk, const std::string& hf) {
+  void split_kv_b(const KvBHalves& halves, const std::string& hf) {
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim, rank = c.kv_lora_rank;
     const std::vector<int64_t> shape{heads * (nope + v), rank};
     auto src = source;
     const GgmlType k_type = matrix_type(nope), v_type = matrix_type(rank);
-    writer.add_tensor(blk + "attn_k_b.weight", k_type, {nope, rank, heads}, [=] {
+    writer.add_tensor(halves.gguf_keys, k_type, {nope, rank, heads}, [=] {
       const auto w = src->f32(hf, shape);
       std::vector<float> k(size_t(heads * rank * nope));
       for (int64_t h = 0; h < heads; ++h)
@@ -114,7 +115,7 @@ struct Exporter {
           for (int64_t d = 0; d < nope; ++d) k[size_t((h * rank + r) * nope + d)] = w[size_t((h * (nope + v) + d) * rank + r)];
       return encode(k, k_type);
     });
-    writer.add_tensor(blk + "attn_v_b.weight", v_type, {rank, v, heads}, [=] {
+    writer.add_tensor(halves.gguf_values, v_type, {rank, v, heads}, [=] {
       const auto w = src->f32(hf, shape);
       std::vector<float> out(size_t(heads * v * rank));
       for (int64_t h = 0; h < heads; ++h)
@@ -240,6 +241,18 @@ void add_tokenizer(const Config& c, const std::string& dir, GgufWriter& w) {
   if (!config.chat_template.empty()) w.add("tokenizer.chat_template", GgufValue::string(config.chat_template));
 }
 
+// llama.cpp's order: in each layer the attention block (its norm first), then the feed-forward
+// block (its norm first); otherwise the list's.
+std::vector<TensorInfo> gguf_order(std::vector<TensorInfo> tensors) {
+  for (auto begin = tensors.begin(); begin != tensors.end();) {
+    const int64_t layer = begin->layer;
+    const auto end = std::find_if(begin, tensors.end(), [&](const TensorInfo& t) { return t.layer != layer; });
+    std::stable_partition(begin, end, [](const TensorInfo& t) { return t.block != Block::FeedForward; });
+    begin = end;
+  }
+  return tensors;
+}
+
 }  // namespace
 
 void export_gguf(const std::string& model_dir, const std::string& out_path, GgmlType weight_type) {
@@ -250,47 +263,23 @@ void export_gguf(const std::string& model_dir, const std::string& out_path, Ggml
   if (fs::exists(fs::path(model_dir) / "tokenizer.json")) add_tokenizer(c, model_dir, writer);
 
   Exporter ex{c, std::make_shared<TensorSource>(model_dir), weight_type, writer};
-  const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, qk = c.qk_head_dim();
-  ex.plain("token_embd.weight", "model.embed_tokens.weight", {c.vocab_size, hidden});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string blk = fmt::format("blk.{}.", l), hf = fmt::format("model.layers.{}.", l);
-    ex.plain(blk + "attn_norm.weight", hf + "input_layernorm.weight", {hidden});
-    if (c.q_lora_rank) {
-      ex.plain(blk + "attn_q_a.weight", hf + "self_attn.q_a_proj.weight", {*c.q_lora_rank, hidden});
-      ex.plain(blk + "attn_q_a_norm.weight", hf + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
-      ex.plain(blk + "attn_q_b.weight", hf + "self_attn.q_b_proj.weight", {heads * qk, *c.q_lora_rank});
-    } else {
-      ex.plain(blk + "attn_q.weight", hf + "self_attn.q_proj.weight", {heads * qk, hidden});
-    }
-    ex.plain(blk + "attn_kv_a_mqa.weight", hf + "self_attn.kv_a_proj_with_mqa.weight",
-             {c.kv_lora_rank + c.qk_rope_head_dim, hidden});
-    ex.plain(blk + "attn_kv_a_norm.weight", hf + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-    ex.split_kv_b(blk, hf + "self_attn.kv_b_proj.weight");
-    ex.plain(blk + "attn_output.weight", hf + "self_attn.o_proj.weight", {hidden, heads * c.v_head_dim});
-    ex.plain(blk + "ffn_norm.weight", hf + "post_attention_layernorm.weight", {hidden});
-    const std::string mlp = hf + "mlp.";
-    if (!c.is_moe_layer(l)) {
-      ex.plain(blk + "ffn_gate.weight", mlp + "gate_proj.weight", {c.intermediate_size, hidden});
-      ex.plain(blk + "ffn_up.weight", mlp + "up_proj.weight", {c.intermediate_size, hidden});
-      ex.plain(blk + "ffn_down.weight", mlp + "down_proj.weight", {hidden, c.intermediate_size});
-      continue;
-    }
-    const int64_t expert = c.moe_intermediate_size, shared = expert * c.n_shared_experts;
-    ex.plain(blk + "ffn_gate_inp.weight", mlp + "gate.weight", {c.n_routed_experts, hidden}, true);
-    if (ex.source->has(mlp + "gate.e_score_correction_bias"))
-      ex.plain(blk + "exp_probs_b.bias", mlp + "gate.e_score_correction_bias", {c.n_routed_experts});
-    ex.experts(blk + "ffn_gate_exps.weight", mlp, "gate_proj", expert, hidden);
-    ex.experts(blk + "ffn_up_exps.weight", mlp, "up_proj", expert, hidden);
-    ex.experts(blk + "ffn_down_exps.weight", mlp, "down_proj", hidden, expert);
-    if (c.n_shared_experts > 0) {
-      ex.plain(blk + "ffn_gate_shexp.weight", mlp + "shared_experts.gate_proj.weight", {shared, hidden});
-      ex.plain(blk + "ffn_up_shexp.weight", mlp + "shared_experts.up_proj.weight", {shared, hidden});
-      ex.plain(blk + "ffn_down_shexp.weight", mlp + "shared_experts.down_proj.weight", {hidden, shared});
+  const std::vector<TensorInfo> tensors = gguf_order(tensor_list(c));
+  std::map<std::string, std::vector<std::string>> stacked;  // GGUF name → its experts' HF names, in order
+  for (const TensorInfo& t : tensors)
+    if (t.gguf_form == GgufForm::StackedExperts) stacked[t.gguf_name].push_back(t.hf_name);
+  for (const TensorInfo& t : tensors) {
+    switch (t.gguf_form) {
+      case GgufForm::Plain: ex.plain(t.gguf_name, t.hf_name, t.shape, t.role == TensorRole::Router); break;
+      case GgufForm::SplitKvB: ex.split_kv_b(kv_b_proj_halves(t.layer), t.hf_name); break;
+      case GgufForm::StackedExperts:
+        if (t.expert == 0) ex.experts(t.gguf_name, stacked.at(t.gguf_name), t.shape);
+        break;
     }
   }
-  ex.plain("output_norm.weight", "model.norm.weight", {hidden});
-  ex.plain("output.weight", c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-           {c.vocab_size, hidden});
+  if (c.tie_word_embeddings) {  // llama.cpp's deepseek2 requires output.weight: the embedding
+    const TensorInfo head = lm_head_info(c);
+    ex.plain(head.gguf_name, tensors.front().hf_name, head.shape);  // the list starts with the embedding
+  }
   writer.write(out_path);
 }
 

@@ -2,51 +2,21 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/gguf.h"
 #include "kernels/ggml_blocks.h"
+#include "model/tensor_list.h"
 
 namespace deepmoe {
 
 namespace {
-
-// GGUF block-tensor suffix → HF name inside model.layers.N.
-const std::map<std::string, std::string>& layer_names() {
-  static const std::map<std::string, std::string> names{
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"attn_q_a.weight", "self_attn.q_a_proj.weight"},
-      {"attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"},
-      {"attn_q_b.weight", "self_attn.q_b_proj.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight"},
-      {"attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"},
-      {"attn_kv_b.weight", "self_attn.kv_b_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-      {"ffn_gate_inp.weight", "mlp.gate.weight"},
-      {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"},
-      {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight"},
-      {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"},
-      {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"},
-  };
-  return names;
-}
-
-const std::map<std::string, std::string>& expert_names() {
-  static const std::map<std::string, std::string> names{
-      {"ffn_gate_exps.weight", "gate_proj"}, {"ffn_up_exps.weight", "up_proj"}, {"ffn_down_exps.weight", "down_proj"}};
-  return names;
-}
 
 DType tensor_dtype(GgmlType type) {
   switch (type) {
@@ -167,37 +137,45 @@ GgufCheckpoint import_gguf(const std::string& path, LoadOptions load) {
   out.config_json = json.dump(2);
   Importer im(path);
   const Config& c = out.config;
+  // GGUF name → the list's tensors under it (the experts of a stacked tensor, or one), and
+  // attn_k_b → both halves of its layer's kv_b_proj.
+  const std::vector<TensorInfo> list = tensor_list(c);
+  std::map<std::string, std::vector<const TensorInfo*>> by_gguf_name;
+  std::map<std::string, KvBHalves> split_kv_b;
+  std::set<std::string> value_halves;
+  for (const TensorInfo& t : list) {
+    by_gguf_name[t.gguf_name].push_back(&t);
+    if (t.gguf_form != GgufForm::SplitKvB) continue;
+    const KvBHalves halves = kv_b_proj_halves(t.layer);
+    split_kv_b[halves.gguf_keys] = halves;
+    value_halves.insert(halves.gguf_values);
+  }
   for (const GgufTensor& t : f.tensors) {
     const std::vector<int64_t> shape = reversed(t.dims);
-    int layer = -1, consumed = 0;
-    if (std::sscanf(t.name.c_str(), "blk.%d.%n", &layer, &consumed) == 1 && consumed > 0) {
-      const std::string suffix = t.name.substr(size_t(consumed)), hf = fmt::format("model.layers.{}.", layer);
-      if (const auto it = layer_names().find(suffix); it != layer_names().end()) {
-        im.add(hf + it->second, t, shape);
-      } else if (const auto e = expert_names().find(suffix); e != expert_names().end()) {
-        if (t.dims.size() != 3 || t.dims[2] != c.n_routed_experts)
-          fail("{}: {} is not {} stacked experts", path, t.name, c.n_routed_experts);
-        const int64_t per_expert = t.dims[0] * t.dims[1];
-        for (int64_t x = 0; x < t.dims[2]; ++x)
-          im.add(fmt::format("{}mlp.experts.{}.{}.weight", hf, x, e->second), t, {t.dims[1], t.dims[0]}, x * per_expert);
-      } else if (suffix == "attn_k_b.weight") {
-        const GgufTensor* v_b = f.find_tensor(fmt::format("blk.{}.attn_v_b.weight", layer));
-        if (v_b == nullptr) fail("{}: {} without blk.{}.attn_v_b.weight", path, t.name, layer);
-        if (t.dims.size() != 3 || v_b->dims.size() != 3 || t.dims[1] != v_b->dims[0] || t.dims[2] != v_b->dims[2])
-          fail("{}: {} and its attn_v_b have mismatched shapes", path, t.name);
-        // As they are, the two halves of kv_b_proj: k_b {nope, rank, heads} is the transposed key
-        // half [heads·rank, nope], v_b {rank, v, heads} the value half [heads·v, rank].
-        im.add(hf + "self_attn.k_b_proj.weight", t, {t.dims[2] * t.dims[1], t.dims[0]}, 0, true);
-        im.add(hf + "self_attn.v_b_proj.weight", *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]}, 0, true);
-      } else if (suffix != "attn_v_b.weight") {
-        im.add(t.name, t, shape);  // unknown: reported by the loader as ignored
+    if (const auto it = by_gguf_name.find(t.name); it != by_gguf_name.end()) {
+      const std::vector<const TensorInfo*>& infos = it->second;
+      if (infos.front()->gguf_form != GgufForm::StackedExperts) {
+        im.add(infos.front()->hf_name, t, shape);
+        continue;
       }
-      continue;
+      if (t.dims.size() != 3 || t.dims[2] != c.n_routed_experts)
+        fail("{}: {} is not {} stacked experts", path, t.name, c.n_routed_experts);
+      const int64_t per_expert = t.dims[0] * t.dims[1];
+      for (const TensorInfo* expert : infos)
+        im.add(expert->hf_name, t, {t.dims[1], t.dims[0]}, expert->expert * per_expert);
+    } else if (const auto kv_b = split_kv_b.find(t.name); kv_b != split_kv_b.end()) {
+      const KvBHalves& halves = kv_b->second;
+      const GgufTensor* v_b = f.find_tensor(halves.gguf_values);
+      if (v_b == nullptr) fail("{}: {} without {}", path, t.name, halves.gguf_values);
+      if (t.dims.size() != 3 || v_b->dims.size() != 3 || t.dims[1] != v_b->dims[0] || t.dims[2] != v_b->dims[2])
+        fail("{}: {} and its attn_v_b have mismatched shapes", path, t.name);
+      // As they are, the two halves of kv_b_proj: k_b {nope, rank, heads} is the transposed key
+      // half [heads·rank, nope], v_b {rank, v, heads} the value half [heads·v, rank].
+      im.add(halves.hf_keys, t, {t.dims[2] * t.dims[1], t.dims[0]}, 0, true);
+      im.add(halves.hf_values, *v_b, {v_b->dims[2] * v_b->dims[1], v_b->dims[0]}, 0, true);
+    } else if (!value_halves.count(t.name)) {
+      im.add(t.name, t, shape);  // unknown: reported by the loader as ignored
     }
-    if (t.name == "token_embd.weight") im.add("model.embed_tokens.weight", t, shape);
-    else if (t.name == "output_norm.weight") im.add("model.norm.weight", t, shape);
-    else if (t.name == "output.weight") im.add("lm_head.weight", t, shape);
-    else im.add(t.name, t, shape);
   }
   out.reader = std::make_unique<CheckpointReader>(path, std::move(file), std::move(im.views_));
   return out;

@@ -12,6 +12,7 @@
 #include "kernels/ggml_blocks.h"
 #include "model/hf_directory.h"
 #include "model/model.h"
+#include "model/tensor_list.h"
 #include "tokenizer/regex.h"
 #include "train/data.h"
 
@@ -34,13 +35,6 @@ Scheme parse_scheme(const std::string& type) {
     if (type == fmt::format("w4g{}_asym", group)) return {WeightFormat::Int4, group, true};
   }
   fail("quantize: --type {} is not one of w8, w8a8, w4g32, w4g64, w4g128 (optionally _asym), q8_0, q4_0", type);
-}
-
-// Kept at their precision whatever the type: the blogs' and llama.cpp's rule (embeddings,
-// router), and kv_b_proj, whose transposed copy the absorbed attention reads.
-bool kept_by_rule(const std::string& name) {
-  return name == "model.embed_tokens.weight" || name.ends_with(".mlp.gate.weight") ||
-         name.ends_with(".kv_b_proj.weight");
 }
 
 bool fits(const Scheme& s, int64_t cols) {
@@ -104,12 +98,14 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
 
   QuantizeSummary summary;
   std::map<std::string, const WeightMatrix*> to_quantize;
-  for (const auto& [name, w] : model.named_matrices()) {
-    if (kept_by_rule(name)) ++summary.kept_by_rule;
-    else if (keep && kept_by_regex(name)) ++summary.kept_by_regex;
-    else if (!fits(scheme, w->cols)) ++summary.kept_by_shape;
-    else to_quantize[name] = w;
-  }
+  // Kept by rule: what the list marks not quantizable (embeddings, routers, kv_b_proj).
+  for_each_tensor(model.config, model, [&](const TensorInfo& t, ConstTensorSlot slot) {
+    if (!slot.matrix || !slot.matrix->data) return;  // vectors; kv_b_proj held as its halves (below)
+    if (!t.quantizable) ++summary.kept_by_rule;
+    else if (keep && kept_by_regex(t.hf_name)) ++summary.kept_by_regex;
+    else if (!fits(scheme, slot.matrix->cols)) ++summary.kept_by_shape;
+    else to_quantize[t.hf_name] = slot.matrix;
+  });
   if (w8a8 && request.activations == "static")
     for (const auto& [name, w] : to_quantize)
       if (!request.calibration.count(name)) fail("quantize: no calibration range for {}", name);

@@ -1,7 +1,8 @@
-// deepmoe quantize: a model in, a quantized HF directory out (docs/quantization.md). Linear
-// layers (attention projections but kv_b_proj, dense MLP, shared and routed experts, lm_head) are
-// quantized; embeddings, norms, the router, e_score_correction_bias and kv_b_proj keep their
-// precision, and so does any tensor whose name matches `keep`.
+// deepmoe quantize: a model in, a quantized HF directory out (docs/quantization.md). The tensors
+// the list marks quantizable (TensorInfo::quantizable: attention projections but kv_b_proj, dense
+// MLP, shared and routed experts, lm_head) are quantized; embeddings, norms, the router,
+// e_score_correction_bias and kv_b_proj keep their precision, and so does any tensor whose name
+// matches `keep`.
 #pragma once
 #include <cstdint>
 #include <map>

@@ -12,7 +12,7 @@
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
-#include "model/tensor_specs.h"
+#include "model/tensor_list.h"
 
 namespace deepmoe {
 
@@ -24,18 +24,17 @@ void write_random_checkpoint(const std::string& config_path, const std::string& 
 
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  const std::vector<TensorSpec> specs = tensor_specs(config);
+  const std::vector<TensorInfo> tensors = tensor_list(config);
   std::vector<TensorHeader> headers;
-  for (const TensorSpec& spec : specs) headers.push_back({spec.name, dtype, spec.shape});
+  for (const TensorInfo& t : tensors) headers.push_back({t.hf_name, dtype, t.shape});
   SafetensorsWriter writer((std::filesystem::path(out_dir) / "model.safetensors").string(), headers);
   std::vector<uint8_t> bytes;
-  for (const TensorSpec& spec : specs) {
-    int64_t count = 1;
-    for (int64_t extent : spec.shape) count *= extent;
-    const float std_dev = spec.init == Init::Projection ? float(1.0 / std::sqrt(double(spec.shape.back())))
-                          : spec.init == Init::Embedding ? 1.0f
-                                                         : 0.1f;
-    const float mean = spec.init == Init::Norm ? 1.0f : 0.0f;
+  for (const TensorInfo& t : tensors) {  // in list order: the values a seed gives stay put
+    const int64_t count = t.numel();
+    const float std_dev = t.init == Init::Projection ? float(1.0 / std::sqrt(double(t.shape.back())))
+                          : t.init == Init::Embedding ? 1.0f
+                                                      : 0.1f;
+    const float mean = t.init == Init::Norm ? 1.0f : 0.0f;
     bytes.resize(size_t(count) * dtype_size(dtype));
     for (int64_t i = 0; i < count; ++i) {
       const float value = mean + std_dev * normal(rng);

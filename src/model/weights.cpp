@@ -14,6 +14,7 @@
 #include "kernels/quantize.h"
 #include "io/mapped_file.h"
 #include "model/gguf_import.h"
+#include "model/tensor_list.h"
 
 namespace deepmoe {
 
@@ -82,10 +83,10 @@ class WeightLoader {
     return unused;
   }
 
+ private:
   float* own_f32(size_t n) { return model_.owned_f32_.emplace_back(n).data(); }
   uint16_t* own_bf16(size_t n) { return model_.owned_bf16_.emplace_back(n).data(); }
 
- private:
   const TensorView& require(const std::string& name, std::vector<int64_t> shape) {
     const TensorView* tensor = reader_.find(name);
     if (!tensor) fail("{}: missing tensor {}", reader_.dir(), name);
@@ -203,50 +204,6 @@ class WeightLoader {
   std::set<std::string> used_;
 };
 
-namespace {
-
-MlpWeights load_mlp(WeightLoader& loader, const std::string& prefix, int64_t hidden, int64_t intermediate) {
-  return {loader.matrix(prefix + "gate_proj.weight", intermediate, hidden),
-          loader.matrix(prefix + "up_proj.weight", intermediate, hidden),
-          loader.matrix(prefix + "down_proj.weight", hidden, intermediate)};
-}
-
-// Per head h: rows [h*(nope+v), h*(nope+v)+nope) of kv_b_proj ([.., kv_lora]) transposed to
-// [kv_lora, nope], heads stacked. Same dtype as kv_b_proj so decode reads no more bytes.
-WeightMatrix transpose_key_up_projection(WeightLoader& loader, const Config& c, const WeightMatrix& kv_b) {
-  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rank = c.kv_lora_rank;
-  const int64_t per_head = nope + c.v_head_dim;
-  WeightMatrix out;
-  out.format = kv_b.format;
-  out.rows = heads * rank;
-  out.cols = nope;
-  auto transpose = [&](auto* dst, const auto* src) {
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t d = 0; d < nope; ++d)
-        for (int64_t r = 0; r < rank; ++r) dst[(h * rank + r) * nope + d] = src[(h * per_head + d) * rank + r];
-  };
-  const size_t n = size_t(heads * rank * nope);
-  if (kv_b.format == WeightFormat::BF16) {
-    uint16_t* dst = loader.own_bf16(n);
-    transpose(dst, static_cast<const uint16_t*>(kv_b.data));
-    out.data = dst;
-  } else {  // F32, or a quantized kv_b_proj read through its f32 values
-    const float* source = static_cast<const float*>(kv_b.data);
-    if (kv_b.format != WeightFormat::F32) {
-      float* widened = loader.own_f32(size_t(kv_b.rows * kv_b.cols));
-      dequantize_rows(kv_b, 0, kv_b.rows, widened);
-      source = widened;
-    }
-    float* dst = loader.own_f32(n);
-    transpose(dst, source);
-    out.data = dst;
-    out.format = WeightFormat::F32;
-  }
-  return out;
-}
-
-}  // namespace
-
 std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, LoadOptions load) {
   auto model = std::make_unique<ModelWeights>();
   if (is_gguf_path(model_dir)) {
@@ -262,70 +219,79 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, L
   }
   const Config& c = model->config;
   WeightLoader loader(*model, *model->reader_);
-
-  const int64_t hidden = c.hidden_size, heads = c.num_attention_heads;
-  model->embed_tokens = loader.matrix("model.embed_tokens.weight", c.vocab_size, hidden);
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string prefix = fmt::format("model.layers.{}.", i);
-    LayerWeights& layer = model->layers.emplace_back();
-    layer.input_layernorm = loader.vector(prefix + "input_layernorm.weight", hidden);
-    layer.post_attention_layernorm = loader.vector(prefix + "post_attention_layernorm.weight", hidden);
-
-    MlaWeights& attn = layer.self_attn;
-    const std::string a = prefix + "self_attn.";
-    if (c.q_lora_rank) {
-      attn.q_a_proj = loader.matrix(a + "q_a_proj.weight", *c.q_lora_rank, hidden);
-      attn.q_a_layernorm = loader.vector(a + "q_a_layernorm.weight", *c.q_lora_rank);
-      attn.q_b_proj = loader.matrix(a + "q_b_proj.weight", heads * c.qk_head_dim(), *c.q_lora_rank);
+  for_each_tensor(c, *model, [&](const TensorInfo& t, TensorSlot slot) {
+    if (slot.vector) {
+      *slot.vector = loader.vector(t.hf_name, t.shape[0]);
+    } else if (t.role == TensorRole::Router) {
+      *slot.matrix = loader.f32_matrix(t.hf_name, t.shape[0], t.shape[1]);  // HF routes in f32
+    } else if (t.gguf_form == GgufForm::SplitKvB && loader.has(kv_b_proj_halves(t.layer).hf_keys)) {
+      // A GGUF's attn_k_b / attn_v_b (see gguf_import.h): bound as they are, kv_b_proj stays empty.
+      const KvBHalves halves = kv_b_proj_halves(t.layer);
+      MlaWeights& attn = model->layers[size_t(t.layer)].self_attn;
+      attn.kv_b_proj_keys_transposed = loader.matrix(halves.hf_keys, c.num_attention_heads * c.kv_lora_rank,
+                                                     c.qk_nope_head_dim);
+      attn.kv_b_proj_values = loader.matrix(halves.hf_values, c.num_attention_heads * c.v_head_dim, c.kv_lora_rank);
     } else {
-      attn.q_proj = loader.matrix(a + "q_proj.weight", heads * c.qk_head_dim(), hidden);
+      *slot.matrix = loader.matrix(t.hf_name, t.shape[0], t.shape[1]);
     }
-    attn.kv_a_proj_with_mqa =
-        loader.matrix(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, hidden);
-    attn.kv_a_layernorm = loader.vector(a + "kv_a_layernorm.weight", c.kv_lora_rank);
-    attn.o_proj = loader.matrix(a + "o_proj.weight", hidden, heads * c.v_head_dim);
-    const int64_t nope = c.qk_nope_head_dim, v_dim = c.v_head_dim;
-    if (loader.has(a + "k_b_proj.weight")) {  // a GGUF's attn_k_b / attn_v_b (see gguf_import.h)
-      attn.kv_b_proj_keys_transposed = loader.matrix(a + "k_b_proj.weight", heads * c.kv_lora_rank, nope);
-      attn.kv_b_proj_values = loader.matrix(a + "v_b_proj.weight", heads * v_dim, c.kv_lora_rank);
-      attn.values_head_stride = v_dim;
-      attn.values_head_offset = 0;
-    } else {
-      const std::vector<int64_t> shape = kv_b_proj_shape(c);
-      attn.kv_b_proj = loader.matrix(a + "kv_b_proj.weight", shape[0], shape[1]);
-      attn.kv_b_proj_keys_transposed = transpose_key_up_projection(loader, c, attn.kv_b_proj);
-      attn.kv_b_proj_values = attn.kv_b_proj;
-      attn.values_head_stride = nope + v_dim;
-      attn.values_head_offset = nope;
-    }
-
-    const std::string m = prefix + "mlp.";
-    layer.is_moe = c.is_moe_layer(i);
-    if (!layer.is_moe) {
-      layer.mlp = load_mlp(loader, m, hidden, c.intermediate_size);
-      continue;
-    }
-    MoeWeights& moe = layer.moe;
-    moe.gate = loader.f32_matrix(m + "gate.weight", c.n_routed_experts, hidden);
-    if (c.topk_method == TopkMethod::NoauxTc)
-      moe.e_score_correction_bias = loader.vector(m + "gate.e_score_correction_bias", c.n_routed_experts);
-    for (int64_t e = 0; e < c.n_routed_experts; ++e)
-      moe.experts.push_back(load_mlp(loader, fmt::format("{}experts.{}.", m, e), hidden, c.moe_intermediate_size));
-    moe.has_shared_experts = c.n_shared_experts > 0;
-    if (moe.has_shared_experts)
-      moe.shared_experts =
-          load_mlp(loader, m + "shared_experts.", hidden, c.moe_intermediate_size * c.n_shared_experts);
-  }
-  model->norm = loader.vector("model.norm.weight", hidden);
-  if (c.tie_word_embeddings) {
-    // As HF ties them: the embedding is the head, and a stored lm_head.weight is not used.
-    model->lm_head = model->embed_tokens;
-    loader.skip("lm_head.weight");
-  } else {
-    model->lm_head = loader.matrix("lm_head.weight", c.vocab_size, hidden);
-  }
+  });
+  // As HF ties them: the embedding is the head, and a stored lm_head.weight is not used.
+  if (c.tie_word_embeddings) loader.skip(lm_head_info(c).hf_name);
+  model->derive_matrices(true);
   model->ignored_tensors = loader.unused_names();
   return model;
+}
+
+void ModelWeights::derive_matrices(bool with_transposed_keys) {
+  const Config& c = config;
+  if (c.tie_word_embeddings) lm_head = embed_tokens;
+  for (LayerWeights& layer : layers) {
+    MlaWeights& attn = layer.self_attn;
+    if (!attn.kv_b_proj.data) {  // a GGUF's halves: values [heads·v, kv_lora_rank]
+      attn.values_head_stride = c.v_head_dim;
+      attn.values_head_offset = 0;
+      continue;
+    }
+    attn.kv_b_proj_values = attn.kv_b_proj;
+    attn.values_head_stride = c.qk_nope_head_dim + c.v_head_dim;
+    attn.values_head_offset = c.qk_nope_head_dim;
+    if (with_transposed_keys) attn.kv_b_proj_keys_transposed = transpose_key_up_projection(attn.kv_b_proj);
+  }
+}
+
+// Per head h: rows [h*(nope+v), h*(nope+v)+nope) of kv_b_proj ([.., kv_lora]) transposed to
+// [kv_lora, nope], heads stacked. Same dtype as kv_b_proj so decode reads no more bytes.
+WeightMatrix ModelWeights::transpose_key_up_projection(const WeightMatrix& kv_b) {
+  const Config& c = config;
+  const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rank = c.kv_lora_rank;
+  const int64_t per_head = nope + c.v_head_dim;
+  WeightMatrix out;
+  out.format = kv_b.format;
+  out.rows = heads * rank;
+  out.cols = nope;
+  auto transpose = [&](auto* dst, const auto* src) {
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t d = 0; d < nope; ++d)
+        for (int64_t r = 0; r < rank; ++r) dst[(h * rank + r) * nope + d] = src[(h * per_head + d) * rank + r];
+  };
+  const size_t n = size_t(heads * rank * nope);
+  if (kv_b.format == WeightFormat::BF16) {
+    uint16_t* dst = owned_bf16_.emplace_back(n).data();
+    transpose(dst, static_cast<const uint16_t*>(kv_b.data));
+    out.data = dst;
+  } else {  // F32, or a quantized kv_b_proj read through its f32 values
+    const float* source = static_cast<const float*>(kv_b.data);
+    if (kv_b.format != WeightFormat::F32) {
+      float* widened = owned_f32_.emplace_back(size_t(kv_b.rows * kv_b.cols)).data();
+      dequantize_rows(kv_b, 0, kv_b.rows, widened);
+      source = widened;
+    }
+    float* dst = owned_f32_.emplace_back(n).data();
+    transpose(dst, source);
+    out.data = dst;
+    out.format = WeightFormat::F32;
+  }
+  return out;
 }
 
 std::vector<float> join_kv_b_proj(const Config& c, const MlaWeights& w) {
@@ -347,78 +313,44 @@ std::vector<int64_t> kv_b_proj_shape(const Config& c) {
 
 std::vector<std::pair<std::string, const MlaWeights*>> ModelWeights::kv_b_proj_to_join() const {
   std::vector<std::pair<std::string, const MlaWeights*>> out;
-  for (size_t i = 0; i < layers.size(); ++i)
-    if (!layers[i].self_attn.kv_b_proj.data)
-      out.emplace_back(fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", i), &layers[i].self_attn);
+  for_each_tensor(config, *this, [&](const TensorInfo& t, ConstTensorSlot slot) {
+    if (t.gguf_form == GgufForm::SplitKvB && !slot.matrix->data)
+      out.emplace_back(t.hf_name, &layers[size_t(t.layer)].self_attn);
+  });
   return out;
 }
 
 std::vector<std::pair<std::string, const WeightMatrix*>> ModelWeights::named_matrices() const {
   std::vector<std::pair<std::string, const WeightMatrix*>> out;
-  auto add = [&](const std::string& name, const WeightMatrix& w) {
-    if (w.data) out.emplace_back(name, &w);
-  };
-  auto add_mlp = [&](const std::string& prefix, const MlpWeights& mlp) {
-    add(prefix + "gate_proj.weight", mlp.gate_proj);
-    add(prefix + "up_proj.weight", mlp.up_proj);
-    add(prefix + "down_proj.weight", mlp.down_proj);
-  };
-  add("model.embed_tokens.weight", embed_tokens);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const LayerWeights& layer = layers[i];
-    const std::string a = fmt::format("model.layers.{}.self_attn.", i), m = fmt::format("model.layers.{}.mlp.", i);
-    const MlaWeights& attn = layer.self_attn;
-    add(a + "q_proj.weight", attn.q_proj);
-    add(a + "q_a_proj.weight", attn.q_a_proj);
-    add(a + "q_b_proj.weight", attn.q_b_proj);
-    add(a + "kv_a_proj_with_mqa.weight", attn.kv_a_proj_with_mqa);
-    add(a + "kv_b_proj.weight", attn.kv_b_proj);
-    add(a + "o_proj.weight", attn.o_proj);
-    if (!layer.is_moe) {
-      add_mlp(m, layer.mlp);
-      continue;
-    }
-    add(m + "gate.weight", layer.moe.gate);
-    for (size_t e = 0; e < layer.moe.experts.size(); ++e) add_mlp(fmt::format("{}experts.{}.", m, e), layer.moe.experts[e]);
-    if (layer.moe.has_shared_experts) add_mlp(m + "shared_experts.", layer.moe.shared_experts);
-  }
-  if (lm_head.data != embed_tokens.data) add("lm_head.weight", lm_head);
+  for_each_tensor(config, *this, [&](const TensorInfo& t, ConstTensorSlot slot) {
+    if (slot.matrix && slot.matrix->data) out.emplace_back(t.hf_name, slot.matrix);
+  });
   return out;
 }
 
+// From the list's shapes, so kv_b_proj counts whether it is held whole or as its two halves.
 int64_t ModelWeights::parameter_count() const {
-  const Config& c = config;
-  auto mlp_params = [&](int64_t intermediate) { return 3 * c.hidden_size * intermediate; };
-  int64_t total = c.vocab_size * c.hidden_size * (lm_head.data == embed_tokens.data ? 1 : 2) + c.hidden_size;
-  for (const auto& layer : layers) {
-    const MlaWeights& a = layer.self_attn;
-    total += 2 * c.hidden_size;
-    for (const WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.o_proj})
-      total += w->rows * w->cols;
-    const std::vector<int64_t> kv_b = kv_b_proj_shape(c);  // stored whole or as its two halves
-    total += kv_b[0] * kv_b[1];
-    total += (c.q_lora_rank ? *c.q_lora_rank : 0) + c.kv_lora_rank;
-    if (!layer.is_moe) {
-      total += mlp_params(c.intermediate_size);
-    } else {
-      total += c.n_routed_experts * (c.hidden_size + mlp_params(c.moe_intermediate_size));
-      total += mlp_params(c.moe_intermediate_size * c.n_shared_experts);
-    }
-  }
+  int64_t total = 0;
+  for (const TensorInfo& t : tensor_list(config)) total += t.numel();
   return total;
 }
 
 int64_t ModelWeights::active_parameter_count() const {
-  const Config& c = config;
-  const int64_t inactive_experts = c.n_routed_experts - c.num_experts_per_tok;
-  int64_t moe_layers = 0;
-  for (const auto& layer : layers) moe_layers += layer.is_moe;
-  return parameter_count() - moe_layers * inactive_experts * 3 * c.hidden_size * c.moe_intermediate_size;
+  int64_t total = 0;
+  for (const TensorInfo& t : tensor_list(config))
+    if (t.expert < config.num_experts_per_tok) total += t.numel();
+  return total;
+}
+
+const CheckpointReader& ModelWeights::reader() const {
+  if (!reader_) fail("model: a view of f32 values has no checkpoint files");
+  return *reader_;
 }
 
 size_t ModelWeights::weight_bytes() const {
   size_t bytes = 0;
-  for (const auto& [name, tensor] : reader_->tensors()) bytes += tensor.n_bytes;
+  if (reader_)
+    for (const auto& [name, tensor] : reader_->tensors()) bytes += tensor.n_bytes;
   for (const auto& buffer : owned_f32_) bytes += buffer.size() * sizeof(float);
   for (const auto& buffer : owned_bf16_) bytes += buffer.size() * sizeof(uint16_t);
   for (const auto& buffer : owned_i32_) bytes += buffer.size() * sizeof(int32_t);
@@ -426,6 +358,7 @@ size_t ModelWeights::weight_bytes() const {
 }
 
 std::string ModelWeights::file_residence() const {
+  if (!reader_) return "a view of f32 values";
   bool read = false, mapped = false, locked = true;
   for (const auto& file : reader_->files()) {
     (file->read_into_memory() ? read : mapped) = true;
@@ -436,44 +369,31 @@ std::string ModelWeights::file_residence() const {
 }
 
 size_t ModelWeights::decode_weight_bytes() const {
-  const Config& c = config;
-  auto mlp_bytes = [](const MlpWeights& w) { return w.gate_proj.bytes() + w.up_proj.bytes() + w.down_proj.bytes(); };
-  size_t bytes = lm_head.bytes() + embed_tokens.row_bytes();
-  for (const auto& layer : layers) {
-    const MlaWeights& a = layer.self_attn;
-    // Absorbed decode reads the transposed key half plus the value half of kv_b_proj.
-    const size_t value_half = a.kv_b_proj_values.data == a.kv_b_proj.data
-                                  ? a.kv_b_proj.bytes() - a.kv_b_proj_keys_transposed.bytes()
-                                  : a.kv_b_proj_values.bytes();
-    bytes += a.q_proj.bytes() + a.q_a_proj.bytes() + a.q_b_proj.bytes() + a.kv_a_proj_with_mqa.bytes() +
-             a.kv_b_proj_keys_transposed.bytes() + value_half + a.o_proj.bytes();
-    if (!layer.is_moe) {
-      bytes += mlp_bytes(layer.mlp);
-      continue;
+  size_t bytes = lm_head.bytes();  // the head, tied or not, reads all of its rows
+  for_each_tensor(config, *this, [&](const TensorInfo& t, ConstTensorSlot slot) {
+    if (!slot.matrix || t.role == TensorRole::Head || t.expert >= config.num_experts_per_tok) return;
+    if (t.role == TensorRole::Embedding) {
+      bytes += slot.matrix->row_bytes();  // one row looked up
+    } else if (t.gguf_form == GgufForm::SplitKvB) {
+      // Absorbed decode reads the transposed key half plus the value half of kv_b_proj.
+      const MlaWeights& a = layers[size_t(t.layer)].self_attn;
+      const size_t value_half = a.kv_b_proj_values.data == a.kv_b_proj.data
+                                    ? a.kv_b_proj.bytes() - a.kv_b_proj_keys_transposed.bytes()
+                                    : a.kv_b_proj_values.bytes();
+      bytes += a.kv_b_proj_keys_transposed.bytes() + value_half;
+    } else {
+      bytes += slot.matrix->bytes();
     }
-    bytes += layer.moe.gate.bytes() + size_t(c.num_experts_per_tok) * mlp_bytes(layer.moe.experts[0]);
-    if (layer.moe.has_shared_experts) bytes += mlp_bytes(layer.moe.shared_experts);
-  }
+  });
   return bytes;
 }
 
 int64_t ModelWeights::round_to_bf16() {
-  std::vector<WeightMatrix*> matrices = {&embed_tokens, &lm_head};
-  auto add_mlp = [&](MlpWeights& mlp) {
-    for (WeightMatrix* w : {&mlp.gate_proj, &mlp.up_proj, &mlp.down_proj}) matrices.push_back(w);
-  };
-  for (LayerWeights& layer : layers) {
-    MlaWeights& a = layer.self_attn;
-    for (WeightMatrix* w : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj,
-                            &a.kv_b_proj_keys_transposed, &a.kv_b_proj_values, &a.o_proj})
-      matrices.push_back(w);
-    if (!layer.is_moe) {
-      add_mlp(layer.mlp);
-      continue;
-    }
-    for (MlpWeights& expert : layer.moe.experts) add_mlp(expert);  // the router (moe.gate) stays f32
-    if (layer.moe.has_shared_experts) add_mlp(layer.moe.shared_experts);
-  }
+  std::vector<WeightMatrix*> matrices;
+  for_each_tensor(config, *this, [&](const TensorInfo& t, TensorSlot slot) {
+    if (slot.matrix && t.role != TensorRole::Router) matrices.push_back(slot.matrix);  // the router stays f32
+  });
+  for (WeightMatrix* derived : derived_matrices()) matrices.push_back(derived);
   std::map<std::pair<const void*, int64_t>, const uint16_t*> rounded;  // by source data and size: aliases stay aliases
   int64_t count = 0;
   for (WeightMatrix* w : matrices) {
@@ -491,6 +411,16 @@ int64_t ModelWeights::round_to_bf16() {
     w->data = bits;
   }
   return count;
+}
+
+std::vector<WeightMatrix*> ModelWeights::derived_matrices() {
+  std::vector<WeightMatrix*> out;
+  if (config.tie_word_embeddings) out.push_back(&lm_head);
+  for (LayerWeights& layer : layers) {
+    out.push_back(&layer.self_attn.kv_b_proj_keys_transposed);
+    out.push_back(&layer.self_attn.kv_b_proj_values);
+  }
+  return out;
 }
 
 }  // namespace deepmoe

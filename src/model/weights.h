@@ -78,6 +78,14 @@ struct ModelWeights {
   // as `load` says; throws Error naming the file and tensor.
   static std::unique_ptr<ModelWeights> load(const std::string& model_dir, LoadOptions load = {});
 
+  // F32 weights viewing a flat buffer laid out in tensor_list order, each tensor at the running
+  // sum of the sizes before it: exactly train::Parameters' values (or, called again on its
+  // grads, its gradients). Nothing is copied and nothing derived: kv_b_proj_values views
+  // kv_b_proj (stride nope + v, offset nope), lm_head is embed_tokens when tied, and
+  // kv_b_proj_keys_transposed stays empty (data nullptr), since training weights change every
+  // step; read kv_b_proj itself. It has no checkpoint: reader() throws, weight_bytes() is 0.
+  static std::unique_ptr<ModelWeights> view_f32(const Config& config, const float* base);
+
   // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
   // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).
   // Matrices that shared data (tied embeddings, kv_b_proj's halves) still share it. Returns how
@@ -89,7 +97,7 @@ struct ModelWeights {
   // Layers whose kv_b_proj exists only as its two halves (a GGUF), by the HF name converters
   // write it under (join_kv_b_proj).
   std::vector<std::pair<std::string, const MlaWeights*>> kv_b_proj_to_join() const;
-  const CheckpointReader& reader() const { return *reader_; }
+  const CheckpointReader& reader() const;
 
   int64_t parameter_count() const;         // every parameter of the main layers
   int64_t active_parameter_count() const;  // per token: top-k routed experts only
@@ -101,6 +109,13 @@ struct ModelWeights {
   size_t decode_weight_bytes() const;
 
  private:
+  // Binds what derives from the list's tensors: lm_head (embed_tokens when tied), and where
+  // kv_b_proj is whole its value half (kv_b_proj itself) and, if asked, its transposed key half
+  // (owned); where a GGUF gave the two halves instead, their value stride.
+  void derive_matrices(bool with_transposed_keys);
+  WeightMatrix transpose_key_up_projection(const WeightMatrix& kv_b_proj);
+  std::vector<WeightMatrix*> derived_matrices();  // the members derive_matrices sets
+
   std::unique_ptr<CheckpointReader> reader_;
   std::vector<std::vector<float>> owned_f32_;  // widened or derived tensors
   std::vector<std::vector<uint16_t>> owned_bf16_;

@@ -12,14 +12,13 @@ namespace deepmoe::train {
 
 Parameters::Parameters(const Config& config) : config_(config) {
   size_t offset = 0;
-  for (const TensorSpec& spec : tensor_specs(config)) {
+  for (const TensorInfo& info : tensor_list(config)) {
     ParameterTensor t;
-    t.name = spec.name;
-    t.shape = spec.shape;
-    t.size = 1;
-    for (const int64_t extent : spec.shape) t.size *= size_t(extent);
+    t.name = info.hf_name;
+    t.shape = info.shape;
+    t.size = size_t(info.numel());
     t.offset = offset;
-    t.trainable = spec.init != Init::Bias;
+    t.trainable = info.trainable;
     offset += t.size;
     index_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));
@@ -36,7 +35,9 @@ Parameters Parameters::load(const std::string& model_dir) {
   for (const ParameterTensor& t : p.tensors_) {
     const TensorView* view = reader.find(t.name);
     if (view == nullptr) fail("{}: missing tensor {}", model_dir, t.name);
-    if (view->shape != t.shape) fail("{}: tensor {} has the wrong shape", view->file, t.name);
+    if (view->shape != t.shape)
+      fail("{}: tensor {}: expected shape [{}], found [{}]", view->file, t.name, fmt::join(t.shape, ", "),
+           fmt::join(view->shape, ", "));
     if (view->dtype != DType::F32 && view->dtype != DType::BF16 && view->dtype != DType::F16)
       fail("{}: tensor {}: training reads F32, BF16 or F16 weights, found {}", view->file, t.name,
            dtype_name(view->dtype));

@@ -1,6 +1,7 @@
 // Training's view of a model: every tensor in one flat f32 buffer (values) with a parallel
-// buffer of gradients, by HF name. One flat buffer makes the optimizer, the global gradient
-// norm and checkpoints single loops over memory.
+// buffer of gradients, by HF name, in tensor_list order (model/tensor_list.h), so
+// ModelWeights::view_f32 lays the layers' weight structs over either buffer. One flat buffer
+// makes the optimizer, the global gradient norm and checkpoints single loops over memory.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,7 +10,7 @@
 
 #include "core/thread_pool.h"
 #include "model/config.h"
-#include "model/tensor_specs.h"
+#include "model/tensor_list.h"
 
 namespace deepmoe::train {
 

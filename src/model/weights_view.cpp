@@ -1,0 +1,27 @@
+// ModelWeights::view_f32: the layers' weight structs over train::Parameters' flat buffer, so the
+// same layer code runs over the training values and over their gradients.
+#include "model/tensor_list.h"
+#include "model/weights.h"
+
+namespace deepmoe {
+
+std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base) {
+  auto view = std::make_unique<ModelWeights>();
+  view->config = config;
+  int64_t offset = 0;
+  for_each_tensor(config, *view, [&](const TensorInfo& t, TensorSlot slot) {
+    if (slot.vector) {
+      *slot.vector = base + offset;
+    } else {
+      slot.matrix->format = WeightFormat::F32;
+      slot.matrix->data = base + offset;
+      slot.matrix->rows = t.shape[0];
+      slot.matrix->cols = t.shape[1];
+    }
+    offset += t.numel();
+  });
+  view->derive_matrices(false);
+  return view;
+}
+
+}  // namespace deepmoe
