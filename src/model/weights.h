@@ -84,7 +84,10 @@ struct ModelWeights {
   // kv_b_proj (stride nope + v, offset nope), lm_head is embed_tokens when tied, and
   // kv_b_proj_keys_transposed stays empty (data nullptr), since training weights change every
   // step; read kv_b_proj itself. It has no checkpoint: reader() throws, weight_bytes() is 0.
-  static std::unique_ptr<ModelWeights> view_f32(const Config& config, const float* base);
+  // With bf16_base (a bf16 copy of the same buffer, for mixed-precision training), every matrix
+  // but the routers' views that copy instead, as BF16; norms, biases and routers stay f32.
+  static std::unique_ptr<ModelWeights> view_f32(const Config& config, const float* base,
+                                                const uint16_t* bf16_base = nullptr);
 
   // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
   // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).

@@ -5,7 +5,8 @@
 
 namespace deepmoe {
 
-std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base) {
+std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base,
+                                                    const uint16_t* bf16_base) {
   auto view = std::make_unique<ModelWeights>();
   view->config = config;
   int64_t offset = 0;
@@ -13,8 +14,11 @@ std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const
     if (slot.vector) {
       *slot.vector = base + offset;
     } else {
-      slot.matrix->format = WeightFormat::F32;
-      slot.matrix->data = base + offset;
+      // The router stays f32, as HF's DeepSeek computes it: a rounding flip of the selection would
+      // change which experts a token sees, not just a few bits of its output.
+      const bool bf16 = bf16_base && t.role != TensorRole::Router;
+      slot.matrix->format = bf16 ? WeightFormat::BF16 : WeightFormat::F32;
+      slot.matrix->data = bf16 ? static_cast<const void*>(bf16_base + offset) : base + offset;
       slot.matrix->rows = t.shape[0];
       slot.matrix->cols = t.shape[1];
     }

@@ -1,7 +1,5 @@
 #include "train/model_train.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -14,91 +12,6 @@
 namespace deepmoe::train {
 
 namespace {
-
-// TEMPORARY until the tensor list's view lands: the weights' structure over a flat buffer laid
-// out as p's tensors.
-ModelWeights view_of(const Parameters& p, const float* base) {
-  const Config& c = p.config();
-  ModelWeights w;
-  w.config = c;
-  auto vec = [&](const std::string& name) -> const float* {
-    const ParameterTensor* t = p.find(name);
-    return t ? base + t->offset : nullptr;
-  };
-  auto mat = [&](const std::string& name) {
-    WeightMatrix m;
-    if (const ParameterTensor* t = p.find(name)) {
-      m.data = base + t->offset;
-      m.rows = t->shape[0];
-      m.cols = t->shape[1];
-    }
-    return m;
-  };
-  auto mlp = [&](const std::string& prefix) {
-    return MlpWeights{mat(prefix + "gate_proj.weight"), mat(prefix + "up_proj.weight"), mat(prefix + "down_proj.weight")};
-  };
-  w.embed_tokens = mat("model.embed_tokens.weight");
-  w.norm = vec("model.norm.weight");
-  w.lm_head = c.tie_word_embeddings ? w.embed_tokens : mat("lm_head.weight");
-  w.layers.resize(size_t(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& layer = w.layers[size_t(l)];
-    const std::string prefix = fmt::format("model.layers.{}.", l), a = prefix + "self_attn.", m = prefix + "mlp.";
-    layer.input_layernorm = vec(prefix + "input_layernorm.weight");
-    layer.post_attention_layernorm = vec(prefix + "post_attention_layernorm.weight");
-    MlaWeights& mla = layer.self_attn;
-    mla.q_proj = mat(a + "q_proj.weight");
-    mla.q_a_proj = mat(a + "q_a_proj.weight");
-    mla.q_a_layernorm = vec(a + "q_a_layernorm.weight");
-    mla.q_b_proj = mat(a + "q_b_proj.weight");
-    mla.kv_a_proj_with_mqa = mat(a + "kv_a_proj_with_mqa.weight");
-    mla.kv_a_layernorm = vec(a + "kv_a_layernorm.weight");
-    mla.kv_b_proj = mat(a + "kv_b_proj.weight");
-    mla.o_proj = mat(a + "o_proj.weight");
-    mla.kv_b_proj_values = mla.kv_b_proj;
-    mla.values_head_stride = c.qk_nope_head_dim + c.v_head_dim;
-    mla.values_head_offset = c.qk_nope_head_dim;
-    layer.is_moe = c.is_moe_layer(l);
-    if (!layer.is_moe) {
-      layer.mlp = mlp(m);
-      continue;
-    }
-    layer.moe.gate = mat(m + "gate.weight");
-    layer.moe.e_score_correction_bias = vec(m + "gate.e_score_correction_bias");
-    for (int64_t e = 0; e < c.n_routed_experts; ++e) layer.moe.experts.push_back(mlp(fmt::format("{}experts.{}.", m, e)));
-    layer.moe.has_shared_experts = c.n_shared_experts > 0;
-    if (layer.moe.has_shared_experts) layer.moe.shared_experts = mlp(m + "shared_experts.");
-  }
-  return w;
-}
-
-// Every matrix of w but the routers' (of the f32 buffer at f32_base) re-pointed at the same offset of
-// bits, as BF16.
-void point_matrices_at_bf16(ModelWeights& w, const float* f32_base, const uint16_t* bits) {
-  auto rebase = [&](WeightMatrix& m) {
-    if (!m.data) return;
-    m.data = bits + (static_cast<const float*>(m.data) - f32_base);
-    m.format = WeightFormat::BF16;
-  };
-  auto mlp = [&](MlpWeights& m) {
-    rebase(m.gate_proj);
-    rebase(m.up_proj);
-    rebase(m.down_proj);
-  };
-  rebase(w.embed_tokens);
-  rebase(w.lm_head);
-  for (LayerWeights& layer : w.layers) {
-    MlaWeights& a = layer.self_attn;
-    for (WeightMatrix* m : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.o_proj,
-                            &a.kv_b_proj_values})
-      rebase(*m);
-    mlp(layer.mlp);
-    // The router stays f32, as HF's DeepSeek computes it: a rounding flip of the selection would
-    // change which experts a token sees, not just a few bits of its output.
-    for (MlpWeights& e : layer.moe.experts) mlp(e);
-    mlp(layer.moe.shared_experts);
-  }
-}
 
 ContextOptions with_precision(GemmPrecision precision) {
   ContextOptions options;
@@ -118,12 +31,11 @@ void TrainGraph::bind(const Parameters& p) {
   const float* grads = p.grads().data();
   const bool bf16 = context_.precision() == GemmPrecision::BF16;
   if (values != bound_values_ || grads != bound_grads_) {
-    values_ = view_of(p, values);
-    grads_ = view_of(p, grads);
+    values_ = ModelWeights::view_f32(config_, values);
+    grads_ = ModelWeights::view_f32(config_, grads);
     if (bf16) {
       bf16_bits_.resize(p.values().size());
-      bf16_ = view_of(p, values);
-      point_matrices_at_bf16(bf16_, values, bf16_bits_.data());
+      bf16_ = ModelWeights::view_f32(config_, values, bf16_bits_.data());
     }
     bound_values_ = values;
     bound_grads_ = grads;
@@ -137,7 +49,7 @@ void TrainGraph::bind(const Parameters& p) {
 }
 
 DecoderSaved TrainGraph::take_layer(int64_t layer, ActivationSlab& slab, int64_t batch, int64_t seq) const {
-  return DecoderSaved::take(config_, values_.layers[size_t(layer)], slab, batch, seq);
+  return DecoderSaved::take(config_, values_->layers[size_t(layer)], slab, batch, seq);
 }
 
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
@@ -150,7 +62,7 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
     for (const int32_t id : ids)
       if (id < 0 || id >= vocab) fail("token id {} is outside the vocabulary [0, {})", id, vocab);
   bind(p);
-  const ModelWeights& forward_weights = context_.precision() == GemmPrecision::BF16 ? bf16_ : values_;
+  const ModelWeights& forward_weights = context_.precision() == GemmPrecision::BF16 ? *bf16_ : *values_;
   // Every sequence from position 0: the rope table holds each token's angles, in batch order.
   if (int64_t(positions_.size()) != n) {
     positions_.resize(size_t(n));
@@ -165,7 +77,7 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
 
   // Forward.
   std::vector<float> x(size_t(n * hidden));
-  embed_forward(values_.embed_tokens, inputs, x.data());
+  embed_forward(values_->embed_tokens, inputs, x.data());
   slab_.rewind();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (recompute_) {
@@ -189,7 +101,7 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   final_inv_rms_ = slab_.take(size_t(n));
   final_normed_ = slab_.take(size_t(n * hidden));
   logits_ = slab_.take(size_t(n * vocab));
-  head_forward(context_, forward_weights.lm_head, values_.norm, eps, x.data(), n, final_normed_.data(),
+  head_forward(context_, forward_weights.lm_head, values_->norm, eps, x.data(), n, final_normed_.data(),
                final_inv_rms_.data(), logits_.data());
 
   // Cross-entropy; logits_ becomes d loss / d logits = (softmax - onehot) / n.
@@ -221,8 +133,8 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
 
   // Backward.
   std::vector<float> dx(size_t(n * hidden), 0.0f);
-  head_backward(context_, forward_weights.lm_head, values_.norm, final_in_.data(), n, final_inv_rms_.data(),
-                final_normed_.data(), logits_.data(), grad_data(grads_.lm_head), grad_data(grads_.norm), dx.data());
+  head_backward(context_, forward_weights.lm_head, values_->norm, final_in_.data(), n, final_inv_rms_.data(),
+                final_normed_.data(), logits_.data(), grad_data(grads_->lm_head), grad_data(grads_->norm), dx.data());
   const double aux_scale = aux_weight * grad_scale;
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
@@ -233,9 +145,9 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       saved = take_layer(l, layer_slab_, batch, seq);
       decoder_forward(context_, c, w, l, sequences, rope_, nullptr, std::nullopt, scratch_, &saved, x_again.data());
     }
-    decoder_backward(context_, c, w, grads_.layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
+    decoder_backward(context_, c, w, grads_->layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
   }
-  embed_backward(inputs, dx.data(), hidden, grad_data(grads_.embed_tokens));
+  embed_backward(inputs, dx.data(), hidden, grad_data(grads_->embed_tokens));
   return result;
 }
 

@@ -5,6 +5,7 @@
 // calls make gradient accumulation.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -56,7 +57,7 @@ class TrainGraph {
   std::vector<int64_t> positions_;
   // Views of the parameters: values (f32), their bf16 copy (the forward weights in bf16 precision;
   // norms stay f32), and the gradients.
-  ModelWeights values_, grads_, bf16_;
+  std::unique_ptr<ModelWeights> values_, grads_, bf16_;
   const float *bound_values_ = nullptr, *bound_grads_ = nullptr;
   std::vector<uint16_t> bf16_bits_;
   // Activation memory: slab_ holds the step's saved tensors; with recompute_, layer_slab_ holds
