@@ -15,10 +15,10 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "io/token_windows.h"
 #include "kernels/gemm_bf16.h"
 #include "model/random_init.h"
 #include "train/checkpoint.h"
-#include "train/data.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
 #include "train/plots.h"
@@ -60,7 +60,7 @@ void update_balance_bias(const Config& c, train::Parameters& p, const std::vecto
   }
 }
 
-double validation_loss(train::TrainGraph& graph, train::Parameters& p, const train::TokenWindows& windows,
+double validation_loss(train::TrainGraph& graph, train::Parameters& p, const TokenWindows& windows,
                        const TrainOptions& o) {
   std::vector<int32_t> inputs, targets;
   double total = 0;
@@ -84,10 +84,10 @@ void run_training(const TrainOptions& o) {
   }
   train::Parameters p = train::Parameters::load(model_dir);
   const Config& c = p.config();
-  const train::TokenWindows data(o.data, o.seq, o.order == "sequential" ? train::WindowOrder::Sequential
-                                                                        : train::WindowOrder::Random, o.seed);
-  std::unique_ptr<train::TokenWindows> val;
-  if (!o.val_data.empty()) val = std::make_unique<train::TokenWindows>(o.val_data, o.seq, train::WindowOrder::Sequential, 0);
+  const TokenWindows data(o.data, o.seq, o.order == "sequential" ? WindowOrder::Sequential : WindowOrder::Random,
+                          o.seed);
+  std::unique_ptr<TokenWindows> val;
+  if (!o.val_data.empty()) val = std::make_unique<TokenWindows>(o.val_data, o.seq, WindowOrder::Sequential, 0);
 
   train::OptimizerOptions opt;
   opt.kind = o.optimizer == "lion" ? train::OptimizerKind::Lion : train::OptimizerKind::AdamW;
