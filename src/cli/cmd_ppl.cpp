@@ -6,9 +6,9 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "io/token_windows.h"
 #include "kernels/ops.h"
 #include "model/model.h"
-#include "train/data.h"
 
 namespace deepmoe::cli {
 
@@ -33,7 +33,7 @@ void add_ppl_command(CLI::App& app) {
   command->add_flag("--json", o->json, "one JSON line instead of text");
   command->callback([o] {
     if (o->seq < 1) fail("--seq must be >= 1");
-    const train::TokenWindows data(o->data, o->seq, train::WindowOrder::Sequential, 0);
+    const TokenWindows data(o->data, o->seq, WindowOrder::Sequential, 0);
     const auto weights = load_model(o->model, o->load);
     const Config& c = weights->config;
     if (o->seq > c.max_position_embeddings)

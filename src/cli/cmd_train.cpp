@@ -27,7 +27,7 @@ train::TrainerOptions trainer_options(const TrainFlags& f) {
   o.schedule = f.schedule == "cosine" ? train::Schedule::Cosine
                : f.schedule == "wsd"  ? train::Schedule::Wsd
                                       : train::Schedule::Constant;
-  o.order = f.order == "sequential" ? train::WindowOrder::Sequential : train::WindowOrder::Random;
+  o.order = f.order == "sequential" ? WindowOrder::Sequential : WindowOrder::Random;
   o.precision = f.precision == "bf16" ? GemmPrecision::BF16 : GemmPrecision::F32;
   o.optimizer.kind = f.optimizer == "lion" ? train::OptimizerKind::Lion : train::OptimizerKind::AdamW;
   o.optimizer.beta1 = f.beta1.value_or(0.9);

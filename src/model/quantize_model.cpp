@@ -9,12 +9,12 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/token_windows.h"
 #include "kernels/ggml_blocks.h"
 #include "model/hf_directory.h"
 #include "model/model.h"
 #include "model/tensor_list.h"
 #include "tokenizer/regex.h"
-#include "train/data.h"
 
 namespace deepmoe {
 
@@ -207,7 +207,7 @@ std::map<std::string, Uint8Range> calibrate_activation_ranges(const ModelWeights
                                                               int64_t n_tokens, int64_t seq, int threads) {
   if (seq < 1 || n_tokens < 1) fail("calibration: need at least one token and a window of at least one");
   seq = std::min(seq, weights.config.max_position_embeddings);
-  const train::TokenWindows data(tokens_file, seq, train::WindowOrder::Sequential, 0);
+  const TokenWindows data(tokens_file, seq, WindowOrder::Sequential, 0);
   const int64_t windows = std::min((data.tokens() - 1) / seq, (n_tokens + seq - 1) / seq);
   if (windows < 1) fail("{}: fewer than {} tokens for one calibration window", tokens_file, seq + 1);
 

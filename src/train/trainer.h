@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "train/checkpoint.h"
-#include "train/data.h"
+#include "io/token_windows.h"
 #include "train/expert_balance.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"

@@ -1,4 +1,5 @@
-// Training windows from a token file (raw little-endian uint32, `deepmoe prepare`'s output).
+// Windows of a token file (raw little-endian uint32, `deepmoe prepare`'s output): training's batches,
+// perplexity's and quantization calibration's windows. Here, not in train/, because model/ reads it too.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -9,7 +10,7 @@
 
 #include "io/mapped_file.h"
 
-namespace deepmoe::train {
+namespace deepmoe {
 
 enum class WindowOrder { Random, Sequential };
 
@@ -32,4 +33,4 @@ class TokenWindows {
   uint64_t seed_;
 };
 
-}  // namespace deepmoe::train
+}  // namespace deepmoe

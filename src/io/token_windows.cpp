@@ -1,8 +1,8 @@
-#include "train/data.h"
+#include "io/token_windows.h"
 
 #include "core/error.h"
 
-namespace deepmoe::train {
+namespace deepmoe {
 
 TokenWindows::TokenWindows(const std::string& path, int64_t seq, WindowOrder order, uint64_t seed)
     : file_(std::make_unique<MappedFile>(path)), seq_(seq), order_(order), seed_(seed) {
@@ -36,4 +36,4 @@ void TokenWindows::batch(int64_t step, int64_t batch, std::vector<int32_t>& inpu
   }
 }
 
-}  // namespace deepmoe::train
+}  // namespace deepmoe
