@@ -66,22 +66,21 @@ std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string
   return found;
 }
 
-void call_save_hook(const std::string& moment) {
-  if (testing::save_hook) testing::save_hook(moment);
-}
-
 // Moves the finished `partial` to `final_dir`. When step N is saved again (a resume replays the
 // steps after the checkpoint it used), the old step-N is swapped out by one atomic
 // renameat2(RENAME_EXCHANGE) and removed after: there is no moment without a complete step-N
 // for a kill to land in, as there was when the old one was removed first.
-void put_in_place(const fs::path& partial, const fs::path& final_dir) {
+void put_in_place(const fs::path& partial, const fs::path& final_dir, const SaveMoment& at_moment) {
+  auto moment = [&](const char* name) {
+    if (at_moment) at_moment(name);
+  };
   if (!fs::exists(fs::symlink_status(final_dir))) {
     fs::rename(partial, final_dir);
     return;
   }
-  call_save_hook("before swap");
+  moment("before swap");
   if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
-    call_save_hook("after swap");
+    moment("after swap");
     fs::remove_all(partial);  // now the old step-N
     return;
   }
@@ -100,7 +99,7 @@ void put_in_place(const fs::path& partial, const fs::path& final_dir) {
     fs::rename(aside, final_dir, ignored);
     throw;
   }
-  call_save_hook("after swap");
+  moment("after swap");
   fs::remove_all(aside);
 }
 
@@ -184,7 +183,7 @@ void verify_checksums(const fs::path& dir, const nlohmann::json& state) {
 }  // namespace
 
 void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters& p, const Optimizer& optimizer,
-                     const nlohmann::json& state, int64_t keep_last) {
+                     const nlohmann::json& state, int64_t keep_last, const SaveMoment& at_moment) {
   const fs::path root = fs::path(out_dir) / "checkpoints";
   const fs::path final_dir = root / (kPrefix + std::to_string(step));
   const fs::path partial = root / (kPrefix + std::to_string(step) + ".partial");
@@ -201,7 +200,7 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
     write_file_atomically((partial / "state.json").string(),
                           {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
     sync_directory(partial.string());
-    put_in_place(partial, final_dir);
+    put_in_place(partial, final_dir, at_moment);
     sync_directory(root.string());
   } catch (const std::exception& e) {
     std::error_code ignored;

@@ -18,10 +18,14 @@
 
 namespace deepmoe::train {
 
+// Called with "before swap" and "after swap" around the moment a finished step-N.partial
+// replaces an existing step-N: a test throws from it to stand in for a crash there.
+using SaveMoment = std::function<void(const std::string& moment)>;
+
 // Saves step `step` (the number of optimizer steps done) and then deletes all but the newest
 // `keep_last` checkpoints. Throws Error (the previous checkpoints untouched) when it cannot.
 void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters& p, const Optimizer& optimizer,
-                     const nlohmann::json& state, int64_t keep_last);
+                     const nlohmann::json& state, int64_t keep_last, const SaveMoment& at_moment = {});
 
 // Restores weights and optimizer moments from one checkpoint directory; returns state.json.
 // Verifies first (the checksums of its files, then that its config is p's config), so on Error
@@ -46,12 +50,5 @@ struct ResumedCheckpoint {
 // checkpoint or none verifies (one line, naming each and why), and ConfigMismatch at once when a
 // checkpoint is of another model: an older one of the same run would not be either.
 ResumedCheckpoint resume_newest_good(const std::string& out_dir, Parameters& p, Optimizer& optimizer);
-
-namespace testing {
-// Called by save_checkpoint with "before swap" and "after swap" around the moment a finished
-// step-N.partial replaces an existing step-N. A test throws from it to stand in for a crash
-// there; empty outside tests.
-inline std::function<void(const std::string& moment)> save_hook;
-}  // namespace testing
 
 }  // namespace deepmoe::train

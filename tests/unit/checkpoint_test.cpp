@@ -86,7 +86,6 @@ class AtomicWriteTest : public ::testing::Test {
   }
   void TearDown() override {
     g_fail_file_fsync = g_fail_directory_fsync = false;
-    train::testing::save_hook = nullptr;
     fs::remove_all(dir_);
   }
   fs::path dir_;
@@ -220,7 +219,7 @@ class CheckpointTest : public AtomicWriteTest {
   }
 
   // Saves step `step` with values and moments that depend on `seed`; returns the values saved.
-  std::vector<float> save(train::Parameters& p, int64_t step, uint64_t seed) {
+  std::vector<float> save(train::Parameters& p, int64_t step, uint64_t seed, const train::SaveMoment& at_moment = {}) {
     train::Optimizer optimizer(p, {});
     std::mt19937 rng{uint32_t(seed)};
     std::normal_distribution<float> normal;
@@ -228,7 +227,8 @@ class CheckpointTest : public AtomicWriteTest {
     for (auto& v : optimizer.first_moment()) v = normal(rng);
     for (auto& v : optimizer.second_moment()) v = std::abs(normal(rng));
     optimizer.set_steps_taken(step);
-    train::save_checkpoint(run_.string(), step, p, optimizer, {{"step", step}, {"optimizer_steps", step}}, 10);
+    train::save_checkpoint(run_.string(), step, p, optimizer, {{"step", step}, {"optimizer_steps", step}}, 10,
+                           at_moment);
     return p.values();
   }
 
@@ -351,11 +351,10 @@ TEST_F(CheckpointTest, SavingAStepAgainKeepsACompleteCheckpointAtEveryMoment) {
     return q.values() == expected;
   };
   for (const std::string moment : {"before swap", "after swap"}) {
-    train::testing::save_hook = [&](const std::string& now) {
+    const auto crash = [&](const std::string& now) {
       if (now == moment) throw Error("crash " + moment);
     };
-    EXPECT_THROW(save(p, 2, 2), Error) << moment;
-    train::testing::save_hook = nullptr;
+    EXPECT_THROW(save(p, 2, 2, crash), Error) << moment;
     EXPECT_TRUE(loads(moment == "before swap" ? first : p.values())) << moment;
   }
   const std::vector<float> last = save(p, 2, 3);
