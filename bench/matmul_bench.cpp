@@ -47,8 +47,8 @@ Weights make_pool(int64_t rows, int64_t cols, bool bf16) {
 }
 
 void report(benchmark::State& state, int64_t m, int64_t rows, int64_t cols, size_t weight_bytes) {
-  state.counters["GFLOP/s"] = benchmark::Counter(double(2 * m * rows * cols) * double(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(double(2 * m * rows * cols) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.counters["weight_GB/s"] =
       benchmark::Counter(double(weight_bytes) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
@@ -83,8 +83,8 @@ enum class Quant { Q8_0, Q4_0, W8, W4G128, W8A8 };
 void BM_deepmoe_quant(benchmark::State& state, Quant quant) {
   using deepmoe::WeightFormat;
   const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
-  const WeightFormat format = quant == Quant::Q8_0   ? WeightFormat::Q8_0
-                              : quant == Quant::Q4_0 ? WeightFormat::Q4_0
+  const WeightFormat format = quant == Quant::Q8_0     ? WeightFormat::Q8_0
+                              : quant == Quant::Q4_0   ? WeightFormat::Q4_0
                               : quant == Quant::W4G128 ? WeightFormat::Int4
                                                        : WeightFormat::Int8;
   std::mt19937 rng(1);
@@ -118,8 +118,8 @@ void BM_openblas_f32(benchmark::State& state) {
   for (auto _ : state) {
     const float* w = pool.f32[next].data();
     if (m == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(rows), blasint(cols), 1.0f, w, blasint(cols), x.data(), 1,
-                  0.0f, y.data(), 1);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(rows), blasint(cols), 1.0f, w, blasint(cols), x.data(), 1, 0.0f,
+                  y.data(), 1);
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(m), blasint(rows), blasint(cols), 1.0f, x.data(),
                   blasint(cols), w, blasint(cols), 0.0f, y.data(), blasint(rows));
@@ -135,8 +135,8 @@ void BM_openblas_f32(benchmark::State& state) {
 void shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
     for (int64_t m : {1, 2, 3, 4, 64, 512})
-      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{3072, 2048}, {576, 2048}, {1408, 2048},
-                                                                        {2048, 1408}, {32000, 512}})
+      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+               {3072, 2048}, {576, 2048}, {1408, 2048}, {2048, 1408}, {32000, 512}})
         b->Args({m, rows, cols, threads});
   b->ArgNames({"M", "N", "K", "threads"})->UseRealTime();
 }

@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
     tokens = tokenizer->encode(text).size();
     encode.push_back(seconds_since(encode_start));
   }
-  fmt::print("{{\"engine\": \"deepmoe\", \"load_ms\": {:.1f}, \"encode_mb_s\": {:.2f}, \"tokens\": {}, \"bytes\": {}}}\n",
-             median(load) * 1e3, double(text.size()) / median(encode) / 1e6, tokens, text.size());
+  fmt::print(
+      "{{\"engine\": \"deepmoe\", \"load_ms\": {:.1f}, \"encode_mb_s\": {:.2f}, \"tokens\": {}, \"bytes\": {}}}\n",
+      median(load) * 1e3, double(text.size()) / median(encode) / 1e6, tokens, text.size());
   return 0;
 }

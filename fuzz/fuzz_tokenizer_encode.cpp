@@ -26,7 +26,8 @@ const deepmoe::Tokenizer& tokenizer() {
     }
     nlohmann::json added = nlohmann::json::array();
     const char* specials[] = {"<|end|>", "<｜User｜>", "<|e"};
-    for (const char* s : specials) added.push_back({{"id", int(vocab.size()) + int(added.size())}, {"content", s}, {"special", true}});
+    for (const char* s : specials)
+      added.push_back({{"id", int(vocab.size()) + int(added.size())}, {"content", s}, {"special", true}});
     const nlohmann::json spec = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merge_list}}},
                                  {"pre_tokenizer", nlohmann::json::parse(deepmoe::deepseek_v3_pre_tokenizer_json())},
                                  {"decoder", {{"type", "ByteLevel"}}},

@@ -94,8 +94,9 @@ inline bf16_t f32_to_bf16(float f) {  // round to nearest even (inputs are finit
   return static_cast<bf16_t>(u >> 16);
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void convert_f32_to_bf16(
-    const float* in, bf16_t* out, std::size_t n) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void convert_f32_to_bf16(const float* in,
+                                                                                                       bf16_t* out,
+                                                                                                       std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     std::uint32_t u;
     std::memcpy(&u, &in[i], sizeof u);
@@ -207,7 +208,7 @@ inline __attribute__((always_inline)) v16sf load_bf16x16(const bf16_t* p) {
   v16hu h;
   std::memcpy(&h, p, sizeof h);
   const v16su u = __builtin_convertvector(h, v16su) << 16;  // bf16 -> high half of f32
-  return (v16sf)u;  // same-size vector cast = bit cast
+  return (v16sf)u;                                          // same-size vector cast = bit cast
 }
 typedef float v8sf __attribute__((vector_size(32)));
 typedef float v4sf __attribute__((vector_size(16)));
@@ -258,8 +259,8 @@ inline __attribute__((always_inline)) void rowdot_bf16(const float* __restrict X
 
 // Y[m, n0:n1] = X[m,:] . W[n,:] for all m < M (meant for M <= 4; larger M is
 // handled in groups of 4 but re-streams the weights once per group).
-__attribute__((DM_CLONES)) void ref_bf16_gemm(int M, const float* X, int K, const bf16_t* W, float* Y, int N,
-                                              int n0, int n1) {
+__attribute__((DM_CLONES)) void ref_bf16_gemm(int M, const float* X, int K, const bf16_t* W, float* Y, int N, int n0,
+                                              int n1) {
   const std::size_t Ks = static_cast<std::size_t>(K), Ns = static_cast<std::size_t>(N);
   for (int m0 = 0; m0 < M; m0 += 4) {
     const float* Xm = X + m0 * Ks;
@@ -283,8 +284,8 @@ struct Runner {
   int M, N, K;
   std::size_t copies = 1;
   std::vector<float> Y;
-  std::string impl;       // implementation string shown as benchmark label
-  double create_ms = 0;   // primitive creation (oneDNN), 0 otherwise
+  std::string impl;      // implementation string shown as benchmark label
+  double create_ms = 0;  // primitive creation (oneDNN), 0 otherwise
   Runner(int m, int n, int k) : M(m), N(n), K(k), Y(static_cast<std::size_t>(m) * n) {}
   virtual ~Runner() = default;
   virtual void run(std::size_t copy) = 0;
@@ -300,18 +301,14 @@ struct OpenblasF32 : Runner {
   }
   void run(std::size_t c) override {
     const float* W = pool_f32() + c * N * K;
-    if (gemv)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, W, K, x_f32(), 1, 0.f, Y.data(), 1);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x_f32(), K, W, K, 0.f,
-                  Y.data(), N);
+    if (gemv) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, W, K, x_f32(), 1, 0.f, Y.data(), 1);
+    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x_f32(), K, W, K, 0.f, Y.data(), N);
   }
   float w_at(std::size_t n, std::size_t k) const override { return pool_f32()[n * K + k]; }
 };
 
-using sbgemm_fn = void (*)(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint,
-                           float, const bf16_t*, blasint, const bf16_t*, blasint, float, float*,
-                           blasint);
+using sbgemm_fn = void (*)(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint, float,
+                           const bf16_t*, blasint, const bf16_t*, blasint, float, float*, blasint);
 sbgemm_fn find_sbgemm() { return reinterpret_cast<sbgemm_fn>(dlsym(RTLD_DEFAULT, "cblas_sbgemm")); }
 
 struct OpenblasBf16 : Runner {
@@ -323,8 +320,8 @@ struct OpenblasBf16 : Runner {
   }
   void run(std::size_t c) override {
     convert_f32_to_bf16(x_f32(), xb.get(), std::size_t(M) * K);
-    fn(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, xb.get(), K, pool_bf16() + c * N * K, K,
-       0.f, Y.data(), N);
+    fn(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, xb.get(), K, pool_bf16() + c * N * K, K, 0.f, Y.data(),
+       N);
   }
   float w_at(std::size_t n, std::size_t k) const override { return bf16_to_f32(pool_bf16()[n * K + k]); }
 };
@@ -405,8 +402,7 @@ struct DnnlRunner : Runner {
       }
       strm().wait();
     } else {
-      for (std::size_t c = 0; c < copies; ++c)
-        w_mems.emplace_back(plain_md, eng(), base + c * esz * n * k);
+      for (std::size_t c = 0; c < copies; ++c) w_mems.emplace_back(plain_md, eng(), base + c * esz * n * k);
     }
   }
   void run(std::size_t c) override {
@@ -425,9 +421,10 @@ struct RefBf16 : Runner {
   const bf16_t* W = nullptr;
   RefBf16(int m, int n, int k, int threads) : Runner(m, n, k), pool(threads) {
     copies = pool_copies(std::size_t{2} * n * k);
-    impl = "ref:" + std::string(__builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4"
-                               : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3"
-                                                                     : "default") +
+    impl = "ref:" +
+           std::string(__builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4"
+                       : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3"
+                                                             : "default") +
            " clone, " + std::to_string(threads) + " thr";
     job = [this](int t) {
       const int T = pool.size();
@@ -472,8 +469,16 @@ double verify(const Runner& r) {
 // ---------------------------------------------------------------- benchmark plumbing
 
 enum class Backend {
-  OpenblasF32, OpenblasF32Gemv, OpenblasBf16, DnnlF32, DnnlF32Rt, DnnlF32Packed, DnnlBf16, DnnlBf16Rt,
-  DnnlBf16Packed, RefBf16
+  OpenblasF32,
+  OpenblasF32Gemv,
+  OpenblasBf16,
+  DnnlF32,
+  DnnlF32Rt,
+  DnnlF32Packed,
+  DnnlBf16,
+  DnnlBf16Rt,
+  DnnlBf16Packed,
+  RefBf16
 };
 const char* backend_name(Backend b) {
   switch (b) {
@@ -542,8 +547,8 @@ Prepared& prepare(Backend b, int M, int N, int K, int T) {
     if (it == verified.end()) {
       const double e = verify(*cur.runner);
       it = verified.emplace(vkey, e).first;
-      std::fprintf(stderr, "verify %-18s M=%-4d N=%-6d K=%-5d rel_l2_err=%.3e  [%s]\n", backend_name(b), M,
-                   N, K, e, cur.runner->impl.c_str());
+      std::fprintf(stderr, "verify %-18s M=%-4d N=%-6d K=%-5d rel_l2_err=%.3e  [%s]\n", backend_name(b), M, N, K, e,
+                   cur.runner->impl.c_str());
     }
     cur.relerr = it->second;
   } else {
@@ -591,15 +596,17 @@ int main(int argc, char** argv) {
   const dnnl_version_t* v = dnnl_version();
   char vbuf[128];
   std::snprintf(vbuf, sizeof vbuf, "%d.%d.%d cpu_runtime=%s", v->major, v->minor, v->patch,
-                v->cpu_runtime == DNNL_RUNTIME_OMP ? "OMP" : v->cpu_runtime == DNNL_RUNTIME_THREADPOOL ? "threadpool" : "other");
+                v->cpu_runtime == DNNL_RUNTIME_OMP          ? "OMP"
+                : v->cpu_runtime == DNNL_RUNTIME_THREADPOOL ? "threadpool"
+                                                            : "other");
   benchmark::AddCustomContext("dnnl_version", vbuf);
   benchmark::AddCustomContext("omp_max_threads", std::to_string(omp_get_max_threads()));
   std::fprintf(stderr, "openblas core=%s, sbgemm %s, dnnl %s\n", openblas_get_corename(),
                have_sbgemm ? "present" : "ABSENT (OpenBLAS built without BUILD_BFLOAT16)", vbuf);
 
-  std::vector<Backend> backends = {Backend::OpenblasF32,   Backend::OpenblasF32Gemv, Backend::DnnlF32,
-                                   Backend::DnnlF32Rt,     Backend::DnnlF32Packed,   Backend::DnnlBf16,
-                                   Backend::DnnlBf16Rt,    Backend::DnnlBf16Packed,  Backend::RefBf16};
+  std::vector<Backend> backends = {Backend::OpenblasF32, Backend::OpenblasF32Gemv, Backend::DnnlF32,
+                                   Backend::DnnlF32Rt,   Backend::DnnlF32Packed,   Backend::DnnlBf16,
+                                   Backend::DnnlBf16Rt,  Backend::DnnlBf16Packed,  Backend::RefBf16};
   if (have_sbgemm) backends.insert(backends.begin() + 2, Backend::OpenblasBf16);
 
   for (Backend b : backends) {
@@ -610,9 +617,7 @@ int main(int argc, char** argv) {
         for (int T : Ts) {
           char name[128];
           std::snprintf(name, sizeof name, "%s/M:%d/N:%d/K:%d/T:%d", backend_name(b), M, s.N, s.K, T);
-          benchmark::RegisterBenchmark(name, bench_fn, b, M, s.N, s.K, T)
-              ->UseRealTime()
-              ->Unit(benchmark::kMicrosecond);
+          benchmark::RegisterBenchmark(name, bench_fn, b, M, s.N, s.K, T)->UseRealTime()->Unit(benchmark::kMicrosecond);
         }
       }
     }

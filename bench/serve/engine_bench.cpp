@@ -19,11 +19,19 @@ using namespace deepmoe;
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R] [--dtype auto|bf16] [--temperature T] [--top-p P]\n");
+    std::fprintf(stderr,
+                 "usage: engine_bench MODEL [--concurrency 1,4,16,64] [--prompt P] [--gen G] [--threads T] [--reps R] "
+                 "[--dtype auto|bf16] [--temperature T] [--top-p P]\n");
     return 2;
   }
-  std::map<std::string, std::string> options = {
-      {"concurrency", "1,4,16,64"}, {"prompt", "64"}, {"gen", "128"}, {"threads", "2"}, {"reps", "3"}, {"dtype", "auto"}, {"temperature", "0"}, {"top-p", "1"}};
+  std::map<std::string, std::string> options = {{"concurrency", "1,4,16,64"},
+                                                {"prompt", "64"},
+                                                {"gen", "128"},
+                                                {"threads", "2"},
+                                                {"reps", "3"},
+                                                {"dtype", "auto"},
+                                                {"temperature", "0"},
+                                                {"top-p", "1"}};
   for (int i = 2; i + 1 < argc; i += 2) options[std::string(argv[i]).substr(2)] = argv[i + 1];
   const int64_t prompt = std::stoll(options["prompt"]), gen = std::stoll(options["gen"]);
   const int reps = std::stoi(options["reps"]);
@@ -70,8 +78,10 @@ int main(int argc, char** argv) {
         if (rep > 0) rates.push_back(double(tokens) / seconds);
       }
       std::sort(rates.begin(), rates.end());
-      std::printf("{\"engine\": \"deepmoe\", \"concurrency\": %d, \"prompt\": %ld, \"gen\": %ld, \"tokens_per_second\": %.0f}\n", c,
-                  long(prompt), long(gen), rates[rates.size() / 2]);
+      std::printf(
+          "{\"engine\": \"deepmoe\", \"concurrency\": %d, \"prompt\": %ld, \"gen\": %ld, \"tokens_per_second\": "
+          "%.0f}\n",
+          c, long(prompt), long(gen), rates[rates.size() / 2]);
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

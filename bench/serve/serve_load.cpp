@@ -33,10 +33,11 @@ struct Result {
   bool ok = false;
 };
 
-const char* kWords[] = {"the", "of", "and", "to", "a", "in", "that", "is", "was", "he", "for", "it", "with", "as",
-                        "his", "on", "be", "at", "by", "had", "this", "not", "are", "but", "from", "or", "have",
-                        "an", "they", "which", "one", "you", "were", "her", "all", "she", "there", "would", "their",
-                        "we", "him", "been", "has", "when", "who", "will", "more", "no", "if", "out", "so", "said"};
+const char* kWords[] = {"the", "of",   "and",  "to",    "a",     "in",    "that", "is",    "was",  "he",   "for",
+                        "it",  "with", "as",   "his",   "on",    "be",    "at",   "by",    "had",  "this", "not",
+                        "are", "but",  "from", "or",    "have",  "an",    "they", "which", "one",  "you",  "were",
+                        "her", "all",  "she",  "there", "would", "their", "we",   "him",   "been", "has",  "when",
+                        "who", "will", "more", "no",    "if",    "out",   "so",   "said"};
 std::atomic<int64_t> g_counter{0};
 
 // A prompt no other request shares a prefix with: a unique number first.
@@ -48,15 +49,16 @@ std::string unique_prompt(int64_t words) {
   return prompt;
 }
 
-Result streamed(const std::string& host, int port, const std::string& model, const std::string& prompt, int64_t max_tokens) {
+Result streamed(const std::string& host, int port, const std::string& model, const std::string& prompt,
+                int64_t max_tokens) {
   httplib::Client client(host, port);
   client.set_read_timeout(600, 0);
   httplib::Request request;
   request.method = "POST";
   request.path = "/v1/completions";
   request.headers = {{"Content-Type", "application/json"}};
-  request.body = nlohmann::json{{"model", model}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
-                                {"ignore_eos", true}, {"stream", true}}
+  request.body = nlohmann::json{{"model", model},   {"prompt", prompt},   {"max_tokens", max_tokens},
+                                {"temperature", 0}, {"ignore_eos", true}, {"stream", true}}
                      .dump();
   Result result;
   std::vector<Clock::time_point> times;
@@ -72,7 +74,8 @@ Result streamed(const std::string& host, int port, const std::string& model, con
       const auto chunk = nlohmann::json::parse(event.substr(6), nullptr, false);
       if (chunk.is_discarded()) continue;
       const auto& choices = chunk["choices"];
-      if (choices.is_array() && !choices.empty() && choices[0]["finish_reason"].is_null()) times.push_back(Clock::now());
+      if (choices.is_array() && !choices.empty() && choices[0]["finish_reason"].is_null())
+        times.push_back(Clock::now());
     }
     return true;
   };
@@ -82,7 +85,8 @@ Result streamed(const std::string& host, int port, const std::string& model, con
   result.ok = true;
   result.tokens = int64_t(times.size());
   result.ttft = std::chrono::duration<double>(times[0] - start).count();
-  for (size_t i = 1; i < times.size(); ++i) result.gaps.push_back(std::chrono::duration<double>(times[i] - times[i - 1]).count());
+  for (size_t i = 1; i < times.size(); ++i)
+    result.gaps.push_back(std::chrono::duration<double>(times[i] - times[i - 1]).count());
   return result;
 }
 
@@ -97,14 +101,18 @@ double ms(double seconds) { return std::round(seconds * 10000.0) / 10.0; }
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: serve_load HOST PORT MODEL [--concurrency 1,4,16,64] [--gen N] [--prompt-words N] "
-                         "[--requests-per-client N] [--long-prompt-words N]\n");
+    std::fprintf(stderr,
+                 "usage: serve_load HOST PORT MODEL [--concurrency 1,4,16,64] [--gen N] [--prompt-words N] "
+                 "[--requests-per-client N] [--long-prompt-words N]\n");
     return 2;
   }
   const std::string host = argv[1], model = argv[3];
   const int port = std::atoi(argv[2]);
-  std::map<std::string, std::string> options = {{"concurrency", "1,4,16,64"}, {"gen", "128"}, {"prompt-words", "48"},
-                                                 {"requests-per-client", "8"}, {"long-prompt-words", "1500"}};
+  std::map<std::string, std::string> options = {{"concurrency", "1,4,16,64"},
+                                                {"gen", "128"},
+                                                {"prompt-words", "48"},
+                                                {"requests-per-client", "8"},
+                                                {"long-prompt-words", "1500"}};
   for (int i = 4; i + 1 < argc; i += 2) {
     const std::string name = std::string(argv[i]).substr(2);
     if (!options.count(name)) {
@@ -114,7 +122,8 @@ int main(int argc, char** argv) {
     options[name] = argv[i + 1];
   }
   const int64_t gen = std::stoll(options["gen"]), prompt_words = std::stoll(options["prompt-words"]);
-  const int64_t per_client = std::stoll(options["requests-per-client"]), long_words = std::stoll(options["long-prompt-words"]);
+  const int64_t per_client = std::stoll(options["requests-per-client"]),
+                long_words = std::stoll(options["long-prompt-words"]);
   std::vector<int> concurrencies;
   std::stringstream list(options["concurrency"]);
   for (std::string item; std::getline(list, item, ',');) concurrencies.push_back(std::stoi(item));
@@ -143,11 +152,15 @@ int main(int argc, char** argv) {
       });
     for (auto& client : clients) client.join();
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    std::printf("%s\n", nlohmann::json{{"concurrency", c}, {"requests", c * per_client}, {"generated_tokens", tokens},
+    std::printf("%s\n", nlohmann::json{{"concurrency", c},
+                                       {"requests", c * per_client},
+                                       {"generated_tokens", tokens},
                                        {"seconds", std::round(seconds * 100) / 100},
                                        {"tokens_per_second", std::round(double(tokens) / seconds)},
-                                       {"ttft_ms_p50", ms(percentile(ttfts, 50))}, {"ttft_ms_p99", ms(percentile(ttfts, 99))},
-                                       {"itl_ms_p50", ms(percentile(gaps, 50))}, {"itl_ms_p99", ms(percentile(gaps, 99))}}
+                                       {"ttft_ms_p50", ms(percentile(ttfts, 50))},
+                                       {"ttft_ms_p99", ms(percentile(ttfts, 99))},
+                                       {"itl_ms_p50", ms(percentile(gaps, 50))},
+                                       {"itl_ms_p99", ms(percentile(gaps, 99))}}
                             .dump()
                             .c_str());
     std::fflush(stdout);
@@ -160,8 +173,11 @@ int main(int argc, char** argv) {
     cached.push_back(streamed(host, port, model, long_prompt, 1).ttft);
   }
   const double u = percentile(uncached, 50), k = percentile(cached, 50);
-  std::printf("%s\n", nlohmann::json{{"prefix_cache", true}, {"long_prompt_words", long_words}, {"ttft_ms_uncached", ms(u)},
-                                     {"ttft_ms_cached", ms(k)}, {"speedup", std::round(u / k * 10) / 10}}
+  std::printf("%s\n", nlohmann::json{{"prefix_cache", true},
+                                     {"long_prompt_words", long_words},
+                                     {"ttft_ms_uncached", ms(u)},
+                                     {"ttft_ms_cached", ms(k)},
+                                     {"speedup", std::round(u / k * 10) / 10}}
                           .dump()
                           .c_str());
   if (failures) std::fprintf(stderr, "serve_load: %d requests failed\n", failures);

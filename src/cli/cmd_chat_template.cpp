@@ -23,7 +23,8 @@ void add_chat_template_command(CLI::App& app) {
   command->add_flag("--add-generation-prompt", options->add_generation_prompt, "end with the assistant's turn opening");
   command->callback([options] {
     const TokenizerConfig config = TokenizerConfig::load(options->tokenizer);
-    const std::string source = options->template_file.empty() ? config.chat_template : read_file(options->template_file);
+    const std::string source =
+        options->template_file.empty() ? config.chat_template : read_file(options->template_file);
     if (source.empty()) fail("{}: tokenizer_config.json has no chat_template (use --template)", options->tokenizer);
     nlohmann::json messages;
     try {
@@ -31,8 +32,8 @@ void add_chat_template_command(CLI::App& app) {
     } catch (const nlohmann::json::exception& e) {
       fail("{}: not valid JSON: {}", options->messages, e.what());
     }
-    const std::string text = ChatTemplate(source).render(messages, options->add_generation_prompt,
-                                                         config.bos_token, config.eos_token);
+    const std::string text =
+        ChatTemplate(source).render(messages, options->add_generation_prompt, config.bos_token, config.eos_token);
     std::fwrite(text.data(), 1, text.size(), stdout);
   });
 }

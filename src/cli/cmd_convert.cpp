@@ -14,13 +14,13 @@ void add_convert_command(CLI::App& app) {
     std::string to, model, out, type = "f32";
   };
   auto o = std::make_shared<Options>();
-  auto* command = app.add_subcommand("convert", "Convert between HF model directories and GGUF (llama.cpp's deepseek2)");
+  auto* command =
+      app.add_subcommand("convert", "Convert between HF model directories and GGUF (llama.cpp's deepseek2)");
   command->add_option("--to", o->to, "target format: gguf or hf")->required()->check(CLI::IsMember({"gguf", "hf"}));
   command->add_option("--model", o->model, "HF model directory (--to gguf); .gguf or model directory (--to hf)")
       ->required();
   command->add_option("--out", o->out, "output .gguf file or directory")->required();
-  command->add_option("--type", o->type,
-                      "gguf: f32, f16, q8_0 or q4_0 (norms and router stay f32); hf: f32 or bf16")
+  command->add_option("--type", o->type, "gguf: f32, f16, q8_0 or q4_0 (norms and router stay f32); hf: f32 or bf16")
       ->check(CLI::IsMember({"f32", "f16", "q8_0", "q4_0", "bf16"}));
   command->callback([o] {
     if (o->to == "hf") {

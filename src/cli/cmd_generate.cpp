@@ -20,7 +20,8 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--model", options->model, "HuggingFace model directory")->required();
   add_load_options(command, options->load);
   auto* tokens = command->add_option("--tokens", options->tokens, "prompt as comma-separated token ids (prints ids)");
-  auto* prompt = command->add_option("--prompt", options->prompt, "prompt text (needs the model's tokenizer.json; prints text)");
+  auto* prompt =
+      command->add_option("--prompt", options->prompt, "prompt text (needs the model's tokenizer.json; prints text)");
   tokens->excludes(prompt);
   command->add_option("-n", options->n_new, "tokens to generate (text generation also stops at EOS)");
   command->add_option("--threads", options->threads, "threads (0: all cores)");

@@ -17,7 +17,8 @@ void add_init_command(CLI::App& app) {
   command->add_option("--out", options->out, "output model directory")->required();
   command->add_option("--seed", options->seed, "random seed");
   command->add_option("--dtype", options->dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
-  command->add_option("--tokenizer", options->tokenizer, "copy this tokenizer (directory or tokenizer.json) into the model");
+  command->add_option("--tokenizer", options->tokenizer,
+                      "copy this tokenizer (directory or tokenizer.json) into the model");
   command->callback([options] {
     if (!options->tokenizer.empty()) {  // checked before anything is written
       const int64_t vocab = load_config(options->config).vocab_size;

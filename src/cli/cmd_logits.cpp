@@ -25,7 +25,8 @@ void add_logits_command(CLI::App& app) {
     ModelOptions model_options;
     model_options.threads = resolve_threads(options->threads);
     if (options->attention != "auto")
-      model_options.attention_mode = options->attention == "expanded" ? AttentionMode::Expanded : AttentionMode::Absorbed;
+      model_options.attention_mode =
+          options->attention == "expanded" ? AttentionMode::Expanded : AttentionMode::Absorbed;
     Model model(*weights, model_options);
     const int64_t n_tokens = int64_t(tokens.size()), vocab = weights->config.vocab_size;
     LatentCache cache(weights->config, n_tokens);

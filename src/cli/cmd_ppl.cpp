@@ -82,8 +82,9 @@ void add_ppl_command(CLI::App& app) {
     const double agreement = double(agree) / double(n);
     if (o->json) {
       const std::string compared = other ? fmt::format(", \"top1_agreement\": {:.6f}", agreement) : "";
-      fmt::print("{{\"perplexity\": {:.6f}, \"cross_entropy\": {:.8f}, \"tokens\": {}, \"windows\": {}, \"seq\": {}{}}}\n",
-                 std::exp(mean), mean, n, windows, o->seq, compared);
+      fmt::print(
+          "{{\"perplexity\": {:.6f}, \"cross_entropy\": {:.8f}, \"tokens\": {}, \"windows\": {}, \"seq\": {}{}}}\n",
+          std::exp(mean), mean, n, windows, o->seq, compared);
     } else {
       fmt::print("perplexity {:.4f} (mean cross-entropy {:.6f} over {} tokens in {} windows of {})\n", std::exp(mean),
                  mean, n, windows, o->seq);

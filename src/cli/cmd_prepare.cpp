@@ -41,7 +41,8 @@ void add_prepare_command(CLI::App& app) {
   command->add_option("--out", o->out, "training tokens; validation goes to OUT with .val.u32")->required();
   command->add_option("--val-fraction", o->val_fraction, "share of the tokens (taken from the end) for validation");
   command->callback([o] {
-    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) fail("--val-fraction must be in [0, 1), found {}", o->val_fraction);
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1))
+      fail("--val-fraction must be in [0, 1), found {}", o->val_fraction);
     const auto tokenizer = load_tokenizer(o->tokenizer);
     uintmax_t total_bytes = 0, done_bytes = 0;
     for (const auto& f : o->files) {

@@ -42,10 +42,11 @@ void add_quantize_command(CLI::App& app) {
       fail("--calibration is only used by --type w8a8");
     }
     const QuantizeSummary s = quantize_model(*weights, o->model, request, o->out);
-    fmt::print("{}: {} matrices quantized to {}, kept: {} by rule (embeddings, router, kv_b_proj), {} by --keep, "
-               "{} by shape; {:.1f} MiB -> {:.1f} MiB\n",
-               o->out, s.quantized, o->type, s.kept_by_rule, s.kept_by_regex, s.kept_by_shape,
-               double(s.bytes_before) / (1 << 20), double(s.bytes_after) / (1 << 20));
+    fmt::print(
+        "{}: {} matrices quantized to {}, kept: {} by rule (embeddings, router, kv_b_proj), {} by --keep, "
+        "{} by shape; {:.1f} MiB -> {:.1f} MiB\n",
+        o->out, s.quantized, o->type, s.kept_by_rule, s.kept_by_regex, s.kept_by_shape,
+        double(s.bytes_before) / (1 << 20), double(s.bytes_after) / (1 << 20));
   });
 }
 

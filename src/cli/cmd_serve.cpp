@@ -81,7 +81,8 @@ void add_serve_command(CLI::App& app) {
   command->add_option("--model", o->model, "HuggingFace model directory (with tokenizer files) or .gguf")->required();
   add_load_options(command, o->load);
   command->add_option("--host", o->server.host, "address to listen on (default 127.0.0.1: this machine only)");
-  command->add_option("--port", o->server.port, "port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
+  command->add_option("--port", o->server.port, "port (0: any free port, printed at start)")
+      ->check(CLI::Range(0, 65535));
   command->add_option("--api-key", o->server.api_key,
                       "require 'Authorization: Bearer KEY' on every endpoint but /health (visible in ps: prefer "
                       "--api-key-file or $DEEPMOE_API_KEY)");
@@ -94,23 +95,31 @@ void add_serve_command(CLI::App& app) {
                       "after it too (default 10)");
   command->add_option("--max-connections", o->server.max_connections,
                       "open connections; beyond it the longest-idle are closed (default 512)");
-  command->add_option("--model-name", o->model_name, "the model id clients send (default: the --model directory's name)");
+  command->add_option("--model-name", o->model_name,
+                      "the model id clients send (default: the --model directory's name)");
   command->add_option("--max-batch", o->engine.max_batch, "sequences per step (default 16)");
-  command->add_option("--max-batch-tokens", o->engine.max_batch_tokens, "tokens per step, decode plus prompt chunks (default 256)");
-  command->add_option("--kv-cache-mb", o->kv_cache_mb, "latent cache size in MiB (fractions allowed), shared by all requests (default 1024)");
+  command->add_option("--max-batch-tokens", o->engine.max_batch_tokens,
+                      "tokens per step, decode plus prompt chunks (default 256)");
+  command->add_option("--kv-cache-mb", o->kv_cache_mb,
+                      "latent cache size in MiB (fractions allowed), shared by all requests (default 1024)");
   command->add_option("--max-queue", o->engine.max_queue, "requests waiting beyond the batch before 429 (default 256)");
-  command->add_option("--ctx", o->engine.context, "longest sequence, prompt plus output (default: the model's, at most 4096)");
+  command->add_option("--ctx", o->engine.context,
+                      "longest sequence, prompt plus output (default: the model's, at most 4096)");
   command->add_option("--threads", o->threads, "compute threads (0: all cores)");
-  command->add_option("--dtype", o->dtype,
-                      "weights as stored (auto) or f32 matrices rounded to bf16 at load (bf16: half the bytes per "
-                      "step; activations stay f32)")
+  command
+      ->add_option("--dtype", o->dtype,
+                   "weights as stored (auto) or f32 matrices rounded to bf16 at load (bf16: half the bytes per "
+                   "step; activations stay f32)")
       ->check(CLI::IsMember({"auto", "bf16"}));
-  command->add_option("--drain-seconds", o->drain_seconds, "on SIGTERM, how long requests in flight may finish (default 30)");
+  command->add_option("--drain-seconds", o->drain_seconds,
+                      "on SIGTERM, how long requests in flight may finish (default 30)");
   command->callback([o] {
-    if (!(o->kv_cache_mb > 0) || o->kv_cache_mb > 1e7) fail("--kv-cache-mb must be in (0, 1e7], found {}", o->kv_cache_mb);
+    if (!(o->kv_cache_mb > 0) || o->kv_cache_mb > 1e7)
+      fail("--kv-cache-mb must be in (0, 1e7], found {}", o->kv_cache_mb);
     if (o->engine.max_queue < 0) fail("--max-queue must be >= 0, found {}", o->engine.max_queue);
     if (o->drain_seconds < 0) fail("--drain-seconds must be >= 0, found {}", o->drain_seconds);
-    if (!(o->read_timeout > 0) || o->read_timeout > 3600) fail("--read-timeout must be in (0, 3600], found {}", o->read_timeout);
+    if (!(o->read_timeout > 0) || o->read_timeout > 3600)
+      fail("--read-timeout must be in (0, 3600], found {}", o->read_timeout);
     if (o->server.max_connections < 1 || o->server.max_connections > 65536)
       fail("--max-connections must be in [1, 65536], found {}", o->server.max_connections);
     o->server.read_timeout = std::chrono::milliseconds(int64_t(o->read_timeout * 1000));
@@ -127,7 +136,8 @@ void add_serve_command(CLI::App& app) {
     const Config& config = weights->config;
     if (o->engine.context == 0) o->engine.context = std::min<int64_t>(config.max_position_embeddings, 4096);
     if (o->engine.context > config.max_position_embeddings)
-      fail("--ctx {} exceeds the model's max_position_embeddings {}", o->engine.context, config.max_position_embeddings);
+      fail("--ctx {} exceeds the model's max_position_embeddings {}", o->engine.context,
+           config.max_position_embeddings);
     o->engine.kv_blocks =
         PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
     o->engine.never_sample = unspellable_ids(*tokenizer, config.vocab_size);
@@ -149,17 +159,22 @@ void add_serve_command(CLI::App& app) {
     o->server.limits.max_prompt_bytes = prompt_byte_bound(*tokenizer, o->engine.context);
     HttpServer server(engine, *tokenizer, chat_template.get(), o->server);
     server.bind();
-    fmt::print(stderr,
-               "deepmoe serve: model '{}' on http://{}:{} (context {}, cache {} tokens, batch {} sequences / {} tokens, "
-               "weights: {})\n",
-               name, o->server.host, server.port(), o->engine.context, o->engine.kv_blocks * o->engine.block_tokens,
-               o->engine.max_batch, o->engine.max_batch_tokens, weights->file_residence());
+    fmt::print(
+        stderr,
+        "deepmoe serve: model '{}' on http://{}:{} (context {}, cache {} tokens, batch {} sequences / {} tokens, "
+        "weights: {})\n",
+        name, o->server.host, server.port(), o->engine.context, o->engine.kv_blocks * o->engine.block_tokens,
+        o->engine.max_batch, o->engine.max_batch_tokens, weights->file_residence());
     if (o->server.api_key.empty() && !is_loopback_host(o->server.host))
-      fmt::print(stderr, "deepmoe serve: warning: listening on {} without an API key: anyone who can reach this "
-                 "address can use the model (set --api-key-file or DEEPMOE_API_KEY)\n", o->server.host);
+      fmt::print(stderr,
+                 "deepmoe serve: warning: listening on {} without an API key: anyone who can reach this "
+                 "address can use the model (set --api-key-file or DEEPMOE_API_KEY)\n",
+                 o->server.host);
     if (!o->engine.never_sample.empty())
-      fmt::print(stderr, "deepmoe serve: {} of the model's {} token ids have no text in the tokenizer; they are never sampled\n",
-                 o->engine.never_sample.size(), config.vocab_size);
+      fmt::print(
+          stderr,
+          "deepmoe serve: {} of the model's {} token ids have no text in the tokenizer; they are never sampled\n",
+          o->engine.never_sample.size(), config.vocab_size);
     if (pipe(g_signal_pipe) != 0) fail("cannot create a pipe for signal handling");
     struct sigaction action {};
     action.sa_handler = on_stop_signal;

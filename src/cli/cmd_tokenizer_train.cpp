@@ -14,7 +14,8 @@ void add_tokenizer_train_command(CLI::App& app) {
     BpeTrainingOptions training;
   };
   auto options = std::make_shared<Options>();
-  auto* command = app.add_subcommand("tokenizer-train", "Train a byte-level BPE (DeepSeek's pre-tokenizer) on text files");
+  auto* command =
+      app.add_subcommand("tokenizer-train", "Train a byte-level BPE (DeepSeek's pre-tokenizer) on text files");
   command->add_option("files", options->files, "UTF-8 text files")->required();
   command->add_option("--vocab-size", options->training.vocab_size, "tokens in all: specials + 256 bytes + merges")
       ->required();

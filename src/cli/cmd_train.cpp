@@ -1,10 +1,10 @@
 // deepmoe train: flags into train::TrainerOptions, the Trainer runs, and this prints its steps
 // (one redrawn progress line on a terminal, one line per step otherwise) and a summary.
+#include <unistd.h>
 #include <cmath>
 #include <cstdio>
 #include <optional>
 #include <string>
-#include <unistd.h>
 
 #include "cli/common.h"
 #include "core/error.h"
@@ -40,9 +40,9 @@ void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
   const std::string val_text = r.val_loss ? fmt::format("  val {:.4f}", *r.val_loss) : "";
   if (terminal) {  // one line that redraws: a bar, the numbers, and the time left
     const int width = 24, filled = int(double(width) * double(r.step + 1) / double(steps));
-    fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ", std::string(size_t(filled), '#'),
-               std::string(size_t(width - filled), '.'), r.step + 1, steps, r.loss, r.lr, r.tokens_per_second,
-               r.seconds_left, val_text);
+    fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ",
+               std::string(size_t(filled), '#'), std::string(size_t(width - filled), '.'), r.step + 1, steps, r.loss,
+               r.lr, r.tokens_per_second, r.seconds_left, val_text);
   } else {
     fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}\n", r.step + 1, steps, r.loss,
                r.lr, r.grad_norm, r.tokens_per_second, val_text);
@@ -55,7 +55,8 @@ void run_training(const TrainFlags& flags) {
   train::Trainer trainer(o);
   if (const auto& resumed = trainer.resumed()) {
     // Each newer checkpoint that did not verify costs one warning line.
-    for (const auto& [dir, why] : resumed->skipped) fmt::print(stderr, "deepmoe: warning: skipping checkpoint {}: {}\n", dir, why);
+    for (const auto& [dir, why] : resumed->skipped)
+      fmt::print(stderr, "deepmoe: warning: skipping checkpoint {}: {}\n", dir, why);
     fmt::print("resuming from {} (step {})\n", resumed->dir, trainer.first_step());
   }
   if (o.precision != trainer.precision())
@@ -91,7 +92,8 @@ void add_train_command(CLI::App& app) {
   command->add_option("--lr", o->lr, "peak learning rate");
   command->add_option("--min-lr", o->min_lr, "floor of the cosine / WSD decay");
   command->add_option("--warmup", o->warmup, "linear warmup steps");
-  command->add_option("--schedule", flags->schedule, "constant, cosine or wsd")->check(CLI::IsMember({"constant", "cosine", "wsd"}));
+  command->add_option("--schedule", flags->schedule, "constant, cosine or wsd")
+      ->check(CLI::IsMember({"constant", "cosine", "wsd"}));
   command->add_option("--optimizer", flags->optimizer, "adamw or lion")->check(CLI::IsMember({"adamw", "lion"}));
   command->add_option("--beta1", flags->beta1, "first-moment decay (default 0.9)");
   command->add_option("--beta2", flags->beta2, "second-moment decay (AdamW 0.999, Lion 0.99)");
@@ -100,15 +102,19 @@ void add_train_command(CLI::App& app) {
   command->add_option("--clip", o->clip, "global gradient-norm limit (0: off)");
   command->add_option("--aux-loss", o->aux_loss, "weight of the sequence-wise balance loss");
   command->add_option("--bias-update", o->bias_update, "aux-loss-free balancing: bias step per training step");
-  command->add_option("--order", flags->order, "random or sequential windows")->check(CLI::IsMember({"random", "sequential"}));
+  command->add_option("--order", flags->order, "random or sequential windows")
+      ->check(CLI::IsMember({"random", "sequential"}));
   command->add_option("--seed", o->seed, "seed for windows and --config initialization");
   command->add_option("--eval-every", o->eval_every, "validation loss every N steps (needs --val-data)");
   command->add_option("--dump-grads", o->dump_grads_dir, "write step 0's unclipped gradients here (HF names)");
   command->add_option("--save-every", o->save_every, "checkpoint every N steps into OUT/checkpoints (0: never)");
   command->add_option("--keep-last", o->keep_last, "checkpoints to keep");
   command->add_flag("--resume", o->resume, "continue from the newest checkpoint in OUT");
-  command->add_option("--precision", flags->precision, "GEMM operands: f32, or bf16 with f32 accumulation and f32 master "
-                      "weights (needs AVX512-BF16; f32 otherwise)")->check(CLI::IsMember({"f32", "bf16"}));
+  command
+      ->add_option("--precision", flags->precision,
+                   "GEMM operands: f32, or bf16 with f32 accumulation and f32 master "
+                   "weights (needs AVX512-BF16; f32 otherwise)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
   command->add_option("--threads", flags->threads, "threads (0: all cores)");
   command->add_option("--out", o->out_dir, "output directory")->required();

@@ -15,10 +15,10 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/mapped_file.h"
-#include "model/gguf_import.h"
-#include "tokenizer/gguf_tokenizer.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_small_batch_avx512.h"
+#include "model/gguf_import.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 namespace deepmoe::cli {
 
@@ -76,8 +76,9 @@ void add_load_options(CLI::App* command, LoadOptions& load) {
       "map the model file instead of reading it (starts at once; speed then depends on how the file came into the "
       "page cache)");
   command
-      ->add_flag_callback("--no-mmap", [&load] { load.access = FileAccess::Read; },
-                          "read the model into memory even when it may not fit (default: when it fits)")
+      ->add_flag_callback(
+          "--no-mmap", [&load] { load.access = FileAccess::Read; },
+          "read the model into memory even when it may not fit (default: when it fits)")
       ->excludes(map);
   command->add_flag("--mlock", load.lock, "lock the weights in memory (never paged out)");
 }
@@ -85,7 +86,8 @@ void add_load_options(CLI::App* command, LoadOptions& load) {
 std::unique_ptr<ModelWeights> load_model(const std::string& dir, LoadOptions load) {
   auto weights = ModelWeights::load(dir, load);
   if (load.lock && weights->file_residence().find("locked") == std::string::npos)
-    fmt::print(stderr, "deepmoe: warning: --mlock could not lock the weights (raise 'ulimit -l'); continuing unlocked\n");
+    fmt::print(stderr,
+               "deepmoe: warning: --mlock could not lock the weights (raise 'ulimit -l'); continuing unlocked\n");
   const auto& ignored = weights->ignored_tensors;
   if (!ignored.empty()) {
     const size_t shown = std::min<size_t>(ignored.size(), 10);

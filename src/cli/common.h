@@ -1,8 +1,8 @@
 // Helpers shared by the subcommands: each subcommand is one file with an add_*_command().
 #pragma once
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdint>
 #include <memory>

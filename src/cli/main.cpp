@@ -1,6 +1,6 @@
 // deepmoe: one binary, one file per subcommand. Errors print one line and exit non-zero.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -11,9 +11,8 @@ int main(int argc, char** argv) {
   CLI::App app{"deepmoe: DeepSeek-architecture Mixture-of-Experts engine"};
   app.require_subcommand(1);
   // One line per error, like every other error of ours (CLI11's default adds a second line).
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
-    return fmt::format("deepmoe: error: {} (see --help)\n", e.what());
-  });
+  app.failure_message(
+      [](const CLI::App*, const CLI::Error& e) { return fmt::format("deepmoe: error: {} (see --help)\n", e.what()); });
   deepmoe::cli::add_info_command(app);
   deepmoe::cli::add_init_command(app);
   deepmoe::cli::add_logits_command(app);

@@ -23,10 +23,11 @@ std::string_view dtype_name(DType dtype) {
 }
 
 bool parse_dtype(std::string_view name, DType* out) {
-  static constexpr struct { std::string_view name; DType dtype; } kNames[] = {
-      {"F32", DType::F32},         {"F16", DType::F16}, {"BF16", DType::BF16},
-      {"F8_E4M3", DType::F8_E4M3}, {"I32", DType::I32}, {"I64", DType::I64},
-      {"I8", DType::I8},           {"U8", DType::U8}};
+  static constexpr struct {
+    std::string_view name;
+    DType dtype;
+  } kNames[] = {{"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16}, {"F8_E4M3", DType::F8_E4M3},
+                {"I32", DType::I32}, {"I64", DType::I64}, {"I8", DType::I8},     {"U8", DType::U8}};
   for (const auto& entry : kNames) {
     if (entry.name == name) {
       *out = entry.dtype;
@@ -78,7 +79,7 @@ uint16_t f32_to_f16(float value) {
   if (magnitude >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds past 65504: infinity
   if (magnitude < 0x38800000u) {  // below 2^-14: a subnormal half (or zero), in units of 2^-24
     const float scaled = std::bit_cast<float>(magnitude) * 16777216.0f;  // exact: a power of two
-    return uint16_t(sign | uint16_t(std::nearbyint(scaled)));  // default rounding: to nearest even
+    return uint16_t(sign | uint16_t(std::nearbyint(scaled)));            // default rounding: to nearest even
   }
   // Normal: rebias the exponent (127 → 15) and round the 23-bit mantissa to 10 bits, ties to even;
   // a carry out of the mantissa correctly bumps the exponent.
@@ -104,9 +105,7 @@ float fp8_e4m3_to_f32(uint8_t bits) {
 
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
   switch (dtype) {
-    case DType::F32:
-      std::memcpy(dst, src, n * sizeof(float));
-      return;
+    case DType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
     case DType::BF16: {
       const auto* in = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(in[i]);
@@ -122,8 +121,7 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = fp8_e4m3_to_f32(in[i]);
       return;
     }
-    default:
-      fail("cannot convert {} to F32", dtype_name(dtype));
+    default: fail("cannot convert {} to F32", dtype_name(dtype));
   }
 }
 

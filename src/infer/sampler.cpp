@@ -11,7 +11,8 @@
 namespace deepmoe {
 
 void validate(const SamplingParams& p) {
-  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) fail("--temperature must be >= 0, found {}", p.temperature);
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
+    fail("--temperature must be >= 0, found {}", p.temperature);
   if (p.top_k < 0) fail("--top-k must be >= 0, found {}", p.top_k);
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) fail("--top-p must be in (0, 1], found {}", p.top_p);
   if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) fail("--min-p must be in [0, 1], found {}", p.min_p);
@@ -55,10 +56,12 @@ int64_t Sampler::nucleus(std::span<const float> logits, float max_logit, int64_t
     return int(std::min(double(kBuckets - 1), (double(max_logit) - logits[size_t(token)]) * scale));
   };
   std::array<double, kBuckets> mass{};
-  for (int64_t i = 0; i < kept; ++i) mass[size_t(bucket_of(candidates_[size_t(i)]))] += probabilities_[size_t(candidates_[size_t(i)])];
+  for (int64_t i = 0; i < kept; ++i)
+    mass[size_t(bucket_of(candidates_[size_t(i)]))] += probabilities_[size_t(candidates_[size_t(i)])];
   double below = 0.0;  // the mass of the buckets before `crossing`
   int crossing = 0;
-  for (; crossing < kBuckets - 1 && below + mass[size_t(crossing)] < params_.top_p; ++crossing) below += mass[size_t(crossing)];
+  for (; crossing < kBuckets - 1 && below + mass[size_t(crossing)] < params_.top_p; ++crossing)
+    below += mass[size_t(crossing)];
   auto begin = candidates_.begin(), end = candidates_.begin() + kept;
   auto inside = std::partition(begin, end, [&](int32_t token) { return bucket_of(token) < crossing; });
   auto crossing_end = std::partition(inside, end, [&](int32_t token) { return bucket_of(token) == crossing; });
@@ -109,7 +112,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
     double total = 0.0;
     for (int64_t i = 0; i < kept; ++i) {
       const int32_t token = candidates_[size_t(i)];
-      probabilities_[size_t(token)] = float(std::exp((double(logits[size_t(token)]) - max_logit) / params_.temperature));
+      probabilities_[size_t(token)] =
+          float(std::exp((double(logits[size_t(token)]) - max_logit) / params_.temperature));
       total += probabilities_[size_t(token)];
     }
     for (int64_t i = 0; i < kept; ++i) {

@@ -9,10 +9,10 @@
 namespace deepmoe {
 
 struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy
-  int64_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // 1: off
-  float min_p = 0.0f;        // 0: off; keeps tokens with p >= min_p * p_max
+  float temperature = 0.0f;         // 0: greedy
+  int64_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off; keeps tokens with p >= min_p * p_max
   float repetition_penalty = 1.0f;  // 1: off; as HF/CTRL: divide positive logits, multiply negative
   uint64_t seed = 0;
 };

@@ -19,10 +19,18 @@ bool is_valid_value_type(uint32_t t) { return t <= uint32_t(GgufValueType::F64);
 // Smallest encoding of one value of the type (bounds counts before anything is allocated).
 uint64_t min_value_bytes(GgufValueType t) {
   switch (t) {
-    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::Bool: return 1;
-    case GgufValueType::U16: case GgufValueType::I16: return 2;
-    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
-    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: case GgufValueType::String: return 8;
+    case GgufValueType::U8:
+    case GgufValueType::I8:
+    case GgufValueType::Bool: return 1;
+    case GgufValueType::U16:
+    case GgufValueType::I16: return 2;
+    case GgufValueType::U32:
+    case GgufValueType::I32:
+    case GgufValueType::F32: return 4;
+    case GgufValueType::U64:
+    case GgufValueType::I64:
+    case GgufValueType::F64:
+    case GgufValueType::String: return 8;
     case GgufValueType::Array: return 12;
   }
   return 1;
@@ -97,7 +105,9 @@ GgufValue read_value(Cursor& in, const std::string& file, const std::string& key
   // no vector grows by doubling past the count (a string array still takes up to 4x its bytes,
   // 32 per 8-byte empty string).
   switch (v.element_type) {
-    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::Bool: {
+    case GgufValueType::U8:
+    case GgufValueType::I8:
+    case GgufValueType::Bool: {
       const uint8_t* p = in.take(count, key);
       v.bytes.assign(p, p + count);
       if (v.element_type == GgufValueType::Bool)
@@ -105,7 +115,8 @@ GgufValue read_value(Cursor& in, const std::string& file, const std::string& key
       return v;
     }
     case GgufValueType::String: v.strings.reserve(size_t(count)); break;
-    case GgufValueType::F32: case GgufValueType::F64: v.floats.reserve(size_t(count)); break;
+    case GgufValueType::F32:
+    case GgufValueType::F64: v.floats.reserve(size_t(count)); break;
     default: v.ints.reserve(size_t(count)); break;
   }
   for (uint64_t i = 0; i < count; ++i) {
@@ -113,7 +124,8 @@ GgufValue read_value(Cursor& in, const std::string& file, const std::string& key
     read_scalar(in, v.element_type, e, key);
     switch (v.element_type) {
       case GgufValueType::String: v.strings.push_back(std::move(e.string_value)); break;
-      case GgufValueType::F32: case GgufValueType::F64: v.floats.push_back(e.float_value); break;
+      case GgufValueType::F32:
+      case GgufValueType::F64: v.floats.push_back(e.float_value); break;
       default: v.ints.push_back(e.integer); break;
     }
   }
@@ -124,8 +136,11 @@ uint64_t align_up(uint64_t v, uint64_t alignment) { return (v + alignment - 1) /
 
 bool known_ggml_type(uint32_t t) {
   switch (GgmlType(t)) {
-    case GgmlType::F32: case GgmlType::F16: case GgmlType::Q4_0: case GgmlType::Q8_0: case GgmlType::BF16:
-      return true;
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::Q4_0:
+    case GgmlType::Q8_0:
+    case GgmlType::BF16: return true;
   }
   return false;
 }
@@ -235,7 +250,8 @@ int64_t ggml_block_values(GgmlType type) { return type == GgmlType::Q4_0 || type
 int64_t ggml_block_bytes(GgmlType type) {
   switch (type) {
     case GgmlType::F32: return 4;
-    case GgmlType::F16: case GgmlType::BF16: return 2;
+    case GgmlType::F16:
+    case GgmlType::BF16: return 2;
     case GgmlType::Q4_0: return 18;  // f16 scale + 32 4-bit values
     case GgmlType::Q8_0: return 34;  // f16 scale + 32 int8 values
   }
@@ -335,7 +351,8 @@ GgufFile parse_gguf(std::span<const uint8_t> bytes, const std::string& file) {
       fail("{}: tensor {}: row of {} values is not a whole number of {}-value {} blocks", file, t.name, t.dims[0],
            block, ggml_type_name(t.type));
     const uint64_t offset = in.read<uint64_t>("offset of " + t.name);
-    if (offset % out.alignment != 0) fail("{}: tensor {}: offset {} is not aligned to {}", file, t.name, offset, out.alignment);
+    if (offset % out.alignment != 0)
+      fail("{}: tensor {}: offset {} is not aligned to {}", file, t.name, offset, out.alignment);
     infos.push_back({offset, numel / block * uint64_t(ggml_block_bytes(t.type))});
     out.tensors.push_back(std::move(t));
   }
@@ -413,7 +430,8 @@ std::vector<uint8_t> GgufWriter::header() const {
 
 std::vector<uint8_t> GgufWriter::tensor_bytes(const Pending& t) const {
   std::vector<uint8_t> bytes = t.produce();
-  if (bytes.size() != t.n_bytes) fail("gguf: tensor {}: produced {} bytes, expected {}", t.name, bytes.size(), t.n_bytes);
+  if (bytes.size() != t.n_bytes)
+    fail("gguf: tensor {}: produced {} bytes, expected {}", t.name, bytes.size(), t.n_bytes);
   bytes.resize(align_up(bytes.size(), alignment_), 0);
   return bytes;
 }

@@ -14,8 +14,19 @@
 namespace deepmoe {
 
 enum class GgufValueType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8, Array = 9,
-  U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  Bool = 7,
+  String = 8,
+  Array = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 
 // One metadata value. Scalars keep their on-disk type (llama.cpp checks types exactly), arrays
@@ -28,10 +39,10 @@ struct GgufValue {
   double float_value = 0;
   bool bool_value = false;
   std::string string_value;
-  std::vector<int64_t> ints;          // integer arrays of 2- to 8-byte elements
-  std::vector<uint8_t> bytes;         // u8, i8 (two's complement) and bool (0 or 1) arrays, as compact as on disk
-  std::vector<double> floats;         // f32 / f64 arrays
-  std::vector<std::string> strings;   // string arrays
+  std::vector<int64_t> ints;         // integer arrays of 2- to 8-byte elements
+  std::vector<uint8_t> bytes;        // u8, i8 (two's complement) and bool (0 or 1) arrays, as compact as on disk
+  std::vector<double> floats;        // f32 / f64 arrays
+  std::vector<std::string> strings;  // string arrays
 
   static GgufValue u32(uint32_t v);
   static GgufValue i32(int32_t v);

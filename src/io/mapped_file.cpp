@@ -87,10 +87,13 @@ MappedFile::MappedFile(const std::string& path, LoadOptions options) : path_(pat
 // (faulting in zeroed huge pages is much of the cost, and it parallelizes), then made read-only.
 void MappedFile::read_whole(int fd) {
   region_size_ = (size_ + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
-  void* region = ::mmap(nullptr, region_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (region == MAP_FAILED) fail("{}: cannot allocate {} bytes to read it into: {}", path_, size_, std::strerror(errno));
+  void* region =
+      ::mmap(nullptr, region_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (region == MAP_FAILED)
+    fail("{}: cannot allocate {} bytes to read it into: {}", path_, size_, std::strerror(errno));
   region_ = region;
-  uint8_t* data = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(region) + kHugePage - 1) / kHugePage * kHugePage);
+  uint8_t* data =
+      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(region) + kHugePage - 1) / kHugePage * kHugePage);
   ::madvise(data, region_size_ - size_t(data - static_cast<uint8_t*>(region)), MADV_HUGEPAGE);
   data_ = data;
   const size_t chunk = size_t(64) << 20;

@@ -18,8 +18,8 @@ void write_npy_f32(const std::string& path, const float* data, const std::vector
   // magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
   while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
   header.push_back('\n');
-  std::vector<uint8_t> bytes = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size() & 0xff),
-                                uint8_t(header.size() >> 8)};
+  std::vector<uint8_t> bytes = {
+      0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size() & 0xff), uint8_t(header.size() >> 8)};
   bytes.insert(bytes.end(), header.begin(), header.end());
   const size_t offset = bytes.size();
   bytes.resize(offset + count * sizeof(float));

@@ -27,16 +27,14 @@ void put_u64_le(uint64_t value, std::vector<uint8_t>* out) {
   for (int i = 0; i < 8; ++i) out->push_back(uint8_t(value >> (8 * i)));
 }
 
-TensorView parse_entry(const std::string& name, const nlohmann::json& entry, const uint8_t* data,
-                       uint64_t data_size, const std::string& file) {
+TensorView parse_entry(const std::string& name, const nlohmann::json& entry, const uint8_t* data, uint64_t data_size,
+                       const std::string& file) {
   if (!entry.is_object()) fail("{}: tensor {}: header entry is not an object", file, name);
   const auto dtype_it = entry.find("dtype");
   const auto shape_it = entry.find("shape");
   const auto offsets_it = entry.find("data_offsets");
-  if (dtype_it == entry.end() || !dtype_it->is_string())
-    fail("{}: tensor {}: missing string 'dtype'", file, name);
-  if (shape_it == entry.end() || !shape_it->is_array())
-    fail("{}: tensor {}: missing array 'shape'", file, name);
+  if (dtype_it == entry.end() || !dtype_it->is_string()) fail("{}: tensor {}: missing string 'dtype'", file, name);
+  if (shape_it == entry.end() || !shape_it->is_array()) fail("{}: tensor {}: missing array 'shape'", file, name);
   if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2)
     fail("{}: tensor {}: 'data_offsets' must be [begin, end]", file, name);
 
@@ -73,11 +71,10 @@ TensorView parse_entry(const std::string& name, const nlohmann::json& entry, con
   const uint64_t begin = begin_json.get<uint64_t>();
   const uint64_t end = end_json.get<uint64_t>();
   if (begin > end || end > data_size)
-    fail("{}: tensor {}: data_offsets [{}, {}] outside the {} data bytes (truncated file?)", file,
-         name, begin, end, data_size);
+    fail("{}: tensor {}: data_offsets [{}, {}] outside the {} data bytes (truncated file?)", file, name, begin, end,
+         data_size);
   if (end - begin != expected_bytes)
-    fail("{}: tensor {}: {} data bytes but dtype {} and shape need {}", file, name, end - begin,
-         dtype, expected_bytes);
+    fail("{}: tensor {}: {} data bytes but dtype {} and shape need {}", file, name, end - begin, dtype, expected_bytes);
   view.data = data + begin;
   view.n_bytes = size_t(expected_bytes);
   return view;
@@ -91,15 +88,13 @@ int64_t TensorView::numel() const {
   return n;
 }
 
-std::vector<TensorView> parse_safetensors(std::span<const uint8_t> bytes,
-                                          const std::string& file_name) {
+std::vector<TensorView> parse_safetensors(std::span<const uint8_t> bytes, const std::string& file_name) {
   if (bytes.size() < 8) fail("{}: too short for a safetensors file ({} bytes)", file_name, bytes.size());
   const uint64_t header_size = read_u64_le(bytes.data());
   if (header_size > kMaxHeaderBytes)
     fail("{}: header length {} exceeds the {}-byte limit", file_name, header_size, kMaxHeaderBytes);
   if (header_size > bytes.size() - 8)
-    fail("{}: header length {} exceeds the file size {} (truncated file?)", file_name, header_size,
-         bytes.size());
+    fail("{}: header length {} exceeds the file size {} (truncated file?)", file_name, header_size, bytes.size());
   const char* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
   nlohmann::json header = nlohmann::json::parse(header_begin, header_begin + header_size,
                                                 /*callback=*/nullptr, /*allow_exceptions=*/false);
@@ -131,9 +126,8 @@ std::vector<uint8_t> header_bytes(const std::vector<TensorHeader>& tensors) {
   uint64_t offset = 0;
   for (const auto& tensor : tensors) {
     const uint64_t size = tensor_bytes(tensor);
-    header[tensor.name] = {{"dtype", dtype_name(tensor.dtype)},
-                           {"shape", tensor.shape},
-                           {"data_offsets", {offset, offset + size}}};
+    header[tensor.name] = {
+        {"dtype", dtype_name(tensor.dtype)}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + size}}};
     offset += size;
   }
   std::string text = header.dump();
@@ -184,8 +178,7 @@ CheckpointReader::CheckpointReader(const std::string& model_dir, LoadOptions loa
   const fs::path single_path = fs::path(model_dir) / "model.safetensors";
   if (fs::exists(index_path)) {
     const auto index = nlohmann::json::parse(read_text_file(index_path.string()), nullptr, false);
-    if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-        !index["weight_map"].is_object())
+    if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
       fail("{}: expected a JSON object with a 'weight_map' object", index_path.string());
     std::set<std::string> shards;
     for (const auto& [name, file] : index["weight_map"].items()) {
@@ -199,8 +192,7 @@ CheckpointReader::CheckpointReader(const std::string& model_dir, LoadOptions loa
     for (const auto& [name, file] : index["weight_map"].items()) {
       const auto it = tensors_.find(name);
       if (it == tensors_.end())
-        fail("{}: lists tensor {} in {}, which does not hold it", index_path.string(), name,
-             file.get<std::string>());
+        fail("{}: lists tensor {} in {}, which does not hold it", index_path.string(), name, file.get<std::string>());
     }
   } else if (fs::exists(single_path)) {
     add_file(single_path.string(), load);

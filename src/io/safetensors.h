@@ -30,8 +30,7 @@ struct TensorView {
 
 // Parses the header of a safetensors file held in `bytes` (named `file_name` in errors).
 // Returned views point into `bytes`. Throws Error on anything malformed.
-std::vector<TensorView> parse_safetensors(std::span<const uint8_t> bytes,
-                                          const std::string& file_name);
+std::vector<TensorView> parse_safetensors(std::span<const uint8_t> bytes, const std::string& file_name);
 
 struct TensorToWrite {
   std::string name;

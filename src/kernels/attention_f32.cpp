@@ -74,8 +74,8 @@ DEEPMOE_AVX512 void scores_avx512(int64_t m, int64_t n, int64_t k, float alpha, 
 
 // R rows × up to 64 columns (V vectors, the last masked) of weighted sums.
 template <int R, int V>
-DEEPMOE_AVX512 void weighted_tile(int64_t columns, int64_t k, const float* a, int64_t lda, const float* b,
-                                  int64_t ldb, float* c, int64_t ldc) {
+DEEPMOE_AVX512 void weighted_tile(int64_t columns, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                                  float* c, int64_t ldc) {
   __m512 acc[R][V];
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();

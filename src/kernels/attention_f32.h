@@ -12,12 +12,10 @@ namespace deepmoe {
 
 // c[i, j] = alpha · Σ_k a[i, k] · b[j, k]   for i < m, j < n (row-major, strides in floats).
 void query_key_scores(bool batch_invariant, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                      const float* b,
-                      int64_t ldb, float* c, int64_t ldc);
+                      const float* b, int64_t ldb, float* c, int64_t ldc);
 
 // c[i, :n] = Σ_{p < k} a[i, p] · b[p, :n]   for i < m.
 void weighted_rows(bool batch_invariant, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                   int64_t ldb, float* c,
-                   int64_t ldc);
+                   int64_t ldb, float* c, int64_t ldc);
 
 }  // namespace deepmoe

@@ -1,7 +1,7 @@
 #include "kernels/gemm_bf16.h"
 
-#include <immintrin.h>
 #include <dlfcn.h>
+#include <immintrin.h>
 
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -104,8 +104,8 @@ bool cpu_has_bf16_gemm() {
   return has;
 }
 
-void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const uint16_t* a,
-               int64_t lda, const uint16_t* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
+               const uint16_t* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {  // an empty sum: C = 0 (+ C)
     if (!accumulate)
@@ -114,17 +114,18 @@ void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t
   }
   ThreadState& state = thread_state();
   const ShapeKey key{transpose_a, transpose_b, accumulate, transpose_a ? m : -1, n, transpose_a ? -1 : k,
-                     lda, ldb, ldc};
+                     lda,         ldb,         ldc};
   const Plan& plan = plan_for(state, key);
   const memory::desc a_md({m, k}, Dt::bf16, strides(transpose_a, lda));
   const memory::desc b_md({k, n}, Dt::bf16, strides(transpose_b, ldb));
   const memory::desc c_md({m, n}, Dt::f32, memory::dims{ldc, 1});
   if (state.scratchpad.size() < plan.scratchpad.get_size()) state.scratchpad.resize(plan.scratchpad.get_size());
   const dnnl::engine& engine = cpu_engine();
-  plan.primitive.execute(state.stream, {{DNNL_ARG_SRC, memory(a_md, engine, const_cast<uint16_t*>(a))},
-                                        {DNNL_ARG_WEIGHTS, memory(b_md, engine, const_cast<uint16_t*>(b))},
-                                        {DNNL_ARG_DST, memory(c_md, engine, c)},
-                                        {DNNL_ARG_SCRATCHPAD, memory(plan.scratchpad, engine, state.scratchpad.data())}});
+  plan.primitive.execute(state.stream,
+                         {{DNNL_ARG_SRC, memory(a_md, engine, const_cast<uint16_t*>(a))},
+                          {DNNL_ARG_WEIGHTS, memory(b_md, engine, const_cast<uint16_t*>(b))},
+                          {DNNL_ARG_DST, memory(c_md, engine, c)},
+                          {DNNL_ARG_SCRATCHPAD, memory(plan.scratchpad, engine, state.scratchpad.data())}});
 }
 
 void convert_f32_to_bf16(const float* src, uint16_t* dst, size_t n) {

@@ -14,8 +14,8 @@ bool cpu_has_bf16_gemm();
 
 // C = op(A)·op(B) (+ C when accumulate); A, B bf16 bit patterns, C f32. Runs on the calling
 // thread only (callers split the work over their pool, as with gemm_f32_ex).
-void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const uint16_t* a,
-               int64_t lda, const uint16_t* b, int64_t ldb, bool accumulate, float* c, int64_t ldc);
+void gemm_bf16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
+               const uint16_t* b, int64_t ldb, bool accumulate, float* c, int64_t ldc);
 
 // dst[i] = bf16(src[i]), rounding to nearest even (NaN stays NaN), as PyTorch's .bfloat16().
 void convert_f32_to_bf16(const float* src, uint16_t* dst, size_t n);

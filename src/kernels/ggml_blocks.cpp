@@ -35,7 +35,7 @@ void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
 // Dequantization widens prefill's weight panels: built for AVX-512 and AVX2 too, so the inner
 // loops vectorize.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void dequantize_q8_0(const uint8_t* in, int64_t n,
-                                                                                   float* y) {
+                                                                                  float* y) {
   for (int64_t b = 0; b < n / kGgmlBlock; ++b, in += kQ8_0BlockBytes, y += kGgmlBlock) {
     const float d = get_f16(in);
     for (int64_t j = 0; j < kGgmlBlock; ++j) y[j] = float(int8_t(in[2 + j])) * d;
@@ -61,7 +61,7 @@ void quantize_q4_0(const float* x, int64_t n, uint8_t* out) {
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void dequantize_q4_0(const uint8_t* in, int64_t n,
-                                                                                   float* y) {
+                                                                                  float* y) {
   for (int64_t b = 0; b < n / kGgmlBlock; ++b, in += kQ4_0BlockBytes, y += kGgmlBlock) {
     const float d = get_f16(in);
     for (int64_t j = 0; j < kGgmlBlock / 2; ++j) {
@@ -86,7 +86,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void quantize_activ
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void round_activations_q8_0(const float* x, int64_t n,
-                                                                                          float* out) {
+                                                                                         float* out) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d;
   q.resize(size_t(n));

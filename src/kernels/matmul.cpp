@@ -31,11 +31,11 @@ void gemm_f32_ex(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64
               blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
 }
 
-void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-              int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, blasint(m),
-              blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, blasint(m), blasint(n), blasint(k),
+              alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
 }
 
 namespace {
@@ -138,8 +138,8 @@ void prepare_input(const Context& ctx, const float* x, int64_t x_stride, int64_t
       if (w.activation_quant != ActivationQuant::None) {
         QuantizedActivations& q = hold<QuantizedActivations>(p);
         const Uint8Range range{w.activation_scale, w.activation_zero_point};
-        quantize_activations(x, n_rows, x_stride, w.cols, w.activation_quant == ActivationQuant::Static ? &range : nullptr,
-                             q);
+        quantize_activations(x, n_rows, x_stride, w.cols,
+                             w.activation_quant == ActivationQuant::Static ? &range : nullptr, q);
         if (p.kernel == Kernel::SgemmWidened) {  // sgemm reads the values W8A8 rounded x to
           std::vector<float> rounded(size_t(n_rows * w.cols));
           dequantize_activations(q, n_rows, w.cols, rounded.data());
@@ -154,23 +154,20 @@ void prepare_input(const Context& ctx, const float* x, int64_t x_stride, int64_t
     case Kernel::StreamQuant:
       if (w.format == WeightFormat::Q8_0 || w.format == WeightFormat::Q4_0) round_q8_0();
       return;
-    case Kernel::Q8Vnni:
-      return prepare_q8_activations(x, x_stride, n_rows, w.cols, hold<Q8Activations>(p));
-    case Kernel::Q4Vnni:
-      return prepare_q4_activations(x, x_stride, n_rows, w.cols, hold<Q4Activations>(p));
-    case Kernel::GgmlGemm:
-      return prepare_ggml_gemm_activations(x, x_stride, n_rows, w, hold<GgmlGemmActivations>(p));
+    case Kernel::Q8Vnni: return prepare_q8_activations(x, x_stride, n_rows, w.cols, hold<Q8Activations>(p));
+    case Kernel::Q4Vnni: return prepare_q4_activations(x, x_stride, n_rows, w.cols, hold<Q4Activations>(p));
+    case Kernel::GgmlGemm: return prepare_ggml_gemm_activations(x, x_stride, n_rows, w, hold<GgmlGemmActivations>(p));
     case Kernel::GemmBf16: {
       std::vector<uint16_t>& bits = hold<Bf16Rows>(p).bits;
       bits.resize(size_t(n_rows * w.cols));
-      for (int64_t m = 0; m < n_rows; ++m) convert_f32_to_bf16(x + m * x_stride, bits.data() + m * w.cols, size_t(w.cols));
+      for (int64_t m = 0; m < n_rows; ++m)
+        convert_f32_to_bf16(x + m * x_stride, bits.data() + m * w.cols, size_t(w.cols));
       return;
     }
     case Kernel::InvariantPanels:  // the weights' panels: weights_prepared
     case Kernel::Sgemv:
     case Kernel::StreamFloat:
-    case Kernel::SgemmF32:
-      return;
+    case Kernel::SgemmF32: return;
   }
 }
 
@@ -191,10 +188,8 @@ void run_rows(const Context& ctx, const PreparedInput& p, const PackedPanels* pa
     case Kernel::W8A8Dot:
       return int8_u8_dot_rows(std::get<QuantizedActivations>(p.values), n_rows, w, y, y_stride, row_begin, row_end,
                               portable);
-    case Kernel::Q4Vnni:
-      return q4_dot_rows_vnni(std::get<Q4Activations>(p.values), w, y, y_stride, row_begin, row_end);
-    case Kernel::Q8Vnni:
-      return q8_dot_rows_vnni(std::get<Q8Activations>(p.values), w, y, y_stride, row_begin, row_end);
+    case Kernel::Q4Vnni: return q4_dot_rows_vnni(std::get<Q4Activations>(p.values), w, y, y_stride, row_begin, row_end);
+    case Kernel::Q8Vnni: return q8_dot_rows_vnni(std::get<Q8Activations>(p.values), w, y, y_stride, row_begin, row_end);
     case Kernel::GgmlGemm:
       return ggml_gemm_rows(std::get<GgmlGemmActivations>(p.values), w, y, y_stride, row_begin, row_end);
     case Kernel::Sgemv: {
@@ -205,20 +200,18 @@ void run_rows(const Context& ctx, const PreparedInput& p, const PackedPanels* pa
     }
     case Kernel::StreamQuant:
       return quant_dot_rows(p.x, p.x_stride, n_rows, w, y, y_stride, row_begin, row_end, portable);
-    case Kernel::StreamFloat:
-      return matmul_small_batch(p.x, p.x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case Kernel::StreamFloat: return matmul_small_batch(p.x, p.x_stride, n_rows, w, y, y_stride, row_begin, row_end);
     case Kernel::SgemmF32: {
       const WeightMatrix part = w.row_slice(row_begin, row_end - row_begin);
       gemm_f32(true, n_rows, part.rows, part.cols, 1.0f, p.x, p.x_stride, static_cast<const float*>(part.data),
                part.cols, 0.0f, y + row_begin, y_stride);
       return;
     }
-    case Kernel::SgemmWidened:
-      return matmul_widened_rows(p.x, p.x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case Kernel::SgemmWidened: return matmul_widened_rows(p.x, p.x_stride, n_rows, w, y, y_stride, row_begin, row_end);
     case Kernel::GemmBf16: {
       const uint16_t* wb = static_cast<const uint16_t*>(w.data) + row_begin * w.cols;
-      gemm_bf16(false, true, n_rows, row_end - row_begin, w.cols, std::get<Bf16Rows>(p.values).bits.data(), w.cols,
-                wb, w.cols, false, y + row_begin, y_stride);
+      gemm_bf16(false, true, n_rows, row_end - row_begin, w.cols, std::get<Bf16Rows>(p.values).bits.data(), w.cols, wb,
+                w.cols, false, y + row_begin, y_stride);
       return;
     }
   }
@@ -226,8 +219,8 @@ void run_rows(const Context& ctx, const PreparedInput& p, const PackedPanels* pa
 
 }  // namespace
 
-void matmul_rows(const Context& ctx, const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
-                 float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
+void matmul_rows(const Context& ctx, const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                 int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (row_begin >= row_end || n_rows == 0) return;
   if (x_stride < 0) x_stride = w.cols;
   if (y_stride < 0) y_stride = w.rows;
@@ -247,8 +240,8 @@ struct MatmulScratch {
   std::vector<MatmulJob> groups;
   std::vector<size_t> first_group;  // of each job
   std::vector<PreparedInput> prepared;
-  std::vector<size_t> input_of;  // the group whose prepared input each group reads
-  std::vector<int64_t> first_block;  // of each job, in the batch's numbering
+  std::vector<size_t> input_of;             // the group whose prepared input each group reads
+  std::vector<int64_t> first_block;         // of each job, in the batch's numbering
   std::vector<const PackedPanels*> panels;  // of each job
 };
 

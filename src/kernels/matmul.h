@@ -36,10 +36,10 @@ enum class ActivationQuant : uint8_t { None, Static, Dynamic };
 struct WeightMatrix {
   WeightFormat format = WeightFormat::F32;
   const void* data = nullptr;
-  int64_t rows = 0;  // out_features
-  int64_t cols = 0;  // in_features
-  const float* row_scales = nullptr;     // Int8: [rows]
-  const int32_t* row_sums = nullptr;     // Int8 with activation_quant: Σ q per row (zero-point term)
+  int64_t rows = 0;                        // out_features
+  int64_t cols = 0;                        // in_features
+  const float* row_scales = nullptr;       // Int8: [rows]
+  const int32_t* row_sums = nullptr;       // Int8 with activation_quant: Σ q per row (zero-point term)
   const uint16_t* group_scales = nullptr;  // Int4: f16 [rows, cols / group]
   const uint8_t* zero_points = nullptr;    // Int4: [rows, cols / group]; nullptr: symmetric (8)
   int64_t group = 0;                       // Int4: values per scale (a multiple of 32)
@@ -65,8 +65,8 @@ constexpr int64_t kSmallBatchMax = 4;
 
 // y[m, :] = W · x[m, :] for m < n_rows. x rows are x_stride apart, y rows y_stride apart
 // (defaults: packed). The pool splits the output features across threads.
-void matmul(const Context& ctx, const float* x, int64_t n_rows, const WeightMatrix& w, float* y,
-            int64_t x_stride = -1, int64_t y_stride = -1);
+void matmul(const Context& ctx, const float* x, int64_t n_rows, const WeightMatrix& w, float* y, int64_t x_stride = -1,
+            int64_t y_stride = -1);
 
 // One product of a batch: y[m, :] = W · x[m, :] for m < n_rows (strides as matmul's).
 struct MatmulJob {
@@ -84,12 +84,12 @@ void matmul_batch(const Context& ctx, std::span<const MatmulJob> jobs);
 
 // matmul on output rows [row_begin, row_end) only, on the calling thread (for callers that
 // parallelize at a coarser level, e.g. over attention heads); ctx gives the settings only.
-void matmul_rows(const Context& ctx, const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
-                 float* y, int64_t y_stride, int64_t row_begin, int64_t row_end);
+void matmul_rows(const Context& ctx, const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                 int64_t y_stride, int64_t row_begin, int64_t row_end);
 
 // The streaming kernel on output rows [row_begin, row_end) only (exposed for tests and bench).
-void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
-                        float* y, int64_t y_stride, int64_t row_begin, int64_t row_end);
+void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                        int64_t y_stride, int64_t row_begin, int64_t row_end);
 
 // Plain f32 GEMM on strided row-major matrices: C = alpha·op(A)·op(B) + beta·C, op = identity or
 // transpose (training's backward passes need Aᵀ·B as well as A·Bᵀ).
@@ -97,8 +97,8 @@ void gemm_f32_ex(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // Plain f32 GEMM on strided row-major matrices (attention): C = A·B or A·Bᵀ, C = alpha·AB + beta·C.
-void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-              int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void gemm_f32(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // "OpenBLAS <core>": the library and the CPU kernels it chose (OPENBLAS_CORETYPE overrides them).
 std::string gemm_library_name();

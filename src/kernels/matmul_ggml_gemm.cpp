@@ -24,9 +24,9 @@ namespace deepmoe {
 
 namespace {
 
-constexpr int64_t kPanelRows = 32;   // two vectors of 16 output features
-constexpr int kTileRows = 4;         // activation rows per micro-kernel pass
-constexpr int kGroups = 8;           // 4-value groups per block
+constexpr int64_t kPanelRows = 32;  // two vectors of 16 output features
+constexpr int kTileRows = 4;        // activation rows per micro-kernel pass
+constexpr int kGroups = 8;          // 4-value groups per block
 constexpr size_t kCodeBytes = kGroups * 2 * 64;
 constexpr size_t kScaleOffset = kCodeBytes, kCorrectionOffset = kCodeBytes + 128;
 constexpr size_t kPackedBlockBytes = kCodeBytes + 256;
@@ -69,8 +69,8 @@ DEEPMOE_VNNI void pack_panel(const WeightMatrix& w, int64_t first, int64_t count
   if (count < kPanelRows) zero_row.assign(size_t(row_bytes), 0);
   const uint8_t* base = static_cast<const uint8_t*>(w.data) + first * row_bytes;
   const __m512i low4 = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
-  const __m512i offsets =
-      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int32_t(row_bytes)));
+  const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(int32_t(row_bytes)));
   for (int v = 0; v < 2; ++v) {
     const __mmask16 valid = rows_mask(count - 16 * v);
     const uint8_t* rows[16];
@@ -136,9 +136,8 @@ DEEPMOE_VNNI void tile(const GgmlGemmActivations& x, int64_t m0, const uint8_t* 
       const size_t at = size_t((m0 + m) * x.blocks + b);
       const __m512 x_scale = _mm512_set1_ps(x.scales[at]);
       for (int v = 0; v < 2; ++v) {
-        const __m512i correction = F == WeightFormat::Q8_0
-                                       ? _mm512_load_si512(packed + kCorrectionOffset + v * 64)
-                                       : _mm512_set1_epi32(x.sums8[at]);
+        const __m512i correction = F == WeightFormat::Q8_0 ? _mm512_load_si512(packed + kCorrectionOffset + v * 64)
+                                                           : _mm512_set1_epi32(x.sums8[at]);
         const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[m][v], correction));
         acc[m][v] = _mm512_fmadd_ps(dot, _mm512_mul_ps(w_scale[v], x_scale), acc[m][v]);
       }
@@ -209,8 +208,8 @@ void prepare_ggml_gemm_activations(const float* x, int64_t x_stride, int64_t n_r
   }
 }
 
-void ggml_gemm_rows(const GgmlGemmActivations& x, const WeightMatrix& w, float* y, int64_t y_stride,
-                    int64_t row_begin, int64_t row_end) {
+void ggml_gemm_rows(const GgmlGemmActivations& x, const WeightMatrix& w, float* y, int64_t y_stride, int64_t row_begin,
+                    int64_t row_end) {
   if (w.format == WeightFormat::Q8_0) return gemm_rows<WeightFormat::Q8_0>(x, w, y, y_stride, row_begin, row_end);
   return gemm_rows<WeightFormat::Q4_0>(x, w, y, y_stride, row_begin, row_end);
 }

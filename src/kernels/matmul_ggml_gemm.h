@@ -19,8 +19,8 @@ struct GgmlGemmActivations {
   // [n_rows, cols] Q8_0 codes; for Q8_0 weights stored + 128 (vpdpbusd's unsigned operand),
   // for Q4_0 as int8 (the nibbles, 0..15, are the unsigned operand there).
   std::vector<uint8_t> codes;
-  std::vector<float> scales;    // [n_rows, blocks]: the blocks' d (after f16 rounding)
-  std::vector<int32_t> sums8;   // Q4_0 only, [n_rows, blocks]: 8·Σ codes, its zero-point term
+  std::vector<float> scales;   // [n_rows, blocks]: the blocks' d (after f16 rounding)
+  std::vector<int32_t> sums8;  // Q4_0 only, [n_rows, blocks]: 8·Σ codes, its zero-point term
 };
 
 // Q8_0 or Q4_0 weights on a CPU with AVX-512 VNNI.
@@ -28,7 +28,7 @@ bool ggml_gemm_applies(const WeightMatrix& w);
 void prepare_ggml_gemm_activations(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
                                    GgmlGemmActivations& out);
 // y[m, row] for every activation row m and rows [row_begin, row_end) of w.
-void ggml_gemm_rows(const GgmlGemmActivations& x, const WeightMatrix& w, float* y, int64_t y_stride,
-                    int64_t row_begin, int64_t row_end);
+void ggml_gemm_rows(const GgmlGemmActivations& x, const WeightMatrix& w, float* y, int64_t y_stride, int64_t row_begin,
+                    int64_t row_end);
 
 }  // namespace deepmoe

@@ -73,8 +73,7 @@ template <typename T>
 void panel_portable(const float* x, const T* panel, int64_t cols, float* y, int64_t lane_begin, int64_t lane_end) {
   for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
     float partial[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t k = 0; k < cols; ++k)
-      partial[k & 3] = std::fma(x[k], widen(panel[k * kPanel + lane]), partial[k & 3]);
+    for (int64_t k = 0; k < cols; ++k) partial[k & 3] = std::fma(x[k], widen(panel[k * kPanel + lane]), partial[k & 3]);
     y[lane] = (partial[0] + partial[1]) + (partial[2] + partial[3]);
   }
 }

@@ -51,7 +51,7 @@ DEEPMOE_VNNI inline void load_windows(const uint8_t* p, int64_t valid, __m512i* 
   const int64_t bytes = valid * kQ4_0BlockBytes;
   for (int k = 0; k < 5; ++k) {
     const __mmask64 in_range = k == 4 ? __mmask64(0xffffffff) : ~__mmask64(0);
-    const __mmask64 lanes = bytes <= 64 * k                ? 0
+    const __mmask64 lanes = bytes <= 64 * k         ? 0
                             : bytes >= 64 * (k + 1) ? in_range
                                                     : in_range & ((__mmask64(1) << (bytes - 64 * k)) - 1);
     window[k] = _mm512_maskz_loadu_epi8(lanes, p + 64 * k);
@@ -196,7 +196,8 @@ void dequantize_q4_activations(const Q4Activations& x, float* out) {
       const int64_t c = k / kChunk, j = k % kChunk, s = c / kChunksPerSuper, in_super = c % kChunksPerSuper;
       const int8_t q = x.values[size_t(((m * x.superblocks + s) * 4 + in_super / 4) * 128 + (j < 16 ? 0 : 64) +
                                        (in_super % 4) * 16 + j % 16)];
-      out[m * x.cols + k] = float(q) * x.scales[size_t((m * x.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super])];
+      out[m * x.cols + k] =
+          float(q) * x.scales[size_t((m * x.superblocks + s) * kChunksPerSuper + kLaneOfChunk[in_super])];
     }
 }
 

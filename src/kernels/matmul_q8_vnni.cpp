@@ -25,8 +25,8 @@ constexpr int64_t kLanes = 16, kPairBytes = 2 * kGgmlBlock, kPairsPerSuper = 8;
 // Pairs [first_pair, first_pair + count) of one weight row (blocks past `blocks` read as
 // zeros) into acc[pair parity][m].
 template <int M, bool Full>
-DEEPMOE_VNNI inline void superblock(const Q8Activations& x, const uint8_t* row_data, int64_t blocks,
-                                    int64_t first_pair, int64_t count, __m512 (*acc)[M], int64_t row_bytes) {
+DEEPMOE_VNNI inline void superblock(const Q8Activations& x, const uint8_t* row_data, int64_t blocks, int64_t first_pair,
+                                    int64_t count, __m512 (*acc)[M], int64_t row_bytes) {
   const int64_t first_block = 2 * first_pair;
   const __mmask16 scale_mask =
       Full ? __mmask16(0xffff) : __mmask16((1u << std::min<int64_t>(16, blocks - first_block)) - 1u);
@@ -41,7 +41,8 @@ DEEPMOE_VNNI inline void superblock(const Q8Activations& x, const uint8_t* row_d
     _mm_prefetch(reinterpret_cast<const char*>(a + kPrefetchRows * row_bytes), _MM_HINT_T0);
     const __m512i lo = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
     const __m512i w = Full || 2 * p + 1 < blocks
-                          ? _mm512_mask_broadcast_i64x4(lo, 0xf0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + kQ8_0BlockBytes)))
+                          ? _mm512_mask_broadcast_i64x4(
+                                lo, 0xf0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + kQ8_0BlockBytes)))
                           : _mm512_maskz_mov_epi64(0x0f, lo);
     const __m512i weight_offset = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, w), 7);
     const __m512 w_scale = _mm512_permutexvar_ps(_mm512_add_epi32(lane_block, _mm512_set1_epi32(int(2 * i))), w_scales);
@@ -65,9 +66,11 @@ DEEPMOE_VNNI void rows(const Q8Activations& x, const WeightMatrix& w, float* y, 
     const uint8_t* row_data = static_cast<const uint8_t*>(w.data) + size_t(row) * row_bytes;
     __m512 acc[2][M];
     for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm512_setzero_ps();
-    for (int64_t s = 0; s < full; ++s) superblock<M, true>(x, row_data, blocks, s * kPairsPerSuper, kPairsPerSuper, acc, int64_t(row_bytes));
+    for (int64_t s = 0; s < full; ++s)
+      superblock<M, true>(x, row_data, blocks, s * kPairsPerSuper, kPairsPerSuper, acc, int64_t(row_bytes));
     if (full * kPairsPerSuper < x.pairs)
-      superblock<M, false>(x, row_data, blocks, full * kPairsPerSuper, x.pairs - full * kPairsPerSuper, acc, int64_t(row_bytes));
+      superblock<M, false>(x, row_data, blocks, full * kPairsPerSuper, x.pairs - full * kPairsPerSuper, acc,
+                           int64_t(row_bytes));
     for (int m = 0; m < M; ++m) y[m * y_stride + row] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], acc[1][m]));
   }
 }

@@ -14,7 +14,6 @@ namespace deepmoe {
 
 namespace {
 
-
 constexpr int64_t kChunk = 32;
 
 inline float load_f16(const void* p) {
@@ -92,21 +91,27 @@ inline void dot_rows_any_m(const float* x, int64_t x_stride, int64_t n_rows, con
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void portable_quant_dot_rows(
-    const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
-    int64_t row_begin, int64_t row_end) {
+__attribute__((target_clones("avx2", "default"))) void portable_quant_dot_rows(const float* x, int64_t x_stride,
+                                                                               int64_t n_rows, const WeightMatrix& w,
+                                                                               float* y, int64_t y_stride,
+                                                                               int64_t row_begin, int64_t row_end) {
   switch (w.format) {
-    case WeightFormat::Q8_0: return dot_rows_any_m<WeightFormat::Q8_0>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
-    case WeightFormat::Q4_0: return dot_rows_any_m<WeightFormat::Q4_0>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
-    case WeightFormat::Int8: return dot_rows_any_m<WeightFormat::Int8>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
-    case WeightFormat::Int4: return dot_rows_any_m<WeightFormat::Int4>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Q8_0:
+      return dot_rows_any_m<WeightFormat::Q8_0>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Q4_0:
+      return dot_rows_any_m<WeightFormat::Q4_0>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Int8:
+      return dot_rows_any_m<WeightFormat::Int8>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Int4:
+      return dot_rows_any_m<WeightFormat::Int4>(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
     default: return;
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void portable_int8_u8_dot_rows(
-    const QuantizedActivations& xq, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
-    int64_t row_begin, int64_t row_end) {
+__attribute__((target_clones("avx2", "default"))) void portable_int8_u8_dot_rows(const QuantizedActivations& xq,
+                                                                                 int64_t n_rows, const WeightMatrix& w,
+                                                                                 float* y, int64_t y_stride,
+                                                                                 int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int8_t* q = static_cast<const int8_t*>(w.data) + row * w.cols;
     for (int64_t m = 0; m < n_rows; ++m) {
@@ -121,8 +126,8 @@ __attribute__((target_clones("avx2", "default"))) void portable_int8_u8_dot_rows
 
 }  // namespace
 
-void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
-                    int64_t y_stride, int64_t row_begin, int64_t row_end, bool portable) {
+void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
+                    int64_t row_begin, int64_t row_end, bool portable) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("quant_dot_rows: {} rows", n_rows);
   if (!w.is_quantized()) fail("quant_dot_rows: {} weights are not quantized", weight_format_name(w.format));
   if (!portable && cpu_has_avx512())
@@ -130,11 +135,10 @@ void quant_dot_rows(const float* x, int64_t x_stride, int64_t n_rows, const Weig
   portable_quant_dot_rows(x, x_stride, n_rows, w, y, y_stride, row_begin, row_end);
 }
 
-void int8_u8_dot_rows(const QuantizedActivations& xq, int64_t n_rows, const WeightMatrix& w, float* y,
-                      int64_t y_stride, int64_t row_begin, int64_t row_end, bool portable) {
+void int8_u8_dot_rows(const QuantizedActivations& xq, int64_t n_rows, const WeightMatrix& w, float* y, int64_t y_stride,
+                      int64_t row_begin, int64_t row_end, bool portable) {
   if (w.format != WeightFormat::Int8 || !w.row_sums) fail("int8_u8_dot_rows: needs Int8 weights with row sums");
-  if (!portable && cpu_has_avx512_vnni())
-    return int8_u8_dot_rows_vnni(xq, n_rows, w, y, y_stride, row_begin, row_end);
+  if (!portable && cpu_has_avx512_vnni()) return int8_u8_dot_rows_vnni(xq, n_rows, w, y, y_stride, row_begin, row_end);
   portable_int8_u8_dot_rows(xq, n_rows, w, y, y_stride, row_begin, row_end);
 }
 

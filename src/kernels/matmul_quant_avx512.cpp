@@ -115,7 +115,8 @@ DEEPMOE_AVX512 void scaled_group_rows(const float* x, int64_t x_stride, const We
       accumulate_group<M, F>(x, x_stride, w, row_data, row_scales, row_zeros, chunks_per_group, g, acc[0]);
       accumulate_group<M, F>(x, x_stride, w, row_data, row_scales, row_zeros, chunks_per_group, g + 1, acc[1]);
     }
-    if (g < groups) accumulate_group<M, F>(x, x_stride, w, row_data, row_scales, row_zeros, chunks_per_group, g, acc[0]);
+    if (g < groups)
+      accumulate_group<M, F>(x, x_stride, w, row_data, row_scales, row_zeros, chunks_per_group, g, acc[0]);
     for (int m = 0; m < M; ++m) y[m * y_stride + row] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], acc[1][m]));
   }
 }
@@ -151,12 +152,15 @@ DEEPMOE_AVX512 void int8_rows(const float* x, int64_t x_stride, const WeightMatr
 }
 
 template <int M>
-DEEPMOE_AVX512 void dispatch_format(const float* x, int64_t x_stride, const WeightMatrix& w, float* y,
-                                    int64_t y_stride, int64_t row_begin, int64_t row_end) {
+DEEPMOE_AVX512 void dispatch_format(const float* x, int64_t x_stride, const WeightMatrix& w, float* y, int64_t y_stride,
+                                    int64_t row_begin, int64_t row_end) {
   switch (w.format) {
-    case WeightFormat::Q8_0: return scaled_group_rows<M, WeightFormat::Q8_0>(x, x_stride, w, y, y_stride, row_begin, row_end);
-    case WeightFormat::Q4_0: return scaled_group_rows<M, WeightFormat::Q4_0>(x, x_stride, w, y, y_stride, row_begin, row_end);
-    case WeightFormat::Int4: return scaled_group_rows<M, WeightFormat::Int4>(x, x_stride, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Q8_0:
+      return scaled_group_rows<M, WeightFormat::Q8_0>(x, x_stride, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Q4_0:
+      return scaled_group_rows<M, WeightFormat::Q4_0>(x, x_stride, w, y, y_stride, row_begin, row_end);
+    case WeightFormat::Int4:
+      return scaled_group_rows<M, WeightFormat::Int4>(x, x_stride, w, y, y_stride, row_begin, row_end);
     case WeightFormat::Int8: return int8_rows<M>(x, x_stride, w, y, y_stride, row_begin, row_end);
     default: return;
   }

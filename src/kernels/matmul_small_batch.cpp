@@ -26,8 +26,8 @@ inline float load_weight(const uint16_t* w, int64_t i) {
 }
 
 template <int M, typename WeightT>
-inline void dot_rows(const float* x, int64_t x_stride, const WeightT* w, int64_t cols, float* y,
-                     int64_t y_stride, int64_t row_begin, int64_t row_end) {
+inline void dot_rows(const float* x, int64_t x_stride, const WeightT* w, int64_t cols, float* y, int64_t y_stride,
+                     int64_t row_begin, int64_t row_end) {
   const int64_t body = cols / kLanes * kLanes;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const WeightT* w_row = w + row * cols;
@@ -59,22 +59,25 @@ inline void dot_rows_any_m(const float* x, int64_t x_stride, int64_t n_rows, con
 }
 
 // One multiversioned entry per weight type (clang does not multiversion templates).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_f32(
-    const float* x, int64_t x_stride, int64_t n_rows, const float* w, int64_t cols, float* y, int64_t y_stride,
-    int64_t row_begin, int64_t row_end) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_f32(const float* x, int64_t x_stride,
+                                                                               int64_t n_rows, const float* w,
+                                                                               int64_t cols, float* y, int64_t y_stride,
+                                                                               int64_t row_begin, int64_t row_end) {
   dot_rows_any_m(x, x_stride, n_rows, w, cols, y, y_stride, row_begin, row_end);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_bf16(
-    const float* x, int64_t x_stride, int64_t n_rows, const uint16_t* w, int64_t cols, float* y, int64_t y_stride,
-    int64_t row_begin, int64_t row_end) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows_bf16(const float* x, int64_t x_stride,
+                                                                                int64_t n_rows, const uint16_t* w,
+                                                                                int64_t cols, float* y,
+                                                                                int64_t y_stride, int64_t row_begin,
+                                                                                int64_t row_end) {
   dot_rows_any_m(x, x_stride, n_rows, w, cols, y, y_stride, row_begin, row_end);
 }
 
 }  // namespace
 
-void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w,
-                        float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
+void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const WeightMatrix& w, float* y,
+                        int64_t y_stride, int64_t row_begin, int64_t row_end) {
   if (n_rows < 1 || n_rows > kSmallBatchMax) fail("matmul_small_batch: {} rows", n_rows);
   const bool avx512 = cpu_has_avx512();
   switch (w.format) {
@@ -82,16 +85,15 @@ void matmul_small_batch(const float* x, int64_t x_stride, int64_t n_rows, const 
       if (avx512)
         return dot_rows_avx512(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y, y_stride, row_begin,
                                row_end);
-      return dot_rows_f32(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y,
-                            y_stride, row_begin, row_end);
+      return dot_rows_f32(x, x_stride, n_rows, static_cast<const float*>(w.data), w.cols, y, y_stride, row_begin,
+                          row_end);
     case WeightFormat::BF16:
       if (avx512)
         return dot_rows_avx512(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y, y_stride,
                                row_begin, row_end);
-      return dot_rows_bf16(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y,
-                            y_stride, row_begin, row_end);
-    default:
-      fail("matmul_small_batch: {} weights are not supported", weight_format_name(w.format));
+      return dot_rows_bf16(x, x_stride, n_rows, static_cast<const uint16_t*>(w.data), w.cols, y, y_stride, row_begin,
+                           row_end);
+    default: fail("matmul_small_batch: {} weights are not supported", weight_format_name(w.format));
   }
 }
 

@@ -49,9 +49,9 @@ inline float max_in_lanes(const float* x, int64_t n) {
 // loop vectorizes without reassociating anything (one double chain cost ~4 cycles per element,
 // 5 % of a batched decode step on a 256-wide model).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void rmsnorm(const float* x, int64_t x_stride,
-                                                                           const float* weight, int64_t n_tokens,
-                                                                           int64_t dim, float eps, float* out,
-                                                                           int64_t out_stride, float* inv_rms) {
+                                                                          const float* weight, int64_t n_tokens,
+                                                                          int64_t dim, float eps, float* out,
+                                                                          int64_t out_stride, float* inv_rms) {
   constexpr int64_t kLanes = 8;
   const int64_t body = dim / kLanes * kLanes;
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -88,7 +88,7 @@ void rmsnorm_backward(const float* x, int64_t x_stride, const float* weight, con
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void silu_mul(const float* gate, const float* up,
-                                                                            int64_t n, float* out) {
+                                                                           int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g / (1.0f + exp_vectorizable(-g)) * up[i];

@@ -7,8 +7,8 @@ namespace deepmoe {
 // out[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * weight; x, out: [n_tokens, dim] with row
 // strides; out may alias x. inv_rms (optional, [n_tokens]) receives 1 / sqrt(mean + eps), which
 // the backward pass needs.
-void rmsnorm(const float* x, int64_t x_stride, const float* weight, int64_t n_tokens, int64_t dim,
-             float eps, float* out, int64_t out_stride, float* inv_rms = nullptr);
+void rmsnorm(const float* x, int64_t x_stride, const float* weight, int64_t n_tokens, int64_t dim, float eps,
+             float* out, int64_t out_stride, float* inv_rms = nullptr);
 // The gradients of rmsnorm, accumulated: dx (rows x_stride apart, like x) += ∂/∂x of dy's rows
 // [n_tokens, dim], dweight[dim] += ∂/∂weight; inv_rms as the forward pass saved it.
 void rmsnorm_backward(const float* x, int64_t x_stride, const float* weight, const float* inv_rms, const float* dy,

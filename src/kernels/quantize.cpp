@@ -90,18 +90,15 @@ QuantizedMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, Weig
   q.rows = rows;
   q.cols = cols;
   const bool blocked = format == WeightFormat::Q8_0 || format == WeightFormat::Q4_0 || format == WeightFormat::Int4;
-  if (blocked && cols % 32 != 0) fail("quantize: {} needs columns in multiples of 32, not {}", weight_format_name(format), cols);
+  if (blocked && cols % 32 != 0)
+    fail("quantize: {} needs columns in multiples of 32, not {}", weight_format_name(format), cols);
   if (format == WeightFormat::Int4 && (group <= 0 || group % 32 != 0 || cols % group != 0))
     fail("quantize: Int4 groups of {} do not divide {} columns in multiples of 32", group, cols);
   q.values.resize(size_t(rows) * q.view().row_bytes());
   const size_t row_bytes = q.view().row_bytes();
   switch (format) {
-    case WeightFormat::Q8_0:
-      quantize_q8_0(w, rows * cols, q.values.data());
-      break;
-    case WeightFormat::Q4_0:
-      quantize_q4_0(w, rows * cols, q.values.data());
-      break;
+    case WeightFormat::Q8_0: quantize_q8_0(w, rows * cols, q.values.data()); break;
+    case WeightFormat::Q4_0: quantize_q4_0(w, rows * cols, q.values.data()); break;
     case WeightFormat::Int8:
       q.row_scales.resize(size_t(rows));
       q.row_sums.resize(size_t(rows));
@@ -123,8 +120,7 @@ QuantizedMatrix quantize_matrix(const float* w, int64_t rows, int64_t cols, Weig
                           q.group_scales.data() + r * groups, asymmetric ? q.zero_points.data() + r * groups : nullptr);
       break;
     }
-    default:
-      fail("quantize: {} is not a quantized format", weight_format_name(format));
+    default: fail("quantize: {} is not a quantized format", weight_format_name(format));
   }
   return q;
 }

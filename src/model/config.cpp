@@ -121,16 +121,15 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
 
   if (c.n_routed_experts > 0) {
     if (c.num_experts_per_tok < 1 || c.num_experts_per_tok > c.n_routed_experts)
-      fail("{}: num_experts_per_tok: must be in [1, n_routed_experts={}], found {}", source,
-           c.n_routed_experts, c.num_experts_per_tok);
+      fail("{}: num_experts_per_tok: must be in [1, n_routed_experts={}], found {}", source, c.n_routed_experts,
+           c.num_experts_per_tok);
     if (c.topk_method != TopkMethod::Greedy) {
       if (c.n_routed_experts % c.n_group)
         fail("{}: n_group: {} does not divide n_routed_experts {}", source, c.n_group, c.n_routed_experts);
-      if (c.topk_group > c.n_group)
-        fail("{}: topk_group: {} exceeds n_group {}", source, c.topk_group, c.n_group);
+      if (c.topk_group > c.n_group) fail("{}: topk_group: {} exceeds n_group {}", source, c.topk_group, c.n_group);
       if (c.topk_group * (c.n_routed_experts / c.n_group) < c.num_experts_per_tok)
-        fail("{}: topk_group {} groups of {} experts cannot hold num_experts_per_tok {}", source,
-             c.topk_group, c.n_routed_experts / c.n_group, c.num_experts_per_tok);
+        fail("{}: topk_group {} groups of {} experts cannot hold num_experts_per_tok {}", source, c.topk_group,
+             c.n_routed_experts / c.n_group, c.num_experts_per_tok);
       if (c.topk_method == TopkMethod::NoauxTc && c.n_routed_experts / c.n_group < 2)
         fail("{}: noaux_tc needs at least 2 experts per group", source);
     }
@@ -141,8 +140,7 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
     if (!scaling.is_object()) fail("{}: rope_scaling: expected an object or null", source);
     const FieldReader sub(scaling, source);
     const std::string type = sub.present("type") ? sub.string("type", "") : sub.string("rope_type", "");
-    if (type != "yarn")
-      fail("{}: rope_scaling: type '{}' is not supported (DeepSeek uses yarn)", source, type);
+    if (type != "yarn") fail("{}: rope_scaling: type '{}' is not supported (DeepSeek uses yarn)", source, type);
     RopeScaling yarn;
     yarn.factor = sub.number("factor", 1.0);
     if (!(yarn.factor > 0)) fail("{}: rope_scaling.factor: must be positive", source);
@@ -161,8 +159,10 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
     QuantizationConfig q;
     q.format = sub.string("format", "");
     if (!is_quantization_format(q.format))
-      fail("{}: quantization_config.format: '{}' is not one of w8, w8a8, w4g32, w4g64, w4g128 (optionally "
-           "with _asym), q8_0, q4_0", source, q.format);
+      fail(
+          "{}: quantization_config.format: '{}' is not one of w8, w8a8, w4g32, w4g64, w4g128 (optionally "
+          "with _asym), q8_0, q4_0",
+          source, q.format);
     q.activations = sub.string("activations", "none");
     if (q.activations != "none" && q.activations != "static" && q.activations != "dynamic")
       fail("{}: quantization_config.activations: '{}' is not none, static or dynamic", source, q.activations);
@@ -172,8 +172,8 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
 }
 
 bool is_quantization_format(const std::string& format) {
-  static const char* const kFormats[] = {"w8", "w8a8", "w4g32", "w4g64", "w4g128", "w4g32_asym",
-                                         "w4g64_asym", "w4g128_asym", "q8_0", "q4_0"};
+  static const char* const kFormats[] = {"w8",         "w8a8",       "w4g32",       "w4g64", "w4g128",
+                                         "w4g32_asym", "w4g64_asym", "w4g128_asym", "q8_0",  "q4_0"};
   for (const char* f : kFormats)
     if (format == f) return true;
   return false;

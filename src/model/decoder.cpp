@@ -61,12 +61,13 @@ void decoder_forward(const Context& ctx, const Config& c, const LayerWeights& w,
   axpy(cells, 1.0f, branch, x);
 }
 
-void decoder_backward(const Context& ctx, const Config& c, const LayerWeights& w, const LayerWeights& g,
-                      int64_t batch, const RopeTable& rope, double aux_weight, const DecoderSaved& s, float* dx) {
+void decoder_backward(const Context& ctx, const Config& c, const LayerWeights& w, const LayerWeights& g, int64_t batch,
+                      const RopeTable& rope, double aux_weight, const DecoderSaved& s, float* dx) {
   const int64_t seq = s.mla.seq, n = batch * seq, hidden = c.hidden_size;
   // x_out = h + ffn(norm2(h)):  dh = dx + the ffn path's part
   std::vector<float> d_normed(size_t(n * hidden), 0.0f);
-  if (w.is_moe) moe_backward(ctx, c, w.moe, g.moe, s.normed2.data(), batch, seq, aux_weight, s.moe, dx, d_normed.data());
+  if (w.is_moe)
+    moe_backward(ctx, c, w.moe, g.moe, s.normed2.data(), batch, seq, aux_weight, s.moe, dx, d_normed.data());
   else mlp_backward(ctx, w.mlp, g.mlp, s.normed2.data(), hidden, n, s.mlp, dx, d_normed.data());
   rmsnorm_backward(s.h.data(), hidden, w.post_attention_layernorm, s.inv_rms2.data(), d_normed.data(), n, hidden, dx,
                    grad_data(g.post_attention_layernorm));

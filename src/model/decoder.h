@@ -46,8 +46,7 @@ void decoder_forward(const Context& ctx, const Config& config, const LayerWeight
 // dx: ∂loss/∂(layer output) on entry, ∂loss/∂(layer input) on return, [batch · seq, hidden];
 // the weights' gradients accumulate into `grads`. aux_weight scales the MoE balance loss.
 void decoder_backward(const Context& ctx, const Config& config, const LayerWeights& w, const LayerWeights& grads,
-                      int64_t batch, const RopeTable& rope, double aux_weight,
-                      const DecoderSaved& saved, float* dx);
+                      int64_t batch, const RopeTable& rope, double aux_weight, const DecoderSaved& saved, float* dx);
 
 // RMSNorm of n_tokens rows on the pool (rows are independent, so the split changes nothing).
 void rmsnorm_rows(const Context& ctx, const float* x, int64_t x_stride, const float* weight, int64_t n_tokens,

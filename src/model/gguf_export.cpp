@@ -34,9 +34,11 @@ class TensorSource {
   std::vector<float> f32(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorView* view = reader_.find(name);
     if (view == nullptr) fail("{}: missing tensor {}", reader_.dir(), name);
-    if (view->shape != shape) fail("{}: tensor {} has shape [{}], expected [{}]", view->file, name,
-                                   fmt::join(view->shape, ", "), fmt::join(shape, ", "));
-    if (view->dtype == DType::F8_E4M3) fail("{}: tensor {} is FP8: convert the checkpoint to BF16 first", view->file, name);
+    if (view->shape != shape)
+      fail("{}: tensor {} has shape [{}], expected [{}]", view->file, name, fmt::join(view->shape, ", "),
+           fmt::join(shape, ", "));
+    if (view->dtype == DType::F8_E4M3)
+      fail("{}: tensor {} is FP8: convert the checkpoint to BF16 first", view->file, name);
     std::vector<float> out(size_t(view->numel()));
     std::vector<uint8_t> bounce(view->data, view->data + view->n_bytes);  // aligned reads
     convert_to_f32(view->dtype, bounce.data(), out.data(), out.size());
@@ -112,7 +114,8 @@ struct Exporter {
       std::vector<float> k(size_t(heads * rank * nope));
       for (int64_t h = 0; h < heads; ++h)
         for (int64_t r = 0; r < rank; ++r)
-          for (int64_t d = 0; d < nope; ++d) k[size_t((h * rank + r) * nope + d)] = w[size_t((h * (nope + v) + d) * rank + r)];
+          for (int64_t d = 0; d < nope; ++d)
+            k[size_t((h * rank + r) * nope + d)] = w[size_t((h * (nope + v) + d) * rank + r)];
       return encode(k, k_type);
     });
     writer.add_tensor(halves.gguf_values, v_type, {rank, v, heads}, [=] {
@@ -131,8 +134,11 @@ void add_metadata(const Config& c, const std::string& name, GgmlType weight_type
   const std::string a = "deepseek2.";
   w.add("general.architecture", GgufValue::string("deepseek2"));
   w.add("general.name", GgufValue::string(name));
-  const uint32_t file_type = weight_type == GgmlType::F32 ? 0 : weight_type == GgmlType::F16 ? 1
-                             : weight_type == GgmlType::Q4_0 ? 2 : weight_type == GgmlType::Q8_0 ? 7 : 32;
+  const uint32_t file_type = weight_type == GgmlType::F32    ? 0
+                             : weight_type == GgmlType::F16  ? 1
+                             : weight_type == GgmlType::Q4_0 ? 2
+                             : weight_type == GgmlType::Q8_0 ? 7
+                                                             : 32;
   w.add("general.file_type", GgufValue::u32(file_type));
   if (weight_type == GgmlType::Q8_0 || weight_type == GgmlType::Q4_0) w.add("general.quantization_version", u32(2));
   w.add(a + "context_length", u32(c.max_position_embeddings));
@@ -176,7 +182,8 @@ void add_metadata(const Config& c, const std::string& name, GgmlType weight_type
 // llama.cpp names the pre-tokenizer (its regexes are built in): recognized by the patterns.
 std::string pre_tokenizer_name(const nlohmann::json& tokenizer, const std::string& file) {
   const std::string text = tokenizer.contains("pre_tokenizer") ? tokenizer["pre_tokenizer"].dump() : "";
-  if (text.find(R"(\\p{N}{1,3})") != std::string::npos && text.find("\u4e00") != std::string::npos) return "deepseek-v3";  // 一, as UTF-8
+  if (text.find(R"(\\p{N}{1,3})") != std::string::npos && text.find("\u4e00") != std::string::npos)
+    return "deepseek-v3";  // 一, as UTF-8
   if (text.find(R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3})") != std::string::npos)
     return "llama-bpe";
   if (text.find("\"ByteLevel\"") != std::string::npos && text.find("\"use_regex\":true") != std::string::npos)
@@ -221,7 +228,8 @@ void add_tokenizer(const Config& c, const std::string& dir, GgufWriter& w) {
     }
   std::vector<std::string> merges;
   for (const auto& m : t["model"].value("merges", nlohmann::json::array()))
-    merges.push_back(m.is_string() ? m.get<std::string>() : m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+    merges.push_back(m.is_string() ? m.get<std::string>()
+                                   : m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
   w.add("tokenizer.ggml.model", GgufValue::string("gpt2"));
   w.add("tokenizer.ggml.pre", GgufValue::string(pre_tokenizer_name(t, file)));
   const TokenizerConfig config = TokenizerConfig::load(dir);

@@ -74,8 +74,10 @@ nlohmann::json config_json(const GgufFile& f) {
   for (const auto& t : f.tensors) has_bias = has_bias || t.name.ends_with("exp_probs_b.bias");
   const bool mla_layout = f.find(a + "attention.key_length_mla") != nullptr;
   const int64_t rope = f.get_u32(a + "rope.dimension_count");
-  const int64_t key_length = mla_layout ? f.get_u32(a + "attention.key_length_mla") : f.get_u32(a + "attention.key_length");
-  const int64_t value_length = mla_layout ? f.get_u32(a + "attention.value_length_mla") : f.get_u32(a + "attention.value_length");
+  const int64_t key_length =
+      mla_layout ? f.get_u32(a + "attention.key_length_mla") : f.get_u32(a + "attention.key_length");
+  const int64_t value_length =
+      mla_layout ? f.get_u32(a + "attention.value_length_mla") : f.get_u32(a + "attention.value_length");
   const bool sigmoid = u32_or(a + "expert_gating_func", 1) == 2;
   const int64_t groups = u32_or(a + "expert_group_count", 1);
   const GgufTensor* embed = f.find_tensor("token_embd.weight");
@@ -98,7 +100,9 @@ nlohmann::json config_json(const GgufFile& f) {
       {"first_k_dense_replace", u32_or(a + "leading_dense_block_count", 0)},
       {"routed_scaling_factor", f32_or(a + "expert_weights_scale", 1.0)},
       {"scoring_func", sigmoid ? "sigmoid" : "softmax"},
-      {"topk_method", has_bias ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy"},
+      {"topk_method", has_bias     ? "noaux_tc"
+                      : groups > 1 ? "group_limited_greedy"
+                                   : "greedy"},
       {"n_group", groups},
       {"topk_group", u32_or(a + "expert_group_used_count", 1)},
       {"norm_topk_prob", f.find(a + "expert_weights_norm") && f.find(a + "expert_weights_norm")->bool_value},
@@ -116,17 +120,17 @@ nlohmann::json config_json(const GgufFile& f) {
     c["rope_scaling"] = {{"type", "yarn"},
                          {"factor", f.get_f32(a + "rope.scaling.factor")},
                          {"original_max_position_embeddings", f.get_u32(a + "rope.scaling.original_context_length")},
-                         {"beta_fast", 32}, {"beta_slow", 1},
-                         {"mscale", mscale_all_dim}, {"mscale_all_dim", mscale_all_dim}};
+                         {"beta_fast", 32},
+                         {"beta_slow", 1},
+                         {"mscale", mscale_all_dim},
+                         {"mscale_all_dim", mscale_all_dim}};
   }
   return c;
 }
 
 }  // namespace
 
-bool is_gguf_path(const std::string& path) {
-  return path.ends_with(".gguf") && std::filesystem::is_regular_file(path);
-}
+bool is_gguf_path(const std::string& path) { return path.ends_with(".gguf") && std::filesystem::is_regular_file(path); }
 
 GgufCheckpoint import_gguf(const std::string& path, LoadOptions load) {
   auto file = std::make_unique<MappedFile>(path, load);

@@ -11,8 +11,8 @@
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
 #include "kernels/ggml_blocks.h"
-#include "model/weights.h"
 #include "model/gguf_import.h"
+#include "model/weights.h"
 #include "tokenizer/gguf_tokenizer.h"
 
 namespace deepmoe {
@@ -86,9 +86,8 @@ void export_hf_directory(const ModelWeights& model, const std::string& model_pat
     const bool numbers = view.dtype == DType::F32 || view.dtype == DType::F16 || view.dtype == DType::BF16 ||
                          view.dtype == DType::Q8_0 || view.dtype == DType::Q4_0;
     if (!numbers) {
-      tensors.push_back({name, view.dtype, view.shape, [&view] {
-                           return std::vector<uint8_t>(view.data, view.data + view.n_bytes);
-                         }});
+      tensors.push_back({name, view.dtype, view.shape,
+                         [&view] { return std::vector<uint8_t>(view.data, view.data + view.n_bytes); }});
       continue;
     }
     tensors.push_back({name, dtype, view.shape, [&view, encode] {

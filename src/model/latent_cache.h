@@ -10,9 +10,9 @@
 namespace deepmoe {
 
 struct LatentCache {
-  int64_t row_size = 0;  // kv_lora_rank + qk_rope_head_dim
-  int64_t capacity = 0;  // tokens
-  int64_t length = 0;    // tokens filled
+  int64_t row_size = 0;                    // kv_lora_rank + qk_rope_head_dim
+  int64_t capacity = 0;                    // tokens
+  int64_t length = 0;                      // tokens filled
   std::vector<std::vector<float>> layers;  // [layer][capacity * row_size]
 
   // Allocates capacity tokens for every layer.

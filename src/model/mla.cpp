@@ -48,9 +48,8 @@ const float* f32_rows(const WeightMatrix& w, std::vector<float>& buffer) {
 // attn_v_b serve without a joined kv_b_proj in memory. Training passes saved_kv ([n_tokens,
 // heads, nope + v]: the expanded keys and values stay there for backward) and saved_probs
 // ([heads, n_tokens, length]).
-void attend_expanded(const Context& ctx, const Config& c, const MlaWeights& w, int64_t n_tokens,
-                     int64_t first_position, const float* cache_layer, const float* q, float* attn, float* saved_kv,
-                     float* saved_probs) {
+void attend_expanded(const Context& ctx, const Config& c, const MlaWeights& w, int64_t n_tokens, int64_t first_position,
+                     const float* cache_layer, const float* q, float* attn, float* saved_kv, float* saved_probs) {
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const int64_t length = first_position + n_tokens;
@@ -103,8 +102,9 @@ void attend_expanded(const Context& ctx, const Config& c, const MlaWeights& w, i
 // blocks spread over its threads, each normalizing its own copy of the scores (cheaper than a
 // third pass's wake-up); without one the calling thread runs the same blocks. The blocks are
 // fixed, so the rounding depends neither on the thread count nor on the caller's choice.
-void latent_attention(bool batch_invariant, const Config& c, int64_t n_tokens, int64_t first_position, const float* cache_layer,
-                      const float* q_latent, float* out_latent, ThreadPool* pool, std::vector<float>& scores) {
+void latent_attention(bool batch_invariant, const Config& c, int64_t n_tokens, int64_t first_position,
+                      const float* cache_layer, const float* q_latent, float* out_latent, ThreadPool* pool,
+                      std::vector<float>& scores) {
   const int64_t heads = c.num_attention_heads, rank = c.kv_lora_rank, row = rank + c.qk_rope_head_dim;
   const int64_t length = first_position + n_tokens, query_rows = n_tokens * heads;
   constexpr int64_t kPositionsPerBlock = 64, kColumnsPerBlock = 128;
@@ -120,8 +120,8 @@ void latent_attention(bool batch_invariant, const Config& c, int64_t n_tokens, i
   auto weighted_blocks = [&](const float* probabilities, int64_t b_begin, int64_t b_end) {
     for (int64_t b = b_begin; b < b_end; ++b) {
       const int64_t first = b * kColumnsPerBlock, count = std::min(rank - first, kColumnsPerBlock);
-      weighted_rows(batch_invariant, query_rows, count, length, probabilities, length, cache_layer + first, row, out_latent + first,
-                    rank);
+      weighted_rows(batch_invariant, query_rows, count, length, probabilities, length, cache_layer + first, row,
+                    out_latent + first, rank);
     }
   };
   auto visible = [&](int64_t r) { return first_position + r / heads + 1; };
@@ -134,13 +134,14 @@ void latent_attention(bool batch_invariant, const Config& c, int64_t n_tokens, i
     return;
   }
   pool->parallel_for(position_blocks, 1, score_blocks);
-  pool->parallel_for(column_blocks, (column_blocks + pool->size() - 1) / pool->size(), [&](int64_t b_begin, int64_t b_end) {
-    thread_local std::vector<float> probabilities;
-    grow(probabilities, query_rows * length);
-    std::copy_n(scores.data(), query_rows * length, probabilities.data());
-    causal_softmax(probabilities.data(), query_rows, length, visible);
-    weighted_blocks(probabilities.data(), b_begin, b_end);
-  });
+  pool->parallel_for(column_blocks, (column_blocks + pool->size() - 1) / pool->size(),
+                     [&](int64_t b_begin, int64_t b_end) {
+                       thread_local std::vector<float> probabilities;
+                       grow(probabilities, query_rows * length);
+                       std::copy_n(scores.data(), query_rows * length, probabilities.data());
+                       causal_softmax(probabilities.data(), query_rows, length, visible);
+                       weighted_blocks(probabilities.data(), b_begin, b_end);
+                     });
 }
 
 // Absorbed attention of every sequence of a batch: kv_b_proj folded into the queries (q_nope ·
@@ -169,8 +170,8 @@ void attend_absorbed(const Context& ctx, const Config& c, const MlaWeights& w, s
     }
   });
   auto attend = [&](size_t i, ThreadPool* sequence_pool, std::vector<float>& scores) {
-    latent_attention(ctx.batch_invariant(), c, int64_t(batch[i].tokens.size()), batch[i].first_position, cache_layers[i],
-                     s.q_latent.data() + (first_token[i] - base) * heads * row,
+    latent_attention(ctx.batch_invariant(), c, int64_t(batch[i].tokens.size()), batch[i].first_position,
+                     cache_layers[i], s.q_latent.data() + (first_token[i] - base) * heads * row,
                      s.out_latent.data() + (first_token[i] - base) * heads * rank, sequence_pool, scores);
   };
   std::vector<size_t> short_sequences;
@@ -274,10 +275,11 @@ void mla_forward(const Context& ctx, const Config& c, const MlaWeights& w, const
   auto mode_of = [&](size_t index) {
     if (saved) return AttentionMode::Expanded;
     return forced.value_or(int64_t(batch[index].tokens.size()) <= kSmallBatchMax ? AttentionMode::Absorbed
-                                                                                  : AttentionMode::Expanded);
+                                                                                 : AttentionMode::Expanded);
   };
   bool all_absorbed = true;
-  for (size_t index = 0; index < batch.size(); ++index) all_absorbed = all_absorbed && mode_of(index) == AttentionMode::Absorbed;
+  for (size_t index = 0; index < batch.size(); ++index)
+    all_absorbed = all_absorbed && mode_of(index) == AttentionMode::Absorbed;
   if (all_absorbed) {
     attend_absorbed(ctx, c, w, batch, cache_layers, first_token, q, attn, s);
   } else {

@@ -24,8 +24,8 @@ enum class AttentionMode { Expanded, Absorbed };
 
 struct MlaScratch {  // grown on demand, reused across layers and calls
   std::vector<float> q, q_lora, kv_a, q_latent, out_latent, attn, scores;
-  std::vector<float*> cache_layers;   // each sequence's open latent rows
-  std::vector<int64_t> first_token;   // each sequence's first token in the batch, then the end
+  std::vector<float*> cache_layers;  // each sequence's open latent rows
+  std::vector<int64_t> first_token;  // each sequence's first token in the batch, then the end
 };
 
 // What backward needs of one training call over `batch` sequences of `seq` tokens (spans from the

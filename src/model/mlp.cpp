@@ -20,9 +20,8 @@ MlpSaved MlpSaved::rows(int64_t first, int64_t count, int64_t intermediate) cons
 void parallel_silu_mul(ThreadPool& pool, float* gate, const float* up, int64_t n, float* act) {
   constexpr int64_t kGrain = int64_t(1) << 16;
   if (n <= kGrain) return silu_mul(gate, up, n, act);
-  pool.parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
-    silu_mul(gate + begin, up + begin, end - begin, act + begin);
-  });
+  pool.parallel_for(n, kGrain,
+                    [&](int64_t begin, int64_t end) { silu_mul(gate + begin, up + begin, end - begin, act + begin); });
 }
 
 void mlp_forward(const Context& ctx, const MlpWeights& w, const float* x, int64_t x_stride, int64_t n_tokens,

@@ -11,7 +11,8 @@ Model::Model(const ModelWeights& weights, ModelOptions options)
     : weights_(weights),
       attention_mode_(options.attention_mode),
       context_(options.threads, std::move(options.context)),
-      expert_load_(size_t(weights.config.num_hidden_layers), std::vector<int64_t>(size_t(weights.config.n_routed_experts))) {}
+      expert_load_(size_t(weights.config.num_hidden_layers),
+                   std::vector<int64_t>(size_t(weights.config.n_routed_experts))) {}
 
 namespace {
 // One sequence in one contiguous cache: its rows are the cache itself.
@@ -44,7 +45,8 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
   token_ids_.clear();
   for (const BatchSequence& sequence : batch) {
     for (int32_t token : sequence.tokens)
-      if (token < 0 || token >= c.vocab_size) fail("token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
+      if (token < 0 || token >= c.vocab_size)
+        fail("token id {} is outside the vocabulary [0, {})", token, c.vocab_size);
     for (size_t t = 0; t < sequence.tokens.size(); ++t) positions_.push_back(sequence.first_position + int64_t(t));
     token_ids_.insert(token_ids_.end(), sequence.tokens.begin(), sequence.tokens.end());
   }

@@ -68,8 +68,8 @@ void experts_batched(const Context& ctx, const Config& c, const MoeWeights& w, c
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
     const int32_t begin = r.expert_begin[size_t(e)], end = r.expert_begin[size_t(e + 1)];
     if (begin == end) continue;
-    jobs.push_back({slot_act + begin * inter, end - begin, &w.experts[size_t(e)].down_proj,
-                    expert_out + begin * hidden});
+    jobs.push_back(
+        {slot_act + begin * inter, end - begin, &w.experts[size_t(e)].down_proj, expert_out + begin * hidden});
   }
   matmul_batch(ctx, jobs);
 
@@ -150,7 +150,8 @@ void moe_backward(const Context& ctx, const Config& c, const MoeWeights& w, cons
   const int64_t n = batch * seq, n_experts = c.n_routed_experts, k = c.num_experts_per_tok, hidden = c.hidden_size;
   const int64_t inter = c.moe_intermediate_size;
   const MoeRouting& r = saved.routing;
-  if (w.has_shared_experts) mlp_backward(ctx, w.shared_experts, grads.shared_experts, x, hidden, n, saved.shared, dy, dx);
+  if (w.has_shared_experts)
+    mlp_backward(ctx, w.shared_experts, grads.shared_experts, x, hidden, n, saved.shared, dy, dx);
 
   // Routed experts: d(expert output) = weight·dy, and d(weight) = dy · expert output. Experts run
   // in parallel, one per thread; their input gradients are added afterwards in slot (expert) order,

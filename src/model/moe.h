@@ -19,8 +19,8 @@ namespace deepmoe {
 // One call's routing: each token's choices, and the (token, choice) slots grouped by expert so
 // each expert's weights are read once per call.
 struct MoeRouting {
-  std::vector<int32_t> chosen;       // [n_tokens, k]
-  std::vector<float> chosen_weight;  // [n_tokens, k]
+  std::vector<int32_t> chosen;          // [n_tokens, k]
+  std::vector<float> chosen_weight;     // [n_tokens, k]
   std::vector<int32_t> expert_begin;    // [n_routed_experts + 1]: expert e's slots are [begin[e], begin[e + 1])
   std::vector<int32_t> token_of_slot;   // [n_tokens · k]
   std::vector<int32_t> choice_of_slot;  // index into chosen / chosen_weight
@@ -38,10 +38,10 @@ struct MoeScratch {
 // What backward needs of one call (spans from the step's slab, and the routing).
 struct MoeSaved {
   MoeRouting routing;
-  std::span<float> scores;                    // [n_tokens, n_routed_experts]
-  std::span<float> expert_in, expert_out;     // [n_slots, hidden]: each slot's input and expert output
-  MlpSaved experts;                           // [n_slots, moe_intermediate]
-  MlpSaved shared;                            // [n_tokens, shared intermediate]
+  std::span<float> scores;                 // [n_tokens, n_routed_experts]
+  std::span<float> expert_in, expert_out;  // [n_slots, hidden]: each slot's input and expert output
+  MlpSaved experts;                        // [n_slots, moe_intermediate]
+  MlpSaved shared;                         // [n_tokens, shared intermediate]
   // Carves the spans for n_tokens (before the forward pass).
   static MoeSaved take(const Config& config, const MoeWeights& w, ActivationSlab& slab, int64_t n_tokens);
 };
@@ -55,7 +55,7 @@ void moe_forward(const Context& ctx, const Config& config, const MoeWeights& w, 
 // (the balance loss is per sequence; aux_weight 0: none); the weights' gradients accumulate into
 // `grads`.
 void moe_backward(const Context& ctx, const Config& config, const MoeWeights& w, const MoeWeights& grads,
-                  const float* x, int64_t batch, int64_t seq, double aux_weight, const MoeSaved& saved,
-                  const float* dy, float* dx);
+                  const float* x, int64_t batch, int64_t seq, double aux_weight, const MoeSaved& saved, const float* dy,
+                  float* dx);
 
 }  // namespace deepmoe

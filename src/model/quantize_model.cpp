@@ -152,14 +152,17 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
         WeightMatrix shape_only;
         shape_only.format = scheme.format;
         shape_only.cols = cols;
-        tensors.push_back({name, DType::U8, {rows, int64_t(shape_only.row_bytes())},
-                           produce([](const QuantizedMatrix& q) { return q.values; })});
+        tensors.push_back(
+            {name, DType::U8, {rows, int64_t(shape_only.row_bytes())}, produce([](const QuantizedMatrix& q) {
+               return q.values;
+             })});
         break;
       }
       case WeightFormat::Int8:
         tensors.push_back({name, DType::I8, {rows, cols}, produce([](const QuantizedMatrix& q) { return q.values; })});
-        tensors.push_back({stem + ".weight_scale", DType::F32, {rows},
-                           produce([](const QuantizedMatrix& q) { return vector_bytes(q.row_scales); })});
+        tensors.push_back({stem + ".weight_scale", DType::F32, {rows}, produce([](const QuantizedMatrix& q) {
+                             return vector_bytes(q.row_scales);
+                           })});
         if (w8a8 && request.activations == "static") {
           const Uint8Range range = request.calibration.at(name);
           tensors.push_back({stem + ".input_scale", DType::F32, {1}, [range] { return as_bytes(&range.scale, 4); }});
@@ -169,16 +172,19 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
         break;
       case WeightFormat::Int4: {
         const int64_t groups = cols / scheme.group;
-        tensors.push_back({name, DType::U8, {rows, cols / 2}, produce([](const QuantizedMatrix& q) { return q.values; })});
-        tensors.push_back({stem + ".weight_scale", DType::F16, {rows, groups},
-                           produce([](const QuantizedMatrix& q) { return vector_bytes(q.group_scales); })});
+        tensors.push_back(
+            {name, DType::U8, {rows, cols / 2}, produce([](const QuantizedMatrix& q) { return q.values; })});
+        tensors.push_back({stem + ".weight_scale", DType::F16, {rows, groups}, produce([](const QuantizedMatrix& q) {
+                             return vector_bytes(q.group_scales);
+                           })});
         if (scheme.asymmetric)
-          tensors.push_back({stem + ".weight_zero_point", DType::U8, {rows, groups},
-                             produce([](const QuantizedMatrix& q) { return q.zero_points; })});
+          tensors.push_back(
+              {stem + ".weight_zero_point", DType::U8, {rows, groups}, produce([](const QuantizedMatrix& q) {
+                 return q.zero_points;
+               })});
         break;
       }
-      default:
-        fail("quantize: unexpected format");
+      default: fail("quantize: unexpected format");
     }
     for (size_t i = tensors.size(); i-- > 0 && tensors[i].name.starts_with(stem + ".");)
       summary.bytes_after += tensor_bytes(tensors[i]);
@@ -203,8 +209,9 @@ QuantizeSummary quantize_model(const ModelWeights& model, const std::string& mod
   return summary;
 }
 
-std::map<std::string, Uint8Range> calibrate_activation_ranges(const ModelWeights& weights, const std::string& tokens_file,
-                                                              int64_t n_tokens, int64_t seq, int threads) {
+std::map<std::string, Uint8Range> calibrate_activation_ranges(const ModelWeights& weights,
+                                                              const std::string& tokens_file, int64_t n_tokens,
+                                                              int64_t seq, int threads) {
   if (seq < 1 || n_tokens < 1) fail("calibration: need at least one token and a window of at least one");
   seq = std::min(seq, weights.config.max_position_embeddings);
   const TokenWindows data(tokens_file, seq, WindowOrder::Sequential, 0);

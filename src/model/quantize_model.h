@@ -15,9 +15,9 @@
 namespace deepmoe {
 
 struct QuantizeRequest {
-  std::string type;          // w8, w8a8, w4g32|64|128[_asym], q8_0, q4_0
-  std::string keep_regex;    // PCRE2, matched against whole HF tensor names; empty: none
-  std::string activations;   // w8a8: static (needs calibration ranges) or dynamic
+  std::string type;                               // w8, w8a8, w4g32|64|128[_asym], q8_0, q4_0
+  std::string keep_regex;                         // PCRE2, matched against whole HF tensor names; empty: none
+  std::string activations;                        // w8a8: static (needs calibration ranges) or dynamic
   std::map<std::string, Uint8Range> calibration;  // w8a8 static: per weight name
 };
 

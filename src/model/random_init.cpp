@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "core/error.h"
@@ -31,7 +31,7 @@ void write_random_checkpoint(const std::string& config_path, const std::string& 
   std::vector<uint8_t> bytes;
   for (const TensorInfo& t : tensors) {  // in list order: the values a seed gives stay put
     const int64_t count = t.numel();
-    const float std_dev = t.init == Init::Projection ? float(1.0 / std::sqrt(double(t.shape.back())))
+    const float std_dev = t.init == Init::Projection  ? float(1.0 / std::sqrt(double(t.shape.back())))
                           : t.init == Init::Embedding ? 1.0f
                                                       : 0.1f;
     const float mean = t.init == Init::Norm ? 1.0f : 0.0f;

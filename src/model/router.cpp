@@ -14,9 +14,8 @@ namespace {
 void top_k(const float* values, int64_t n, int64_t k, int32_t* out, std::vector<int32_t>& order) {
   order.resize(size_t(n));
   std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int32_t a, int32_t b) { return values[a] > values[b] || (values[a] == values[b] && a < b); });
   std::copy_n(order.begin(), k, out);
 }
 

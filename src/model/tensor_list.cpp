@@ -171,11 +171,12 @@ void check_sized(const Config& c, const ModelWeights& w) {
   bool sized = int64_t(w.layers.size()) == c.num_hidden_layers;
   for (int64_t i = 0; sized && i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = w.layers[size_t(i)];
-    sized = layer.is_moe == c.is_moe_layer(i) &&
-            (!layer.is_moe || int64_t(layer.moe.experts.size()) == c.n_routed_experts);
+    sized =
+        layer.is_moe == c.is_moe_layer(i) && (!layer.is_moe || int64_t(layer.moe.experts.size()) == c.n_routed_experts);
   }
-  if (!sized) fail("for_each_tensor: the weights' {} layers are not laid out for a config of {} layers",
-                   w.layers.size(), c.num_hidden_layers);
+  if (!sized)
+    fail("for_each_tensor: the weights' {} layers are not laid out for a config of {} layers", w.layers.size(),
+         c.num_hidden_layers);
 }
 
 }  // namespace

@@ -44,17 +44,17 @@ enum class GgufForm {
 enum class Block { Outside, Attention, FeedForward };  // Outside: embedding, final norm, head
 
 struct TensorInfo {
-  std::string hf_name;          // model.layers.3.self_attn.q_a_proj.weight
-  std::string gguf_name;        // blk.3.attn_q_a.weight (StackedExperts: the stacked tensor's)
-  std::vector<int64_t> shape;   // HF's: [out, in] for matrices, [n] for vectors
+  std::string hf_name;         // model.layers.3.self_attn.q_a_proj.weight
+  std::string gguf_name;       // blk.3.attn_q_a.weight (StackedExperts: the stacked tensor's)
+  std::vector<int64_t> shape;  // HF's: [out, in] for matrices, [n] for vectors
   TensorRole role = TensorRole::Projection;
   Init init = Init::Projection;
   GgufForm gguf_form = GgufForm::Plain;
   Block block = Block::Outside;
-  int64_t layer = -1;           // -1: outside the layers
-  int64_t expert = -1;          // routed expert index; -1 otherwise
-  bool quantizable = false;     // quantize_model converts it (projections and the head, kv_b_proj excepted)
-  bool trainable = true;        // the optimizer updates it (all but RouterBias)
+  int64_t layer = -1;        // -1: outside the layers
+  int64_t expert = -1;       // routed expert index; -1 otherwise
+  bool quantizable = false;  // quantize_model converts it (projections and the head, kv_b_proj excepted)
+  bool trainable = true;     // the optimizer updates it (all but RouterBias)
 
   int64_t numel() const;
 };

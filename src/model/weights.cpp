@@ -10,9 +10,9 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "io/mapped_file.h"
 #include "kernels/ggml_blocks.h"
 #include "kernels/quantize.h"
-#include "io/mapped_file.h"
 #include "model/gguf_import.h"
 #include "model/tensor_list.h"
 
@@ -38,24 +38,18 @@ class WeightLoader {
         w.data = aligned_or_copied(tensor);
         return w;
       }
-      case DType::F16:
-        w.data = widen(require(name, {rows, cols}));
-        return w;
-      case DType::F8_E4M3:
-        w.data = dequantize_fp8(require(name, {rows, cols}), name, rows, cols);
-        return w;
+      case DType::F16: w.data = widen(require(name, {rows, cols})); return w;
+      case DType::F8_E4M3: w.data = dequantize_fp8(require(name, {rows, cols}), name, rows, cols); return w;
       case DType::Q8_0:
       case DType::Q4_0:  // GGUF blocks, read in place
-        if (cols % kGgmlBlock != 0) fail("{}: tensor {}: {} columns are not whole blocks of 32", found->file, name, cols);
+        if (cols % kGgmlBlock != 0)
+          fail("{}: tensor {}: {} columns are not whole blocks of 32", found->file, name, cols);
         w.format = found->dtype == DType::Q8_0 ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
         w.data = require(name, {rows, cols}).data;
         return w;
-      case DType::I8:
-        return int8_matrix(name, w);
-      case DType::U8:
-        return packed_matrix(name, w);
-      default:
-        fail("{}: tensor {}: dtype {} cannot hold weights", found->file, name, dtype_name(found->dtype));
+      case DType::I8: return int8_matrix(name, w);
+      case DType::U8: return packed_matrix(name, w);
+      default: fail("{}: tensor {}: dtype {} cannot hold weights", found->file, name, dtype_name(found->dtype));
     }
   }
 
@@ -91,8 +85,8 @@ class WeightLoader {
     const TensorView* tensor = reader_.find(name);
     if (!tensor) fail("{}: missing tensor {}", reader_.dir(), name);
     if (tensor->shape != shape)
-      fail("{}: tensor {}: expected shape [{}], found [{}]", tensor->file, name,
-           fmt::join(shape, ", "), fmt::join(tensor->shape, ", "));
+      fail("{}: tensor {}: expected shape [{}], found [{}]", tensor->file, name, fmt::join(shape, ", "),
+           fmt::join(tensor->shape, ", "));
     used_.insert(name);
     return *tensor;
   }
@@ -131,8 +125,7 @@ class WeightLoader {
   // DeepSeek-V3 ships FP8 e4m3 weights with one f32 scale per 128x128 block (weight_scale_inv).
   const float* dequantize_fp8(const TensorView& tensor, const std::string& name, int64_t rows, int64_t cols) {
     constexpr int64_t kBlock = 128;
-    const std::string scale_name = name.substr(0, name.size() - std::string(".weight").size()) +
-                                   ".weight_scale_inv";
+    const std::string scale_name = name.substr(0, name.size() - std::string(".weight").size()) + ".weight_scale_inv";
     if (!has(scale_name)) fail("{}: tensor {} is FP8 but {} is missing", tensor.file, name, scale_name);
     const int64_t block_rows = (rows + kBlock - 1) / kBlock, block_cols = (cols + kBlock - 1) / kBlock;
     const float* scales = widen(require(scale_name, {block_rows, block_cols}));
@@ -142,7 +135,9 @@ class WeightLoader {
     return out;
   }
 
-  static std::string stem(const std::string& name) { return name.substr(0, name.size() - std::string(".weight").size()); }
+  static std::string stem(const std::string& name) {
+    return name.substr(0, name.size() - std::string(".weight").size());
+  }
 
   // Int8 [rows, cols] with `.weight_scale` f32 [rows]; for W8A8 also the activations' scheme.
   WeightMatrix int8_matrix(const std::string& name, WeightMatrix w) {
@@ -174,10 +169,12 @@ class WeightLoader {
   // U8 tensors: ggml blocks (q8_0, q4_0) or Int4 nibbles, as quantization_config says.
   WeightMatrix packed_matrix(const std::string& name, WeightMatrix w) {
     const TensorView& found = *reader_.find(name);
-    if (!model_.config.quantization) fail("{}: tensor {} is U8 but config.json has no quantization_config", found.file, name);
+    if (!model_.config.quantization)
+      fail("{}: tensor {} is U8 but config.json has no quantization_config", found.file, name);
     const std::string& format = model_.config.quantization->format;
     if (format == "q8_0" || format == "q4_0") {
-      if (w.cols % kGgmlBlock != 0) fail("{}: tensor {}: {} columns are not whole blocks of 32", found.file, name, w.cols);
+      if (w.cols % kGgmlBlock != 0)
+        fail("{}: tensor {}: {} columns are not whole blocks of 32", found.file, name, w.cols);
       w.format = format == "q8_0" ? WeightFormat::Q8_0 : WeightFormat::Q4_0;
       w.data = require(name, {w.rows, int64_t(w.row_bytes())}).data;
       return w;
@@ -228,8 +225,8 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, L
       // A GGUF's attn_k_b / attn_v_b (see gguf_import.h): bound as they are, kv_b_proj stays empty.
       const KvBHalves halves = kv_b_proj_halves(t.layer);
       MlaWeights& attn = model->layers[size_t(t.layer)].self_attn;
-      attn.kv_b_proj_keys_transposed = loader.matrix(halves.hf_keys, c.num_attention_heads * c.kv_lora_rank,
-                                                     c.qk_nope_head_dim);
+      attn.kv_b_proj_keys_transposed =
+          loader.matrix(halves.hf_keys, c.num_attention_heads * c.kv_lora_rank, c.qk_nope_head_dim);
       attn.kv_b_proj_values = loader.matrix(halves.hf_values, c.num_attention_heads * c.v_head_dim, c.kv_lora_rank);
     } else {
       *slot.matrix = loader.matrix(t.hf_name, t.shape[0], t.shape[1]);

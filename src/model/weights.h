@@ -14,17 +14,17 @@
 
 namespace deepmoe {
 
-struct MlaWeights {  // model.layers.N.self_attn.*
-  WeightMatrix q_proj;                 // [heads * qk_head_dim, hidden], when q_lora_rank is null
-  WeightMatrix q_a_proj;               // [q_lora_rank, hidden]
-  const float* q_a_layernorm = nullptr;  // [q_lora_rank]
-  WeightMatrix q_b_proj;               // [heads * qk_head_dim, q_lora_rank]
-  WeightMatrix kv_a_proj_with_mqa;     // [kv_lora_rank + qk_rope_head_dim, hidden]
+struct MlaWeights {                       // model.layers.N.self_attn.*
+  WeightMatrix q_proj;                    // [heads * qk_head_dim, hidden], when q_lora_rank is null
+  WeightMatrix q_a_proj;                  // [q_lora_rank, hidden]
+  const float* q_a_layernorm = nullptr;   // [q_lora_rank]
+  WeightMatrix q_b_proj;                  // [heads * qk_head_dim, q_lora_rank]
+  WeightMatrix kv_a_proj_with_mqa;        // [kv_lora_rank + qk_rope_head_dim, hidden]
   const float* kv_a_layernorm = nullptr;  // [kv_lora_rank]
   // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]; empty from a GGUF with attn_k_b /
   // attn_v_b, which holds only the halves below (join_kv_b_proj rebuilds it for converters).
   WeightMatrix kv_b_proj;
-  WeightMatrix o_proj;                 // [hidden, heads * v_head_dim]
+  WeightMatrix o_proj;  // [hidden, heads * v_head_dim]
   // The two halves of kv_b_proj, which both attention forms read. Keys: per head, the key
   // up-projection transposed, [heads][kv_lora_rank, qk_nope_head_dim], so queries map into the
   // latent space with matmul; derived from kv_b_proj, or a GGUF's attn_k_b as it is (Q8_0
@@ -42,13 +42,13 @@ struct MlaWeights {  // model.layers.N.self_attn.*
 std::vector<float> join_kv_b_proj(const Config& c, const MlaWeights& w);
 std::vector<int64_t> kv_b_proj_shape(const Config& c);
 
-struct MlpWeights {  // SiLU-gated: down(silu(gate(x)) * up(x))
+struct MlpWeights {        // SiLU-gated: down(silu(gate(x)) * up(x))
   WeightMatrix gate_proj;  // [intermediate, hidden]
   WeightMatrix up_proj;    // [intermediate, hidden]
   WeightMatrix down_proj;  // [hidden, intermediate]
 };
 
-struct MoeWeights {  // model.layers.N.mlp.*
+struct MoeWeights {   // model.layers.N.mlp.*
   WeightMatrix gate;  // gate.weight [n_routed_experts, hidden], widened to F32 (HF routes in f32)
   const float* e_score_correction_bias = nullptr;  // [n_routed_experts], noaux_tc only
   std::vector<MlpWeights> experts;
@@ -67,11 +67,11 @@ struct LayerWeights {
 
 struct ModelWeights {
   Config config;
-  std::string config_json;  // the text config was parsed from (rebuilt for a .gguf)
+  std::string config_json;    // the text config was parsed from (rebuilt for a .gguf)
   WeightMatrix embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
   const float* norm = nullptr;
-  WeightMatrix lm_head;  // [vocab, hidden]; embed_tokens when tied
+  WeightMatrix lm_head;                      // [vocab, hidden]; embed_tokens when tied
   std::vector<std::string> ignored_tensors;  // unknown names (warned about); MTP layers excluded
 
   // Loads config.json and the safetensors of `model_dir` (or a .gguf), mapped or read into memory

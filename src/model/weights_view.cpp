@@ -6,7 +6,7 @@
 namespace deepmoe {
 
 std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base,
-                                                    const uint16_t* bf16_base) {
+                                                     const uint16_t* bf16_base) {
   auto view = std::make_unique<ModelWeights>();
   view->config = config;
   int64_t offset = 0;

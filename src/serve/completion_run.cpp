@@ -12,8 +12,8 @@ CompletionRun::CompletionRun(Engine& engine, const Tokenizer& tokenizer, const C
     EngineRequest engine_request;
     engine_request.prompt = request.prompt;
     engine_request.sampling = request.sampling;
-    engine_request.sampling.seed = request.seeded ? request.sampling.seed + uint64_t(i)
-                                                  : (uint64_t(entropy()) << 32) ^ uint64_t(entropy());
+    engine_request.sampling.seed =
+        request.seeded ? request.sampling.seed + uint64_t(i) : (uint64_t(entropy()) << 32) ^ uint64_t(entropy());
     engine_request.max_tokens = request.max_tokens;
     if (tokenizer.eos_id() && !request.ignore_eos) engine_request.stop_tokens.push_back(*tokenizer.eos_id());
     engine_request.top_logprobs = request.logprobs ? request.top_logprobs : -1;

@@ -56,7 +56,7 @@ class ConnectionGuard {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
-  std::map<std::string, Peer> peers_;  // by "address port"
+  std::map<std::string, Peer> peers_;             // by "address port"
   std::unordered_map<int, std::string> sockets_;  // descriptor -> peer key, as last seen
   std::thread thread_;
 };

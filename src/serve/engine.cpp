@@ -43,9 +43,10 @@ Engine::Engine(Model& model, const EngineOptions& options)
   // One sequence of the full context must fit on its own, or it could be preempted forever.
   const int64_t needed = (options_.context + options_.block_tokens - 1) / options_.block_tokens;
   if (options_.kv_blocks < needed)
-    fail("the KV cache holds {} tokens ({} blocks of {}), fewer than one sequence of --ctx {}; raise --kv-cache-mb "
-         "or lower --ctx",
-         options_.kv_blocks * options_.block_tokens, options_.kv_blocks, options_.block_tokens, options_.context);
+    fail(
+        "the KV cache holds {} tokens ({} blocks of {}), fewer than one sequence of --ctx {}; raise --kv-cache-mb "
+        "or lower --ctx",
+        options_.kv_blocks * options_.block_tokens, options_.kv_blocks, options_.block_tokens, options_.context);
   stats_.kv_blocks_free = options_.kv_blocks;
   stats_.kv_block_tokens = options_.block_tokens;
   thread_ = std::thread([this] { loop(); });
@@ -237,7 +238,8 @@ EngineToken Engine::choose(Sequence& sequence, float* logits) const {
       return log_probabilities[size_t(a)] > log_probabilities[size_t(b)] ||
              (log_probabilities[size_t(a)] == log_probabilities[size_t(b)] && a < b);
     });
-    for (int64_t i = 0; i < k; ++i) out.top.push_back({order[size_t(i)], float(log_probabilities[size_t(order[size_t(i)])])});
+    for (int64_t i = 0; i < k; ++i)
+      out.top.push_back({order[size_t(i)], float(log_probabilities[size_t(order[size_t(i)])])});
   }
   return out;
 }

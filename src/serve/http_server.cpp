@@ -163,8 +163,8 @@ void HttpServer::routes() {
   });
   s.set_post_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
     // Known routes only: a label per unknown path would let clients grow the metrics without bound.
-    static const std::set<std::string> routes = {"/health", "/metrics", "/tokenize", "/detokenize", "/v1/models",
-                                                 "/v1/completions", "/v1/chat/completions"};
+    static const std::set<std::string> routes = {"/health",    "/metrics",        "/tokenize",           "/detokenize",
+                                                 "/v1/models", "/v1/completions", "/v1/chat/completions"};
     std::string endpoint = routes.count(request.path) ? request.path : "(other)";
     if (request.path.rfind("/v1/models/", 0) == 0) endpoint = "/v1/models/{id}";
     metrics_.count_request(endpoint, response.status);
@@ -172,7 +172,8 @@ void HttpServer::routes() {
   s.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
     if (!response.body.empty()) return;
     if (response.status == 413) return send_error(response, 413, "the request body is too large");
-    if (response.status == 404) return send_error(response, 404, fmt::format("no route {} {}", request.method, request.path));
+    if (response.status == 404)
+      return send_error(response, 404, fmt::format("no route {} {}", request.method, request.path));
     send_error(response, response.status, fmt::format("HTTP status {}", response.status));
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& response, std::exception_ptr error) {
@@ -221,8 +222,9 @@ bool HttpServer::refuse_before_routing(const httplib::Request& request, httplib:
   if (options_.api_key.empty() && is_loopback_host(options_.host)) {
     const std::string host = host_name(request.get_header_value("Host"));
     if (!is_loopback_host(host) && host != lower(options_.host)) {
-      send_error(response, 403, fmt::format("Host '{}' is not this server's (without --api-key, only localhost names)",
-                                            request.get_header_value("Host")));
+      send_error(response, 403,
+                 fmt::format("Host '{}' is not this server's (without --api-key, only localhost names)",
+                             request.get_header_value("Host")));
       return true;
     }
   }
@@ -233,7 +235,8 @@ bool HttpServer::refuse_before_routing(const httplib::Request& request, httplib:
                                      [&](const std::string& o) { return o == "*" || o == origin; });
     const bool same_origin = origin == "http://" + request.get_header_value("Host");
     if (!allowed && !same_origin) {
-      send_error(response, 403, fmt::format("cross-origin request from '{}' refused (allow it with --cors-origin)", origin));
+      send_error(response, 403,
+                 fmt::format("cross-origin request from '{}' refused (allow it with --cors-origin)", origin));
       return true;
     }
     if (allowed) {
@@ -278,7 +281,8 @@ void HttpServer::tokenize(const httplib::Request& request, httplib::Response& re
       if (prompt == body.end() || !prompt->is_string())
         throw ApiError(400, "'prompt': expected a string (or give 'messages')", "prompt");
       auto add = body.find("add_special_tokens");
-      if (add != body.end() && !add->is_boolean()) throw ApiError(400, "'add_special_tokens': expected true or false", "add_special_tokens");
+      if (add != body.end() && !add->is_boolean())
+        throw ApiError(400, "'add_special_tokens': expected true or false", "add_special_tokens");
       ids = tokenizer_.encode(prompt->get<std::string>(), add == body.end() || add->get<bool>());
     }
     send_json(response, 200, {{"tokens", ids}, {"count", ids.size()}, {"max_model_len", options_.limits.context}});
@@ -293,14 +297,16 @@ void HttpServer::detokenize(const httplib::Request& request, httplib::Response& 
   try {
     const json body = parse_json_object(request.body);
     auto tokens = body.find("tokens");
-    if (tokens == body.end() || !tokens->is_array()) throw ApiError(400, "'tokens': expected an array of token ids", "tokens");
+    if (tokens == body.end() || !tokens->is_array())
+      throw ApiError(400, "'tokens': expected an array of token ids", "tokens");
     std::vector<int32_t> ids;
     for (size_t i = 0; i < tokens->size(); ++i) {
       const json& id = (*tokens)[i];
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tokenizer_.id_limit())
         throw ApiError(400, fmt::format("'tokens': expected token ids in [0, {})", tokenizer_.id_limit()), "tokens");
       if (!tokenizer_.spells(int32_t(id.get<int64_t>())))
-        throw ApiError(400, fmt::format("'tokens[{}]': the vocabulary has no token {}", i, id.get<int64_t>()), "tokens");
+        throw ApiError(400, fmt::format("'tokens[{}]': the vocabulary has no token {}", i, id.get<int64_t>()),
+                       "tokens");
       ids.push_back(int32_t(id.get<int64_t>()));
     }
     send_json(response, 200, {{"prompt", tokenizer_.decode(ids)}});
@@ -321,7 +327,8 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
     return send_error(response, e.status(), e.what(), e.param(), e.type());
   } catch (const QueueFull& e) {
     response.set_header("Retry-After", "1");
-    return send_error(response, 429, "the server is busy: its request queue is full; retry later", {}, "rate_limit_error");
+    return send_error(response, 429, "the server is busy: its request queue is full; retry later", {},
+                      "rate_limit_error");
   } catch (const Error& e) {
     return send_error(response, 400, e.what());
   }
@@ -344,25 +351,26 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
     }
     response.set_chunked_content_provider(
         "application/json",
-        never_throwing([=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
-          auto next_probe = std::chrono::steady_clock::now();
-          while (!run->done()) {
-            run->poll(probe_every, deltas);
-            if (std::chrono::steady_clock::now() < next_probe) continue;
-            next_probe += probe_every;
-            if (!sink.write(" ", 1)) {
-              run->cancel();
-              return false;
-            }
-          }
-          const std::string body =
-              dump(run->error().empty() ? whole(deltas) : error_body(run->error(), "server_error", {}));
-          sink.write(body.data(), body.size());
-          sink.done();
-          return true;
-        },
-        [](const std::string& message) { return dump(error_body(message, "server_error", {})); },
-        [run, busy] { run->cancel(); }));  // the busy token lives as long as the body
+        never_throwing(
+            [=, deltas = std::move(deltas)](size_t, httplib::DataSink& sink) mutable {
+              auto next_probe = std::chrono::steady_clock::now();
+              while (!run->done()) {
+                run->poll(probe_every, deltas);
+                if (std::chrono::steady_clock::now() < next_probe) continue;
+                next_probe += probe_every;
+                if (!sink.write(" ", 1)) {
+                  run->cancel();
+                  return false;
+                }
+              }
+              const std::string body =
+                  dump(run->error().empty() ? whole(deltas) : error_body(run->error(), "server_error", {}));
+              sink.write(body.data(), body.size());
+              sink.done();
+              return true;
+            },
+            [](const std::string& message) { return dump(error_body(message, "server_error", {})); },
+            [run, busy] { run->cancel(); }));  // the busy token lives as long as the body
     return;
   }
 
@@ -370,45 +378,50 @@ void HttpServer::completions(const httplib::Request& request, httplib::Response&
   // A failed write means the client is gone: the run is cancelled and its blocks freed.
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
-      "text/event-stream", never_throwing([=, this](size_t, httplib::DataSink& sink) {
-        auto send = [&](const json& event) {
-          const std::string line = "data: " + dump(event) + "\n\n";
-          return sink.write(line.data(), line.size());
-        };
-        if (chat && !send(chat_role_chunk(ids, run->choices()))) {
-          run->cancel();
-          return false;
-        }
-        std::vector<int64_t> offsets(run->choices(), 0);
-        std::vector<ChoiceDelta> deltas;
-        while (!run->done()) {
-          deltas.clear();
-          if (!run->poll(std::chrono::milliseconds(1000), deltas)) {
-            static const std::string keep_alive = ": keep-alive\n\n";  // an SSE comment; probes the connection
-            if (!sink.write(keep_alive.data(), keep_alive.size())) {
+      "text/event-stream",
+      never_throwing(
+          [=, this](size_t, httplib::DataSink& sink) {
+            auto send = [&](const json& event) {
+              const std::string line = "data: " + dump(event) + "\n\n";
+              return sink.write(line.data(), line.size());
+            };
+            if (chat && !send(chat_role_chunk(ids, run->choices()))) {
               run->cancel();
               return false;
             }
-            continue;
-          }
-          for (const ChoiceDelta& delta : deltas) {
-            const std::optional<json> chunk = stream_chunk(ids, delta, parsed.logprobs, offsets[delta.index], tokenizer_);
-            offsets[delta.index] += int64_t(delta.text.size());
-            if (chunk && !send(*chunk)) {
-              run->cancel();
-              return false;
+            std::vector<int64_t> offsets(run->choices(), 0);
+            std::vector<ChoiceDelta> deltas;
+            while (!run->done()) {
+              deltas.clear();
+              if (!run->poll(std::chrono::milliseconds(1000), deltas)) {
+                static const std::string keep_alive = ": keep-alive\n\n";  // an SSE comment; probes the connection
+                if (!sink.write(keep_alive.data(), keep_alive.size())) {
+                  run->cancel();
+                  return false;
+                }
+                continue;
+              }
+              for (const ChoiceDelta& delta : deltas) {
+                const std::optional<json> chunk =
+                    stream_chunk(ids, delta, parsed.logprobs, offsets[delta.index], tokenizer_);
+                offsets[delta.index] += int64_t(delta.text.size());
+                if (chunk && !send(*chunk)) {
+                  run->cancel();
+                  return false;
+                }
+              }
             }
-          }
-        }
-        if (!run->error().empty()) send(error_body(run->error(), "server_error", {}));
-        if (parsed.include_usage && !send(usage_chunk(ids, run->usage()))) return false;
-        static const std::string done = "data: [DONE]\n\n";
-        sink.write(done.data(), done.size());
-        sink.done();
-        return true;
-      },
-      [](const std::string& message) { return "data: " + dump(error_body(message, "server_error", {})) + "\n\ndata: [DONE]\n\n"; },
-      [run, busy] { run->cancel(); }));
+            if (!run->error().empty()) send(error_body(run->error(), "server_error", {}));
+            if (parsed.include_usage && !send(usage_chunk(ids, run->usage()))) return false;
+            static const std::string done = "data: [DONE]\n\n";
+            sink.write(done.data(), done.size());
+            sink.done();
+            return true;
+          },
+          [](const std::string& message) {
+            return "data: " + dump(error_body(message, "server_error", {})) + "\n\ndata: [DONE]\n\n";
+          },
+          [run, busy] { run->cancel(); }));
 }
 
 }  // namespace deepmoe

@@ -35,7 +35,7 @@ class ConnectionGuard;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;  // 0: any free port (see HttpServer::port)
+  int port = 8080;      // 0: any free port (see HttpServer::port)
   std::string api_key;  // empty: no authentication
   size_t max_body_bytes = size_t(4) << 20;
   // Origins whose web pages may call the server (CORS); "*" for any. Other cross-origin requests are refused.

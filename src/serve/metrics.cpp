@@ -81,8 +81,8 @@ std::string Metrics::render(const EngineStats& e) const {
   header(out, "deepmoe_requests_waiting", "gauge", "requests queued for a batch slot");
   out += fmt::format("deepmoe_requests_waiting {}\n", e.waiting);
   header(out, "deepmoe_kv_blocks", "gauge", "latent cache blocks: used (held by sequences), free (incl. cached)");
-  out += fmt::format("deepmoe_kv_blocks{{state=\"used\"}} {}\ndeepmoe_kv_blocks{{state=\"free\"}} {}\n", e.kv_blocks_used,
-                     e.kv_blocks_free);
+  out += fmt::format("deepmoe_kv_blocks{{state=\"used\"}} {}\ndeepmoe_kv_blocks{{state=\"free\"}} {}\n",
+                     e.kv_blocks_used, e.kv_blocks_free);
   header(out, "deepmoe_kv_blocks_cached", "gauge", "free blocks still holding a reusable prefix");
   out += fmt::format("deepmoe_kv_blocks_cached {}\n", e.kv_blocks_cached);
   header(out, "deepmoe_kv_block_tokens", "gauge", "positions per block");

@@ -12,7 +12,10 @@ using nlohmann::json;
 
 json error_body(const std::string& message, const std::string& type, const std::string& param) {
   return {{"error",
-           {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", nullptr}}}};
+           {{"message", message},
+            {"type", type},
+            {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", nullptr}}}};
 }
 
 namespace {
@@ -96,7 +99,8 @@ std::string message_content(const json& content, const std::string& param) {
   for (size_t i = 0; i < content.size(); ++i) {
     const json& part = content[i];
     const std::string part_param = fmt::format("{}[{}]", param, i);
-    if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") || !part["text"].is_string())
+    if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
+        !part["text"].is_string())
       bad_field(part_param, "only {\"type\": \"text\", \"text\": ...} parts are supported");
     text += part["text"].get<std::string>();
   }
@@ -175,8 +179,9 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
   if (const json* model = field(body, "model")) {
     if (!model->is_string()) bad_field("model", "expected a string");
     if (model->get<std::string>() != limits.model_id)
-      throw ApiError(400, fmt::format("the model '{}' does not exist; this server has '{}'", model->get<std::string>(),
-                                      limits.model_id),
+      throw ApiError(400,
+                     fmt::format("the model '{}' does not exist; this server has '{}'", model->get<std::string>(),
+                                 limits.model_id),
                      "model");
   }
   // Features that would change the answer: refused rather than ignored.
@@ -189,7 +194,8 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
       format && !(format->is_object() && format->value("type", json()) == "text"))
     bad_field("response_format", "only {\"type\": \"text\"} is supported");
   for (const char* name : {"presence_penalty", "frequency_penalty"})
-    if (number_field(body, name, 0.0, -2.0, 2.0) != 0.0) bad_field(name, "only 0 is supported (see repetition_penalty)");
+    if (number_field(body, name, 0.0, -2.0, 2.0) != 0.0)
+      bad_field(name, "only 0 is supported (see repetition_penalty)");
 
   r.stream = bool_field(body, "stream", false);
   r.ignore_eos = bool_field(body, "ignore_eos", false);
@@ -219,7 +225,8 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
     if (stop->is_string()) {
       r.stop.push_back(stop->get<std::string>());
     } else if (stop->is_array()) {
-      if (int64_t(stop->size()) > limits.max_stop) bad_field("stop", fmt::format("at most {} strings", limits.max_stop));
+      if (int64_t(stop->size()) > limits.max_stop)
+        bad_field("stop", fmt::format("at most {} strings", limits.max_stop));
       for (const json& s : *stop) {
         if (!s.is_string()) bad_field("stop", "expected a string or an array of strings");
         r.stop.push_back(s.get<std::string>());
@@ -367,7 +374,8 @@ namespace {
 // The completions format's logprobs of a run of tokens: parallel arrays, text_offset the byte
 // where each token's text starts in the choice's text.
 struct CompletionLogprobs {
-  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), text_offset = json::array();
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       text_offset = json::array();
   void add(const Tokenizer& tokenizer, const EngineToken& token, int64_t offset) {
     tokens.push_back(tokenizer.token_bytes(token.token));
     token_logprobs.push_back(token.logprob);
@@ -377,20 +385,27 @@ struct CompletionLogprobs {
     text_offset.push_back(offset);
   }
   json to_json() const {
-    return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", text_offset}};
+    return {{"tokens", tokens},
+            {"token_logprobs", token_logprobs},
+            {"top_logprobs", top_logprobs},
+            {"text_offset", text_offset}};
   }
 };
 
 json response_object(const ResponseIds& ids, const char* object, json choices) {
-  return {{"id", ids.id}, {"object", object}, {"created", ids.created}, {"model", ids.model}, {"choices", std::move(choices)}};
+  return {{"id", ids.id},
+          {"object", object},
+          {"created", ids.created},
+          {"model", ids.model},
+          {"choices", std::move(choices)}};
 }
 
 const char* chunk_object(const ResponseIds& ids) { return ids.chat ? "chat.completion.chunk" : "text_completion"; }
 
 }  // namespace
 
-json completion_response(const ResponseIds& ids, size_t n_choices, const std::vector<ChoiceDelta>& deltas, bool logprobs,
-                         const Usage& usage, const Tokenizer& tokenizer) {
+json completion_response(const ResponseIds& ids, size_t n_choices, const std::vector<ChoiceDelta>& deltas,
+                         bool logprobs, const Usage& usage, const Tokenizer& tokenizer) {
   std::vector<std::string> texts(n_choices);
   std::vector<FinishReason> reasons(n_choices, FinishReason::Stop);
   std::vector<json> chat_logprobs(n_choices, json::array());
@@ -423,7 +438,9 @@ json completion_response(const ResponseIds& ids, size_t n_choices, const std::ve
 json chat_role_chunk(const ResponseIds& ids, size_t n_choices) {
   json choices = json::array();
   for (size_t i = 0; i < n_choices; ++i)
-    choices.push_back({{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
+    choices.push_back({{"index", i},
+                       {"delta", {{"role", "assistant"}, {"content", ""}}},
+                       {"logprobs", nullptr},
                        {"finish_reason", nullptr}});
   return response_object(ids, chunk_object(ids), std::move(choices));
 }
@@ -456,7 +473,10 @@ json usage_chunk(const ResponseIds& ids, const Usage& usage) {
 }
 
 json model_object(const ApiLimits& limits, int64_t created) {
-  return {{"id", limits.model_id}, {"object", "model"}, {"created", created}, {"owned_by", "deepmoe"},
+  return {{"id", limits.model_id},
+          {"object", "model"},
+          {"created", created},
+          {"owned_by", "deepmoe"},
           {"max_model_len", limits.context}};
 }
 

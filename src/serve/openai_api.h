@@ -36,10 +36,10 @@ class ApiError : public std::runtime_error {
 nlohmann::json error_body(const std::string& message, const std::string& type, const std::string& param);
 
 struct ApiLimits {
-  std::string model_id;     // the one model served
-  int64_t context = 0;      // prompt + output tokens
-  int64_t max_n = 8;        // choices per request
-  int64_t max_stop = 4;     // stop strings per request
+  std::string model_id;           // the one model served
+  int64_t context = 0;            // prompt + output tokens
+  int64_t max_n = 8;              // choices per request
+  int64_t max_stop = 4;           // stop strings per request
   int64_t max_stop_bytes = 1024;  // bytes per stop string
   int64_t max_top_logprobs = 20;
   // Prompt text longer than this cannot fit the context (0: no bound); refused before it is
@@ -115,9 +115,9 @@ nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token
 // response builders below take.
 struct ChoiceDelta {
   size_t index = 0;
-  std::string text;                       // released by this token (may be empty: held back)
-  std::optional<EngineToken> token;       // with logprobs when asked for
-  std::optional<FinishReason> finished;   // the choice ended here
+  std::string text;                      // released by this token (may be empty: held back)
+  std::optional<EngineToken> token;      // with logprobs when asked for
+  std::optional<FinishReason> finished;  // the choice ended here
 };
 
 // The fields every object and stream chunk of one response shares.
@@ -125,7 +125,7 @@ struct ResponseIds {
   std::string id;       // "cmpl-..." or "chatcmpl-..."
   int64_t created = 0;  // Unix seconds
   std::string model;
-  bool chat = false;    // /v1/chat/completions (messages and deltas) rather than /v1/completions (text)
+  bool chat = false;  // /v1/chat/completions (messages and deltas) rather than /v1/completions (text)
 };
 
 struct Usage {

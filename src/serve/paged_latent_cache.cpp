@@ -8,9 +8,7 @@
 namespace deepmoe {
 
 PagedLatentCache::PagedLatentCache(const Config& config, int64_t n_blocks, int64_t block_tokens)
-    : row_size_(config.kv_cache_values_per_token()),
-      n_blocks_(n_blocks),
-      block_tokens_(block_tokens) {
+    : row_size_(config.kv_cache_values_per_token()), n_blocks_(n_blocks), block_tokens_(block_tokens) {
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
     layers_.emplace_back(new float[size_t(n_blocks * block_tokens * row_size_)]);
 }
@@ -23,7 +21,8 @@ int64_t PagedLatentCache::blocks_for_bytes(const Config& config, int64_t block_t
 
 void PagedLatentCache::bind(std::span<const BatchSequence> batch,
                             std::span<const std::vector<int32_t>* const> block_tables) {
-  if (batch.size() != block_tables.size()) fail("paged cache: {} sequences but {} block tables", batch.size(), block_tables.size());
+  if (batch.size() != block_tables.size())
+    fail("paged cache: {} sequences but {} block tables", batch.size(), block_tables.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     const int64_t needed = batch[s].first_position + int64_t(batch[s].tokens.size());
     if (int64_t(block_tables[s]->size()) * block_tokens_ < needed)

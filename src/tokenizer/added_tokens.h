@@ -32,7 +32,7 @@ class AddedTokenMatcher {
  private:
   struct Node {
     int32_t child_begin = 0, child_count = 0;  // children, sorted by byte, in edges_
-    int32_t token = -1;                         // index into tokens_ when a token ends here
+    int32_t token = -1;                        // index into tokens_ when a token ends here
   };
   struct Edge {
     unsigned char byte;

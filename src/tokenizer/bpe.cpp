@@ -39,7 +39,9 @@ BpeModel::BpeModel(TokenIds vocab, const std::vector<std::pair<std::string_view,
     const int32_t l = token_to_id(left), r = token_to_id(right), m = token_to_id(joined);
     if (l < 0 || r < 0 || m < 0)
       fail("merge {} '{} {}' uses a token missing from the vocabulary ('{}')", rank, left, right,
-           l < 0 ? left : r < 0 ? right : std::string_view(joined));
+           l < 0   ? left
+           : r < 0 ? right
+                   : std::string_view(joined));
     insert_merge(pair_key(l, r), Merge{int32_t(rank), m});
   }
 }

@@ -200,9 +200,15 @@ void write_trained_tokenizer(const TrainedBpe& trained, const BpeTrainingOptions
   for (const auto& [l, r] : trained.merges) merges.push_back(l + " " + r);
   json added = json::array();
   for (size_t i = 0; i < options.special_tokens.size(); ++i)
-    added.push_back({{"id", i}, {"content", options.special_tokens[i]}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
-  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}};
+    added.push_back({{"id", i},
+                     {"content", options.special_tokens[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  const json byte_level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}};
   json tokenizer = {{"version", "1.0"},
                     {"truncation", nullptr},
                     {"padding", nullptr},

@@ -17,15 +17,17 @@ nlohmann::json pre_tokenizer(const std::string& name, const std::string& file) {
       {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}};
   if (name == "deepseek-v3") return nlohmann::json::parse(deepseek_v3_pre_tokenizer_json());
   if (name == "llama-bpe")
-    return {{"type", "Sequence"},
-            {"pretokenizers",
-             {{{"type", "Split"},
-               {"pattern",
-                {{"Regex", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-                           "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
-               {"behavior", "Isolated"},
-               {"invert", false}},
-              byte_level}}};
+    return {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"},
+           {"pattern",
+            {{"Regex",
+              "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+              "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}}},
+           {"behavior", "Isolated"},
+           {"invert", false}},
+          byte_level}}};
   if (name == "gpt-2" || name == "default")
     return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   fail("{}: tokenizer.ggml.pre \"{}\" is not one we can rebuild (deepseek-v3, llama-bpe, gpt-2)", file, name);
@@ -40,15 +42,21 @@ GgufTokenizerFiles tokenizer_files_from_gguf(const GgufFile& f) {
     fail("{}: no tokenizer inside (tokenizer.ggml.tokens); give token ids with --tokens", f.file);
   if (f.get_string("tokenizer.ggml.model") != "gpt2")
     fail("{}: tokenizer.ggml.model \"{}\" is not byte-level BPE (gpt2)", f.file, f.get_string("tokenizer.ggml.model"));
-  if (merges == nullptr || merges->element_type != GgufValueType::String) fail("{}: tokenizer.ggml.merges is missing", f.file);
+  if (merges == nullptr || merges->element_type != GgufValueType::String)
+    fail("{}: tokenizer.ggml.merges is missing", f.file);
   const GgufValue* types = f.find("tokenizer.ggml.token_type");
   nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
   for (size_t id = 0; id < tokens->strings.size(); ++id) {
     const std::string& text = tokens->strings[id];
     const int64_t type = types != nullptr && id < types->ints.size() ? types->ints[id] : 1;
     if (type == kControl || type == kUserDefined)
-      added.push_back({{"id", id}, {"content", text}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                       {"normalized", type != kControl}, {"special", type == kControl}});
+      added.push_back({{"id", id},
+                       {"content", text},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", type != kControl},
+                       {"special", type == kControl}});
     if (!vocab.contains(text)) vocab[text] = id;
   }
   const std::string pre = f.find("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : "default";
@@ -60,9 +68,16 @@ GgufTokenizerFiles tokenizer_files_from_gguf(const GgufFile& f) {
       {"post_processor", nullptr},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-        {"vocab", vocab}, {"merges", merges->strings}}}};
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merges->strings}}}};
   nlohmann::json config = nlohmann::json::object();
   const auto token_text = [&](const std::string& key) -> std::optional<std::string> {
     const GgufValue* v = f.find(key);

@@ -68,11 +68,13 @@ void Normalizer::add(const json& spec) {
       fail("normalizer Sequence: \"normalizers\" must be an array");
     for (const auto& child : spec["normalizers"]) add(child);
   } else if (type == "Replace") {
-    if (!spec.contains("content") || !spec["content"].is_string()) fail("normalizer Replace: \"content\" must be a string");
+    if (!spec.contains("content") || !spec["content"].is_string())
+      fail("normalizer Replace: \"content\" must be a string");
     steps_.push_back(Replace{compile_pattern(spec.value("pattern", json()), "normalizer Replace"),
                              spec["content"].get<std::string>()});
   } else if (type == "Prepend") {
-    if (!spec.contains("prepend") || !spec["prepend"].is_string()) fail("normalizer Prepend: \"prepend\" must be a string");
+    if (!spec.contains("prepend") || !spec["prepend"].is_string())
+      fail("normalizer Prepend: \"prepend\" must be a string");
     steps_.push_back(Prepend{spec["prepend"].get<std::string>()});
   } else {
     fail("unsupported normalizer '{}' (supported: Sequence, Replace, Prepend)", type);
@@ -123,8 +125,8 @@ void PreTokenizer::add(const json& spec) {
   } else if (type == "Digits") {
     // HF's Digits: numeric characters split from the rest, one by one or in runs.
     const bool individual = bool_field(spec, "individual_digits", false);
-    steps_.push_back(Split{std::make_shared<Regex>(individual ? R"(\p{N})" : R"(\p{N}+)"), SplitBehavior::kIsolated,
-                           false});
+    steps_.push_back(
+        Split{std::make_shared<Regex>(individual ? R"(\p{N})" : R"(\p{N}+)"), SplitBehavior::kIsolated, false});
   } else {
     fail("unsupported pre_tokenizer '{}' (supported: Sequence, Split, ByteLevel, Digits)", type);
   }
@@ -154,9 +156,7 @@ void PreTokenizer::apply(const Split& step, const std::string& buffer, const std
 
     merged.clear();
     switch (step.behavior) {
-      case SplitBehavior::kIsolated:
-        merged = parts;
-        break;
+      case SplitBehavior::kIsolated: merged = parts; break;
       case SplitBehavior::kRemoved:
         for (const Part& p : parts)
           if (!p.is_match) merged.push_back(p);

@@ -64,7 +64,8 @@ class PreTokenizer {
   };
   using Step = std::variant<Split, ByteLevel>;
   void add(const nlohmann::json& spec);
-  static void apply(const Split& step, const std::string& buffer, const std::vector<Piece>& in, std::vector<Piece>& out);
+  static void apply(const Split& step, const std::string& buffer, const std::vector<Piece>& in,
+                    std::vector<Piece>& out);
   static void apply(const ByteLevel& step, std::string& buffer, const std::vector<Piece>& in, std::vector<Piece>& out);
 
   std::vector<Step> steps_;

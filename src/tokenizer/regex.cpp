@@ -119,10 +119,10 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
   while (offset <= text.size()) {
     // The text was validated (or sanitized) once by the caller; PCRE2 need not check it again.
     const uint32_t options = PCRE2_NO_UTF_CHECK;
-    const int rc = impl_->jit ? pcre2_jit_match(impl_->code, subject, text.size(), offset, options, match_data.data,
-                                                limits.context)
-                              : pcre2_match(impl_->code, subject, text.size(), offset, options, match_data.data,
-                                            limits.context);
+    const int rc =
+        impl_->jit
+            ? pcre2_jit_match(impl_->code, subject, text.size(), offset, options, match_data.data, limits.context)
+            : pcre2_match(impl_->code, subject, text.size(), offset, options, match_data.data, limits.context);
     if (rc == PCRE2_ERROR_NOMATCH) return;
     if (rc < 0) {
       PCRE2_UCHAR message[256];

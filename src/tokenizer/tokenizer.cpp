@@ -1,7 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
-#include <nlohmann/json.hpp>
 #include <simdjson.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -124,7 +124,8 @@ AddedToken parse_added_token(const json& spec, size_t index) {
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   fs::path tokenizer_file = path, config_file;
   if (fs::is_directory(tokenizer_file)) tokenizer_file /= "tokenizer.json";
-  if (!fs::exists(tokenizer_file)) fail("{}: no such file (expected a tokenizer.json or a directory holding one)", tokenizer_file.string());
+  if (!fs::exists(tokenizer_file))
+    fail("{}: no such file (expected a tokenizer.json or a directory holding one)", tokenizer_file.string());
   config_file = tokenizer_file.parent_path() / "tokenizer_config.json";
   const std::string config_text = fs::exists(config_file) ? read_text_file(config_file) : "";
   return from_json(read_text_file(tokenizer_file), config_text, tokenizer_file.string());
@@ -154,9 +155,10 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
     const json decoder = spec.value("decoder", json());
     if (!decoder.is_null()) {
       const std::string type = decoder.value("type", std::string());
-      const bool byte_level = type == "ByteLevel" || (type == "Sequence" && decoder.contains("decoders") &&
-                                                      decoder["decoders"].is_array() && decoder["decoders"].size() == 1 &&
-                                                      decoder["decoders"][0].value("type", std::string()) == "ByteLevel");
+      const bool byte_level =
+          type == "ByteLevel" ||
+          (type == "Sequence" && decoder.contains("decoders") && decoder["decoders"].is_array() &&
+           decoder["decoders"].size() == 1 && decoder["decoders"][0].value("type", std::string()) == "ByteLevel");
       if (!byte_level) fail("unsupported decoder '{}' (only ByteLevel)", type);
     }
 
@@ -169,7 +171,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
       t->id_limit_ = std::max(t->id_limit_, token.id + 1);
       t->added_by_content_[token.content] = token.id;
       (token.normalized && !t->normalizer_->is_identity() ? normalized : raw).push_back(token);
-      if (token.normalized && !t->normalizer_->is_identity()) normalized.back().content = t->normalizer_->apply(token.content);
+      if (token.normalized && !t->normalizer_->is_identity())
+        normalized.back().content = t->normalizer_->apply(token.content);
       t->added_by_id_[token.id] = std::move(token);
     }
     t->raw_matcher_ = AddedTokenMatcher(std::move(raw));
@@ -191,8 +194,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
       std::vector<json> processors;
       if (post.is_object() && post.value("type", std::string()) == "Sequence" && post.contains("processors"))
         for (const json& p : post["processors"]) processors.push_back(p);
-      else if (!post.is_null())
-        processors.push_back(post);
+      else if (!post.is_null()) processors.push_back(post);
       for (const json& p : processors) {
         const std::string type = p.value("type", std::string());
         if (type == "ByteLevel") continue;  // offsets only

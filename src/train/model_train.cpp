@@ -70,7 +70,8 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
     rope_.compute(c, positions_);
   }
   std::vector<BatchSequence> sequences;
-  for (int64_t b = 0; b < batch; ++b) sequences.push_back({inputs.subspan(size_t(b * seq), size_t(seq)), 0, LogitsFor::None});
+  for (int64_t b = 0; b < batch; ++b)
+    sequences.push_back({inputs.subspan(size_t(b * seq), size_t(seq)), 0, LogitsFor::None});
   layers_.resize(recompute_ ? 1 : size_t(c.num_hidden_layers));
   if (recompute_) layer_inputs_.resize(size_t(c.num_hidden_layers));
   StepLoss result;

@@ -19,9 +19,9 @@
 namespace deepmoe::train {
 
 struct StepLoss {
-  double loss = 0;           // cross_entropy + aux_weight * balance
-  double cross_entropy = 0;  // mean over batch * seq targets
-  double balance = 0;        // Σ over MoE layers of the batch-mean sequence-wise balance loss
+  double loss = 0;                                  // cross_entropy + aux_weight * balance
+  double cross_entropy = 0;                         // mean over batch * seq targets
+  double balance = 0;                               // Σ over MoE layers of the batch-mean sequence-wise balance loss
   std::vector<std::vector<int32_t>> expert_counts;  // per MoE layer (in layer order): selections per expert
 };
 
@@ -32,8 +32,7 @@ class TrainGraph {
   // recompute: keep only each layer's input through the forward pass and recompute the layer's
   // activations just before its backward (one layer's activations live at a time; the losses
   // and gradients are bit-identical, the forward runs twice).
-  TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32,
-             bool recompute = false);
+  TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false);
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
   // p.grads() (grad_scale = 1 / accumulation steps). Throws Error for an id outside the vocabulary.
@@ -63,8 +62,8 @@ class TrainGraph {
   // Activation memory: slab_ holds the step's saved tensors; with recompute_, layer_slab_ holds
   // one layer's at a time (rewound for each layer) and slab_ only the layers' inputs.
   ActivationSlab slab_, layer_slab_;
-  std::vector<DecoderSaved> layers_;              // one per layer, or one reused by all with recompute_
-  std::vector<std::span<float>> layer_inputs_;    // recompute_ only: each layer's input
+  std::vector<DecoderSaved> layers_;            // one per layer, or one reused by all with recompute_
+  std::vector<std::span<float>> layer_inputs_;  // recompute_ only: each layer's input
   std::span<float> final_in_, final_inv_rms_, final_normed_, logits_;
   DecoderScratch scratch_;
 };

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <numbers>
 
-
 namespace deepmoe::train {
 
 namespace {
@@ -31,9 +30,10 @@ struct LionCoefficients {
 // The updates are memory-bound passes over every parameter and its moments; compiled for
 // AVX-512, AVX2 and baseline x86-64, the loader picks the CPU's best (no aliasing between the
 // four arrays lets them vectorize).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void adamw_update(
-    float* __restrict w, const float* __restrict g, float* __restrict m, float* __restrict v, size_t n,
-    const AdamWCoefficients& k) {
+__attribute__((target_clones("avx512f", "avx2", "default"))) void adamw_update(float* __restrict w,
+                                                                               const float* __restrict g,
+                                                                               float* __restrict m, float* __restrict v,
+                                                                               size_t n, const AdamWCoefficients& k) {
   for (size_t i = 0; i < n; ++i) {
     const float wi = w[i] * k.decay;
     const float mi = k.beta1 * m[i] + k.one_minus_beta1 * g[i];
@@ -45,9 +45,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void adamw_update(
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void lion_update(float* __restrict w,
-                                                                            const float* __restrict g,
-                                                                            float* __restrict m, size_t n,
-                                                                            const LionCoefficients& k) {
+                                                                              const float* __restrict g,
+                                                                              float* __restrict m, size_t n,
+                                                                              const LionCoefficients& k) {
   for (size_t i = 0; i < n; ++i) {
     const float blend = k.beta1 * m[i] + k.one_minus_beta1 * g[i];
     const float sign = float((blend > 0) - (blend < 0));  // sign(0) = 0, as torch.sign
@@ -75,8 +75,8 @@ void Optimizer::step(ThreadPool& pool, Parameters& p, double lr) {
     const double correction2 = 1.0 - std::pow(b2, double(steps_));
     const float step_size = float(lr / correction1);
     const float root_correction2 = float(std::sqrt(correction2));
-    const AdamWCoefficients k{decay, float(b1), float(1 - b1), float(b2), float(1 - b2), step_size, root_correction2,
-                              float(options_.eps)};
+    const AdamWCoefficients k{decay,         float(b1), float(1 - b1),    float(b2),
+                              float(1 - b2), step_size, root_correction2, float(options_.eps)};
     pool.parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
       for (int64_t c = c_begin; c < c_end; ++c) {
         const auto [begin, end] = ranges_[size_t(c)];

@@ -68,9 +68,8 @@ float* Parameters::grad(const std::string& name) {
 
 void Parameters::zero_grads(ThreadPool& pool) {
   const int64_t n = int64_t(grads_.size());
-  pool.parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
-    std::fill(grads_.begin() + begin, grads_.begin() + end, 0.0f);
-  });
+  pool.parallel_for(n, 1 << 16,
+                    [&](int64_t begin, int64_t end) { std::fill(grads_.begin() + begin, grads_.begin() + end, 0.0f); });
 }
 
 void Parameters::save(const std::string& dir, Which which) const {

@@ -36,16 +36,19 @@ std::string line_chart(const std::string& title, const std::vector<Series>& seri
   if (y1 == y0) y1 = y0 + 1;
   const double w = kWidth - kLeft - kRight, h = kHeight - kTop - kBottom;
   const auto px = [&](double x) { return kLeft + (x - x0) / (x1 - x0) * w; };
-  const auto py = [&](double y) { return kTop + (1 - ((log_y ? std::log10(std::max(y, 1e-12)) : y) - y0) / (y1 - y0)) * h; };
+  const auto py = [&](double y) {
+    return kTop + (1 - ((log_y ? std::log10(std::max(y, 1e-12)) : y) - y0) / (y1 - y0)) * h;
+  };
   std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n"
       "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" font-size=\"14\">{}</text>\n"
       "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#888\"/>\n",
       kWidth, kHeight, kLeft, title, kLeft, kTop, w, h);
   for (int i = 0; i <= 4; ++i) {  // axis labels
     const double fy = y0 + (y1 - y0) * i / 4, fx = x0 + (x1 - x0) * i / 4;
-    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.3g}</text>\n", kLeft - 4, kTop + h * (1 - i / 4.0) + 4,
-                       log_y ? std::pow(10.0, fy) : fy);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.3g}</text>\n", kLeft - 4,
+                       kTop + h * (1 - i / 4.0) + 4, log_y ? std::pow(10.0, fy) : fy);
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.0f}</text>\n", kLeft + w * i / 4.0,
                        kHeight - kBottom + 16, fx);
   }
@@ -56,8 +59,8 @@ std::string line_chart(const std::string& title, const std::vector<Series>& seri
     std::string path;
     for (const auto& [x, y] : s.points) path += fmt::format("{}{:.1f},{:.1f}", path.empty() ? "M" : " L", px(x), py(y));
     svg += fmt::format("<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\"/>\n", path, s.color);
-    svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n", kWidth - kRight - 150, kTop + 16 + 16 * double(i),
-                       s.color, s.label);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n", kWidth - kRight - 150,
+                       kTop + 16 + 16 * double(i), s.color, s.label);
   }
   return svg + "</svg>\n";
 }
@@ -65,24 +68,29 @@ std::string line_chart(const std::string& title, const std::vector<Series>& seri
 std::string heatmap(const std::vector<std::vector<double>>& rows, const std::vector<double>& steps) {
   const double w = kWidth - kLeft - kRight, h = kHeight - kTop - kBottom;
   std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n"
       "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      "<text x=\"{}\" y=\"18\" font-size=\"14\">expert load per MoE layer: max / mean (white 1 = balanced, red >= 4)</text>\n",
+      "<text x=\"{}\" y=\"18\" font-size=\"14\">expert load per MoE layer: max / mean (white 1 = balanced, red >= "
+      "4)</text>\n",
       kWidth, kHeight, kLeft);
   const size_t layers = rows.size(), columns = steps.size();
   if (layers == 0 || columns == 0) return svg + "</svg>\n";
   const double cw = w / double(columns), ch = h / double(layers);
   for (size_t l = 0; l < layers; ++l) {
-    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">MoE {}</text>\n", kLeft - 4, kTop + ch * (double(l) + 0.5) + 4, l);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">MoE {}</text>\n", kLeft - 4,
+                       kTop + ch * (double(l) + 0.5) + 4, l);
     for (size_t c = 0; c < columns && c < rows[l].size(); ++c) {
       const double t = std::clamp((rows[l][c] - 1.0) / 3.0, 0.0, 1.0);
       const int g = int(255 * (1 - t));
-      svg += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"rgb(255,{},{})\"/>\n",
-                         kLeft + cw * double(c), kTop + ch * double(l), cw + 0.5, ch, g, g);
+      svg +=
+          fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"rgb(255,{},{})\"/>\n",
+                      kLeft + cw * double(c), kTop + ch * double(l), cw + 0.5, ch, g, g);
     }
   }
-  svg += fmt::format("<text x=\"{}\" y=\"{}\">step {:.0f}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">step {:.0f}</text>\n",
-                     kLeft, kHeight - kBottom + 16, steps.front(), kWidth - kRight, kHeight - kBottom + 16, steps.back());
+  svg += fmt::format(
+      "<text x=\"{}\" y=\"{}\">step {:.0f}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">step {:.0f}</text>\n",
+      kLeft, kHeight - kBottom + 16, steps.front(), kWidth - kRight, kHeight - kBottom + 16, steps.back());
   return svg + "</svg>\n";
 }
 

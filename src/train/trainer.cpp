@@ -47,15 +47,16 @@ nlohmann::json run_settings(const TrainerOptions& o) {
   const char* order = o.order == WindowOrder::Sequential ? "sequential" : "random";
   const char* optimizer = o.optimizer.kind == OptimizerKind::Lion ? "lion" : "adamw";
   const char* precision = o.precision == GemmPrecision::BF16 ? "bf16" : "f32";
-  return {{"seq", o.seq}, {"batch", o.batch}, {"grad_accum", o.grad_accum}, {"seed", o.seed},
+  return {{"seq", o.seq},   {"batch", o.batch},       {"grad_accum", o.grad_accum}, {"seed", o.seed},
           {"order", order}, {"optimizer", optimizer}, {"precision", precision}};
 }
 
 nlohmann::json metrics_line(const StepReport& r) {
-  nlohmann::json line = {{"step", r.step}, {"loss", r.loss}, {"cross_entropy", r.cross_entropy}, {"lr", r.lr},
-                         {"grad_norm", r.grad_norm}, {"tokens_per_second", r.tokens_per_second}};
+  nlohmann::json line = {{"step", r.step}, {"loss", r.loss},           {"cross_entropy", r.cross_entropy},
+                         {"lr", r.lr},     {"grad_norm", r.grad_norm}, {"tokens_per_second", r.tokens_per_second}};
   nlohmann::json load_stats = nlohmann::json::array();
-  for (const ExpertLoadStats& s : r.expert_load) load_stats.push_back({{"max_over_mean", s.max_over_mean}, {"cv", s.cv}});
+  for (const ExpertLoadStats& s : r.expert_load)
+    load_stats.push_back({{"max_over_mean", s.max_over_mean}, {"cv", s.cv}});
   line["expert_load"] = load_stats;
   if (r.val_loss) line["val_loss"] = *r.val_loss;
   return line;
@@ -128,7 +129,8 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     ExpertLoads loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       data_.batch(step * o.grad_accum + micro, o.batch, inputs_, targets_);
-      const StepLoss r = graph_.run(p_, inputs_, targets_, o.batch, o.seq, o.aux_loss, true, 1.0f / float(o.grad_accum));
+      const StepLoss r =
+          graph_.run(p_, inputs_, targets_, o.batch, o.seq, o.aux_loss, true, 1.0f / float(o.grad_accum));
       report.loss += r.loss / double(o.grad_accum);
       report.cross_entropy += r.cross_entropy / double(o.grad_accum);
       loads.resize(r.expert_counts.size());

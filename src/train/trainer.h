@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "train/checkpoint.h"
 #include "io/token_windows.h"
+#include "train/checkpoint.h"
 #include "train/expert_balance.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
@@ -33,15 +33,15 @@ struct TrainerOptions {
   Schedule schedule = Schedule::Constant;
   double lr = 1e-3, min_lr = 0.0;
   int64_t warmup = 0;
-  OptimizerOptions optimizer;  // its betas as they are: Lion's defaults are the caller's to set
-  double clip = 1.0;           // global gradient-norm limit (0: off)
-  double aux_loss = 0.0;       // weight of the sequence-wise balance loss
-  double bias_update = 0.0;    // balance-bias step per training step (0: off)
-  int64_t eval_every = 0;      // validation loss every N steps and at the last (0: never)
-  int64_t save_every = 0, keep_last = 3;  // checkpoint every N steps and at the last (0: never)
-  bool resume = false;         // continue from the newest good checkpoint in out_dir
+  OptimizerOptions optimizer;                    // its betas as they are: Lion's defaults are the caller's to set
+  double clip = 1.0;                             // global gradient-norm limit (0: off)
+  double aux_loss = 0.0;                         // weight of the sequence-wise balance loss
+  double bias_update = 0.0;                      // balance-bias step per training step (0: off)
+  int64_t eval_every = 0;                        // validation loss every N steps and at the last (0: never)
+  int64_t save_every = 0, keep_last = 3;         // checkpoint every N steps and at the last (0: never)
+  bool resume = false;                           // continue from the newest good checkpoint in out_dir
   GemmPrecision precision = GemmPrecision::F32;  // BF16 falls back to F32 without AVX512-BF16
-  bool recompute = false;      // recompute activations per layer in backward (less memory)
+  bool recompute = false;                        // recompute activations per layer in backward (less memory)
   int threads = 1;
 };
 

@@ -35,9 +35,9 @@ TEST(BatchInvariance, EveryRowOfEveryFormatEqualsTheRowAlone) {
   const std::vector<float> x = testing::random_vector(size_t(max_m * cols), 2);
   std::vector<uint16_t> w_bf16(w.size());
   for (size_t i = 0; i < w.size(); ++i) w_bf16[i] = f32_to_bf16(w[i]);
-  for (const FormatCase c : {FormatCase{WeightFormat::F32, 0}, FormatCase{WeightFormat::BF16, 0}, FormatCase{WeightFormat::Q8_0, 0},
-                             FormatCase{WeightFormat::Q4_0, 0}, FormatCase{WeightFormat::Int8, 0},
-                             FormatCase{WeightFormat::Int4, 64}}) {
+  for (const FormatCase c :
+       {FormatCase{WeightFormat::F32, 0}, FormatCase{WeightFormat::BF16, 0}, FormatCase{WeightFormat::Q8_0, 0},
+        FormatCase{WeightFormat::Q4_0, 0}, FormatCase{WeightFormat::Int8, 0}, FormatCase{WeightFormat::Int4, 64}}) {
     QuantizedMatrix q;
     WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
     if (c.format == WeightFormat::BF16) {
@@ -80,7 +80,8 @@ TEST(BatchInvarianceOff, SomeRowsDependOnTheBatch) {
   // The mode is what makes the rows equal: without it, M = 1 (sgemv) and M = 16 (sgemm) round differently.
   const Context pool(1);
   const int64_t rows = 64, cols = 256, m = 16;
-  const std::vector<float> w = testing::random_vector(size_t(rows * cols), 7), x = testing::random_vector(size_t(m * cols), 8);
+  const std::vector<float> w = testing::random_vector(size_t(rows * cols), 7),
+                           x = testing::random_vector(size_t(m * cols), 8);
   const WeightMatrix matrix{WeightFormat::F32, w.data(), rows, cols};
   std::vector<float> alone(static_cast<size_t>(rows)), batched(size_t(m * rows));
   matmul(pool, x.data(), 1, matrix, alone.data());
@@ -98,7 +99,8 @@ TEST(InvariantF32Kernel, MatchesDoubleAndItsPortableTwinBitForBit) {
   // Awkward sizes: rows not a multiple of the 16-wide panels, columns not of the 4 partial sums.
   // BF16 weights stay 16-bit in their panels: the reference multiplies by their exact values.
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{37, 45}, {16, 64}, {5, 3}}) {
-    const std::vector<float> w = testing::random_vector(size_t(rows * cols), 11), x = testing::random_vector(size_t(4 * cols), 12);
+    const std::vector<float> w = testing::random_vector(size_t(rows * cols), 11),
+                             x = testing::random_vector(size_t(4 * cols), 12);
     std::vector<uint16_t> bits(w.size());
     std::vector<float> widened(w.size());
     for (size_t i = 0; i < w.size(); ++i) widened[i] = bf16_to_f32(bits[i] = f32_to_bf16(w[i]));

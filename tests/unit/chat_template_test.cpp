@@ -20,9 +20,11 @@ std::string render_error(const std::string& source, const nlohmann::json& messag
 }
 
 TEST(ChatTemplateTest, RendersAConversation) {
-  const ChatTemplate t("{% for m in messages %}{{ m.role }}: {{ m['content'] | trim }}\n{% endfor %}"
-                       "{% if add_generation_prompt %}assistant:{% endif %}");
-  const auto messages = nlohmann::json::parse(R"([{"role":"user","content":" hi "},{"role":"assistant","content":"yo"}])");
+  const ChatTemplate t(
+      "{% for m in messages %}{{ m.role }}: {{ m['content'] | trim }}\n{% endfor %}"
+      "{% if add_generation_prompt %}assistant:{% endif %}");
+  const auto messages =
+      nlohmann::json::parse(R"([{"role":"user","content":" hi "},{"role":"assistant","content":"yo"}])");
   EXPECT_EQ(t.render(messages, true, "", ""), "user: hi\nassistant: yo\nassistant:");
 }
 
@@ -35,7 +37,8 @@ TEST(ChatTemplateTest, FollowsPythonJinjaWhereTheJavaScriptRendererDiffers) {
 // A namespace that holds itself is a cycle of shared pointers: freed at the end of the render
 // (the ASan stage of scripts/test fails this test with a leak otherwise; found by fuzzing).
 TEST(ChatTemplateTest, ANamespaceThatHoldsItselfIsFreed) {
-  const ChatTemplate t("{% set ns = namespace(a=1, list=[]) %}{% set ns.a = ns %}{% set ns.list = [ns, ns] %}{{ ns.list | length }}");
+  const ChatTemplate t(
+      "{% set ns = namespace(a=1, list=[]) %}{% set ns.a = ns %}{% set ns.list = [ns, ns] %}{{ ns.list | length }}");
   EXPECT_EQ(t.render(nlohmann::json::array(), false, "", ""), "2");
 }
 
@@ -45,7 +48,8 @@ TEST(ChatTemplateTest, NamesWhatIsUnsupportedOrWrong) {
   EXPECT_NE(render_error("{{ x is prime }}").find("unsupported test 'prime'"), std::string::npos);
   EXPECT_NE(render_error("{{ 'x'.zfill(3) }}").find("unsupported method 'zfill'"), std::string::npos);
   EXPECT_NE(render_error("{% if true %}open").find("without '{% endif %}'"), std::string::npos);
-  EXPECT_NE(render_error("{{ raise_exception('roles must alternate') }}").find("roles must alternate"), std::string::npos);
+  EXPECT_NE(render_error("{{ raise_exception('roles must alternate') }}").find("roles must alternate"),
+            std::string::npos);
   EXPECT_NE(render_error("{{ 'unterminated }}").find("unterminated string"), std::string::npos);
   EXPECT_NE(render_error("{{ " + std::string(5000, '[') + " }}").find("nested deeper"), std::string::npos);
   EXPECT_NE(render_error(std::string(3000, '-') + "1").find("no error"), std::string::npos);  // plain text
@@ -105,8 +109,9 @@ TEST(ChatTemplateTest, SearchesTakeLinearTime) {
   EXPECT_EQ(render_error("{{ ('a' * 10000000).replace('a' * 100000 ~ 'b', '') | length }}"), "no error");
   EXPECT_EQ(render_error("{{ ('xy' * 1000).strip('y' * 10000000 ~ 'x') }}"), "no error");
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);  // as above
-  const ChatTemplate t("{{ ('ab' * 30).count('ab' * 10) }} {{ ('ab' * 30).replace('ab' * 10, 'Z') }} "
-                       "{{ ('q' * 40 ~ 'needle' ~ 'q' * 40).find('q' * 20 ~ 'needle') }} {{ 'xxyxaxx'.strip('xy') }}");
+  const ChatTemplate t(
+      "{{ ('ab' * 30).count('ab' * 10) }} {{ ('ab' * 30).replace('ab' * 10, 'Z') }} "
+      "{{ ('q' * 40 ~ 'needle' ~ 'q' * 40).find('q' * 20 ~ 'needle') }} {{ 'xxyxaxx'.strip('xy') }}");
   EXPECT_EQ(t.render(nlohmann::json::array(), false, "", ""), "3 ZZZ 20 a");
 }
 

@@ -13,7 +13,8 @@ TEST(DtypeTest, Bf16RoundsToNearestEven) {
   EXPECT_EQ(f32_to_bf16(1.0f + 1.0f / 256), 0x3f80);
   EXPECT_EQ(f32_to_bf16(1.0f + 3.0f / 256), 0x3f82);
   EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
-  for (float value : {0.1f, -3.75f, 1e-30f, 6.5e4f}) EXPECT_NEAR(bf16_to_f32(f32_to_bf16(value)), value, std::abs(value) / 128);
+  for (float value : {0.1f, -3.75f, 1e-30f, 6.5e4f})
+    EXPECT_NEAR(bf16_to_f32(f32_to_bf16(value)), value, std::abs(value) / 128);
 }
 
 TEST(DtypeTest, F16DecodesNormalsSubnormalsAndSpecials) {
@@ -26,11 +27,11 @@ TEST(DtypeTest, F16DecodesNormalsSubnormalsAndSpecials) {
 }
 
 TEST(DtypeTest, Fp8E4m3DecodesAsDeepSeekShipsIt) {
-  EXPECT_EQ(fp8_e4m3_to_f32(0x38), 1.0f);                    // exponent 7 = bias
-  EXPECT_EQ(fp8_e4m3_to_f32(0x7e), 448.0f);                  // largest finite
+  EXPECT_EQ(fp8_e4m3_to_f32(0x38), 1.0f);    // exponent 7 = bias
+  EXPECT_EQ(fp8_e4m3_to_f32(0x7e), 448.0f);  // largest finite
   EXPECT_EQ(fp8_e4m3_to_f32(0xfe), -448.0f);
-  EXPECT_EQ(fp8_e4m3_to_f32(0x01), std::ldexp(1.0f, -9));    // smallest subnormal
-  EXPECT_EQ(fp8_e4m3_to_f32(0x08), std::ldexp(1.0f, -6));    // smallest normal
+  EXPECT_EQ(fp8_e4m3_to_f32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(fp8_e4m3_to_f32(0x08), std::ldexp(1.0f, -6));  // smallest normal
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0x7f)));
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0xff)));
 }

@@ -11,8 +11,8 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "kernels/ggml_blocks.h"
-#include "tokenizer/gguf_tokenizer.h"
 #include "test_util.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 namespace deepmoe {
 namespace {
@@ -104,13 +104,15 @@ TEST(Gguf, CorruptFilesGiveOneClearError) {
     return w.serialize();
   };
   expect(with([](GgufWriter& w) {
-    w.add("k", GgufValue::u32(1));
-    w.add("k", GgufValue::u32(2));
-  }), "duplicate key k");
+           w.add("k", GgufValue::u32(1));
+           w.add("k", GgufValue::u32(2));
+         }),
+         "duplicate key k");
   expect(with([](GgufWriter& w) {
-    w.add_tensor("t", GgmlType::F32, {1}, std::vector<uint8_t>(4));
-    w.add_tensor("t", GgmlType::F32, {1}, std::vector<uint8_t>(4));
-  }), "duplicate tensor t");
+           w.add_tensor("t", GgmlType::F32, {1}, std::vector<uint8_t>(4));
+           w.add_tensor("t", GgmlType::F32, {1}, std::vector<uint8_t>(4));
+         }),
+         "duplicate tensor t");
   expect(with([](GgufWriter& w) { w.add("general.alignment", GgufValue::u32(48)); }), "power of two");
   expect(with([](GgufWriter& w) { w.add("general.alignment", GgufValue::string("32")); }), "must be a u32");
   expect(with([](GgufWriter& w) { w.add("", GgufValue::u32(1)); }), "empty key");
@@ -232,7 +234,7 @@ TEST(GgmlBlocks, F16RoundsToNearestEvenAndRoundTripsEveryHalf) {
   EXPECT_EQ(f32_to_f16(1.0f + 3 * 0.00048828125f), f32_to_f16(1.0f + 2 * 0.0009765625f));
   EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);  // past the largest half: infinity
   EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);
-  EXPECT_EQ(f32_to_f16(-1e-8f), 0x8000);    // underflow keeps the sign
+  EXPECT_EQ(f32_to_f16(-1e-8f), 0x8000);  // underflow keeps the sign
 }
 
 TEST(GgmlBlocks, Q8_0AndQ4_0DecodeWithinTheirStepOfTheInput) {
@@ -247,7 +249,9 @@ TEST(GgmlBlocks, Q8_0AndQ4_0DecodeWithinTheirStepOfTheInput) {
   quantize_q4_0(x.data(), int64_t(x.size()), q4.data());
   dequantize_q8_0(q8.data(), int64_t(x.size()), y8.data());
   dequantize_q4_0(q4.data(), int64_t(x.size()), y4.data());
-  const auto stored_scale = [](const uint8_t* block) { return std::fabs(f16_to_f32(uint16_t(block[0] | (block[1] << 8)))); };
+  const auto stored_scale = [](const uint8_t* block) {
+    return std::fabs(f16_to_f32(uint16_t(block[0] | (block[1] << 8))));
+  };
   for (size_t b = 0; b < 40; ++b) {
     float amax = 0;
     for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
@@ -274,13 +278,13 @@ TEST(GgmlBlocks, Q8_0AndQ4_0DecodeWithinTheirStepOfTheInput) {
 TEST(GgmlBlocks, Q4_0KeepsElementJInTheLowNibbleAndJPlus16InTheHigh) {
   std::vector<float> x(32);
   for (int j = 0; j < 32; ++j) x[size_t(j)] = float(j < 16 ? -8 + j : j - 24);  // -8..7 then -8..7
-  x[0] = -8.0f;  // the extreme: d = -8 / -8 = 1
+  x[0] = -8.0f;                                                                 // the extreme: d = -8 / -8 = 1
   std::vector<uint8_t> q(kQ4_0BlockBytes);
   quantize_q4_0(x.data(), 32, q.data());
   EXPECT_EQ(f16_to_f32(uint16_t(q[0] | (q[1] << 8))), 1.0f);
   for (int j = 0; j < 16; ++j) {
-    EXPECT_EQ(q[size_t(2 + j)] & 0x0f, j) << j;           // x[j] = j - 8 → level j
-    EXPECT_EQ(q[size_t(2 + j)] >> 4, j) << j;              // x[j + 16] = j - 8 → level j
+    EXPECT_EQ(q[size_t(2 + j)] & 0x0f, j) << j;  // x[j] = j - 8 → level j
+    EXPECT_EQ(q[size_t(2 + j)] >> 4, j) << j;    // x[j + 16] = j - 8 → level j
   }
 }
 

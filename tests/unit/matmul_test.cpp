@@ -13,7 +13,6 @@ namespace {
 using testing::random_vector;
 using testing::relative_error;
 
-
 struct Shape {
   int64_t m, rows, cols;
 };
@@ -31,8 +30,9 @@ TEST_P(MatmulTest, MatchesNaiveDoubleLoop) {
       w[i] = bf16_to_f32(w_bf16[i]);  // the reference sees exactly the stored values
     }
   }
-  const WeightMatrix matrix = testing::weight_matrix(
-      format, format == WeightFormat::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(), shape.rows, shape.cols);
+  const WeightMatrix matrix =
+      testing::weight_matrix(format, format == WeightFormat::BF16 ? static_cast<const void*>(w_bf16.data()) : w.data(),
+                             shape.rows, shape.cols);
   std::vector<float> y(size_t(shape.m * shape.rows));
   const Context ctx(threads);
   matmul(ctx, x.data(), shape.m, matrix, y.data());
@@ -45,7 +45,8 @@ INSTANTIATE_TEST_SUITE_P(AwkwardShapes, MatmulTest,
                          ::testing::Combine(::testing::Values(Shape{1, 19, 37}, Shape{2, 33, 131}, Shape{3, 7, 16},
                                                               Shape{4, 65, 200}, Shape{5, 19, 37}, Shape{17, 600, 45},
                                                               Shape{64, 513, 130}),
-                                            ::testing::Values(WeightFormat::F32, WeightFormat::BF16), ::testing::Values(1, 2)));
+                                            ::testing::Values(WeightFormat::F32, WeightFormat::BF16),
+                                            ::testing::Values(1, 2)));
 
 TEST(MatmulTest, StridedRowsReadAndWriteOnlyTheirColumns) {
   const int64_t m = 3, rows = 21, cols = 29, x_stride = 40, y_stride = 50;

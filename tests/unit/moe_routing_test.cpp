@@ -26,7 +26,8 @@ std::vector<double> scores_of(const Config& c, const std::vector<float>& logits)
   std::vector<double> scores(logits.size());
   double total = 0.0;
   for (size_t e = 0; e < logits.size(); ++e) {
-    scores[e] = c.scoring_func == ScoringFunc::Softmax ? std::exp(double(logits[e])) : 1.0 / (1.0 + std::exp(-double(logits[e])));
+    scores[e] = c.scoring_func == ScoringFunc::Softmax ? std::exp(double(logits[e]))
+                                                       : 1.0 / (1.0 + std::exp(-double(logits[e])));
     total += scores[e];
   }
   if (c.scoring_func == ScoringFunc::Softmax)

@@ -20,10 +20,11 @@ namespace {
 std::unique_ptr<Tokenizer> byte_tokenizer() {
   nlohmann::json vocab = nlohmann::json::object();
   for (int b = 0; b < 256; ++b) vocab[byte_level::char_for_byte(uint8_t(b))] = b;
-  const nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
-                            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
-                            {"decoder", {{"type", "ByteLevel"}}},
-                            {"added_tokens", {{{"id", 256}, {"content", "<|end|>"}, {"special", true}}}}};
+  const nlohmann::json j = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"added_tokens", {{{"id", 256}, {"content", "<|end|>"}, {"special", true}}}}};
   return Tokenizer::from_json(j.dump(), "", "bytes");
 }
 
@@ -82,7 +83,9 @@ TEST(ChoiceText, SkipsSpecialTokensAndWithoutStopStringsReleasesAtOnce) {
 
 class ParseRequest : public ::testing::Test {
  protected:
-  ParseRequest() : tokenizer_(byte_tokenizer()), template_("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}") {
+  ParseRequest()
+      : tokenizer_(byte_tokenizer()),
+        template_("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}") {
     limits_.model_id.assign(1, 'm');  // (= "m" trips GCC 12's -Wrestrict false positive)
     limits_.context = 64;
   }
@@ -126,11 +129,12 @@ TEST_F(ParseRequest, ReadsEveryField) {
 
   const CompletionRequest chat = parse(R"({"messages": [{"role": "system", "content": "s"},
       {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3, "logprobs": true,
-      "top_logprobs": 2})", true);
+      "top_logprobs": 2})",
+                                       true);
   EXPECT_EQ(tokenizer_->decode(chat.prompt), "<system>s<user>hi");
   EXPECT_EQ(chat.max_tokens, 3);
   EXPECT_EQ(chat.top_logprobs, 2);
-  EXPECT_EQ(parse(R"({"prompt": [1, 2, 3]})", false).max_tokens, 61);  // the rest of the context
+  EXPECT_EQ(parse(R"({"prompt": [1, 2, 3]})", false).max_tokens, 61);              // the rest of the context
   EXPECT_FLOAT_EQ(parse(R"({"prompt": "a"})", false).sampling.temperature, 1.0f);  // OpenAI's default
 }
 
@@ -176,7 +180,8 @@ TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user"}]})", true), "messages[0].content");
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", true),
             "messages[0].content[0]");
-  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true), "top_logprobs");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true),
+            "top_logprobs");
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", true), "logprobs");
   EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true), "tools");
   EXPECT_EQ(error_param(R"({"prompt": "a", "max_tokens": null, "seed": null})"), "");  // null is absent
@@ -189,11 +194,14 @@ TEST_F(ParseRequest, RefusesDeepNestingBeforeWalkingIt) {
   const std::string nested = R"({"prompt":"a","max_tokens":2,"response_format":{"type":)" + std::string(deep, '[') +
                              std::string(deep, ']') + "}}";
   EXPECT_EQ(error_param(nested), "(none)");
-  std::string chat = R"({"messages":[{"role":"user","content":)" + std::string(deep, '[') + std::string(deep, ']') + "}]}";
+  std::string chat =
+      R"({"messages":[{"role":"user","content":)" + std::string(deep, '[') + std::string(deep, ']') + "}]}";
   EXPECT_EQ(error_param(chat, true), "(none)");
-  EXPECT_THROW(parse_json_object(std::string(kMaxJsonNesting + 1, '[') + std::string(kMaxJsonNesting + 1, ']')), ApiError);
-  EXPECT_TRUE(parse_json_object("{\"a\":" + std::string(kMaxJsonNesting - 1, '[') + std::string(kMaxJsonNesting - 1, ']') + "}")
-                  .is_object());
+  EXPECT_THROW(parse_json_object(std::string(kMaxJsonNesting + 1, '[') + std::string(kMaxJsonNesting + 1, ']')),
+               ApiError);
+  EXPECT_TRUE(
+      parse_json_object("{\"a\":" + std::string(kMaxJsonNesting - 1, '[') + std::string(kMaxJsonNesting - 1, ']') + "}")
+          .is_object());
   const std::string brackets_in_text = R"({"prompt": ")" + std::string(5000, '[') + R"(\"{{{"})";
   EXPECT_TRUE(parse_json_object(brackets_in_text).is_object());
 }
@@ -271,12 +279,13 @@ TEST(ChoiceText, StreamsTheSameTextAsADirectSearch) {
   }
 }
 
-
 // The response builders, field by field. Choice 0 streams "h", "i" and ends at max_tokens;
 // choice 1 streams "y", holds "w" back (it might start a stop string) and releases it at the end.
 class ResponseJson : public ::testing::Test {
  protected:
-  static EngineToken token(char c, float logprob) { return {int32_t(c), logprob, {{int32_t(c), logprob}, {'z', -3.0f}}}; }
+  static EngineToken token(char c, float logprob) {
+    return {int32_t(c), logprob, {{int32_t(c), logprob}, {'z', -3.0f}}};
+  }
   ResponseIds ids(bool chat) const { return {chat ? "chatcmpl-1" : "cmpl-1", 1700000000, "tiny", chat}; }
   std::vector<ChoiceDelta> deltas() const {
     return {{0, "h", token('h', -0.5f), std::nullopt},
@@ -339,7 +348,8 @@ TEST_F(ResponseJson, StreamChunksCarryOneDeltaEach) {
     "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "tiny",
     "choices": [{"index": 0, "delta": {"content": "h"}, "finish_reason": null, "logprobs": null}]})"));
   // A finish without text: an empty delta; held-back text without logprobs: no chunk at all.
-  const nlohmann::json finish = *stream_chunk(ids(true), {1, "", std::nullopt, FinishReason::Stop}, false, 2, *tokenizer_);
+  const nlohmann::json finish =
+      *stream_chunk(ids(true), {1, "", std::nullopt, FinishReason::Stop}, false, 2, *tokenizer_);
   EXPECT_EQ(finish["choices"][0]["delta"], nlohmann::json::object());
   EXPECT_EQ(finish["choices"][0]["finish_reason"], "stop");
   EXPECT_FALSE(stream_chunk(ids(true), d[3], false, 1, *tokenizer_).has_value());

@@ -96,7 +96,8 @@ TEST(OpsTest, FirstArgmaxIsStdMaxElementsAnswer) {
       if (trial >= 3) v[b] = 9.0f;
       if (trial >= 4 && n > 2) v[size_t(n / 2)] = v[0] = NAN;
       if (trial == 5) v[size_t(n - 1)] = 9.5f;
-      const auto expected = std::max_element(v.begin(), v.end(), [](float x, float y) { return x < y || std::isnan(x); });
+      const auto expected =
+          std::max_element(v.begin(), v.end(), [](float x, float y) { return x < y || std::isnan(x); });
       EXPECT_EQ(first_argmax(v.data(), n), expected - v.begin()) << "n=" << n << " trial " << trial;
     }
   }

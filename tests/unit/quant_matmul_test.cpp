@@ -32,7 +32,6 @@ struct Shape {
   int64_t m, rows, cols;
 };
 
-
 ContextOptions portable_kernels(bool portable) {
   ContextOptions options;
   options.portable_quant_kernels = portable;
@@ -60,7 +59,8 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
   std::vector<float> dequantized(source.size());
   dequantize_rows(w, 0, shape.rows, dequantized.data());
   // The dequantized weights are close to the source (each within half a step of its scale).
-  EXPECT_LT(relative_error(dequantized, source), c.format == WeightFormat::Int4 || c.format == WeightFormat::Q4_0 ? 0.2 : 0.02);
+  EXPECT_LT(relative_error(dequantized, source),
+            c.format == WeightFormat::Int4 || c.format == WeightFormat::Q4_0 ? 0.2 : 0.02);
   std::vector<float> x_seen = x;
   if (c.activations != ActivationQuant::None) {
     QuantizedActivations xq;
@@ -97,12 +97,13 @@ TEST_P(QuantMatmulTest, MatchesDequantizedProduct) {
     const Context ctx(threads, portable_kernels(portable));
     std::vector<float> y(size_t(shape.m * shape.rows));
     matmul(ctx, x.data(), shape.m, w, y.data());
-    EXPECT_LT(relative_error(y, expected), 2e-6) << c.name << " m=" << shape.m << " rows=" << shape.rows
-                                                 << " cols=" << shape.cols << " threads=" << threads;
+    EXPECT_LT(relative_error(y, expected), 2e-6)
+        << c.name << " m=" << shape.m << " rows=" << shape.rows << " cols=" << shape.cols << " threads=" << threads;
   }
   // The per-thread entry point (used per attention head) gives the same rows.
   std::vector<float> y_rows(size_t(shape.m * shape.rows));
-  matmul_rows(Context(1, portable_kernels(portable)), x.data(), shape.cols, shape.m, w, y_rows.data(), shape.rows, 0, shape.rows);
+  matmul_rows(Context(1, portable_kernels(portable)), x.data(), shape.cols, shape.m, w, y_rows.data(), shape.rows, 0,
+              shape.rows);
   EXPECT_LT(relative_error(y_rows, expected), 2e-6) << c.name;
 }
 
@@ -121,17 +122,19 @@ const QuantCase kCases[] = {
 // Rows not a multiple of the 16-row thread blocks; columns an odd number of groups; M on both
 // sides of the decode/GEMM cutoff (9 × 161: the integer GEMM's 4-row tiles plus one, a 128-row
 // thread block plus a panel of one row).
-INSTANTIATE_TEST_SUITE_P(
-    Formats, QuantMatmulTest,
-    ::testing::Combine(::testing::ValuesIn(kCases),
-                       ::testing::Values(Shape{1, 37, 384}, Shape{2, 19, 640}, Shape{3, 70, 128}, Shape{4, 33, 1152}, Shape{1, 40, 2048}, Shape{2, 17, 1408},
-                                         Shape{5, 21, 384}, Shape{17, 140, 256}, Shape{9, 161, 1408}),
-                       ::testing::Bool()),
-    [](const auto& info) {
-      const Shape s = std::get<1>(info.param);
-      return std::string(std::get<0>(info.param).name) + "_m" + std::to_string(s.m) + "_" + std::to_string(s.rows) +
-             "x" + std::to_string(s.cols) + (std::get<2>(info.param) ? "_portable" : "_dispatched");
-    });
+INSTANTIATE_TEST_SUITE_P(Formats, QuantMatmulTest,
+                         ::testing::Combine(::testing::ValuesIn(kCases),
+                                            ::testing::Values(Shape{1, 37, 384}, Shape{2, 19, 640}, Shape{3, 70, 128},
+                                                              Shape{4, 33, 1152}, Shape{1, 40, 2048},
+                                                              Shape{2, 17, 1408}, Shape{5, 21, 384},
+                                                              Shape{17, 140, 256}, Shape{9, 161, 1408}),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           const Shape s = std::get<1>(info.param);
+                           return std::string(std::get<0>(info.param).name) + "_m" + std::to_string(s.m) + "_" +
+                                  std::to_string(s.rows) + "x" + std::to_string(s.cols) +
+                                  (std::get<2>(info.param) ? "_portable" : "_dispatched");
+                         });
 
 // Int8 takes any column count (the tail through masked loads or a scalar loop).
 TEST(QuantMatmulTest, Int8AnyColumnCount) {
@@ -154,7 +157,8 @@ TEST(QuantMatmulTest, Int8AnyColumnCount) {
         const Context ctx(1, portable_kernels(portable));
         std::vector<float> y(size_t(m * rows));
         matmul(ctx, x.data(), m, w, y.data());
-        EXPECT_LT(relative_error(y, testing::matmul_reference(x_seen, m, dequantized, rows, cols)), 2e-6) << "cols=" << cols;
+        EXPECT_LT(relative_error(y, testing::matmul_reference(x_seen, m, dequantized, rows, cols)), 2e-6)
+            << "cols=" << cols;
       }
     }
   }

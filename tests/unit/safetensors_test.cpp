@@ -35,9 +35,9 @@ void expect_rejected(const std::vector<uint8_t>& bytes, const std::string& expec
 TEST(SafetensorsTest, RoundTripKeepsNamesShapesAndBytes) {
   const std::vector<float> a = {1.5f, -2.0f, 3.25f, 4.0f, 5.0f, 6.0f};
   const std::vector<uint16_t> b = {0x3f80, 0xc000, 0x1234};
-  const auto bytes = serialize_safetensors(
-      {{"a.weight", DType::F32, {2, 3}, {reinterpret_cast<const uint8_t*>(a.data()), 24}},
-       {"b", DType::BF16, {3}, {reinterpret_cast<const uint8_t*>(b.data()), 6}}});
+  const auto bytes =
+      serialize_safetensors({{"a.weight", DType::F32, {2, 3}, {reinterpret_cast<const uint8_t*>(a.data()), 24}},
+                             {"b", DType::BF16, {3}, {reinterpret_cast<const uint8_t*>(b.data()), 6}}});
   const auto views = parse_safetensors(bytes, "ok.safetensors");
   ASSERT_EQ(views.size(), 2u);
   for (const auto& view : views) {
@@ -65,8 +65,9 @@ TEST(SafetensorsTest, RejectsMalformedFilesWithTheReason) {
   expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "outside");
   expect_rejected(with_header(R"({"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", 8), "unsupported dtype Q4");
   expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-integer");
-  expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8),
-                  "too large");
+  expect_rejected(
+      with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+      "too large");
   expect_rejected(with_header(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
   expect_rejected(with_header(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8), "dtype");
   expect_rejected(with_header(R"({"a":[1]})", 8), "not an object");
@@ -99,7 +100,8 @@ TEST(CheckpointReaderTest, ReadsShardsThroughTheIndexAndRejectsBadIndexes) {
   fs::create_directories(dir);
   const std::vector<float> values = {1, 2, 3, 4};
   for (const char* name : {"one", "two"}) {
-    const auto bytes = serialize_safetensors({{name, DType::F32, {4}, {reinterpret_cast<const uint8_t*>(values.data()), 16}}});
+    const auto bytes =
+        serialize_safetensors({{name, DType::F32, {4}, {reinterpret_cast<const uint8_t*>(values.data()), 16}}});
     write_file_atomically((dir / (std::string(name) + ".safetensors")).string(), bytes);
   }
   auto write_index = [&](const std::string& text) {

@@ -84,7 +84,9 @@ std::vector<double> reference_distribution(const std::vector<float>& logits, con
   size_t kept = p.top_k > 0 ? std::min(n, size_t(p.top_k)) : n;
   std::vector<double> prob(n, 0.0);
   double total = 0.0;
-  for (size_t i = 0; i < kept; ++i) total += prob[size_t(order[i])] = std::exp((logits[size_t(order[i])] - logits[size_t(order[0])]) / double(p.temperature));
+  for (size_t i = 0; i < kept; ++i)
+    total += prob[size_t(order[i])] =
+        std::exp((logits[size_t(order[i])] - logits[size_t(order[0])]) / double(p.temperature));
   for (size_t i = 0; i < kept; ++i) prob[size_t(order[i])] /= total;
   if (p.top_p < 1.0f) {
     double mass = 0.0;
@@ -97,7 +99,8 @@ std::vector<double> reference_distribution(const std::vector<float>& logits, con
   std::vector<double> out(n, 0.0);
   double kept_mass = 0.0;
   for (size_t i = 0; i < kept; ++i)
-    if (prob[size_t(order[i])] >= p.min_p * prob[size_t(order[0])]) kept_mass += out[size_t(order[i])] = prob[size_t(order[i])];
+    if (prob[size_t(order[i])] >= p.min_p * prob[size_t(order[0])])
+      kept_mass += out[size_t(order[i])] = prob[size_t(order[i])];
   for (double& q : out) q /= kept_mass;
   return out;
 }
@@ -107,10 +110,15 @@ TEST(SamplerTest, LargeVocabulariesDrawFromTheDefinedCandidateSet) {
   // of a nat around the top_p boundary), with runs of equal logits (ties at the boundary);
   // every mix of top_k, top_p and min_p: nothing outside the set is ever drawn, and the likely
   // tokens come up as often as the renormalized softmax says.
-  struct Case { float spread, temperature; int64_t top_k; float top_p, min_p; };
-  for (const Case c : {Case{4.0f, 1.0f, 0, 0.9f, 0.0f}, Case{4.0f, 0.7f, 0, 0.3f, 0.0f}, Case{4.0f, 1.3f, 0, 0.97f, 0.01f},
-                       Case{4.0f, 1.0f, 0, 1.0f, 0.05f}, Case{4.0f, 1.0f, 200, 0.8f, 0.0f}, Case{4.0f, 2.0f, 0, 1.0f, 0.0f},
-                       Case{0.5f, 1.0f, 0, 0.9f, 0.0f}, Case{0.5f, 0.5f, 0, 0.5f, 0.3f}}) {
+  struct Case {
+    float spread, temperature;
+    int64_t top_k;
+    float top_p, min_p;
+  };
+  for (const Case c :
+       {Case{4.0f, 1.0f, 0, 0.9f, 0.0f}, Case{4.0f, 0.7f, 0, 0.3f, 0.0f}, Case{4.0f, 1.3f, 0, 0.97f, 0.01f},
+        Case{4.0f, 1.0f, 0, 1.0f, 0.05f}, Case{4.0f, 1.0f, 200, 0.8f, 0.0f}, Case{4.0f, 2.0f, 0, 1.0f, 0.0f},
+        Case{0.5f, 1.0f, 0, 0.9f, 0.0f}, Case{0.5f, 0.5f, 0, 0.5f, 0.3f}}) {
     std::vector<float> logits = testing::random_vector(3000, 9, c.spread);
     for (size_t i = 0; i < logits.size(); i += 7) logits[i] = std::round(logits[i] * 4) / 4;
     SamplingParams params;
@@ -136,9 +144,11 @@ TEST(SamplerTest, LargeVocabulariesDrawFromTheDefinedCandidateSet) {
       if (expected[t] < 0.002) continue;
       ++checked;
       const double q = expected[t];
-      EXPECT_NEAR(counts[t] / double(draws), q, 5 * std::sqrt(q * (1 - q) / draws)) << "token " << t << " spread " << c.spread;
+      EXPECT_NEAR(counts[t] / double(draws), q, 5 * std::sqrt(q * (1 - q) / draws))
+          << "token " << t << " spread " << c.spread;
     }
-    EXPECT_EQ(outside, 0) << "spread " << c.spread << " T=" << c.temperature << " top_k=" << c.top_k << " top_p=" << c.top_p << " min_p=" << c.min_p;
+    EXPECT_EQ(outside, 0) << "spread " << c.spread << " T=" << c.temperature << " top_k=" << c.top_k
+                          << " top_p=" << c.top_p << " min_p=" << c.min_p;
     EXPECT_GT(checked, 0);
   }
 }

@@ -98,7 +98,8 @@ TEST_F(ServeEngine, PagedBatchedForwardMatchesOneSequenceAtATime) {
   for (size_t s = 0; s < 3; ++s) {
     LatentCache alone(c, 64);
     model.forward(std::span(*all[s]).first(size_t(history[s])), alone, LogitsFor::LastToken, ignored.data());
-    model.forward(std::span(*all[s]).subspan(size_t(history[s])), alone, LogitsFor::LastToken, expected.data() + s * vocab);
+    model.forward(std::span(*all[s]).subspan(size_t(history[s])), alone, LogitsFor::LastToken,
+                  expected.data() + s * vocab);
   }
   PagedLatentCache paged(c, 12, 16);
   const std::vector<std::vector<int32_t>> tables = {{7, 2}, {0, 9}, {3, 11, 5}};
@@ -268,7 +269,7 @@ TEST(BlockPool, FreeListPublishedBlocksAndLeastRecentlyUsedEviction) {
   const int32_t a = pool.allocate(), b = pool.allocate();
   pool.publish(a, k1, t1);
   pool.publish(b, k2, t2);
-  EXPECT_EQ(pool.lookup(k1, t1), a);  // held twice now
+  EXPECT_EQ(pool.lookup(k1, t1), a);   // held twice now
   EXPECT_EQ(pool.lookup(k1, t2), -1);  // same key, other tokens: never served
   pool.release(a);
   pool.release(a);

@@ -124,11 +124,11 @@ TEST(TensorList, V2LiteCountsAreThePublishedTotals) {
     "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1,
     "tie_word_embeddings": false})"));
   const int64_t hidden = 2048, vocab = 102400, layers = 27, heads = 16, kv_rank = 512, rope = 64, nope = 128, v = 128;
-  const int64_t attention = heads * (nope + rope) * hidden                // q_proj
-                            + (kv_rank + rope) * hidden + kv_rank        // kv_a_proj_with_mqa, kv_a_layernorm
-                            + heads * (nope + v) * kv_rank               // kv_b_proj
-                            + hidden * heads * v                         // o_proj
-                            + 2 * hidden;                                // input and post-attention norms
+  const int64_t attention = heads * (nope + rope) * hidden         // q_proj
+                            + (kv_rank + rope) * hidden + kv_rank  // kv_a_proj_with_mqa, kv_a_layernorm
+                            + heads * (nope + v) * kv_rank         // kv_b_proj
+                            + hidden * heads * v                   // o_proj
+                            + 2 * hidden;                          // input and post-attention norms
   const int64_t expert = 3 * hidden * 1408;
   const int64_t dense_mlp = 3 * hidden * 10944, moe = 64 * hidden + 64 * expert + 2 * expert;
   const int64_t total = 2 * vocab * hidden + hidden + layers * attention + dense_mlp + (layers - 1) * moe;

@@ -23,10 +23,12 @@ const std::string kFFFD = "\xEF\xBF\xBD";
 
 TEST(Utf8Test, RepairsLikeTheUnicodeStandardBestPractice) {
   // Unicode 14, section 3.9, U+FFFD substitution of maximal subparts (table 3-8 style cases).
-  EXPECT_EQ(utf8::sanitize("a\xF0\x9F\x98" "b"), "a" + kFFFD + "b");               // truncated 4-byte: one
-  EXPECT_EQ(utf8::sanitize("\xC0\xAF"), kFFFD + kFFFD);                            // overlong: two
-  EXPECT_EQ(utf8::sanitize("\xED\xA0\x80"), kFFFD + kFFFD + kFFFD);                // surrogate: three
-  EXPECT_EQ(utf8::sanitize("\xF4\x90\x80\x80"), kFFFD + kFFFD + kFFFD + kFFFD);    // > U+10FFFF: four
+  EXPECT_EQ(utf8::sanitize("a\xF0\x9F\x98"
+                           "b"),
+            "a" + kFFFD + "b");                                                  // truncated 4-byte: one
+  EXPECT_EQ(utf8::sanitize("\xC0\xAF"), kFFFD + kFFFD);                          // overlong: two
+  EXPECT_EQ(utf8::sanitize("\xED\xA0\x80"), kFFFD + kFFFD + kFFFD);              // surrogate: three
+  EXPECT_EQ(utf8::sanitize("\xF4\x90\x80\x80"), kFFFD + kFFFD + kFFFD + kFFFD);  // > U+10FFFF: four
   EXPECT_EQ(utf8::sanitize("\xE1\x80\xE2\xF0\x91\x92\xF1\xBF\x41"), kFFFD + kFFFD + kFFFD + kFFFD + "A");
   EXPECT_EQ(utf8::sanitize("valid é 😀"), "valid é 😀");
   EXPECT_TRUE(utf8::is_incomplete_sequence("x\xE4\xB8", 1));
@@ -49,8 +51,8 @@ TEST(ByteLevelTest, MapsEveryByteAndBack) {
 TEST(RegexTest, WhitespaceIsExactlyTheWhiteSpaceProperty) {
   // Oniguruma's \s (what HF's Rust tokenizers use): White_Space; not U+FEFF, U+200B or U+180E.
   const Regex space(R"(\s)");
-  const char32_t spaces[] = {0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x200A,
-                             0x2028, 0x2029, 0x202F, 0x205F, 0x3000};
+  const char32_t spaces[] = {0x09,   0x0A,   0x0B,   0x0C,   0x0D,   0x20,   0x85,   0xA0,
+                             0x1680, 0x2000, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000};
   const char32_t others[] = {0xFEFF, 0x200B, 0x180E, 0x2060, 'x', 0x1F600};
   std::vector<std::pair<size_t, size_t>> matches;
   for (const char32_t cp : spaces) {
@@ -82,7 +84,8 @@ TEST(RegexTest, WordClassIncludesMarksAndEmptyMatchesAdvance) {
 }
 
 // The textbook loop: merge the lowest-ranked adjacent pair (leftmost on ties) until none is left.
-std::vector<std::string> naive_bpe(std::vector<std::string> symbols, const std::map<std::pair<std::string, std::string>, int>& ranks) {
+std::vector<std::string> naive_bpe(std::vector<std::string> symbols,
+                                   const std::map<std::pair<std::string, std::string>, int>& ranks) {
   while (true) {
     int best = INT32_MAX;
     size_t at = 0;
@@ -140,9 +143,9 @@ TEST(AddedTokensTest, LeftmostLongestWithStripAndSingleWord) {
   std::vector<std::pair<std::string, int32_t>> got;
   const std::string text = "x<a><b>y<a>z  <s>  w cat concat";
   for (const auto& s : spans) got.emplace_back(text.substr(s.begin, s.end - s.begin), s.token_id);
-  const std::vector<std::pair<std::string, int32_t>> expected = {
-      {"x", -1}, {"<a><b>", 101}, {"y", -1}, {"<a>", 100}, {"z", -1}, {"  <s>  ", 102}, {"w ", -1}, {"cat", 103},
-      {" concat", -1}};
+  const std::vector<std::pair<std::string, int32_t>> expected = {{"x", -1},    {"<a><b>", 101}, {"y", -1},
+                                                                 {"<a>", 100}, {"z", -1},       {"  <s>  ", 102},
+                                                                 {"w ", -1},   {"cat", 103},    {" concat", -1}};
   EXPECT_EQ(got, expected);
 }
 
@@ -152,11 +155,10 @@ std::string tiny_tokenizer_json(const std::string& model_type = "BPE") {
   for (int b = 0; b < 256; ++b) vocab[byte_level::char_for_byte(uint8_t(b))] = b;
   vocab["Ġh"] = 256;
   vocab["Ġhi"] = 257;
-  nlohmann::json j = {
-      {"model", {{"type", model_type}, {"vocab", vocab}, {"merges", {"Ġ h", "Ġh i"}}}},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
-      {"decoder", {{"type", "ByteLevel"}}},
-      {"added_tokens", {{{"id", 258}, {"content", "<|end|>"}, {"special", true}}}}};
+  nlohmann::json j = {{"model", {{"type", model_type}, {"vocab", vocab}, {"merges", {"Ġ h", "Ġh i"}}}},
+                      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+                      {"decoder", {{"type", "ByteLevel"}}},
+                      {"added_tokens", {{{"id", 258}, {"content", "<|end|>"}, {"special", true}}}}};
   return j.dump();
 }
 

@@ -54,12 +54,12 @@ struct Node {
   };
   Kind kind = Kind::kText;
   int line = 0;
-  std::string text;                  // kText; kSet/kMacro: the name
-  std::string attribute;             // kSet: "ns.attr" form
-  std::vector<std::string> targets;  // kFor loop variables; kMacro parameter names
-  ExprPtr expr;                      // kOutput value, kFor iterable, kSet value
-  ExprPtr filter;                    // kFor inline condition
-  std::vector<ExprPtr> defaults;     // kMacro parameter defaults (null where none)
+  std::string text;                                // kText; kSet/kMacro: the name
+  std::string attribute;                           // kSet: "ns.attr" form
+  std::vector<std::string> targets;                // kFor loop variables; kMacro parameter names
+  ExprPtr expr;                                    // kOutput value, kFor iterable, kSet value
+  ExprPtr filter;                                  // kFor inline condition
+  std::vector<ExprPtr> defaults;                   // kMacro parameter defaults (null where none)
   std::vector<std::pair<ExprPtr, Body>> branches;  // kIf
   Body body, else_body;
 };

@@ -57,7 +57,8 @@ std::string preprocess(std::string source) {
     if (i == 0 || source[i - 1] == '\n') {
       size_t j = i;
       while (j < source.size() && (source[j] == ' ' || source[j] == '\t')) ++j;
-      if (j + 1 < source.size() && source[j] == '{' && (source[j + 1] == '#' || source[j + 1] == '%' || source[j + 1] == '-')) {
+      if (j + 1 < source.size() && source[j] == '{' &&
+          (source[j + 1] == '#' || source[j + 1] == '%' || source[j + 1] == '-')) {
         i = j;
       }
     }
@@ -79,7 +80,6 @@ struct Token {
   std::string text;
   int line;
 };
-
 
 class Lexer {
  public:
@@ -158,11 +158,12 @@ class Lexer {
         lex_number();
       } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
         const size_t start = pos_;
-        while (pos_ < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[pos_])) || src_[pos_] == '_')) ++pos_;
+        while (pos_ < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[pos_])) || src_[pos_] == '_'))
+          ++pos_;
         push(Token::Kind::kName, src_.substr(start, pos_ - start));
       } else {
-        static const char* const kOperators[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~",
-                                                 "<",  ">",  "=",  "(",  ")",  "[", "]", "{", "}", ",", ".", ":", "|"};
+        static const char* const kOperators[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<",
+                                                 ">",  "=",  "(",  ")",  "[",  "]",  "{", "}", ",", ".", ":", "|"};
         bool matched = false;
         for (const char* op : kOperators) {
           const size_t n = std::char_traits<char>::length(op);
@@ -192,7 +193,9 @@ class Lexer {
           case 'b': c = '\b'; break;
           case 'f': c = '\f'; break;
           case 'v': c = '\v'; break;
-          case '\\': case '\'': case '"': c = e; break;
+          case '\\':
+          case '\'':
+          case '"': c = e; break;
           default: value += '\\'; c = e;
         }
       }
@@ -253,9 +256,7 @@ class Parser {
     ++pos_;
     return true;
   }
-  [[noreturn]] void error(const std::string& what) const {
-    fail("chat template line {}: {}", peek().line, what);
-  }
+  [[noreturn]] void error(const std::string& what) const { fail("chat template line {}: {}", peek().line, what); }
   void expect_op(const char* op) {
     if (!accept_op(op)) error(fmt::format("expected '{}'", op));
   }
@@ -330,7 +331,8 @@ class Parser {
       expect_close();
       if (end == "else") {
         Body else_body;
-        if (parse_body(else_body, {"endif"}).empty()) fail("chat template line {}: '{{% else %}}' without '{{% endif %}}'", line);
+        if (parse_body(else_body, {"endif"}).empty())
+          fail("chat template line {}: '{{% else %}}' without '{{% endif %}}'", line);
         node->branches.emplace_back(nullptr, std::move(else_body));
         break;
       }
@@ -368,7 +370,8 @@ class Parser {
       return node;
     }
     expect_close();  // block form: {% set x %}...{% endset %}
-    if (parse_body(node->body, {"endset"}).empty()) fail("chat template line {}: '{{% set %}}' without '{{% endset %}}'", line);
+    if (parse_body(node->body, {"endset"}).empty())
+      fail("chat template line {}: '{{% set %}}' without '{{% endset %}}'", line);
     expect_close();
     return node;
   }
@@ -457,9 +460,8 @@ class Parser {
   ExprPtr parse_compare() {
     ExprPtr left = parse_concat();
     while (true) {
-      if (at(Token::Kind::kOperator) &&
-          (peek().text == "==" || peek().text == "!=" || peek().text == "<" || peek().text == ">" ||
-           peek().text == "<=" || peek().text == ">=")) {
+      if (at(Token::Kind::kOperator) && (peek().text == "==" || peek().text == "!=" || peek().text == "<" ||
+                                         peek().text == ">" || peek().text == "<=" || peek().text == ">=")) {
         const std::string op = next().text;
         left = binary(op, std::move(left), parse_concat());
       } else if (accept_name("in")) {
@@ -550,8 +552,8 @@ class Parser {
         if (accept_op("(")) {
           parse_call_arguments(*e);
         } else if (at(Token::Kind::kString) || at(Token::Kind::kInt) || at(Token::Kind::kFloat) ||
-                   (at(Token::Kind::kName) && !at_name("and") && !at_name("or") && !at_name("else") &&
-                    !at_name("if") && !at_name("in") && !at_name("is") && !at_name("not"))) {
+                   (at(Token::Kind::kName) && !at_name("and") && !at_name("or") && !at_name("else") && !at_name("if") &&
+                    !at_name("in") && !at_name("is") && !at_name("not"))) {
           e->args.push_back(parse_primary());  // "is divisibleby 3", "is equalto x"
         }
         value = sealed(std::move(e));
@@ -640,8 +642,7 @@ class Parser {
         }
         break;
       }
-      default:
-        break;
+      default: break;
     }
     fail("chat template line {}: unexpected '{}' in an expression", t.line, t.text.empty() ? "end of tag" : t.text);
   }
@@ -650,7 +651,8 @@ class Parser {
   struct DepthGuard {
     Parser& parser;
     explicit DepthGuard(Parser& p) : parser(p) {
-      if (++parser.depth_ > kMaxDepth) fail("chat template line {}: nested deeper than {} levels", parser.peek().line, kMaxDepth);
+      if (++parser.depth_ > kMaxDepth)
+        fail("chat template line {}: nested deeper than {} levels", parser.peek().line, kMaxDepth);
     }
     ~DepthGuard() { --parser.depth_; }
   };

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <climits>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -79,7 +79,8 @@ std::string strip(const std::string& s, bool left, bool right, const Value& char
 }
 
 std::string ascii_case(std::string s, bool upper) {
-  for (char& c : s) c = char(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : s)
+    c = char(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
 
@@ -343,7 +344,8 @@ class Interpreter {
                  node.attribute, node.text, target.type_name());
           Dict& fields = *std::get<Namespace>(target.data).fields;
           budget_.step(fields.size());
-          auto it = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == node.attribute; });
+          auto it =
+              std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == node.attribute; });
           if (it == fields.end()) {
             fields.emplace_back(node.attribute, std::move(value));
           } else {
@@ -361,22 +363,24 @@ class Interpreter {
 
   void define_macro(const Node& node) {
     const Node* macro = &node;
-    scopes_.back()[node.text] = Value(std::make_shared<Callable>(Callable{
-        node.text, [this, macro](Args& args, Kwargs& kwargs) -> Value {
-          std::unordered_map<std::string, Value> frame;
-          for (size_t i = 0; i < macro->targets.size(); ++i) {
-            Value v = argument(args, kwargs, i, macro->targets[i].c_str());
-            if (v.is_undefined() && macro->defaults[i]) v = eval(*macro->defaults[i]);
-            frame[macro->targets[i]] = v;
-          }
-          if (++call_depth_ > kMaxCallDepth) fail("chat template: macro calls nested deeper than {}", kMaxCallDepth);
-          scopes_.push_back(std::move(frame));
-          std::string out;
-          render(macro->body, out);
-          scopes_.pop_back();
-          --call_depth_;
-          return Value(std::move(out));
-        }}));
+    scopes_.back()[node.text] = Value(
+        std::make_shared<Callable>(Callable{node.text, [this, macro](Args& args, Kwargs& kwargs) -> Value {
+                                              std::unordered_map<std::string, Value> frame;
+                                              for (size_t i = 0; i < macro->targets.size(); ++i) {
+                                                Value v = argument(args, kwargs, i, macro->targets[i].c_str());
+                                                if (v.is_undefined() && macro->defaults[i])
+                                                  v = eval(*macro->defaults[i]);
+                                                frame[macro->targets[i]] = v;
+                                              }
+                                              if (++call_depth_ > kMaxCallDepth)
+                                                fail("chat template: macro calls nested deeper than {}", kMaxCallDepth);
+                                              scopes_.push_back(std::move(frame));
+                                              std::string out;
+                                              render(macro->body, out);
+                                              scopes_.pop_back();
+                                              --call_depth_;
+                                              return Value(std::move(out));
+                                            }}));
   }
 
   // A copy of the items a for loop or a filter walks over (one step each).
@@ -538,8 +542,9 @@ class Interpreter {
     }
     // Methods of strings, lists and dicts come back as bound callables; any other name of a
     // dict is a missing key (undefined), as in Jinja.
-    static const char* const kStringMethods[] = {"strip", "lstrip", "rstrip", "upper", "lower", "title", "capitalize",
-                                                 "startswith", "endswith", "split", "replace", "find", "count", "join"};
+    static const char* const kStringMethods[] = {"strip",   "lstrip",     "rstrip",     "upper",    "lower",
+                                                 "title",   "capitalize", "startswith", "endswith", "split",
+                                                 "replace", "find",       "count",      "join"};
     static const char* const kDictMethods[] = {"items", "keys", "values", "get"};
     static const char* const kListMethods[] = {"append", "index"};
     const auto known = [&](const auto& names) {
@@ -549,8 +554,9 @@ class Interpreter {
         (object.is_list() && known(kListMethods))) {
       Value self = object;
       const std::string method = name;
-      return Value(std::make_shared<Callable>(Callable{
-          name, [this, self, method, line](Args& args, Kwargs& kwargs) { return call_method(self, method, args, kwargs, line); }}));
+      return Value(std::make_shared<Callable>(Callable{name, [this, self, method, line](Args& args, Kwargs& kwargs) {
+                                                         return call_method(self, method, args, kwargs, line);
+                                                       }}));
     }
     return Value();
   }
@@ -656,7 +662,8 @@ class Interpreter {
       if (method == "upper") return Value(ascii_case(s, true));
       if (method == "lower") return Value(ascii_case(s, false));
       if (method == "title") return Value(title_case(s));
-      if (method == "capitalize") return Value(s.empty() ? s : ascii_case(s.substr(0, 1), true) + ascii_case(s.substr(1), false));
+      if (method == "capitalize")
+        return Value(s.empty() ? s : ascii_case(s.substr(0, 1), true) + ascii_case(s.substr(1), false));
       if (method == "startswith" || method == "endswith") {
         const Value prefix = argument(args, kwargs, 0, "prefix");
         const auto check = [&](const std::string& p) {
@@ -801,7 +808,7 @@ class Interpreter {
       if (op == "+") return ints && !__builtin_add_overflow(x, y, &exact) ? Value(exact) : Value(fx + fy);
       if (op == "-") return ints && !__builtin_sub_overflow(x, y, &exact) ? Value(exact) : Value(fx - fy);
       if (op == "*") return ints && !__builtin_mul_overflow(x, y, &exact) ? Value(exact) : Value(fx * fy);
-      if (op == "/" ) {
+      if (op == "/") {
         if (fy == 0) fail("chat template line {}: division by zero", e.line);
         return Value(fx / fy);
       }
@@ -885,7 +892,8 @@ class Interpreter {
       size_t next = 0;
       Value subject = item;
       if (by_attribute) {
-        if (args.empty() || !args[0].is_string()) fail("chat template line {}: selectattr needs an attribute name", line);
+        if (args.empty() || !args[0].is_string())
+          fail("chat template line {}: selectattr needs an attribute name", line);
         subject = attribute(item, args[0].str(), line);
         next = 1;
       }
@@ -953,8 +961,10 @@ class Interpreter {
     }
     if (name == "string") return Value(to_output(v, budget_));
     if (name == "int") return Value(to_int(v));
-    if (name == "float") return Value(v.is_number() ? v.number() : v.is_string() ? std::strtod(v.str().c_str(), nullptr) : 0.0);
-    if (name == "abs" && v.is_number()) return v.is_int() ? Value(int64_t(std::llabs(std::get<int64_t>(v.data)))) : Value(std::fabs(v.number()));
+    if (name == "float")
+      return Value(v.is_number() ? v.number() : v.is_string() ? std::strtod(v.str().c_str(), nullptr) : 0.0);
+    if (name == "abs" && v.is_number())
+      return v.is_int() ? Value(int64_t(std::llabs(std::get<int64_t>(v.data)))) : Value(std::fabs(v.number()));
     if (name == "tojson") {
       const int64_t indent = to_int(argument(args, kwargs, 0, "indent", Value(0)));
       Budget::check_text_size(uint64_t(std::max<int64_t>(indent, 0)), "tojson's indentation");

@@ -14,9 +14,10 @@ void Budget::check_text_size(uint64_t bytes, const char* what) {
 }
 
 void Budget::exhausted() {
-  fail("chat template: more than {} steps (a step: one statement, evaluation, loop iteration, element, or {} bytes "
-       "of text)",
-       kMaxSteps, kStepCost);
+  fail(
+      "chat template: more than {} steps (a step: one statement, evaluation, loop iteration, element, or {} bytes "
+      "of text)",
+      kMaxSteps, kStepCost);
 }
 
 namespace {
@@ -66,8 +67,8 @@ bool Value::truthy() const {
 }
 
 const char* Value::type_name() const {
-  static const char* const kNames[] = {"undefined", "none",      "boolean",   "integer",  "float",
-                                       "string",    "list",      "dict",      "namespace", "callable"};
+  static const char* const kNames[] = {"undefined", "none", "boolean", "integer",   "float",
+                                       "string",    "list", "dict",    "namespace", "callable"};
   return kNames[data.index()];
 }
 

@@ -37,7 +37,7 @@ class Budget {
  public:
   static constexpr uint64_t kMaxSteps = 10'000'000;
   static constexpr size_t kMaxTextBytes = size_t(64) << 20;  // any one string, and the output
-  static constexpr int kMaxValueDepth = 256;                  // lists and dicts inside each other
+  static constexpr int kMaxValueDepth = 256;                 // lists and dicts inside each other
 
   void step(uint64_t n = 1) { spend(n * kStepCost); }
   void text(uint64_t bytes) { spend(bytes); }
