@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Two builds of deepmoe side by side in one run, rounds interleaved (issue 19's before/after):
 # training tokens/s and peak RSS (bench/train_bench.sh's model, f32 and bf16), `deepmoe bench` on
-# the race's small shape (Q8_0, Q4_0; 1 and 2 threads) with llama.cpp once per cell, and the
-# engine alone (no HTTP) at concurrency 1 and 16.
-#   bench/before_after.sh OLD_BUILD_DIR NEW_BUILD_DIR [WORKDIR]
+# the race's shapes (Q8_0, Q4_0; 1 and 2 threads) with llama.cpp once per cell, and the engine
+# alone (no HTTP) at concurrency 1 and 16.
+#   [SHAPES="small v2lite8"] bench/before_after.sh OLD_BUILD_DIR NEW_BUILD_DIR [WORKDIR]
 # Make the old build from a worktree: git worktree add /tmp/old COMMIT && cmake -S /tmp/old -B /tmp/old/build ...
 set -euo pipefail
 old=$(realpath "$1") new=$(realpath "$2") work=${3:-/tmp/before_after}
@@ -29,25 +29,30 @@ print(f"train {precision} {side}: {statistics.median(rates):.0f} tok/s, peak RSS
 PY
 done; done; done
 
-# Inference: the race's small shape.
+# Inference: the race's small shape, and with SHAPES="small v2lite8" also DeepSeek-V2-Lite's shape
+# cut to 8 layers (bench/model_bench.sh's; making its files takes ~9 GB of disk for a while).
 cp "$repo/bench/configs/small.json" "$work/small.json"
+sed 's/"num_hidden_layers": 27/"num_hidden_layers": 8/' "$repo/bench/configs/deepseek-v2-lite.json" >"$work/v2lite8.json"
 [ -f "$work/tokenizer/tokenizer.json" ] ||
   "$new/deepmoe" tokenizer-train --vocab-size 1000 --out "$work/tokenizer" "$repo/README.md" "$repo"/docs/*.md >/dev/null 2>&1
-if [ ! -f "$work/small-q4_0.gguf" ]; then
-  "$new/deepmoe" init --config "$work/small.json" --out "$work/small.hf" --dtype bf16 --seed 1 --tokenizer "$work/tokenizer" >/dev/null
-  for t in q8_0 q4_0; do "$new/deepmoe" convert --to gguf --model "$work/small.hf" --out "$work/small-$t.gguf" --type $t >/dev/null; done
-fi
-cells() { /usr/bin/python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['prefill_tok_s']), round(d['decode_tok_s']))" "$1"; }
-for type in q8_0 q4_0; do for threads in 1 2; do for round in 1 2; do
-  for side in old new; do
-    r=$("$(side_dir $side)/deepmoe" bench --model "$work/small-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 --json 2>/dev/null)
-    echo "small $type threads $threads $side: prefill decode $(cells "$r")"
-  done
-  if [ $round = 1 ]; then
-    r=$(LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$work/small-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 2>/dev/null)
-    echo "small $type threads $threads llama.cpp: prefill decode $(cells "$r")"
+cells() { /usr/bin/python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['prefill_tok_s'], 1), round(d['decode_tok_s'], 1))" "$1"; }
+for shape in ${SHAPES:-small}; do
+  if [ ! -f "$work/$shape-q4_0.gguf" ]; then
+    "$new/deepmoe" init --config "$work/$shape.json" --out "$work/$shape.hf" --dtype bf16 --seed 1 --tokenizer "$work/tokenizer" >/dev/null
+    for t in q8_0 q4_0; do "$new/deepmoe" convert --to gguf --model "$work/$shape.hf" --out "$work/$shape-$t.gguf" --type $t >/dev/null; done
+    rm -rf "$work/$shape.hf"
   fi
-done; done; done
+  for type in q8_0 q4_0; do for threads in 1 2; do for round in 1 2; do
+    for side in old new; do
+      r=$("$(side_dir $side)/deepmoe" bench --model "$work/$shape-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 --json 2>/dev/null)
+      echo "$shape $type threads $threads $side: prefill decode $(cells "$r")"
+    done
+    if [ $round = 1 ]; then
+      r=$(LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$work/$shape-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 2>/dev/null)
+      echo "$shape $type threads $threads llama.cpp: prefill decode $(cells "$r")"
+    fi
+  done; done; done
+done
 
 # Serving, the engine alone, as the server runs it (bf16 weights of an f32 checkpoint).
 [ -d "$work/serve.hf" ] || "$new/deepmoe" init --config "$work/small.json" --out "$work/serve.hf" --seed 2 --tokenizer "$work/tokenizer" >/dev/null

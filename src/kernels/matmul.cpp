@@ -245,6 +245,7 @@ struct MatmulScratch {
   std::vector<const PackedPanels*> panels;  // of each job
 };
 
+// Context's members live here: they own a MatmulScratch, which only matmul knows.
 Context::Context(int n_threads, ContextOptions options)
     : owned_pool_(std::make_unique<ThreadPool>(n_threads)),
       pool_(owned_pool_.get()),
@@ -259,7 +260,14 @@ Context::Context(ThreadPool& pool, ContextOptions options)
 Context::Context(Context&&) noexcept = default;
 Context::~Context() = default;
 
-Context Context::on_this_thread() const { return Context(1, options_); }
+// Not through Context(int): that sets the GEMM library's thread count, a process-wide call, while
+// this runs on the pool's threads in the middle of other products.
+Context Context::on_this_thread() const {
+  Context serial(*pool_, options_);
+  serial.owned_pool_ = std::make_unique<ThreadPool>(1);
+  serial.pool_ = serial.owned_pool_.get();
+  return serial;
+}
 
 namespace {
 // Output features per block: 16 for decode (balances two or three threads on small experts),

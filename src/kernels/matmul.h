@@ -3,11 +3,14 @@
 // the mmap'd file); activations are f32. Small M (decode) streams the weights once through our
 // own SIMD kernels; larger M goes to OpenBLAS sgemm (other formats are widened panel by panel),
 // except Q8_0/Q4_0 with AVX-512 VNNI, which run our integer GEMM (matmul_ggml_gemm.h). F32 weights
-// with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32. Threads come
-// from our pool only; OpenBLAS runs single-threaded on each thread's slice.
+// with M = 1 go to OpenBLAS sgemv, which measured faster than our kernel for f32. In the server's
+// batch-invariant mode rows go through the streaming kernels in groups of kSmallBatchMax (never
+// sgemv or a GEMM, whose rounding depends on M). Training's bf16 precision multiplies BF16 weights
+// with oneDNN's bf16 GEMM. The choice is made in one place (matmul.cpp, choose_kernel) from the
+// format, the row count, the Context and the CPU. Threads come from the context's pool only;
+// OpenBLAS runs single-threaded on each thread's slice.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
