@@ -44,8 +44,9 @@ for shape in ${SHAPES:-small}; do
   fi
   for type in q8_0 q4_0; do for threads in 1 2; do for round in 1 2; do
     for side in old new; do
-      r=$("$(side_dir $side)/deepmoe" bench --model "$work/$shape-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 --json 2>/dev/null)
-      echo "$shape $type threads $threads $side: prefill decode $(cells "$r")"
+      r=$(/usr/bin/time -f "%M" -o "$work/rss" "$(side_dir $side)/deepmoe" bench --model "$work/$shape-$type.gguf" \
+        --threads $threads --prompt 128 --gen 64 --reps 3 --json 2>/dev/null)
+      echo "$shape $type threads $threads $side: prefill decode $(cells "$r"), peak RSS $(($(cat "$work/rss") / 1024)) MB"
     done
     if [ $round = 1 ]; then
       r=$(LD_PRELOAD=$here/build/threadpool_shim.so node "$here/race.mjs" "$work/$shape-$type.gguf" --threads $threads --prompt 128 --gen 64 --reps 3 2>/dev/null)
