@@ -1,5 +1,6 @@
 #include "io/gguf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -366,6 +367,16 @@ GgufFile parse_gguf(std::span<const uint8_t> bytes, const std::string& file) {
            infos[i].offset, infos[i].n_bytes, data_size);
     t.data = bytes.data() + data_start + infos[i].offset;
     t.n_bytes = size_t(infos[i].n_bytes);
+  }
+  // Writers lay tensors one after another; overlapping ones would let a small file claim any
+  // number of elements (and of experts, each then a weight view of its own).
+  std::vector<size_t> by_offset(out.tensors.size());
+  for (size_t i = 0; i < by_offset.size(); ++i) by_offset[i] = i;
+  std::sort(by_offset.begin(), by_offset.end(), [&](size_t a, size_t b) { return infos[a].offset < infos[b].offset; });
+  for (size_t k = 1; k < by_offset.size(); ++k) {
+    const size_t before = by_offset[k - 1], after = by_offset[k];
+    if (infos[before].offset + infos[before].n_bytes > infos[after].offset)
+      fail("{}: tensors {} and {} overlap", file, out.tensors[before].name, out.tensors[after].name);
   }
   return out;
 }

@@ -143,6 +143,22 @@ GgufCheckpoint import_gguf(const std::string& path, LoadOptions load) {
   const Config& c = out.config;
   // GGUF name → the list's tensors under it (the experts of a stacked tensor, or one), and
   // attn_k_b → both halves of its layer's kv_b_proj.
+  // What the file can present under HF names: a stacked experts tensor one per expert, every other
+  // tensor once (the parser has checked that tensors do not overlap, so this grows with the file).
+  int64_t presentable = 0;
+  for (const GgufTensor& t : f.tensors)
+    presentable += t.name.ends_with("_exps.weight") && t.dims.size() == 3 ? t.dims[2] : 1;
+  const auto held = [&](const TensorInfo& t) {
+    const GgufTensor* found = f.find_tensor(t.gguf_name);
+    switch (t.gguf_form) {
+      case GgufForm::Plain: return found != nullptr;
+      case GgufForm::StackedExperts: return found && found->dims.size() == 3 && found->dims[2] > t.expert;
+      case GgufForm::SplitKvB: return found || f.find_tensor(kv_b_proj_halves(t.layer).gguf_keys);
+    }
+    return false;
+  };
+  if (const auto missing = first_missing_tensor(c, presentable, held))
+    fail("{}: missing tensor {} (for {})", path, missing->gguf_name, missing->hf_name);
   const std::vector<TensorInfo> list = tensor_list(c);
   std::map<std::string, std::vector<const TensorInfo*>> by_gguf_name;
   std::map<std::string, KvBHalves> split_kv_b;

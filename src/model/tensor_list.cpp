@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include "core/error.h"
@@ -206,6 +207,42 @@ void for_each_tensor(const Config& config, const ModelWeights& weights,
                      const std::function<void(const TensorInfo&, ConstTensorSlot)>& visit) {
   check_sized(config, weights);
   Walker<true>(config, &weights, visit).walk();
+}
+
+int64_t tensor_count(const Config& c) {
+  // Walker::layer's tensors, counted: two norms, the query path (3 with q_lora_rank, else 1),
+  // kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj; then a dense MLP (3) or the router, its
+  // bias (noaux_tc), 3 per routed expert and 3 for the shared experts.
+  const int64_t layers = c.num_hidden_layers;
+  const int64_t first_moe = std::min(layers, c.first_k_dense_replace);
+  // Config::is_moe_layer: the multiples of moe_layer_freq in [first_k_dense_replace, layers).
+  const auto multiples_below = [&](int64_t x) { return x / c.moe_layer_freq + (x % c.moe_layer_freq != 0); };
+  const int64_t moe_layers = c.n_routed_experts > 0 ? multiples_below(layers) - multiples_below(first_moe) : 0;
+  const int64_t attention = 2 + (c.q_lora_rank ? 3 : 1) + 4;  // a dense layer adds its MLP's 3
+  const int64_t moe_fixed = 1 + (c.topk_method == TopkMethod::NoauxTc ? 1 : 0) + (c.n_shared_experts > 0 ? 3 : 0);
+  // In long double: exact while the count fits in 64 bits, and a hostile product saturates.
+  const long double total = (long double)(layers) * (attention + 3) + (long double)(moe_layers) * (moe_fixed - 3) +
+                            3.0L * moe_layers * c.n_routed_experts + 2 + (c.tie_word_embeddings ? 0 : 1);
+  return total >= (long double)(INT64_MAX) ? INT64_MAX : int64_t(total);  // + embedding, final norm, head
+}
+
+std::optional<TensorInfo> first_missing_tensor(const Config& config, int64_t tensors_held,
+                                               const std::function<bool(const TensorInfo&)>& holds) {
+  if (tensor_count(config) <= tensors_held) return std::nullopt;
+  struct Found {
+    TensorInfo missing;
+  };
+  int64_t present = 0;
+  const std::function<void(const TensorInfo&, ConstTensorSlot)> look = [&](const TensorInfo& t, ConstTensorSlot) {
+    if (!holds(t)) throw Found{t};
+    if (++present > tensors_held) fail("first_missing_tensor: more tensors held than the {} counted", tensors_held);
+  };
+  try {
+    Walker<true>(config, nullptr, look).walk();
+  } catch (Found& found) {
+    return std::move(found.missing);
+  }
+  fail("first_missing_tensor: the list holds fewer tensors than tensor_count");
 }
 
 TensorInfo lm_head_info(const Config& c) {

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -70,6 +71,16 @@ using ConstTensorSlot = BasicTensorSlot<true>;
 
 // The list without slots.
 std::vector<TensorInfo> tensor_list(const Config& config);
+
+// tensor_list(config).size() without building the list. Saturates at INT64_MAX.
+int64_t tensor_count(const Config& config);
+// Before anything is sized from a checkpoint's config: when the checkpoint holds fewer tensors
+// than the config describes, the first tensor of the list it lacks (`holds` says which it has).
+// The walk stops there, within tensors_held + 1 steps, so a hostile config (a million layers of a
+// million experts) costs nothing; nullopt when the count is enough (the loader then names any
+// tensor still missing as it binds them). Throws Error when `holds` claims more than tensors_held.
+std::optional<TensorInfo> first_missing_tensor(const Config& config, int64_t tensors_held,
+                                               const std::function<bool(const TensorInfo&)>& holds);
 
 // Calls visit(info, slot) for every tensor in list order. The mutable walk first sizes `weights`
 // to `config` (layers, is_moe, has_shared_experts, experts) so every slot exists; the const walk

@@ -215,6 +215,10 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, L
     model->reader_ = std::make_unique<CheckpointReader>(model_dir, load);
   }
   const Config& c = model->config;
+  const CheckpointReader& reader = *model->reader_;
+  if (const auto missing = first_missing_tensor(c, int64_t(reader.tensors().size()),
+                                                [&](const TensorInfo& t) { return reader.find(t.hf_name) != nullptr; }))
+    fail("{}: missing tensor {}", model_dir, missing->hf_name);
   WeightLoader loader(*model, *model->reader_);
   for_each_tensor(c, *model, [&](const TensorInfo& t, TensorSlot slot) {
     if (slot.vector) {

@@ -29,9 +29,13 @@ Parameters::Parameters(const Config& config) : config_(config) {
 
 Parameters Parameters::load(const std::string& model_dir) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
-  Parameters p(load_config(config_path));
-  p.config_text_ = read_text_file(config_path);
+  const Config config = load_config(config_path);
   const CheckpointReader reader(model_dir);
+  if (const auto missing = first_missing_tensor(config, int64_t(reader.tensors().size()),
+                                                [&](const TensorInfo& t) { return reader.find(t.hf_name) != nullptr; }))
+    fail("{}: missing tensor {}", model_dir, missing->hf_name);
+  Parameters p(config);
+  p.config_text_ = read_text_file(config_path);
   for (const ParameterTensor& t : p.tensors_) {
     const TensorView* view = reader.find(t.name);
     if (view == nullptr) fail("{}: missing tensor {}", model_dir, t.name);

@@ -113,6 +113,17 @@ TEST(Gguf, CorruptFilesGiveOneClearError) {
            w.add_tensor("t", GgmlType::F32, {1}, std::vector<uint8_t>(4));
          }),
          "duplicate tensor t");
+  {  // the second tensor's offset moved back onto the first's data
+    auto two = with([](GgufWriter& w) {
+      w.add_tensor("a", GgmlType::F32, {8}, std::vector<uint8_t>(32));
+      w.add_tensor("b", GgmlType::F32, {8}, std::vector<uint8_t>(32));
+    });
+    // Layout: preamble 24; "a": name 9, n_dims 4, dim 8, type 4, offset 8 (ends at 57); "b" likewise: offset at 82.
+    const uint64_t onto_a = 0;
+    ASSERT_EQ(parse_gguf(two, "ok.gguf").tensors.size(), 2u);
+    std::memcpy(two.data() + 82, &onto_a, 8);
+    expect(two, "tensors a and b overlap");
+  }
   expect(with([](GgufWriter& w) { w.add("general.alignment", GgufValue::u32(48)); }), "power of two");
   expect(with([](GgufWriter& w) { w.add("general.alignment", GgufValue::string("32")); }), "must be a u32");
   expect(with([](GgufWriter& w) { w.add("", GgufValue::u32(1)); }), "empty key");

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/error.h"
 #include "model/gguf_export.h"
 #include "model/random_init.h"
 #include "model/weights.h"
@@ -115,6 +116,44 @@ TEST(TensorList, ParameterCountIsTheSumOfTheListShapes) {
 }
 
 // DeepSeek-V2-Lite: 15.7B parameters, 2.4B active per token (without the embedding).
+// tensor_count is the list's length without the list, for each variant the list has (q_lora or
+// q_proj, router bias or not, shared experts or not, tied head or not, moe_layer_freq), and a config
+// that outgrows its checkpoint is refused before anything is sized from it.
+TEST(TensorList, CountIsTheListsLengthAndAHostileConfigIsRefusedFirst) {
+  for (const char* json : {kLoraConfig, kPlainConfig}) {
+    Config c = config_of(json);
+    EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size()));
+    for (const int64_t freq : {2, 3}) {
+      c.moe_layer_freq = freq;
+      c.num_hidden_layers = 7;
+      EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size())) << "moe_layer_freq " << freq;
+    }
+    c.n_routed_experts = 0;
+    EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size())) << "no experts";
+  }
+  // A checkpoint of 500 tensors against a config of 2^40 layers of 2^40 experts: the walk stops at
+  // the first tensor it lacks, after at most 501 steps.
+  Config hostile = config_of(kLoraConfig);
+  hostile.num_hidden_layers = int64_t(1) << 40;
+  hostile.n_routed_experts = int64_t(1) << 40;
+  EXPECT_EQ(tensor_count(hostile), INT64_MAX);
+  int64_t asked = 0;
+  const auto missing = first_missing_tensor(hostile, 500, [&](const TensorInfo&) { return ++asked <= 500; });
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(asked, 501);
+  const Config fine = config_of(kLoraConfig);
+  const std::vector<TensorInfo> list = tensor_list(fine);
+  const auto all_but = [&](const std::string& name) {
+    return [name](const TensorInfo& t) { return t.hf_name != name; };
+  };
+  EXPECT_FALSE(first_missing_tensor(fine, tensor_count(fine), all_but(list[7].hf_name)).has_value())
+      << "enough tensors: the loader names what is missing";
+  const auto named = first_missing_tensor(fine, tensor_count(fine) - 1, all_but(list[7].hf_name));
+  ASSERT_TRUE(named.has_value());
+  EXPECT_EQ(named->hf_name, list[7].hf_name);
+  EXPECT_THROW(first_missing_tensor(fine, 3, [](const TensorInfo&) { return true; }), Error) << "holds lies";
+}
+
 TEST(TensorList, V2LiteCountsAreThePublishedTotals) {
   ModelWeights w;
   w.config = parse_config(nlohmann::json::parse(R"({
