@@ -151,7 +151,7 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
   const GradientsReady reduce = [&](size_t begin, size_t end) { data_parallel_.reduce_range(p_.grads(), begin, end); };
   double losses[2] = {0, 0};  // loss, cross-entropy
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
-    data_.batch(first_window / local_batch_ + micro, local_batch_, inputs_, targets_);
+    data_.windows(first_window + micro * local_batch_, local_batch_, o.batch, inputs_, targets_);
     const StepLoss r = graph_.run(p_, inputs_, targets_, local_batch_, o.seq, o.aux_loss, true, 1.0f / float(parts),
                                   micro + 1 == local_accum_ ? reduce : GradientsReady());
     losses[0] += r.loss / parts;
