@@ -125,9 +125,15 @@ void run_training(const TrainFlags& flags) {
   try {
     o = trainer_options(flags, comm);
     train::check_options(o, comm.size());
-  } catch (const Error&) {
-    // Every rank finds the same mistake in the flags: rank 0 says it once, the others leave quietly.
-    if (comm.is_root()) throw;
+  } catch (const Error& e) {
+    if (comm.size() == 1) throw;
+    // Every rank finds the same mistake in the flags: rank 0 says it once, now (the others may
+    // leave first, and mpirun then ends the job), and every rank exits with 1.
+    if (comm.is_root()) {
+      fmt::print(stderr, "deepmoe: error: {}\n", e.what());
+      std::fflush(stderr);
+    }
+    comm.barrier();
     throw CLI::RuntimeError(1);
   }
   try {

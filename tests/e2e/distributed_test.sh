@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training (ZeRO-1 over Open MPI) against one process with the same global batch, on
 # the quickstart's model shape (hidden 256, 6 layers, 16 routed experts top-2 + 1 shared, vocab 4096),
-# f32, one thread per rank, 30 steps of 8 windows of 32 tokens (--batch 2 --grad-accum 4), with
+# f32, one thread per rank, 30 steps of 12 windows of 32 tokens (--batch 4 --grad-accum 3: 2 ranks train
+# 2 micro-batches of 3 windows each, 4 ranks 1 of 3, across the one-process batches of 4), with
 # clipping that bites, the balance loss, aux-loss-free bias updates and validation:
 #   - mpirun -np 2 (shared memory), -np 4 --oversubscribe, and -np 2 --mca btl tcp,self (the TCP path
 #     between machines): every step's loss, cross-entropy, gradient norm and validation loss within
@@ -39,7 +40,7 @@ import numpy as n
 n.random.default_rng(0).integers(0, 4096, 40000, dtype=n.uint32).tofile('tokens.u32')
 n.random.default_rng(1).integers(0, 4096, 2000, dtype=n.uint32).tofile('val.u32')"
 "$deepmoe" init --config config.json --out model --seed 1 >/dev/null || { bad "init"; exit 1; }
-common=(--init model --data tokens.u32 --val-data val.u32 --eval-every 10 --seq 32 --batch 2 --grad-accum 4 --lr 1e-3
+common=(--init model --data tokens.u32 --val-data val.u32 --eval-every 10 --seq 32 --batch 4 --grad-accum 3 --lr 1e-3
         --clip 0.5 --aux-loss 1e-3 --bias-update 1e-3 --threads 1)
 compare() { /usr/bin/python3 "$here/compare_runs.py" "$@"; }
 
