@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 
 #include "core/error.h"
 #include "dist/mpi_handles.h"
@@ -37,6 +38,10 @@ Request& Request::operator=(Request&& other) noexcept {
 }
 
 Request::~Request() {
+  // Unwinding from an error, the other ranks may never join this collective: waiting could hang
+  // the rank that has the error to report, and the job is about to end (World::abort_job). MPI
+  // allows neither freeing nor cancelling a collective's request, so it is left as it is.
+  if (std::uncaught_exceptions() > 0) return;
   // No exception from a destructor: an error here already failed the step that owned it.
   if (impl_ && impl_->request != MPI_REQUEST_NULL) MPI_Wait(&impl_->request, MPI_STATUS_IGNORE);
 }

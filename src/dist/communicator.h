@@ -15,7 +15,8 @@
 namespace deepmoe::dist {
 
 // A non-blocking collective in flight. Its buffers must stay untouched until it completes; a
-// Request destroyed while in flight waits for it first (MPI frees nothing still in use).
+// Request destroyed while in flight waits for it first (MPI frees nothing still in use), except
+// while an exception unwinds: then the job is ending, and waiting might never return.
 class Request {
  public:
   Request();  // already complete
