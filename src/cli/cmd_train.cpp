@@ -1,13 +1,19 @@
 // deepmoe train: flags into train::TrainerOptions, the Trainer runs, and this prints its steps
-// (one redrawn progress line on a terminal, one line per step otherwise) and a summary.
+// (one redrawn progress line on a terminal, one line per step otherwise) and a summary. Under
+// mpirun every rank runs this; rank 0 prints.
+#include <sched.h>
 #include <unistd.h>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "dist/world.h"
 #include "train/trainer.h"
 
 namespace deepmoe::cli {
@@ -22,7 +28,18 @@ struct TrainFlags {
   int threads = 0;
 };
 
-train::TrainerOptions trainer_options(const TrainFlags& f) {
+// --threads 0 under mpirun: the CPUs this rank may use, shared with the other ranks on its host
+// unless mpirun already bound each rank to CPUs of its own.
+int threads_per_rank(int requested, const dist::Communicator& world) {
+  const int allowed = resolve_threads(requested);
+  if (requested > 0 || world.size() == 1) return allowed;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int local_ranks = local ? std::max(1, std::atoi(local)) : 1;
+  const int machine = int(std::max(1u, std::thread::hardware_concurrency()));
+  return allowed < machine ? allowed : std::max(1, allowed / local_ranks);
+}
+
+train::TrainerOptions trainer_options(const TrainFlags& f, const dist::Communicator& world) {
   train::TrainerOptions o = f.trainer;
   o.schedule = f.schedule == "cosine" ? train::Schedule::Cosine
                : f.schedule == "wsd"  ? train::Schedule::Wsd
@@ -32,8 +49,30 @@ train::TrainerOptions trainer_options(const TrainFlags& f) {
   o.optimizer.kind = f.optimizer == "lion" ? train::OptimizerKind::Lion : train::OptimizerKind::AdamW;
   o.optimizer.beta1 = f.beta1.value_or(0.9);
   o.optimizer.beta2 = f.beta2.value_or(o.optimizer.kind == train::OptimizerKind::Lion ? 0.99 : 0.999);
-  o.threads = resolve_threads(f.threads);
+  o.threads = threads_per_rank(f.threads, world);
   return o;
+}
+
+// One line: ranks, threads, hosts, and each rank's share of the batch and of the optimizer state.
+void print_world(const train::Trainer& trainer, const train::TrainerOptions& o) {
+  const dist::Communicator& world = trainer.world();
+  const std::vector<std::string> hosts = world.allgather(world.host());  // collective: every rank
+  if (!world.is_root()) return;
+  if (world.size() == 1) {
+    fmt::print("world: 1 rank x {} thread{} on {}\n", o.threads, o.threads == 1 ? "" : "s", hosts[0]);
+    return;
+  }
+  std::map<std::string, int> per_host;
+  for (const auto& h : hosts) ++per_host[h];
+  std::string where;
+  for (const auto& [host, n] : per_host) where += fmt::format("{}{} on {}", where.empty() ? "" : ", ", n, host);
+  const double total = double(trainer.parameters().values().size());
+  fmt::print(
+      "world: {} ranks x {} thread{} ({}); data parallel, ZeRO-1: each rank trains {} micro-batch{} of {} of the "
+      "{} windows a step and keeps the optimizer state of {:.2f} M of {:.2f} M parameters\n",
+      world.size(), o.threads, o.threads == 1 ? "" : "s", where, trainer.local_accum(),
+      trainer.local_accum() == 1 ? "" : "es", trainer.local_batch(), o.batch * o.grad_accum,
+      double(trainer.optimizer_shard().size()) / 1e6, total / 1e6);
 }
 
 void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
@@ -50,9 +89,13 @@ void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
   std::fflush(stdout);
 }
 
-void run_training(const TrainFlags& flags) {
-  const train::TrainerOptions o = trainer_options(flags);
-  train::Trainer trainer(o);
+void train_on(const train::TrainerOptions& o, const dist::Communicator& world) {
+  train::Trainer trainer(o, world);
+  print_world(trainer, o);
+  if (!world.is_root()) {
+    trainer.run();
+    return;
+  }
   if (const auto& resumed = trainer.resumed()) {
     // Each newer checkpoint that did not verify costs one warning line.
     for (const auto& [dir, why] : resumed->skipped)
@@ -61,7 +104,8 @@ void run_training(const TrainFlags& flags) {
   }
   if (o.precision != trainer.precision())
     fmt::print(stderr, "deepmoe: note: this CPU has no AVX512-BF16, so --precision bf16 trains in f32\n");
-  const bool terminal = isatty(STDOUT_FILENO) != 0;
+  // Under mpirun stdout is a pty of its own even when mpirun's output goes to a file: one line a step.
+  const bool terminal = isatty(STDOUT_FILENO) != 0 && !dist::World::launched_by_mpirun();
   const train::TrainSummary summary =
       trainer.run([&](const train::StepReport& r) { print_step(r, o.steps, terminal); });
   if (terminal) fmt::print("\n");
@@ -72,6 +116,36 @@ void run_training(const TrainFlags& flags) {
     fmt::print("validation loss {:.4f}, perplexity {:.1f}\n", *summary.val_loss, std::exp(*summary.val_loss));
   fmt::print("memory: activations {:.1f} MiB{}, peak resident {:.1f} MiB\n",
              double(summary.activation_bytes) / 1048576.0, o.recompute ? " (recomputed per layer)" : "", peak_rss_mb());
+}
+
+void run_training(const TrainFlags& flags) {
+  dist::World world;
+  const dist::Communicator& comm = world.communicator();
+  train::TrainerOptions o;
+  try {
+    o = trainer_options(flags, comm);
+    train::check_options(o, comm.size());
+  } catch (const Error& e) {
+    if (comm.size() == 1) throw;
+    // Every rank finds the same mistake in the flags: rank 0 says it once, now (the others may
+    // leave first, and mpirun then ends the job), and every rank exits with 1.
+    if (comm.is_root()) {
+      fmt::print(stderr, "deepmoe: error: {}\n", e.what());
+      std::fflush(stderr);
+    }
+    comm.barrier();
+    throw CLI::RuntimeError(1);
+  }
+  try {
+    train_on(o, comm);
+  } catch (const std::exception& e) {
+    if (comm.size() == 1) throw;
+    // An error on one rank would leave the others waiting in a collective: it ends the job.
+    fmt::print(stderr, "deepmoe: error: rank {} of {}: {}\n", comm.rank(), comm.size(), e.what());
+    std::fflush(stderr);
+    world.abort_job(1);
+    throw;
+  }
 }
 
 }  // namespace
@@ -86,7 +160,9 @@ void add_train_command(CLI::App& app) {
   command->add_option("--data", o->data_path, "training tokens (uint32 file)")->required();
   command->add_option("--val-data", o->val_data_path, "validation tokens (uint32 file)");
   command->add_option("--seq", o->seq, "tokens per sequence");
-  command->add_option("--batch", o->batch, "sequences per micro-batch");
+  command->add_option("--batch", o->batch,
+                      "sequences per micro-batch (under mpirun the step's batch x grad-accum sequences are split "
+                      "over the ranks)");
   command->add_option("--grad-accum", o->grad_accum, "micro-batches per step");
   command->add_option("--steps", o->steps, "optimizer steps");
   command->add_option("--lr", o->lr, "peak learning rate");
@@ -116,7 +192,7 @@ void add_train_command(CLI::App& app) {
                    "weights (needs AVX512-BF16; f32 otherwise)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
-  command->add_option("--threads", flags->threads, "threads (0: all cores)");
+  command->add_option("--threads", flags->threads, "threads (0: all cores; under mpirun, per rank: its share)");
   command->add_option("--out", o->out_dir, "output directory")->required();
   command->callback([flags, init, config] {
     if (!*init && !*config) fail("train needs --init DIR or --config FILE.json");

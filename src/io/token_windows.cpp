@@ -16,22 +16,37 @@ TokenWindows::TokenWindows(const std::string& path, int64_t seq, WindowOrder ord
 
 void TokenWindows::batch(int64_t step, int64_t batch, std::vector<int32_t>& inputs,
                          std::vector<int32_t>& targets) const {
-  inputs.resize(size_t(batch * seq_));
-  targets.resize(size_t(batch * seq_));
+  windows(step * batch, batch, batch, inputs, targets);
+}
+
+void TokenWindows::windows(int64_t first, int64_t count, int64_t batch, std::vector<int32_t>& inputs,
+                           std::vector<int32_t>& targets) const {
+  if (first < 0 || count < 0 || batch < 1) fail("token windows: first {}, count {}, batch {}", first, count, batch);
+  inputs.resize(size_t(count * seq_));
+  targets.resize(size_t(count * seq_));
   const int64_t windows = n_tokens_ - seq_;  // valid start offsets: [0, windows)
-  std::mt19937_64 rng(seed_ ^ (0x9E3779B97F4A7C15ull * uint64_t(step + 1)));
-  for (int64_t b = 0; b < batch; ++b) {
+  // Random windows: batch number k / batch draws its windows, in order, from a stream seeded by
+  // (seed, that number).
+  std::mt19937_64 rng;
+  int64_t seeded_for = -1;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t k = first + i;
     int64_t start;
     if (order_ == WindowOrder::Sequential) {
       // Window k covers tokens[k·seq, k·seq + seq]; past the end, start again from the top.
       const int64_t per_file = windows / seq_ + (windows % seq_ != 0);
-      start = ((step * batch + b) % std::max<int64_t>(per_file, 1)) * seq_;
+      start = (k % std::max<int64_t>(per_file, 1)) * seq_;
     } else {
+      if (seeded_for != k / batch) {
+        seeded_for = k / batch;
+        rng.seed(seed_ ^ (0x9E3779B97F4A7C15ull * uint64_t(seeded_for + 1)));
+        rng.discard(uint64_t(k % batch));  // the earlier windows of the batch, another rank's
+      }
       start = int64_t(rng() % uint64_t(windows));
     }
     for (int64_t t = 0; t < seq_; ++t) {
-      inputs[size_t(b * seq_ + t)] = int32_t(data_[start + t]);
-      targets[size_t(b * seq_ + t)] = int32_t(data_[start + t + 1]);
+      inputs[size_t(i * seq_ + t)] = int32_t(data_[start + t]);
+      targets[size_t(i * seq_ + t)] = int32_t(data_[start + t + 1]);
     }
   }
 }

@@ -24,6 +24,11 @@ class TokenWindows {
   // k·seq (wrapping around the file); random windows start anywhere, from a seeded stream that
   // depends only on (seed, step), so a resumed run draws the same windows.
   void batch(int64_t step, int64_t batch, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) const;
+  // Windows first .. first + count - 1 of the stream batch() deals out in batches of `batch`
+  // (window k is window k % batch of batch(k / batch, batch)), into inputs/targets [count * seq]:
+  // a data-parallel rank's share of a step, the windows one process would train on.
+  void windows(int64_t first, int64_t count, int64_t batch, std::vector<int32_t>& inputs,
+               std::vector<int32_t>& targets) const;
 
  private:
   std::unique_ptr<MappedFile> file_;

@@ -53,7 +53,8 @@ DecoderSaved TrainGraph::take_layer(int64_t layer, ActivationSlab& slab, int64_t
 }
 
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
-                         int64_t batch, int64_t seq, double aux_weight, bool backward, float grad_scale) {
+                         int64_t batch, int64_t seq, double aux_weight, bool backward, float grad_scale,
+                         const GradientsReady& ready) {
   const Config& c = config_;
   const int64_t n = batch * seq, hidden = c.hidden_size, vocab = c.vocab_size;
   const float eps = float(c.rms_norm_eps);
@@ -136,6 +137,11 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   std::vector<float> dx(size_t(n * hidden), 0.0f);
   head_backward(context_, forward_weights.lm_head, values_->norm, final_in_.data(), n, final_inv_rms_.data(),
                 final_normed_.data(), logits_.data(), grad_data(grads_->lm_head), grad_data(grads_->norm), dx.data());
+  // The tensors past the layers (final norm, untied head); a tied head's gradient lands in the
+  // embedding's, which is reported last.
+  const size_t layers_begin = c.num_hidden_layers > 0 ? p.layer_range(0).first : p.grads().size();
+  const size_t layers_end = c.num_hidden_layers > 0 ? p.layer_range(c.num_hidden_layers - 1).second : layers_begin;
+  if (ready) ready(layers_end, p.grads().size());
   const double aux_scale = aux_weight * grad_scale;
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
@@ -147,8 +153,10 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       decoder_forward(context_, c, w, l, sequences, rope_, nullptr, std::nullopt, scratch_, &saved, x_again.data());
     }
     decoder_backward(context_, c, w, grads_->layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
+    if (ready) ready(p.layer_range(l).first, p.layer_range(l).second);
   }
   embed_backward(inputs, dx.data(), hidden, grad_data(grads_->embed_tokens));
+  if (ready) ready(0, layers_begin);
   return result;
 }
 

@@ -5,6 +5,7 @@
 // calls make gradient accumulation.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -25,6 +26,12 @@ struct StepLoss {
   std::vector<std::vector<int32_t>> expert_counts;  // per MoE layer (in layer order): selections per expert
 };
 
+// Called during backward each time a range [begin, end) of the flat gradient buffer holds its
+// final value for the run: the final norm and head, then each layer from the last to the first,
+// then the embedding; together the ranges cover the buffer once. Data parallelism starts
+// reducing a range there, while the earlier layers' backward still runs.
+using GradientsReady = std::function<void(size_t begin, size_t end)>;
+
 class TrainGraph {
  public:
   // n_threads: the pool every layer splits its work over (BLAS runs one thread per block).
@@ -35,9 +42,11 @@ class TrainGraph {
   TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false);
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
-  // p.grads() (grad_scale = 1 / accumulation steps). Throws Error for an id outside the vocabulary.
+  // p.grads() (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done.
+  // Throws Error for an id outside the vocabulary.
   StepLoss run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,
-               int64_t seq, double aux_weight, bool backward, float grad_scale = 1.0f);
+               int64_t seq, double aux_weight, bool backward, float grad_scale = 1.0f,
+               const GradientsReady& ready = {});
 
   // Bytes held by the saved activations now (after a run: the step's activation memory).
   size_t activation_bytes() const;

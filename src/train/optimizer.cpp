@@ -1,7 +1,10 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
+
+#include "core/error.h"
 
 namespace deepmoe::train {
 
@@ -10,15 +13,21 @@ namespace {
 // Trainable elements cut into chunks the pool hands out (a fixed cut, so sums are reproducible).
 constexpr size_t kChunk = 1 << 15;
 
-std::vector<std::pair<size_t, size_t>> trainable_chunks(const Parameters& p) {
+// The trainable elements of `shard`, in chunks of at most kChunk: the whole buffer's chunks cut
+// at the shard's edges (so one rank alone has the chunks it always had).
+std::vector<std::pair<size_t, size_t>> trainable_chunks(const Parameters& p, dist::Shard shard) {
   std::vector<std::pair<size_t, size_t>> chunks;
   for (const auto& t : p.tensors()) {
-    if (!t.trainable) continue;
-    for (size_t begin = t.offset; begin < t.offset + t.size; begin += kChunk)
-      chunks.emplace_back(begin, std::min(begin + kChunk, t.offset + t.size));
+    if (!t.trainable || t.offset + t.size <= shard.begin || t.offset >= shard.end) continue;
+    for (size_t begin = t.offset; begin < t.offset + t.size; begin += kChunk) {
+      const dist::Shard part = dist::intersect(shard, begin, std::min(begin + kChunk, t.offset + t.size));
+      if (part.size() > 0) chunks.emplace_back(part.begin, part.end);
+    }
   }
   return chunks;
 }
+
+dist::Shard whole(const Parameters& p) { return {0, p.values().size()}; }
 
 struct AdamWCoefficients {
   float decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, root_correction2, eps;
@@ -58,16 +67,39 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lion_update(fl
 
 }  // namespace
 
-Optimizer::Optimizer(const Parameters& p, OptimizerOptions options) : options_(options) {
-  m_.assign(p.values().size(), 0.0f);
-  if (options_.kind == OptimizerKind::AdamW) v_.assign(p.values().size(), 0.0f);
-  ranges_ = trainable_chunks(p);
+Optimizer::Optimizer(const Parameters& p, OptimizerOptions options) : Optimizer(p, options, whole(p)) {}
+
+Optimizer::Optimizer(const Parameters& p, OptimizerOptions options, dist::Shard shard)
+    : options_(options), shard_(shard) {
+  if (shard.begin > shard.end || shard.end > p.values().size())
+    fail("optimizer shard [{}, {}) is outside the {} parameters", shard.begin, shard.end, p.values().size());
+  m_.assign(shard.size(), 0.0f);
+  if (options_.kind == OptimizerKind::AdamW) v_.assign(shard.size(), 0.0f);
+  ranges_ = trainable_chunks(p, shard);
+}
+
+void Optimizer::copy_shard_from(const Optimizer& whole_buffer) {
+  if (whole_buffer.shard_.begin != 0 || whole_buffer.shard_.end < shard_.end || whole_buffer.v_.empty() != v_.empty())
+    fail("optimizer: the state to copy a shard from is not a whole buffer of the same optimizer");
+  std::copy(whole_buffer.m_.begin() + ptrdiff_t(shard_.begin), whole_buffer.m_.begin() + ptrdiff_t(shard_.end),
+            m_.begin());
+  if (!v_.empty())
+    std::copy(whole_buffer.v_.begin() + ptrdiff_t(shard_.begin), whole_buffer.v_.begin() + ptrdiff_t(shard_.end),
+              v_.begin());
+  steps_ = whole_buffer.steps_;
 }
 
 void Optimizer::step(ThreadPool& pool, Parameters& p, double lr) {
+  step(pool, p, std::span<const float>(p.grads()).subspan(shard_.begin, shard_.size()), lr);
+}
+
+void Optimizer::step(ThreadPool& pool, Parameters& p, std::span<const float> grads, double lr) {
+  if (grads.size() != shard_.size())
+    fail("optimizer: {} gradients for a shard of {} parameters", grads.size(), shard_.size());
   ++steps_;
+  // The chunks hold flat-buffer offsets; the shard's arrays start at shard_.begin.
   float* w = p.values().data();
-  const float* g = p.grads().data();
+  const size_t first = shard_.begin;
   const double b1 = options_.beta1, b2 = options_.beta2;
   const float decay = float(1.0 - lr * options_.weight_decay);
   if (options_.kind == OptimizerKind::AdamW) {
@@ -80,7 +112,8 @@ void Optimizer::step(ThreadPool& pool, Parameters& p, double lr) {
     pool.parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
       for (int64_t c = c_begin; c < c_end; ++c) {
         const auto [begin, end] = ranges_[size_t(c)];
-        adamw_update(w + begin, g + begin, m_.data() + begin, v_.data() + begin, end - begin, k);
+        adamw_update(w + begin, grads.data() + (begin - first), m_.data() + (begin - first),
+                     v_.data() + (begin - first), end - begin, k);
       }
     });
     return;
@@ -89,7 +122,7 @@ void Optimizer::step(ThreadPool& pool, Parameters& p, double lr) {
   pool.parallel_for(int64_t(ranges_.size()), 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       const auto [begin, end] = ranges_[size_t(c)];
-      lion_update(w + begin, g + begin, m_.data() + begin, end - begin, k);
+      lion_update(w + begin, grads.data() + (begin - first), m_.data() + (begin - first), end - begin, k);
     }
   });
 }
@@ -114,28 +147,45 @@ double learning_rate(const ScheduleOptions& s, int64_t step) {
   return s.lr;
 }
 
-double clip_gradients(ThreadPool& pool, Parameters& p, double max_norm) {
-  const auto chunks = trainable_chunks(p);
+double squared_gradient_norm(ThreadPool& pool, const Parameters& p, dist::Shard shard, std::span<const float> grads) {
+  if (grads.size() != shard.size()) fail("gradient norm: {} gradients for a shard of {}", grads.size(), shard.size());
+  const auto chunks = trainable_chunks(p, shard);
   std::vector<double> partial(chunks.size(), 0.0);
-  float* g = p.grads().data();
+  const float* g = grads.data();  // the chunks hold flat-buffer offsets; g starts at shard.begin
   pool.parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
     for (int64_t c = c_begin; c < c_end; ++c) {
       double sum = 0;
-      for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) sum += double(g[i]) * g[i];
+      for (size_t i = chunks[size_t(c)].first - shard.begin; i < chunks[size_t(c)].second - shard.begin; ++i)
+        sum += double(g[i]) * g[i];
       partial[size_t(c)] = sum;
     }
   });
   double sum = 0;
   for (const double v : partial) sum += v;  // in chunk order: the same norm for any thread count
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0) {
-    const double coefficient = max_norm / (norm + 1e-6);
-    if (coefficient < 1.0)
-      pool.parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
-        for (int64_t c = c_begin; c < c_end; ++c)
-          for (size_t i = chunks[size_t(c)].first; i < chunks[size_t(c)].second; ++i) g[i] = float(g[i] * coefficient);
-      });
-  }
+  return sum;
+}
+
+double clip_coefficient(double norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
+  return std::min(1.0, max_norm / (norm + 1e-6));
+}
+
+void scale_gradients(ThreadPool& pool, const Parameters& p, dist::Shard shard, std::span<float> grads,
+                     double coefficient) {
+  if (coefficient == 1.0) return;
+  const auto chunks = trainable_chunks(p, shard);
+  float* g = grads.data();
+  pool.parallel_for(int64_t(chunks.size()), 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c)
+      for (size_t i = chunks[size_t(c)].first - shard.begin; i < chunks[size_t(c)].second - shard.begin; ++i)
+        g[i] = float(g[i] * coefficient);
+  });
+}
+
+double clip_gradients(ThreadPool& pool, Parameters& p, double max_norm) {
+  const std::span<float> grads(p.grads());
+  const double norm = std::sqrt(squared_gradient_norm(pool, p, whole(p), grads));
+  scale_gradients(pool, p, whole(p), grads, clip_coefficient(norm, max_norm));
   return norm;
 }
 

@@ -12,6 +12,7 @@ namespace deepmoe::train {
 
 Parameters::Parameters(const Config& config) : config_(config) {
   size_t offset = 0;
+  layer_ranges_.assign(size_t(config.num_hidden_layers), {0, 0});
   for (const TensorInfo& info : tensor_list(config)) {
     ParameterTensor t;
     t.name = info.hf_name;
@@ -19,6 +20,14 @@ Parameters::Parameters(const Config& config) : config_(config) {
     t.size = size_t(info.numel());
     t.offset = offset;
     t.trainable = info.trainable;
+    t.layer = info.layer;
+    if (t.layer >= 0) {
+      auto& range = layer_ranges_[size_t(t.layer)];
+      if (range.first == range.second) range.first = offset;
+      if (range.second != 0 && range.second != offset)
+        fail("{}: layer {}'s tensors are not contiguous in the tensor list", t.name, t.layer);
+      range.second = offset + t.size;
+    }
     offset += t.size;
     index_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));

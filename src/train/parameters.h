@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -18,6 +19,7 @@ struct ParameterTensor {
   std::string name;
   std::vector<int64_t> shape;
   size_t offset = 0, size = 0;
+  int64_t layer = -1;     // the decoder layer it belongs to; -1 outside the layers (embedding, final norm, head)
   bool trainable = true;  // false: e_score_correction_bias (moved by the bias update, not the optimizer)
 };
 
@@ -40,6 +42,9 @@ class Parameters {
   float* grad(const std::string& name);
   const float* value(const std::string& name) const;
   const ParameterTensor* find(const std::string& name) const;
+  // [begin, end) of layer `layer`'s tensors in the flat buffers: the list keeps a layer's tensors
+  // together, the embedding before the layers and the final norm and head after them.
+  std::pair<size_t, size_t> layer_range(int64_t layer) const { return layer_ranges_[size_t(layer)]; }
 
   void zero_grads(ThreadPool& pool);
   // Writes config.json and model.safetensors (F32, HF names), atomically. `which` selects the
@@ -52,6 +57,7 @@ class Parameters {
   std::string config_text_;
   std::vector<ParameterTensor> tensors_;
   std::unordered_map<std::string, size_t> index_;
+  std::vector<std::pair<size_t, size_t>> layer_ranges_;
   std::vector<float> values_, grads_;
 };
 

@@ -2,16 +2,25 @@
 // optimizer step on a learning-rate schedule, V3's balance-bias update, validation, checkpoints
 // (every N steps, the last K kept, exact resume), OUT/metrics.jsonl with its plots, and the final
 // model in OUT. It prints nothing: each step is handed to the caller as a StepReport.
+//
+// Over the ranks of a communicator (mpirun), it trains data parallel with ZeRO-1 (DataParallel):
+// each step's global batch of batch × grad_accum windows is cut into one contiguous share per
+// rank, the gradients are summed by reduce-scatter into each rank's shard of the optimizer
+// state, and the loss, gradient norm, expert loads and validation loss are summed over the ranks
+// so that every rank takes the same decisions. Rank 0 alone writes files.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "io/token_windows.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/expert_balance.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
@@ -45,6 +54,10 @@ struct TrainerOptions {
   int threads = 1;
 };
 
+// Throws Error when the options make no sense for `ranks` data-parallel ranks (the messages name
+// the CLI's flags). Every rank finds the same, before any communication.
+void check_options(const TrainerOptions& options, int ranks);
+
 // One optimizer step, as the caller may print it (metrics.jsonl holds the same numbers).
 struct StepReport {
   int64_t step = 0;  // 0-based
@@ -66,8 +79,11 @@ class Trainer {
   // loads the parameters, maps the token files, builds the graph's buffers, and with resume
   // restores the newest checkpoint in out_dir that verifies. Throws Error on bad options or
   // files, when there is no checkpoint to resume, or when the newest good one was made with
-  // other settings (seq, batch, grad_accum, seed, order, optimizer, precision).
+  // other settings (seq, batch, grad_accum, seed, order, optimizer, precision). With `world`
+  // (which must outlive the Trainer), every rank of it constructs a Trainer with the same
+  // options; batch × grad_accum must be a multiple of its size.
   explicit Trainer(TrainerOptions options);
+  Trainer(TrainerOptions options, const dist::Communicator& world);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -84,15 +100,30 @@ class Trainer {
   // What the GEMMs run in: F32 when BF16 was asked for on a CPU without AVX512-BF16.
   GemmPrecision precision() const { return precision_; }
   const Parameters& parameters() const { return p_; }
+  const dist::Communicator& world() const { return world_; }
+  // This rank's share of a step: micro-batches of local_batch() windows, local_accum() of them.
+  int64_t local_batch() const { return local_batch_; }
+  int64_t local_accum() const { return local_accum_; }
+  const dist::Shard& optimizer_shard() const { return optimizer_.shard(); }
 
  private:
   double validation_loss();
+  // The step's micro-batches on this rank, summed over the ranks into report's loss and
+  // cross-entropy and into loads; leaves this rank's shard of the summed gradients in the return.
+  std::span<float> forward_backward(int64_t step, StepReport& report, ExpertLoads& loads);
+  void save(int64_t step);                      // a checkpoint of `step` optimizer steps, written by rank 0
+  void dump_gradients(std::span<float> grads);  // --dump-grads: the step's summed, unclipped gradients
+  Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
 
+  dist::Communicator solo_;  // the world of a Trainer made without one
+  const dist::Communicator& world_;
   TrainerOptions options_;
   Parameters p_;
   TokenWindows data_;
   std::unique_ptr<TokenWindows> val_;
-  Optimizer optimizer_;
+  DataParallel data_parallel_;
+  int64_t local_batch_ = 0, local_accum_ = 0;
+  Optimizer optimizer_;  // this rank's shard
   std::optional<ResumedCheckpoint> resumed_;
   int64_t first_step_ = 0;
   GemmPrecision precision_;

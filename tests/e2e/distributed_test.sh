@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Data-parallel training (ZeRO-1 over Open MPI) against one process with the same global batch, on
+# the quickstart's model shape (hidden 256, 6 layers, 16 routed experts top-2 + 1 shared, vocab 4096),
+# f32, one thread per rank, 30 steps of 12 windows of 32 tokens (--batch 4 --grad-accum 3: 2 ranks train
+# 2 micro-batches of 3 windows each, 4 ranks 1 of 3, across the one-process batches of 4), with
+# clipping that bites, the balance loss, aux-loss-free bias updates and validation:
+#   - mpirun -np 2 (shared memory), -np 4 --oversubscribe, and -np 2 --mca btl tcp,self (the TCP path
+#     between machines): every step's loss, cross-entropy, gradient norm and validation loss within
+#     1e-5 relative of one process's, and the final weights within 1e-4 (||a - b|| / ||b||, over all
+#     parameters and per tensor; tests/e2e/compare_runs.py);
+#   - at 2 ranks, a run stopped after step 20 and resumed from its checkpoint ends bit for bit where
+#     the uninterrupted run ends; one process resumes the same checkpoint (any world size can) and
+#     ends within the limits above of the one-process run;
+#   - a batch that does not split over the ranks is refused with one line.
+# Prints "N passed, M failed".
+set -u
+deepmoe=$1
+work=$2
+here=$(cd "$(dirname "$0")" && pwd)
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+# Open MPI refuses to run as root without these (containers and CI run as root).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Shared memory (vader) between the ranks of one machine, TCP otherwise; no InfiniBand or UCX probing.
+export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_pml=ob1
+# mpirun gives one rank per core: a one-core machine would refuse -np 2.
+[ "$(nproc)" -ge 2 ] || export OMPI_MCA_rmaps_base_oversubscribe=1
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "PASS $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL $1"; }
+
+cat >config.json <<'JSON'
+{"model_type": "deepseek_v3", "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 768,
+ "moe_intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4, "q_lora_rank": 128,
+ "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+ "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+ "n_group": 4, "topk_group": 2, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": true,
+ "routed_scaling_factor": 2.5, "tie_word_embeddings": false}
+JSON
+/usr/bin/python3 -c "
+import numpy as n
+n.random.default_rng(0).integers(0, 4096, 40000, dtype=n.uint32).tofile('tokens.u32')
+n.random.default_rng(1).integers(0, 4096, 2000, dtype=n.uint32).tofile('val.u32')"
+"$deepmoe" init --config config.json --out model --seed 1 >/dev/null || { bad "init"; exit 1; }
+common=(--init model --data tokens.u32 --val-data val.u32 --eval-every 10 --seq 32 --batch 4 --grad-accum 3 --lr 1e-3
+        --clip 0.5 --aux-loss 1e-3 --bias-update 1e-3 --threads 1)
+compare() { /usr/bin/python3 "$here/compare_runs.py" "$@"; }
+
+"$deepmoe" train "${common[@]}" --steps 30 --out solo >solo.txt 2>&1 || bad "one process ($(tail -c 300 solo.txt))"
+
+for run in "np2:-np 2" "np4:-np 4 --oversubscribe" "tcp:-np 2 --mca btl tcp,self"; do
+  name=${run%%:*} args=${run#*:}
+  # shellcheck disable=SC2086
+  if mpirun $args "$deepmoe" train "${common[@]}" --steps 30 --out "$name" >"$name.txt" 2>&1 &&
+    compare "$name" solo >"$name.compare.txt" 2>&1; then
+    ok "mpirun $args matches one process: $(cat "$name.compare.txt")"
+  else
+    bad "mpirun $args ($(tail -c 400 "$name.txt"); $(cat "$name.compare.txt" 2>/dev/null))"
+  fi
+done
+grep -q "^world: 2 ranks x 1 thread" np2.txt && [ "$(grep -c "^world:" np2.txt)" -eq 1 ] &&
+  [ "$(grep -c "^step " np2.txt)" -eq 30 ] && ok "the world layout printed once, steps by rank 0 alone" ||
+  bad "world layout ($(head -c 300 np2.txt))"
+
+# Stopped after step 20 (its checkpoint), resumed to 30: the uninterrupted run's bytes.
+mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --save-every 10 --out part >part.txt 2>&1 &&
+  cp -r part cross &&
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 10 --resume --out part >resume.txt 2>&1 &&
+  grep -q "resuming from .*step-20" resume.txt &&
+  cmp -s part/model.safetensors np2/model.safetensors &&
+  /usr/bin/python3 - part/metrics.jsonl np2/metrics.jsonl <<'PY' && ok "a resumed 2-rank run is bit-identical to the uninterrupted one" ||
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+keys = ("step", "loss", "cross_entropy", "grad_norm", "lr", "expert_load", "val_loss")
+sys.exit(0 if [[r.get(k) for k in keys] for r in runs[0]] == [[r.get(k) for k in keys] for r in runs[1]] else 1)
+PY
+  bad "resume at 2 ranks ($(tail -c 300 resume.txt))"
+
+# The 2-rank checkpoint resumed by one process.
+"$deepmoe" train "${common[@]}" --steps 30 --resume --out cross >cross.txt 2>&1 && compare cross solo >cross.compare.txt &&
+  ok "one process resumes a 2-rank checkpoint: $(cat cross.compare.txt)" ||
+  bad "cross-size resume ($(tail -c 300 cross.txt); $(cat cross.compare.txt 2>/dev/null))"
+
+# 3 x 2 windows do not split over 4 ranks: one line naming the flags (from rank 0; all ranks exit).
+mpirun -np 4 --oversubscribe "$deepmoe" train --init model --data tokens.u32 --seq 32 --batch 3 --grad-accum 2 \
+  --steps 1 --threads 1 --out uneven >uneven.txt 2>&1
+rc=$?
+[ $rc -ne 0 ] && [ "$(grep -c "^deepmoe: error: .*cannot be split evenly over 4 ranks" uneven.txt)" -eq 1 ] &&
+  ok "an uneven batch is refused with one line" ||
+  bad "uneven batch (exit $rc: $(head -c 300 uneven.txt))"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
