@@ -13,6 +13,7 @@
 
 #include "cli/common.h"
 #include "core/error.h"
+#include "dist/grad_codec.h"
 #include "dist/world.h"
 #include "train/trainer.h"
 
@@ -23,7 +24,8 @@ namespace {
 // The flags: most are the Trainer's options themselves; these are words and defaults to resolve.
 struct TrainFlags {
   train::TrainerOptions trainer;
-  std::string schedule = "constant", optimizer = "adamw", order = "random", precision = "f32";
+  std::string schedule = "constant", optimizer = "adamw", order = "random", precision = "f32",
+              grad_compression = "none";
   std::optional<double> beta1, beta2;
   int threads = 0;
 };
@@ -49,6 +51,7 @@ train::TrainerOptions trainer_options(const TrainFlags& f, const dist::Communica
   o.optimizer.kind = f.optimizer == "lion" ? train::OptimizerKind::Lion : train::OptimizerKind::AdamW;
   o.optimizer.beta1 = f.beta1.value_or(0.9);
   o.optimizer.beta2 = f.beta2.value_or(o.optimizer.kind == train::OptimizerKind::Lion ? 0.99 : 0.999);
+  o.grad_compression = dist::parse_grad_compression(f.grad_compression);
   o.threads = threads_per_rank(f.threads, world);
   return o;
 }
@@ -69,22 +72,28 @@ void print_world(const train::Trainer& trainer, const train::TrainerOptions& o) 
   const double total = double(trainer.parameters().values().size());
   fmt::print(
       "world: {} ranks x {} thread{} ({}); data parallel, ZeRO-1: each rank trains {} micro-batch{} of {} of the "
-      "{} windows a step and keeps the optimizer state of {:.2f} M of {:.2f} M parameters\n",
+      "{} windows a step and keeps the optimizer state of {:.2f} M of {:.2f} M parameters; gradients travel as {}\n",
       world.size(), o.threads, o.threads == 1 ? "" : "s", where, trainer.local_accum(),
       trainer.local_accum() == 1 ? "" : "es", trainer.local_batch(), o.batch * o.grad_accum,
-      double(trainer.optimizer_shard().size()) / 1e6, total / 1e6);
+      double(trainer.optimizer_shard().size()) / 1e6, total / 1e6, dist::grad_compression_name(o.grad_compression));
 }
 
 void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
   const std::string val_text = r.val_loss ? fmt::format("  val {:.4f}", *r.val_loss) : "";
+  // Under mpirun: what left rank 0 this step, gradients (reduce-scatter) and weights (all-gather).
+  const train::CommBytes& sent = r.comm_bytes;
+  const std::string comm_text = sent.reduce_scatter + sent.all_gather == 0
+                                    ? ""
+                                    : fmt::format("  sent {:.3f} MB grads + {:.3f} MB weights",
+                                                  double(sent.reduce_scatter) / 1e6, double(sent.all_gather) / 1e6);
   if (terminal) {  // one line that redraws: a bar, the numbers, and the time left
     const int width = 24, filled = int(double(width) * double(r.step + 1) / double(steps));
     fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ",
                std::string(size_t(filled), '#'), std::string(size_t(width - filled), '.'), r.step + 1, steps, r.loss,
                r.lr, r.tokens_per_second, r.seconds_left, val_text);
   } else {
-    fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}\n", r.step + 1, steps, r.loss,
-               r.lr, r.grad_norm, r.tokens_per_second, val_text);
+    fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}{}\n", r.step + 1, steps, r.loss,
+               r.lr, r.grad_norm, r.tokens_per_second, comm_text, val_text);
   }
   std::fflush(stdout);
 }
@@ -191,6 +200,11 @@ void add_train_command(CLI::App& app) {
                    "GEMM operands: f32, or bf16 with f32 accumulation and f32 master "
                    "weights (needs AVX512-BF16; f32 otherwise)")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  command
+      ->add_option("--grad-compression", flags->grad_compression,
+                   "what gradients travel as between ranks: none (f32), bf16, or int8 with a scale per 256 "
+                   "values; bf16 and int8 keep each rank's rounding error and add it next step")
+      ->check(CLI::IsMember({"none", "bf16", "int8"}));
   command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
   command->add_option("--threads", flags->threads, "threads (0: all cores; under mpirun, per rank: its share)");
   command->add_option("--out", o->out_dir, "output directory")->required();

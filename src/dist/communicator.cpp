@@ -181,6 +181,33 @@ Request Communicator::ireduce_scatter_sum(std::span<const float> send, std::span
   return Request(std::move(impl));
 }
 
+Request Communicator::ialltoallv_bytes(std::span<const std::byte> send, std::span<const int> send_counts,
+                                       std::span<std::byte> recv, std::span<const int> recv_counts) const {
+  constexpr const char* kCall = "MPI_Ialltoallv";
+  check_counts(send_counts, size_, kCall);
+  check_counts(recv_counts, size_, kCall);
+  if (int64_t(send.size()) != sum_of(send_counts) || int64_t(recv.size()) != sum_of(recv_counts))
+    fail("{}: {} bytes to send and {} to receive do not match the counts", kCall, send.size(), recv.size());
+  if (!impl_) {
+    std::copy(send.begin(), send.end(), recv.begin());
+    return Request();
+  }
+  auto impl = std::make_unique<Request::Impl>();
+  impl->call = kCall;
+  impl->counts.assign(send_counts.begin(), send_counts.end());
+  impl->displacements = displacements_of(send_counts);
+  impl->recv_counts.assign(recv_counts.begin(), recv_counts.end());
+  impl->recv_displacements = displacements_of(recv_counts);
+  // MPI wants valid addresses even for 0 bytes.
+  std::byte dummy[1] = {};
+  const std::byte* in = send.empty() ? dummy : send.data();
+  std::byte* out = recv.empty() ? dummy : recv.data();
+  check_mpi(MPI_Ialltoallv(in, impl->counts.data(), impl->displacements.data(), MPI_BYTE, out, impl->recv_counts.data(),
+                           impl->recv_displacements.data(), MPI_BYTE, impl_->comm, &impl->request),
+            kCall);
+  return Request(std::move(impl));
+}
+
 void Communicator::allgatherv(std::span<float> buffer, std::span<const int> counts) const {
   constexpr const char* kCall = "MPI_Allgatherv";
   check_counts(counts, size_, kCall);

@@ -6,6 +6,7 @@
 // errors instead of aborting). Collectives must be called by every rank of the communicator in
 // the same order, as MPI requires.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -72,6 +73,11 @@ class Communicator {
   // order into counts[r] elements each; this rank receives the sum over ranks of its piece
   // (counts[rank()] elements) in `recv`. Solo: a copy.
   Request ireduce_scatter_sum(std::span<const float> send, std::span<float> recv, std::span<const int> counts) const;
+  // Non-blocking all-to-all of bytes: send_counts[r] bytes of `send` (pieces in rank order) go to
+  // rank r, and recv_counts[r] bytes from rank r land in `recv` (pieces in rank order). The
+  // compressed gradient reduction's transport. Solo: a copy.
+  Request ialltoallv_bytes(std::span<const std::byte> send, std::span<const int> send_counts, std::span<std::byte> recv,
+                           std::span<const int> recv_counts) const;
   // In place: rank r's counts[r] elements at its offset in `buffer` (the pieces lie in rank
   // order) go to every rank's buffer. Solo: nothing to move.
   void allgatherv(std::span<float> buffer, std::span<const int> counts) const;

@@ -18,7 +18,8 @@ struct Communicator::Impl {
 struct Request::Impl {
   MPI_Request request = MPI_REQUEST_NULL;
   const char* call = "";
-  std::vector<int> counts, displacements;  // MPI reads them until the collective completes
+  // MPI reads them until the collective completes (recv_*: an all-to-all's receiving side).
+  std::vector<int> counts, displacements, recv_counts, recv_displacements;
 };
 
 // Throws Error "<call>: <MPI's message>" unless code is MPI_SUCCESS.

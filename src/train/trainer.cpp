@@ -77,6 +77,7 @@ nlohmann::json metrics_line(const StepReport& r) {
     load_stats.push_back({{"max_over_mean", s.max_over_mean}, {"cv", s.cv}});
   line["expert_load"] = load_stats;
   if (r.val_loss) line["val_loss"] = *r.val_loss;
+  line["comm_bytes"] = {{"reduce_scatter", r.comm_bytes.reduce_scatter}, {"all_gather", r.comm_bytes.all_gather}};
   return line;
 }
 
@@ -99,7 +100,7 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
       val_(options_.val_data_path.empty()
                ? nullptr
                : std::make_unique<TokenWindows>(options_.val_data_path, options_.seq, WindowOrder::Sequential, 0)),
-      data_parallel_(world_, p_.values().size()),
+      data_parallel_(world_, p_.values().size(), options_.grad_compression),
       local_batch_(local_batch_of(options_, world_.size())),
       local_accum_(options_.batch * options_.grad_accum / world_.size() / local_batch_),
       optimizer_(p_, options_.optimizer, data_parallel_.shard()),
@@ -254,6 +255,7 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
 
     report.tokens_per_second = double(o.batch * o.seq * o.grad_accum) / seconds_since(step_start);
+    report.comm_bytes = data_parallel_.take_bytes();
     for (const auto& load : loads) report.expert_load.push_back(expert_load_stats(load));
     if (val_ && o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
       report.val_loss = validation_loss();

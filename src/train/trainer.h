@@ -51,6 +51,8 @@ struct TrainerOptions {
   bool resume = false;                           // continue from the newest good checkpoint in out_dir
   GemmPrecision precision = GemmPrecision::F32;  // BF16 falls back to F32 without AVX512-BF16
   bool recompute = false;                        // recompute activations per layer in backward (less memory)
+  // What the gradients travel as between ranks (error feedback keeps what rounding lost).
+  dist::GradCompression grad_compression = dist::GradCompression::None;
   int threads = 1;
 };
 
@@ -65,6 +67,7 @@ struct StepReport {
   std::vector<ExpertLoadStats> expert_load;  // per MoE layer
   std::optional<double> val_loss;            // on the steps that evaluate
   double seconds_left = 0;                   // this run's mean step time × the steps to go
+  CommBytes comm_bytes;                      // what left this rank during the step (0 on one rank)
 };
 
 struct TrainSummary {
