@@ -1,5 +1,10 @@
 #include "dist/world.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -23,6 +28,32 @@ void start_mpi(bool& started) {
   check_mpi(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
 }
 
+// When one rank dies (kill -9, the OOM killer), mpirun ends the others with SIGTERM. Rank 0 then
+// says so in one line, ready-made because a signal handler may only write(2) and _exit(2). The
+// handler can reach nothing but static storage: this buffer is the one piece of global state.
+char stop_line[256] = {};
+size_t stop_line_length = 0;
+
+void on_stop_signal(int signal) {
+  if (stop_line_length > 0) {
+    const ssize_t written = ::write(STDERR_FILENO, stop_line, stop_line_length);
+    (void)written;  // nothing left to do about a failed write
+  }
+  ::_exit(128 + signal);
+}
+
+void install_stop_line(int rank, int size) {
+  if (rank == 0) {
+    const int length = std::snprintf(
+        stop_line, sizeof stop_line,
+        "deepmoe: error: rank 0 of %d: mpirun ended the job because another rank died or failed (or mpirun was "
+        "interrupted); train --resume continues from the newest checkpoint\n",
+        size);
+    stop_line_length = length > 0 ? std::min(size_t(length), sizeof stop_line - 1) : 0;
+  }
+  std::signal(SIGTERM, on_stop_signal);
+}
+
 }  // namespace
 
 bool World::launched_by_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr; }
@@ -37,6 +68,7 @@ World::World() : world_(Communicator::solo()) {
     auto impl = std::make_unique<Communicator::Impl>();
     impl->comm = MPI_COMM_WORLD;
     world_ = Communicator(std::move(impl), rank, size);
+    if (size > 1) install_stop_line(rank, size);
   } catch (...) {
     if (mpi_) MPI_Finalize();
     throw;
@@ -46,6 +78,7 @@ World::World() : world_(Communicator::solo()) {
 World::~World() {
   if (!mpi_) return;
   world_ = Communicator::solo();  // sub-communicators belong to their owners, gone by now
+  std::signal(SIGTERM, SIG_DFL);
   MPI_Finalize();
 }
 

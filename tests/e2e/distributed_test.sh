@@ -11,6 +11,10 @@
 #   - at 2 ranks, a run stopped after step 20 and resumed from its checkpoint ends bit for bit where
 #     the uninterrupted run ends; one process resumes the same checkpoint (any world size can) and
 #     ends within the limits above of the one-process run;
+#   - --grad-compression bf16 and int8 at 2 ranks, 20 steps: every step's loss within 2% relative of the
+#     uncompressed run's, and the gradients' bytes per step 2x (bf16) and 3.5-4x (int8) fewer;
+#   - a rank killed (kill -9) after the first checkpoint: the job ends within 60 s, non-zero, with one
+#     line from rank 0, and --resume ends bit for bit where the uninterrupted run ends;
 #   - a batch that does not split over the ranks is refused with one line.
 # Prints "N passed, M failed".
 set -u
@@ -80,6 +84,54 @@ PY
 "$deepmoe" train "${common[@]}" --steps 30 --resume --out cross >cross.txt 2>&1 && compare cross solo >cross.compare.txt &&
   ok "one process resumes a 2-rank checkpoint: $(cat cross.compare.txt)" ||
   bad "cross-size resume ($(tail -c 300 cross.txt); $(cat cross.compare.txt 2>/dev/null))"
+
+# Compressed gradients against the uncompressed 2-rank run's first 20 steps (a constant lr: the same steps).
+for kind in bf16 int8; do
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --grad-compression $kind --out $kind >$kind.txt 2>&1 &&
+    /usr/bin/python3 - $kind np2 >$kind.compare.txt 2>&1 <<'PY' && ok "--grad-compression $kind: $(cat $kind.compare.txt)" ||
+import json, sys
+kind, base = sys.argv[1:]
+runs = [[json.loads(l) for l in open(f"{p}/metrics.jsonl")][:20] for p in (kind, base)]
+worst = max(abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(*runs))
+final = abs(runs[0][-1]["loss"] - runs[1][-1]["loss"]) / runs[1][-1]["loss"]
+ratio = runs[1][-1]["comm_bytes"]["reduce_scatter"] / runs[0][-1]["comm_bytes"]["reduce_scatter"]
+low, high = (1.95, 2.05) if kind == "bf16" else (3.5, 4.05)
+print(f"loss within {worst:.2%} per step, final {final:.2%} (limit 2%); {ratio:.2f}x fewer gradient bytes a step")
+sys.exit(0 if len(runs[0]) == 20 and worst <= 0.02 and low <= ratio <= high else 1)
+PY
+    bad "--grad-compression $kind ($(tail -c 300 $kind.txt); $(cat $kind.compare.txt 2>/dev/null))"
+done
+
+# kill -9 of rank 1 once the first checkpoint exists: the job ends (mpirun -q: rank 0's line alone),
+# and --resume continues from the newest checkpoint to the uninterrupted run's bytes.
+mpirun -q -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 5 --out killed >killed.txt 2>&1 &
+job=$!
+for _ in $(seq 600); do [ -d killed/checkpoints/step-5 ] || ! kill -0 $job 2>/dev/null && break; sleep 0.1; done
+victim=""
+for pid in $(pgrep -P $job); do
+  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && victim=$pid
+done
+killed_at=$(date +%s)
+[ -n "$victim" ] && kill -9 "$victim"
+for _ in $(seq 600); do kill -0 $job 2>/dev/null || break; sleep 0.1; done
+kill -0 $job 2>/dev/null && kill -9 $job  # still running after 60 s: fails below
+wait $job
+rc=$?
+took=$(($(date +%s) - killed_at))
+[ -n "$victim" ] && [ $rc -ne 0 ] && [ $took -le 60 ] &&
+  [ "$(grep -c "^deepmoe: error: rank 0 of 2: mpirun ended the job" killed.txt)" -eq 1 ] &&
+  ok "a rank killed with -9 ends the job in ${took} s (exit $rc): $(grep "^deepmoe: error" killed.txt)" ||
+  bad "killed rank (victim '$victim', exit $rc after ${took} s: $(tail -c 400 killed.txt))"
+mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 5 --resume --out killed >killed.resume.txt 2>&1 &&
+  grep -q "resuming from .*step-" killed.resume.txt &&
+  cmp -s killed/model.safetensors np2/model.safetensors &&
+  /usr/bin/python3 - killed/metrics.jsonl np2/metrics.jsonl <<'PY' && ok "resumed after the kill: bit-identical to the uninterrupted run ($(grep -o "step-[0-9]*" killed.resume.txt | head -1))" ||
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+keys = ("step", "loss", "cross_entropy", "grad_norm", "lr", "expert_load", "val_loss")
+sys.exit(0 if [[r.get(k) for k in keys] for r in runs[0]] == [[r.get(k) for k in keys] for r in runs[1]] else 1)
+PY
+  bad "resume after the kill ($(tail -c 300 killed.resume.txt))"
 
 # 3 x 2 windows do not split over 4 ranks: one line naming the flags (from rank 0; all ranks exit).
 mpirun -np 4 --oversubscribe "$deepmoe" train --init model --data tokens.u32 --seq 32 --batch 3 --grad-accum 2 \
