@@ -83,7 +83,10 @@ World::~World() {
 }
 
 void World::abort_job(int exit_code) const {
-  if (mpi_ && world_.size() > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  if (!mpi_ || world_.size() == 1) return;
+  // This rank has said what went wrong: mpirun's SIGTERM must not add "another rank died" to it.
+  std::signal(SIGTERM, SIG_DFL);
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
 }  // namespace deepmoe::dist

@@ -11,7 +11,9 @@ class World {
  public:
   // Initializes MPI (thread level funneled: only the calling thread talks to MPI; the thread
   // pool's workers never do) when under mpirun. Throws Error when MPI cannot start or is
-  // already running in this process.
+  // already running in this process. With more than one rank it also handles SIGTERM, which
+  // mpirun sends to every rank left when one dies: rank 0 writes one line saying so, and every
+  // rank exits 128 + SIGTERM at once (the destructor restores the default).
   World();
   ~World();
   World(const World&) = delete;
