@@ -8,9 +8,10 @@ namespace deepmoe::train {
 
 namespace {
 
-// Compressed segments: a 4-byte encoding of 2^28 elements is 2^30 bytes, so the byte counts and
-// displacements of one all-to-all stay within MPI's int.
-constexpr size_t kCompressedSegment = size_t(1) << 28;
+// Compressed segments of at most 2^28 / ranks elements: a rank may own a whole segment and
+// receive it from every rank, so even at 4 bytes an element the all-to-all's byte counts and
+// displacements stay within 2^30, inside MPI's int.
+size_t compressed_segment(int n_ranks) { return std::max<size_t>(1, (size_t(1) << 28) / size_t(n_ranks)); }
 
 int64_t bytes_but_own(std::span<const int> counts, int rank, int64_t unit) {
   int64_t total = 0;
@@ -32,7 +33,7 @@ void DataParallel::reduce_range(std::span<const float> grads, size_t begin, size
   if (comm_.size() == 1) return;
   if (grads.size() != layout_.total()) fail("data parallel: {} gradients, expected {}", grads.size(), layout_.total());
   if (compression_ != dist::GradCompression::None) {
-    for (const auto& [b, e] : dist::segments(begin, end, kCompressedSegment)) start_exchange(grads, b, e);
+    for (const auto& [b, e] : dist::segments(begin, end, compressed_segment(comm_.size()))) start_exchange(grads, b, e);
   } else {
     const dist::Shard mine = shard();
     for (const auto& [b, e] : dist::segments(begin, end)) {
