@@ -25,7 +25,7 @@ namespace {
 struct TrainFlags {
   train::TrainerOptions trainer;
   std::string schedule = "constant", optimizer = "adamw", order = "random", precision = "f32",
-              grad_compression = "none";
+              grad_compression = "none", comm_overlap = "on";
   std::optional<double> beta1, beta2;
   int threads = 0;
 };
@@ -52,6 +52,7 @@ train::TrainerOptions trainer_options(const TrainFlags& f, const dist::Communica
   o.optimizer.beta1 = f.beta1.value_or(0.9);
   o.optimizer.beta2 = f.beta2.value_or(o.optimizer.kind == train::OptimizerKind::Lion ? 0.99 : 0.999);
   o.grad_compression = dist::parse_grad_compression(f.grad_compression);
+  o.comm_overlap = f.comm_overlap == "on";
   o.threads = threads_per_rank(f.threads, world);
   return o;
 }
@@ -82,10 +83,11 @@ void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
   const std::string val_text = r.val_loss ? fmt::format("  val {:.4f}", *r.val_loss) : "";
   // Under mpirun: what left rank 0 this step, gradients (reduce-scatter) and weights (all-gather).
   const train::CommBytes& sent = r.comm_bytes;
-  const std::string comm_text = sent.reduce_scatter + sent.all_gather == 0
-                                    ? ""
-                                    : fmt::format("  sent {:.3f} MB grads + {:.3f} MB weights",
-                                                  double(sent.reduce_scatter) / 1e6, double(sent.all_gather) / 1e6);
+  const std::string comm_text =
+      sent.reduce_scatter + sent.all_gather == 0
+          ? ""
+          : fmt::format("  sent {:.3f} MB grads + {:.3f} MB weights, waited {:.3f} s",
+                        double(sent.reduce_scatter) / 1e6, double(sent.all_gather) / 1e6, r.comm_wait_s);
   if (terminal) {  // one line that redraws: a bar, the numbers, and the time left
     const int width = 24, filled = int(double(width) * double(r.step + 1) / double(steps));
     fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ",
@@ -205,6 +207,11 @@ void add_train_command(CLI::App& app) {
                    "what gradients travel as between ranks: none (f32), bf16, or int8 with a scale per 256 "
                    "values; bf16 and int8 keep each rank's rounding error and add it next step")
       ->check(CLI::IsMember({"none", "bf16", "int8"}));
+  command
+      ->add_option("--comm-overlap", flags->comm_overlap,
+                   "on: each layer's gradients start their reduction between ranks as soon as backward finishes "
+                   "them; off: all after the whole backward (the same sums; for measuring what overlap buys)")
+      ->check(CLI::IsMember({"on", "off"}));
   command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
   command->add_option("--threads", flags->threads, "threads (0: all cores; under mpirun, per rank: its share)");
   command->add_option("--out", o->out_dir, "output directory")->required();

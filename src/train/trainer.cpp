@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <utility>
 
 #include "core/error.h"
 #include "kernels/gemm_bf16.h"
@@ -78,11 +79,20 @@ nlohmann::json metrics_line(const StepReport& r) {
   line["expert_load"] = load_stats;
   if (r.val_loss) line["val_loss"] = *r.val_loss;
   line["comm_bytes"] = {{"reduce_scatter", r.comm_bytes.reduce_scatter}, {"all_gather", r.comm_bytes.all_gather}};
+  line["comm_wait_s"] = r.comm_wait_s;
   return line;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Runs `blocking` (a call that waits on the other ranks) and adds its wall time to `seconds`.
+template <class F>
+void timed(double& seconds, F&& blocking) {
+  const auto start = std::chrono::steady_clock::now();
+  std::forward<F>(blocking)();
+  seconds += seconds_since(start);
 }
 
 }  // namespace
@@ -148,8 +158,13 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
   // Each micro-batch's loss is a mean over its windows: weighted by its part of the step's windows
   // (1 / grad_accum for one process), the parts of all ranks add up to the step's mean.
   const double parts = double(o.batch * o.grad_accum) / double(local_batch_);
-  // The last micro-batch finishes the gradients: its backward starts their reduction.
-  const GradientsReady reduce = [&](size_t begin, size_t end) { data_parallel_.reduce_range(p_.grads(), begin, end); };
+  // The last micro-batch finishes the gradients: its backward starts their reduction, or without
+  // overlap notes the ranges for after it.
+  ready_ranges_.clear();
+  const GradientsReady reduce = [&](size_t begin, size_t end) {
+    if (o.comm_overlap) data_parallel_.reduce_range(p_.grads(), begin, end);
+    else ready_ranges_.emplace_back(begin, end);
+  };
   double losses[2] = {0, 0};  // loss, cross-entropy
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
     data_.windows(first_window + micro * local_batch_, local_batch_, o.batch, inputs_, targets_);
@@ -163,14 +178,16 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
       for (size_t i = 0; i < r.expert_counts[l].size(); ++i) loads[l][i] += r.expert_counts[l][i];
     }
   }
-  const std::span<float> grads = data_parallel_.finish(p_.grads());
-  world_.allreduce_sum(losses);
+  for (const auto& [begin, end] : ready_ranges_) data_parallel_.reduce_range(p_.grads(), begin, end);
+  std::span<float> grads;
+  timed(report.comm_wait_s, [&] { grads = data_parallel_.finish(p_.grads()); });
+  timed(report.comm_wait_s, [&] { world_.allreduce_sum(losses); });
   report.loss = losses[0];
   report.cross_entropy = losses[1];
   if (world_.size() > 1) {
     std::vector<int64_t> flat;
     for (const auto& load : loads) flat.insert(flat.end(), load.begin(), load.end());
-    world_.allreduce_sum(flat);
+    timed(report.comm_wait_s, [&] { world_.allreduce_sum(flat); });
     size_t i = 0;
     for (auto& load : loads)
       for (int64_t& count : load) count = flat[i++];
@@ -246,12 +263,12 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
       fail("step {}: the loss is {} (diverged; try a lower --lr or --clip)", step, report.loss);
     if (step == 0 && !o.dump_grads_dir.empty()) dump_gradients(grads);
     double squares[1] = {squared_gradient_norm(pool, p_, shard, grads)};
-    world_.allreduce_sum(squares);
+    timed(report.comm_wait_s, [&] { world_.allreduce_sum(squares); });
     report.grad_norm = std::sqrt(squares[0]);
     scale_gradients(pool, p_, shard, grads, clip_coefficient(report.grad_norm, o.clip));
     report.lr = learning_rate(schedule, step);
     optimizer_.step(pool, p_, grads, report.lr);
-    data_parallel_.all_gather(p_.values());
+    timed(report.comm_wait_s, [&] { data_parallel_.all_gather(p_.values()); });
     if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
 
     report.tokens_per_second = double(o.batch * o.seq * o.grad_accum) / seconds_since(step_start);

@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -53,6 +54,10 @@ struct TrainerOptions {
   bool recompute = false;                        // recompute activations per layer in backward (less memory)
   // What the gradients travel as between ranks (error feedback keeps what rounding lost).
   dist::GradCompression grad_compression = dist::GradCompression::None;
+  // Reduce each range of gradients as soon as backward finishes it (true), or all of them only
+  // after the whole backward (false: the same ranges in the same order, so the same sums; for
+  // measuring what the overlap buys).
+  bool comm_overlap = true;
   int threads = 1;
 };
 
@@ -68,6 +73,9 @@ struct StepReport {
   std::optional<double> val_loss;            // on the steps that evaluate
   double seconds_left = 0;                   // this run's mean step time × the steps to go
   CommBytes comm_bytes;                      // what left this rank during the step (0 on one rank)
+  // Seconds the step spent blocked on communication: waiting for the gradients' reductions, the
+  // weights' all-gather, and the allreduces of loss, expert loads and gradient norm.
+  double comm_wait_s = 0;
 };
 
 struct TrainSummary {
@@ -132,6 +140,8 @@ class Trainer {
   GemmPrecision precision_;
   TrainGraph graph_;
   std::vector<int32_t> inputs_, targets_;  // one micro-batch's token ids
+  // Without comm_overlap: the ranges backward finished, reduced after it (kept, every step has the same).
+  std::vector<std::pair<size_t, size_t>> ready_ranges_;
 };
 
 }  // namespace deepmoe::train

@@ -13,6 +13,7 @@
 #     ends within the limits above of the one-process run;
 #   - --grad-compression bf16 and int8 at 2 ranks, 20 steps: every step's loss within 2% relative of the
 #     uncompressed run's, and the gradients' bytes per step 2x (bf16) and 3.5-4x (int8) fewer;
+#   - --comm-overlap off (the reductions after the whole backward): bit-identical to on for 10 steps;
 #   - a rank killed (kill -9) after the first checkpoint: the job ends within 60 s, non-zero, with one
 #     line from rank 0, and --resume ends bit for bit where the uninterrupted run ends;
 #   - a batch that does not split over the ranks is refused with one line.
@@ -101,6 +102,17 @@ sys.exit(0 if len(runs[0]) == 20 and worst <= 0.02 and low <= ratio <= high else
 PY
     bad "--grad-compression $kind ($(tail -c 300 $kind.txt); $(cat $kind.compare.txt 2>/dev/null))"
 done
+
+# --comm-overlap off reduces the same ranges in the same order, after the backward: the overlapped run's numbers.
+mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 10 --comm-overlap off --out serial >serial.txt 2>&1 &&
+  /usr/bin/python3 - serial/metrics.jsonl np2/metrics.jsonl <<'PY' && ok "--comm-overlap off: bit-identical to on for 10 steps" ||
+import json, sys
+runs = [[json.loads(l) for l in open(p)][:10] for p in sys.argv[1:]]
+keys = ("step", "loss", "cross_entropy", "grad_norm", "lr", "expert_load", "val_loss", "comm_bytes")
+waits = all(r["comm_wait_s"] >= 0 for run in runs for r in run)
+sys.exit(0 if len(runs[0]) == 10 and waits and [[r.get(k) for k in keys] for r in runs[0]] == [[r.get(k) for k in keys] for r in runs[1]] else 1)
+PY
+  bad "--comm-overlap off ($(tail -c 300 serial.txt))"
 
 # kill -9 of rank 1 once the first checkpoint exists: the job ends, and --resume continues from the
 # newest checkpoint to the uninterrupted run's bytes. mpirun -q keeps its banners to itself, and vader
