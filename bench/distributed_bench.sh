@@ -6,7 +6,10 @@
 #   (b) the share of rank 0's step time spent blocked on communication (metrics.jsonl comm_wait_s /
 #       step time), --comm-overlap on against off;
 #   (c) bytes sent per step by rank 0, by collective (metrics.jsonl comm_bytes), for
-#       --grad-compression none, bf16 and int8.
+#       --grad-compression none, bf16 and int8;
+#   (d) --expert-parallel 2 (each rank holds 8 of the 16 routed experts, tokens travel by all-to-all):
+#       tokens/s, bytes per step by collective, and each rank's weights + gradients + optimizer state
+#       against the data-parallel run's.
 #   [STEPS=12] [BIND=core] bench/distributed_bench.sh [build-dir] [work-dir]
 # The ranks are bound with --bind-to $BIND (core, mpirun's own default for 2 ranks: each rank's one
 # thread stays on its core, as the one process's 2 threads spread over 2 cores; BIND=none lets the
@@ -37,6 +40,7 @@ run() {  # NAME then the launcher and flags
 run solo "$build/deepmoe" train "${common[@]}" --threads 2
 run overlap-on "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --comm-overlap on
 run overlap-off "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --comm-overlap off
+run expert-parallel "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --expert-parallel 2
 for kind in bf16 int8; do
   run "compress-$kind" "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --grad-compression $kind
 done
@@ -67,4 +71,14 @@ base = lines("overlap-on")[-1]["comm_bytes"]["reduce_scatter"]
 for kind, name in (("none", "overlap-on"), ("bf16", "compress-bf16"), ("int8", "compress-int8")):
     b = lines(name)[-1]["comm_bytes"]
     print(f"    {kind:<20}{b['reduce_scatter']:>16,}{b['all_gather']:>14,}{base / b['reduce_scatter']:>14.2f}x")
+def held_mib(name):  # the world layout's line for rank 0: "..., 112.9 MiB of weights, gradients and optimizer state"
+    import re
+    text = open(f"{work}/{name}.txt").read()
+    return float(re.search(r"^  rank 0 \(.*?\): .*?([0-9.]+) MiB of weights", text, re.M).group(1))
+ep, dp = lines("expert-parallel")[-1]["comm_bytes"], lines("overlap-on")[-1]["comm_bytes"]
+print("(d) --expert-parallel 2 against data parallel only, 2 ranks:")
+print(f"    {'':<18}{'tok/s':>8}{'reduce-scatter':>16}{'all-gather':>14}{'all-to-all':>14}{'rank 0 MiB':>12}")
+for label, name, b in (("data parallel", "overlap-on", dp), ("expert parallel 2", "expert-parallel", ep)):
+    print(f"    {label:<18}{tok_s(name):>8.0f}{b['reduce_scatter']:>16,}{b['all_gather']:>14,}"
+          f"{b.get('all_to_all', 0):>14,}{held_mib(name):>12.1f}")
 PY

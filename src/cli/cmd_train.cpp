@@ -57,26 +57,47 @@ train::TrainerOptions trainer_options(const TrainFlags& f, const dist::Communica
   return o;
 }
 
-// One line: ranks, threads, hosts, and each rank's share of the batch and of the optimizer state.
+// Which routed experts of each MoE layer a rank holds, and the bytes it keeps for the parameters.
+std::string rank_holdings(const train::Trainer& trainer) {
+  const train::ExpertShare& share = trainer.parameters().expert_share();
+  const int64_t n_experts = trainer.parameters().config().n_routed_experts;
+  const std::string experts = n_experts == 0 ? "no routed experts"
+                              : share.count < 0
+                                  ? fmt::format("all {} experts", n_experts)
+                                  : fmt::format("experts {}-{}", share.first, share.first + share.count - 1);
+  return fmt::format("{}, {:.1f} MiB of weights, gradients and optimizer state", experts,
+                     double(trainer.state_bytes()) / 1048576.0);
+}
+
+// One line: ranks, threads, hosts, and each rank's share of the batch and of the optimizer state;
+// then, on more than one rank, a line per rank: its host, its experts and its memory.
 void print_world(const train::Trainer& trainer, const train::TrainerOptions& o) {
   const dist::Communicator& world = trainer.world();
   const std::vector<std::string> hosts = world.allgather(world.host());  // collective: every rank
+  const std::vector<std::string> holdings = world.allgather(rank_holdings(trainer));
   if (!world.is_root()) return;
   if (world.size() == 1) {
-    fmt::print("world: 1 rank x {} thread{} on {}\n", o.threads, o.threads == 1 ? "" : "s", hosts[0]);
+    fmt::print("world: 1 rank x {} thread{} on {}; {}\n", o.threads, o.threads == 1 ? "" : "s", hosts[0], holdings[0]);
     return;
   }
   std::map<std::string, int> per_host;
   for (const auto& h : hosts) ++per_host[h];
   std::string where;
   for (const auto& [host, n] : per_host) where += fmt::format("{}{} on {}", where.empty() ? "" : ", ", n, host);
-  const double total = double(trainer.parameters().values().size());
+  const double held = double(trainer.parameters().values().size());
+  const std::string experts =
+      o.expert_parallel == 1
+          ? ""
+          : fmt::format("; expert parallel: groups of {} ranks split the routed experts", o.expert_parallel);
   fmt::print(
       "world: {} ranks x {} thread{} ({}); data parallel, ZeRO-1: each rank trains {} micro-batch{} of {} of the "
-      "{} windows a step and keeps the optimizer state of {:.2f} M of {:.2f} M parameters; gradients travel as {}\n",
+      "{} windows a step and keeps the optimizer state of {:.2f} M of the {:.2f} M parameters it holds{}; gradients "
+      "travel as {}\n",
       world.size(), o.threads, o.threads == 1 ? "" : "s", where, trainer.local_accum(),
       trainer.local_accum() == 1 ? "" : "es", trainer.local_batch(), o.batch * o.grad_accum,
-      double(trainer.optimizer_shard().size()) / 1e6, total / 1e6, dist::grad_compression_name(o.grad_compression));
+      double(trainer.dense_shard().size() + trainer.expert_shard().size()) / 1e6, held / 1e6, experts,
+      dist::grad_compression_name(o.grad_compression));
+  for (int r = 0; r < world.size(); ++r) fmt::print("  rank {} ({}): {}\n", r, hosts[size_t(r)], holdings[size_t(r)]);
 }
 
 void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
@@ -84,10 +105,12 @@ void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
   // Under mpirun: what left rank 0 this step, gradients (reduce-scatter) and weights (all-gather).
   const train::CommBytes& sent = r.comm_bytes;
   const std::string comm_text =
-      sent.reduce_scatter + sent.all_gather == 0
+      sent.reduce_scatter + sent.all_gather + sent.all_to_all == 0
           ? ""
-          : fmt::format("  sent {:.3f} MB grads + {:.3f} MB weights, waited {:.3f} s",
-                        double(sent.reduce_scatter) / 1e6, double(sent.all_gather) / 1e6, r.comm_wait_s);
+          : fmt::format("  sent {:.3f} MB grads + {:.3f} MB weights{}, waited {:.3f} s",
+                        double(sent.reduce_scatter) / 1e6, double(sent.all_gather) / 1e6,
+                        sent.all_to_all == 0 ? "" : fmt::format(" + {:.3f} MB tokens", double(sent.all_to_all) / 1e6),
+                        r.comm_wait_s);
   if (terminal) {  // one line that redraws: a bar, the numbers, and the time left
     const int width = 24, filled = int(double(width) * double(r.step + 1) / double(steps));
     fmt::print("\r[{}{}] {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {:.0f}s{}   ",
@@ -212,6 +235,11 @@ void add_train_command(CLI::App& app) {
                    "on: each layer's gradients start their reduction between ranks as soon as backward finishes "
                    "them; off: all after the whole backward (the same sums; for measuring what overlap buys)")
       ->check(CLI::IsMember({"on", "off"}));
+  command
+      ->add_option("--expert-parallel", o->expert_parallel,
+                   "under mpirun: groups of this many ranks split each MoE layer's routed experts, tokens travel to "
+                   "their experts' ranks and back (divides the ranks and the routed experts)")
+      ->check(CLI::PositiveNumber);
   command->add_flag("--recompute", o->recompute, "keep only layer inputs and recompute activations in backward");
   command->add_option("--threads", flags->threads, "threads (0: all cores; under mpirun, per rank: its share)");
   command->add_option("--out", o->out_dir, "output directory")->required();

@@ -6,6 +6,7 @@
 #include "kernels/linear_backward.h"
 #include "kernels/ops.h"
 #include "model/gradients.h"
+#include "model/moe_parallel.h"
 
 namespace deepmoe {
 
@@ -140,6 +141,7 @@ void moe_forward(const Context& ctx, const Config& c, const MoeWeights& w, const
     r.choice_of_slot[size_t(slot)] = int32_t(choice);
   }
 
+  if (saved && saved->parallel.group) return moe_parallel_forward(ctx, c, w, x, n_tokens, *saved, out);
   // Training always batches: its saved activations are the batched path's buffers.
   if (saved || n_tokens * k <= kMaxBatchedSlots) return experts_batched(ctx, c, w, x, n_tokens, s, saved, out);
   experts_one_by_one(ctx, c, w, x, n_tokens, s, out);
@@ -157,30 +159,34 @@ void moe_backward(const Context& ctx, const Config& c, const MoeWeights& w, cons
   // in parallel, one per thread; their input gradients are added afterwards in slot (expert) order,
   // so the sums do not depend on the schedule.
   std::vector<float> d_weights(size_t(n * k), 0.0f), d_inputs(size_t(n * k * hidden), 0.0f);
-  ctx.pool().parallel_for(n_experts, 1, [&](int64_t e_begin, int64_t e_end) {
-    const Context serial = ctx.on_this_thread();
-    std::vector<float> d_out;
-    for (int64_t e = e_begin; e < e_end; ++e) {
-      const int32_t begin = r.expert_begin[size_t(e)], end = r.expert_begin[size_t(e + 1)];
-      const int64_t m = end - begin;
-      if (m == 0) continue;
-      d_out.resize(size_t(m * hidden));
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t slot = begin + i, choice = r.choice_of_slot[size_t(slot)];
-        const float weight = r.chosen_weight[size_t(choice)];
-        const float* g = dy + r.token_of_slot[size_t(slot)] * hidden;
-        const float* y = saved.expert_out.data() + slot * hidden;
-        double dot = 0;
-        for (int64_t h = 0; h < hidden; ++h) {
-          d_out[size_t(i * hidden + h)] = weight * g[h];
-          dot += double(g[h]) * y[h];
+  if (saved.parallel.group) {
+    moe_parallel_backward(ctx, c, w, grads, saved, dy, d_weights, d_inputs);
+  } else {
+    ctx.pool().parallel_for(n_experts, 1, [&](int64_t e_begin, int64_t e_end) {
+      const Context serial = ctx.on_this_thread();
+      std::vector<float> d_out;
+      for (int64_t e = e_begin; e < e_end; ++e) {
+        const int32_t begin = r.expert_begin[size_t(e)], end = r.expert_begin[size_t(e + 1)];
+        const int64_t m = end - begin;
+        if (m == 0) continue;
+        d_out.resize(size_t(m * hidden));
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t slot = begin + i, choice = r.choice_of_slot[size_t(slot)];
+          const float weight = r.chosen_weight[size_t(choice)];
+          const float* g = dy + r.token_of_slot[size_t(slot)] * hidden;
+          const float* y = saved.expert_out.data() + slot * hidden;
+          double dot = 0;
+          for (int64_t h = 0; h < hidden; ++h) {
+            d_out[size_t(i * hidden + h)] = weight * g[h];
+            dot += double(g[h]) * y[h];
+          }
+          d_weights[size_t(choice)] = float(dot);
         }
-        d_weights[size_t(choice)] = float(dot);
+        mlp_backward(serial, w.experts[size_t(e)], grads.experts[size_t(e)], saved.expert_in.data() + begin * hidden,
+                     hidden, m, saved.experts.rows(begin, m, inter), d_out.data(), d_inputs.data() + begin * hidden);
       }
-      mlp_backward(serial, w.experts[size_t(e)], grads.experts[size_t(e)], saved.expert_in.data() + begin * hidden,
-                   hidden, m, saved.experts.rows(begin, m, inter), d_out.data(), d_inputs.data() + begin * hidden);
-    }
-  });
+    });
+  }
   for (int64_t slot = 0; slot < n * k; ++slot)
     axpy(hidden, 1.0f, d_inputs.data() + slot * hidden, dx + r.token_of_slot[size_t(slot)] * hidden);
 

@@ -10,6 +10,7 @@
 #include "kernels/context.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
+#include "model/expert_group.h"
 #include "model/mlp.h"
 #include "model/router.h"
 #include "model/weights.h"
@@ -35,6 +36,18 @@ struct MoeScratch {
   std::vector<MatmulJob> jobs;
 };
 
+// Expert parallelism's side of one training call: the rows this rank's experts received from
+// the group's ranks, in expert-major order (expert j's rows from rank 0, then rank 1, ...), and
+// what its experts computed on them. Sized by the routing, so held here, not in the slab.
+struct ExpertParallelSaved {
+  ExpertGroup* group = nullptr;               // null: every expert is on this rank
+  std::vector<int32_t> recv_counts;           // [ranks, experts per rank]: rows from rank r for expert j
+  std::vector<int64_t> send_rows, recv_rows;  // per rank
+  std::vector<int32_t> received_row;          // expert-major row i is received row received_row[i]
+  std::vector<int32_t> expert_begin;          // [experts per rank + 1], in expert-major rows
+  std::vector<float> in, gate, up, act;       // [rows, hidden] and [rows, moe_intermediate]
+};
+
 // What backward needs of one call (spans from the step's slab, and the routing).
 struct MoeSaved {
   MoeRouting routing;
@@ -42,6 +55,9 @@ struct MoeSaved {
   std::span<float> expert_in, expert_out;  // [n_slots, hidden]: each slot's input and expert output
   MlpSaved experts;                        // [n_slots, moe_intermediate]
   MlpSaved shared;                         // [n_tokens, shared intermediate]
+  // Set `parallel.group` after take() to run the routed experts over an expert-parallel group:
+  // expert_in/expert_out then hold the rows this rank's tokens sent and got back.
+  ExpertParallelSaved parallel;
   // Carves the spans for n_tokens (before the forward pass).
   static MoeSaved take(const Config& config, const MoeWeights& w, ActivationSlab& slab, int64_t n_tokens);
 };

@@ -3,7 +3,9 @@
 // files; F16 and FP8 (with 128x128 weight_scale_inv blocks) are widened to f32 once at load.
 // Norm vectors and the gate are always f32.
 #pragma once
+#include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -78,16 +80,17 @@ struct ModelWeights {
   // as `load` says; throws Error naming the file and tensor.
   static std::unique_ptr<ModelWeights> load(const std::string& model_dir, LoadOptions load = {});
 
-  // F32 weights viewing a flat buffer laid out in tensor_list order, each tensor at the running
-  // sum of the sizes before it: exactly train::Parameters' values (or, called again on its
-  // grads, its gradients). Nothing is copied and nothing derived: kv_b_proj_values views
+  // F32 weights viewing a flat buffer: tensor i of tensor_list(config) at offsets[i] elements
+  // from base, or not held when offsets[i] < 0 (its slot stays empty: another rank's expert under
+  // expert parallelism); exactly train::Parameters' values (or, called again on its grads, its
+  // gradients). Nothing is copied and nothing derived: kv_b_proj_values views
   // kv_b_proj (stride nope + v, offset nope), lm_head is embed_tokens when tied, and
   // kv_b_proj_keys_transposed stays empty (data nullptr), since training weights change every
   // step; read kv_b_proj itself. It has no checkpoint: reader() throws, weight_bytes() is 0.
   // With bf16_base (a bf16 copy of the same buffer, for mixed-precision training), every matrix
   // but the routers' views that copy instead, as BF16; norms, biases and routers stay f32.
   static std::unique_ptr<ModelWeights> view_f32(const Config& config, const float* base,
-                                                const uint16_t* bf16_base = nullptr);
+                                                std::span<const int64_t> offsets, const uint16_t* bf16_base = nullptr);
 
   // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
   // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).

@@ -1,16 +1,20 @@
 // ModelWeights::view_f32: the layers' weight structs over train::Parameters' flat buffer, so the
 // same layer code runs over the training values and over their gradients.
+#include "core/error.h"
 #include "model/tensor_list.h"
 #include "model/weights.h"
 
 namespace deepmoe {
 
 std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base,
-                                                     const uint16_t* bf16_base) {
+                                                     std::span<const int64_t> offsets, const uint16_t* bf16_base) {
   auto view = std::make_unique<ModelWeights>();
   view->config = config;
-  int64_t offset = 0;
+  size_t index = 0;
   for_each_tensor(config, *view, [&](const TensorInfo& t, TensorSlot slot) {
+    if (index >= offsets.size()) fail("weights view: {} offsets for a longer tensor list", offsets.size());
+    const int64_t offset = offsets[index++];
+    if (offset < 0) return;  // not held here (another rank's expert): the slot stays empty
     if (slot.vector) {
       *slot.vector = base + offset;
     } else {
@@ -22,7 +26,6 @@ std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const
       slot.matrix->rows = t.shape[0];
       slot.matrix->cols = t.shape[1];
     }
-    offset += t.numel();
   });
   view->derive_matrices(false);
   return view;

@@ -231,7 +231,7 @@ nlohmann::json load_checkpoint(const std::string& dir, Parameters& p, Optimizer&
     if (!state.contains(key) || !state[key].is_number_integer())
       fail("{}: '{}' is missing or not an integer", state_path, key);
   verify_checksums(dir, state);
-  const Parameters saved = Parameters::load(dir);
+  const Parameters saved = Parameters::load(dir, p.expert_share());
   check_same_config(dir, saved.config(), p.config());
   if (saved.values().size() != p.values().size()) fail("{}: the checkpoint's model has a different shape", dir);
 

@@ -124,6 +124,12 @@ void DataParallel::gather_to_root(std::span<const float> shard_values, std::span
   }
 }
 
+size_t DataParallel::buffer_floats() const {
+  size_t bytes = 0;
+  for (const Exchange& x : exchanges_) bytes += x.send.size() + x.recv.size();
+  return shard_grads_.size() + residual_.size() + bytes / sizeof(float);
+}
+
 CommBytes DataParallel::take_bytes() {
   const CommBytes taken = bytes_;
   bytes_ = CommBytes();

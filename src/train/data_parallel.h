@@ -27,9 +27,16 @@ namespace deepmoe::train {
 
 // Bytes that left this rank, by collective, as the bandwidth-optimal algorithms move them: a
 // reduce-scatter sends every piece of the range but its own (4 bytes an element, or the piece's
-// encoding), an all-gather every shard but its own (a ring passes them on).
+// encoding), an all-gather every shard but its own (a ring passes them on), an all-to-all (expert
+// parallelism's token dispatch and return) every row that goes to another rank.
 struct CommBytes {
-  int64_t reduce_scatter = 0, all_gather = 0;
+  int64_t reduce_scatter = 0, all_gather = 0, all_to_all = 0;
+  CommBytes& operator+=(const CommBytes& o) {
+    reduce_scatter += o.reduce_scatter;
+    all_gather += o.all_gather;
+    all_to_all += o.all_to_all;
+    return *this;
+  }
 };
 
 class DataParallel {
@@ -62,6 +69,8 @@ class DataParallel {
 
   // The bytes sent since the last call (the checkpoint gathers are not counted), and zero again.
   CommBytes take_bytes();
+  // Floats this rank holds for the reduction: its gradient shard, the residual, the payloads.
+  size_t buffer_floats() const;
   // The error-feedback residual (empty when nothing is compressed): what this rank still owes.
   std::span<const float> residual() const { return residual_; }
 

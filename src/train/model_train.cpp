@@ -21,8 +21,12 @@ ContextOptions with_precision(GemmPrecision precision) {
 
 }  // namespace
 
-TrainGraph::TrainGraph(const Config& config, int n_threads, GemmPrecision precision, bool recompute)
-    : config_(config), context_(n_threads, with_precision(precision)), recompute_(recompute) {
+TrainGraph::TrainGraph(const Config& config, int n_threads, GemmPrecision precision, bool recompute,
+                       ExpertGroup* expert_group)
+    : config_(config),
+      context_(n_threads, with_precision(precision)),
+      recompute_(recompute),
+      expert_group_(expert_group) {
   if (precision == GemmPrecision::BF16 && !cpu_has_bf16_gemm()) fail("bf16 training needs a CPU with AVX512-BF16");
 }
 
@@ -31,11 +35,11 @@ void TrainGraph::bind(const Parameters& p) {
   const float* grads = p.grads().data();
   const bool bf16 = context_.precision() == GemmPrecision::BF16;
   if (values != bound_values_ || grads != bound_grads_) {
-    values_ = ModelWeights::view_f32(config_, values);
-    grads_ = ModelWeights::view_f32(config_, grads);
+    values_ = ModelWeights::view_f32(config_, values, p.list_offsets());
+    grads_ = ModelWeights::view_f32(config_, grads, p.list_offsets());
     if (bf16) {
       bf16_bits_.resize(p.values().size());
-      bf16_ = ModelWeights::view_f32(config_, values, bf16_bits_.data());
+      bf16_ = ModelWeights::view_f32(config_, values, p.list_offsets(), bf16_bits_.data());
     }
     bound_values_ = values;
     bound_grads_ = grads;
@@ -49,7 +53,9 @@ void TrainGraph::bind(const Parameters& p) {
 }
 
 DecoderSaved TrainGraph::take_layer(int64_t layer, ActivationSlab& slab, int64_t batch, int64_t seq) const {
-  return DecoderSaved::take(config_, values_->layers[size_t(layer)], slab, batch, seq);
+  DecoderSaved saved = DecoderSaved::take(config_, values_->layers[size_t(layer)], slab, batch, seq);
+  saved.moe.parallel.group = expert_group_;
+  return saved;
 }
 
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
@@ -139,9 +145,9 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
                 final_normed_.data(), logits_.data(), grad_data(grads_->lm_head), grad_data(grads_->norm), dx.data());
   // The tensors past the layers (final norm, untied head); a tied head's gradient lands in the
   // embedding's, which is reported last.
-  const size_t layers_begin = c.num_hidden_layers > 0 ? p.layer_range(0).first : p.grads().size();
+  const size_t layers_begin = c.num_hidden_layers > 0 ? p.layer_range(0).first : p.dense_size();
   const size_t layers_end = c.num_hidden_layers > 0 ? p.layer_range(c.num_hidden_layers - 1).second : layers_begin;
-  if (ready) ready(layers_end, p.grads().size());
+  if (ready) ready(layers_end, p.dense_size());
   const double aux_scale = aux_weight * grad_scale;
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
@@ -153,7 +159,10 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       decoder_forward(context_, c, w, l, sequences, rope_, nullptr, std::nullopt, scratch_, &saved, x_again.data());
     }
     decoder_backward(context_, c, w, grads_->layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
-    if (ready) ready(p.layer_range(l).first, p.layer_range(l).second);
+    if (ready) {
+      if (c.is_moe_layer(l)) ready(p.expert_range(l).first, p.expert_range(l).second);
+      ready(p.layer_range(l).first, p.layer_range(l).second);
+    }
   }
   embed_backward(inputs, dx.data(), hidden, grad_data(grads_->embed_tokens));
   if (ready) ready(0, layers_begin);

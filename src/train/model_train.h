@@ -27,8 +27,9 @@ struct StepLoss {
 };
 
 // Called during backward each time a range [begin, end) of the flat gradient buffer holds its
-// final value for the run: the final norm and head, then each layer from the last to the first,
-// then the embedding; together the ranges cover the buffer once. Data parallelism starts
+// final value for the run: the final norm and head, then each layer from the last to the first
+// (an MoE layer's routed experts, in the expert region, then its dense tensors), then the
+// embedding; together the ranges cover the buffer once, and none spans both regions. Data parallelism starts
 // reducing a range there, while the earlier layers' backward still runs.
 using GradientsReady = std::function<void(size_t begin, size_t end)>;
 
@@ -39,7 +40,10 @@ class TrainGraph {
   // recompute: keep only each layer's input through the forward pass and recompute the layer's
   // activations just before its backward (one layer's activations live at a time; the losses
   // and gradients are bit-identical, the forward runs twice).
-  TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false);
+  // expert_group: the routed experts are spread over its ranks (expert parallelism; the
+  // Parameters then hold this rank's share of them); null: all on this rank. Not owned.
+  TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false,
+             ExpertGroup* expert_group = nullptr);
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
   // p.grads() (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done.
@@ -61,6 +65,7 @@ class TrainGraph {
   Config config_;
   Context context_;
   bool recompute_;
+  ExpertGroup* expert_group_;
   RopeTable rope_;
   std::vector<int64_t> positions_;
   // Views of the parameters: values (f32), their bf16 copy (the forward weights in bf16 precision;

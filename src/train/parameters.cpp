@@ -10,40 +10,72 @@
 
 namespace deepmoe::train {
 
-Parameters::Parameters(const Config& config) : config_(config) {
-  size_t offset = 0;
-  layer_ranges_.assign(size_t(config.num_hidden_layers), {0, 0});
+std::vector<ParameterTensor> Parameters::layout(const Config& config, ExpertShare share) {
+  std::vector<ParameterTensor> dense, experts;
   for (const TensorInfo& info : tensor_list(config)) {
+    if (info.expert >= 0 && !share.holds(info.expert)) continue;
     ParameterTensor t;
     t.name = info.hf_name;
     t.shape = info.shape;
     t.size = size_t(info.numel());
-    t.offset = offset;
     t.trainable = info.trainable;
     t.layer = info.layer;
-    if (t.layer >= 0) {
-      auto& range = layer_ranges_[size_t(t.layer)];
-      if (range.first == range.second) range.first = offset;
-      if (range.second != 0 && range.second != offset)
-        fail("{}: layer {}'s tensors are not contiguous in the tensor list", t.name, t.layer);
-      range.second = offset + t.size;
-    }
-    offset += t.size;
-    index_[t.name] = tensors_.size();
-    tensors_.push_back(std::move(t));
+    t.expert = info.expert;
+    (info.expert >= 0 ? experts : dense).push_back(std::move(t));
   }
-  values_.assign(offset, 0.0f);
-  grads_.assign(offset, 0.0f);
+  size_t offset = 0;
+  for (auto* region : {&dense, &experts})
+    for (ParameterTensor& t : *region) {
+      t.offset = offset;
+      offset += t.size;
+    }
+  dense.insert(dense.end(), std::make_move_iterator(experts.begin()), std::make_move_iterator(experts.end()));
+  return dense;
 }
 
-Parameters Parameters::load(const std::string& model_dir) {
+Parameters::Parameters(const Config& config, ExpertShare share)
+    : config_(config), share_(share), tensors_(layout(config, share)) {
+  const size_t n_layers = size_t(config.num_hidden_layers);
+  layer_ranges_.assign(n_layers, {0, 0});
+  expert_ranges_.assign(n_layers, {0, 0});
+  size_t total = 0;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const ParameterTensor& t = tensors_[i];
+    index_[t.name] = i;
+    total = t.offset + t.size;
+    if (t.expert < 0) dense_size_ = total;
+    if (t.layer < 0) continue;
+    auto& range = (t.expert >= 0 ? expert_ranges_ : layer_ranges_)[size_t(t.layer)];
+    if (range.first == range.second) range.first = t.offset;
+    if (range.second != 0 && range.second != t.offset)
+      fail("{}: layer {}'s tensors are not contiguous in the tensor list", t.name, t.layer);
+    range.second = t.offset + t.size;
+  }
+  // A dense layer's empty expert range sits where the experts region begins.
+  for (auto& range : expert_ranges_)
+    if (range.first == range.second) range = {dense_size_, dense_size_};
+  for (const TensorInfo& info : tensor_list(config)) {
+    const ParameterTensor* t = find(info.hf_name);
+    list_offsets_.push_back(t ? int64_t(t->offset) : -1);
+  }
+  values_.assign(total, 0.0f);
+  grads_.assign(total, 0.0f);
+}
+
+Parameters Parameters::with_experts(ExpertShare share) const {
+  Parameters p(config_, share);
+  p.config_text_ = config_text_;
+  return p;
+}
+
+Parameters Parameters::load(const std::string& model_dir, ExpertShare share) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
   const Config config = load_config(config_path);
   const CheckpointReader reader(model_dir);
   if (const auto missing = first_missing_tensor(config, int64_t(reader.tensors().size()),
                                                 [&](const TensorInfo& t) { return reader.find(t.hf_name) != nullptr; }))
     fail("{}: missing tensor {}", model_dir, missing->hf_name);
-  Parameters p(config);
+  Parameters p(config, share);
   p.config_text_ = read_text_file(config_path);
   for (const ParameterTensor& t : p.tensors_) {
     const TensorView* view = reader.find(t.name);

@@ -25,6 +25,15 @@ void check_options(const TrainerOptions& o, int ranks) {
   if (o.batch * o.grad_accum % ranks != 0)
     fail("--batch {} x --grad-accum {} = {} windows a step cannot be split evenly over {} ranks", o.batch, o.grad_accum,
          o.batch * o.grad_accum, ranks);
+  if (o.expert_parallel < 1 || ranks % o.expert_parallel != 0)
+    fail("--expert-parallel {} must divide the {} ranks", o.expert_parallel, ranks);
+  if (o.expert_parallel == 1) return;
+  if (!o.dump_grads_dir.empty())
+    fail("--dump-grads needs every expert on every rank: run it without --expert-parallel");
+  const Config c =
+      load_config(o.config_path.empty() ? (std::filesystem::path(o.init_dir) / "config.json").string() : o.config_path);
+  if (c.n_routed_experts == 0 || c.n_routed_experts % o.expert_parallel != 0)
+    fail("--expert-parallel {} must divide the model's {} routed experts", o.expert_parallel, c.n_routed_experts);
 }
 
 namespace {
@@ -56,6 +65,20 @@ std::string prepare_model_dir(const TrainerOptions& o, const dist::Communicator&
   return model_dir;
 }
 
+// The routed experts this rank holds: block `block` of E (check_options made sure E divides them).
+ExpertShare expert_share_of(const std::string& model_dir, int expert_parallel, int block) {
+  if (expert_parallel == 1) return {};
+  const Config c = load_config((std::filesystem::path(model_dir) / "config.json").string());
+  const int64_t per_rank = c.n_routed_experts / expert_parallel;
+  return {block * per_rank, per_rank};
+}
+
+// The starting weights this rank holds (block `block` of the experts under expert parallelism).
+Parameters load_parameters(const TrainerOptions& o, const dist::Communicator& world, int block) {
+  const std::string model_dir = prepare_model_dir(o, world);
+  return Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
+}
+
 GemmPrecision usable_precision(GemmPrecision asked) {
   return asked == GemmPrecision::BF16 && !cpu_has_bf16_gemm() ? GemmPrecision::F32 : asked;
 }
@@ -78,7 +101,9 @@ nlohmann::json metrics_line(const StepReport& r) {
     load_stats.push_back({{"max_over_mean", s.max_over_mean}, {"cv", s.cv}});
   line["expert_load"] = load_stats;
   if (r.val_loss) line["val_loss"] = *r.val_loss;
-  line["comm_bytes"] = {{"reduce_scatter", r.comm_bytes.reduce_scatter}, {"all_gather", r.comm_bytes.all_gather}};
+  line["comm_bytes"] = {{"reduce_scatter", r.comm_bytes.reduce_scatter},
+                        {"all_gather", r.comm_bytes.all_gather},
+                        {"all_to_all", r.comm_bytes.all_to_all}};
   line["comm_wait_s"] = r.comm_wait_s;
   return line;
 }
@@ -105,27 +130,32 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
     : solo_(dist::Communicator::solo()),
       world_(world ? *world : solo_),
       options_(checked(std::move(options), world_.size())),
-      p_(Parameters::load(prepare_model_dir(options_, world_))),
+      expert_group_(world_.split(world_.rank() / options_.expert_parallel, world_.rank())),
+      expert_replicas_(world_.split(world_.rank() % options_.expert_parallel, world_.rank())),
+      expert_exchange_(expert_group_),
+      p_(load_parameters(options_, world_, expert_group_.rank())),
       data_(options_.data_path, options_.seq, options_.order, options_.seed),
       val_(options_.val_data_path.empty()
                ? nullptr
                : std::make_unique<TokenWindows>(options_.val_data_path, options_.seq, WindowOrder::Sequential, 0)),
-      data_parallel_(world_, p_.values().size(), options_.grad_compression),
+      dense_parallel_(world_, p_.dense_size(), options_.grad_compression),
+      expert_parallel_(expert_replicas_, p_.values().size() - p_.dense_size(), options_.grad_compression),
       local_batch_(local_batch_of(options_, world_.size())),
       local_accum_(options_.batch * options_.grad_accum / world_.size() / local_batch_),
-      optimizer_(p_, options_.optimizer, data_parallel_.shard()),
+      dense_optimizer_(p_, options_.optimizer, dense_parallel_.shard()),
+      expert_optimizer_(
+          p_, options_.optimizer,
+          {p_.dense_size() + expert_parallel_.shard().begin, p_.dense_size() + expert_parallel_.shard().end}),
       precision_(usable_precision(options_.precision)),
-      graph_(p_.config(), options_.threads, precision_, options_.recompute) {
+      graph_(p_.config(), options_.threads, precision_, options_.recompute,
+             options_.expert_parallel > 1 ? &expert_exchange_ : nullptr) {
   if (!options_.resume) return;
-  if (world_.size() == 1) {
-    resumed_ = resume_newest_good(options_.out_dir, p_, optimizer_);
-  } else {
-    // Checkpoints hold the whole optimizer state (any number of ranks can resume them): each
-    // rank reads it all and keeps its shard.
-    Optimizer whole(p_, options_.optimizer);
-    resumed_ = resume_newest_good(options_.out_dir, p_, whole);
-    optimizer_.copy_shard_from(whole);
-  }
+  // Checkpoints hold the whole model and optimizer state (any number of ranks and any expert
+  // parallelism can resume them): each rank reads what it holds, by name, and keeps its shards.
+  Optimizer whole(p_, options_.optimizer);
+  resumed_ = resume_newest_good(options_.out_dir, p_, whole);
+  dense_optimizer_.copy_shard_from(whole);
+  expert_optimizer_.copy_shard_from(whole);
   const nlohmann::json run = run_settings(options_);
   const nlohmann::json made_with = resumed_->state.value("run", nlohmann::json());
   if (made_with != run)
@@ -140,10 +170,15 @@ double Trainer::validation_loss() {
   // ranks in turn. Each batch's loss sits at its own place, so the sum over ranks adds zeros
   // and the mean is the one a single process computes, bit for bit.
   const int64_t batches = std::clamp<int64_t>((val_->tokens() - 1) / (options_.seq * options_.batch), 1, 32);
+  // Under expert parallelism every rank of an expert group runs the same number of forward
+  // passes (each is collective over the group): a rank out of batches repeats one and drops it.
   std::vector<double> losses(size_t(batches), 0.0);
-  for (int64_t b = world_.rank(); b < batches; b += world_.size()) {
-    val_->batch(b, options_.batch, inputs_, targets_);
-    losses[size_t(b)] = graph_.run(p_, inputs_, targets_, options_.batch, options_.seq, 0.0, false).cross_entropy;
+  const int64_t passes =
+      options_.expert_parallel > 1 ? (batches + world_.size() - 1) / world_.size() * world_.size() : batches;
+  for (int64_t b = world_.rank(); b < passes; b += world_.size()) {
+    val_->batch(b % batches, options_.batch, inputs_, targets_);
+    const double loss = graph_.run(p_, inputs_, targets_, options_.batch, options_.seq, 0.0, false).cross_entropy;
+    if (b < batches) losses[size_t(b)] = loss;
   }
   world_.allreduce_sum(losses);
   double total = 0;
@@ -151,7 +186,7 @@ double Trainer::validation_loss() {
   return total / double(batches);
 }
 
-std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, ExpertLoads& loads) {
+Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, ExpertLoads& loads) {
   const TrainerOptions& o = options_;
   // This rank's windows: a contiguous share of the step's batch × grad_accum, in rank order.
   const int64_t first_window = step * o.batch * o.grad_accum + world_.rank() * local_batch_ * local_accum_;
@@ -161,8 +196,14 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
   // The last micro-batch finishes the gradients: its backward starts their reduction, or without
   // overlap notes the ranges for after it.
   ready_ranges_.clear();
+  const size_t split = p_.dense_size();
+  const std::span<float> all(p_.grads());
+  const auto reduce_range = [&](size_t begin, size_t end) {
+    if (begin >= split) expert_parallel_.reduce_range(all.subspan(split), begin - split, end - split);
+    else dense_parallel_.reduce_range(all.first(split), begin, end);
+  };
   const GradientsReady reduce = [&](size_t begin, size_t end) {
-    if (o.comm_overlap) data_parallel_.reduce_range(p_.grads(), begin, end);
+    if (o.comm_overlap) reduce_range(begin, end);
     else ready_ranges_.emplace_back(begin, end);
   };
   double losses[2] = {0, 0};  // loss, cross-entropy
@@ -178,9 +219,12 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
       for (size_t i = 0; i < r.expert_counts[l].size(); ++i) loads[l][i] += r.expert_counts[l][i];
     }
   }
-  for (const auto& [begin, end] : ready_ranges_) data_parallel_.reduce_range(p_.grads(), begin, end);
-  std::span<float> grads;
-  timed(report.comm_wait_s, [&] { grads = data_parallel_.finish(p_.grads()); });
+  for (const auto& [begin, end] : ready_ranges_) reduce_range(begin, end);
+  ShardGrads grads;
+  timed(report.comm_wait_s, [&] {
+    grads.dense = dense_parallel_.finish(all.first(split));
+    grads.experts = expert_parallel_.finish(all.subspan(split));
+  });
   timed(report.comm_wait_s, [&] { world_.allreduce_sum(losses); });
   report.loss = losses[0];
   report.cross_entropy = losses[1];
@@ -195,34 +239,93 @@ std::span<float> Trainer::forward_backward(int64_t step, StepReport& report, Exp
   return grads;
 }
 
-void Trainer::dump_gradients(std::span<float> grads) {
+void Trainer::dump_gradients(ShardGrads grads) {
   // The summed gradients are sharded over the ranks: gathered whole into the gradient buffer
-  // (recomputed from zero next step anyway) for rank 0 to write.
+  // (recomputed from zero next step anyway) for rank 0 to write. check_options keeps expert
+  // parallelism out, so every rank holds every expert.
+  const size_t split = p_.dense_size();
+  const std::span<float> all(p_.grads());
   if (world_.size() > 1) {
-    std::copy(grads.begin(), grads.end(), p_.grads().begin() + ptrdiff_t(data_parallel_.shard().begin));
-    data_parallel_.all_gather(p_.grads());
+    std::copy(grads.dense.begin(), grads.dense.end(), all.begin() + ptrdiff_t(dense_shard().begin));
+    std::copy(grads.experts.begin(), grads.experts.end(), all.begin() + ptrdiff_t(expert_shard().begin));
+    dense_parallel_.all_gather(all.first(split));
+    expert_parallel_.all_gather(all.subspan(split));
   }
   if (world_.is_root()) p_.save(options_.dump_grads_dir, Parameters::Which::Grads);
 }
 
-void Trainer::save(int64_t step) {
-  const nlohmann::json state = {
-      {"step", step}, {"optimizer_steps", optimizer_.steps_taken()}, {"run", run_settings(options_)}};
-  if (world_.size() == 1) {
-    save_checkpoint(options_.out_dir, step, p_, optimizer_, state, options_.keep_last);
+void Trainer::gather_whole(std::span<const float> dense, std::span<const float> experts, const Parameters* whole_layout,
+                           std::span<float> whole) {
+  const size_t split = p_.dense_size();
+  const bool root = world_.is_root();
+  dense_parallel_.gather_to_root(dense, root ? whole.first(split) : std::span<float>());
+  const int blocks = options_.expert_parallel;
+  if (blocks == 1) {  // the replicas are the world, and the expert region is laid out as rank 0's
+    expert_parallel_.gather_to_root(experts, root ? whole.subspan(split) : std::span<float>());
     return;
   }
-  // The whole optimizer state gathered on rank 0, in the format one process writes, so any
-  // number of ranks can resume it. (Each rank writing its own shard is for a later change.)
+  // Each block's region onto the first rank holding it (world rank = block, the replicas' rank
+  // 0), then the blocks onto rank 0, each tensor put where the whole layout has it.
+  const size_t region = p_.values().size() - split;
+  std::vector<float> mine(expert_replicas_.is_root() ? region : 0);
+  expert_parallel_.gather_to_root(experts, mine);
+  std::vector<float> all_blocks(root ? region * size_t(blocks) : 0), piece;
+  for (const auto& [b, e] : dist::segments(0, region)) {
+    std::vector<int> counts(size_t(world_.size()), 0);
+    for (int r = 0; r < blocks; ++r) counts[size_t(r)] = int(e - b);
+    piece.resize(root ? (e - b) * size_t(blocks) : 0);
+    world_.gatherv(world_.rank() < blocks ? std::span<const float>(mine).subspan(b, e - b) : std::span<const float>(),
+                   piece, counts, 0);
+    for (int r = 0; r < blocks && root; ++r)
+      std::copy(piece.begin() + ptrdiff_t(size_t(r) * (e - b)), piece.begin() + ptrdiff_t(size_t(r + 1) * (e - b)),
+                all_blocks.begin() + ptrdiff_t(size_t(r) * region + b));
+  }
+  if (!root) return;
+  const int64_t per_block = p_.expert_share().count;
+  for (int r = 0; r < blocks; ++r)
+    for (const ParameterTensor& t : Parameters::layout(p_.config(), {r * per_block, per_block})) {
+      if (t.expert < 0) continue;
+      const float* from = all_blocks.data() + size_t(r) * region + (t.offset - split);
+      std::copy(from, from + t.size, whole.begin() + ptrdiff_t(whole_layout->find(t.name)->offset));
+    }
+}
+
+std::optional<Parameters> Trainer::whole_model() {
+  if (p_.expert_share().count < 0) return std::nullopt;
+  std::optional<Parameters> whole;
+  if (world_.is_root()) whole.emplace(p_.with_experts({}));
+  const std::span<const float> values(p_.values());
+  gather_whole(values.subspan(dense_shard().begin, dense_shard().size()),
+               values.subspan(expert_shard().begin, expert_shard().size()), whole ? &*whole : nullptr,
+               whole ? std::span<float>(whole->values()) : std::span<float>());
+  return whole;
+}
+
+void Trainer::save(int64_t step) {
+  const nlohmann::json state = {
+      {"step", step}, {"optimizer_steps", dense_optimizer_.steps_taken()}, {"run", run_settings(options_)}};
+  // The whole model and optimizer state gathered on rank 0, in the format one process writes, so
+  // any number of ranks can resume it. (Each rank writing its own shard is for a later change.)
+  const std::optional<Parameters> assembled = whole_model();
+  const Parameters& model = assembled ? *assembled : p_;
   std::optional<Optimizer> whole;
-  if (world_.is_root()) whole.emplace(p_, options_.optimizer);
-  const std::span<float> none;
-  data_parallel_.gather_to_root(optimizer_.first_moment(), whole ? std::span<float>(whole->first_moment()) : none);
-  if (!optimizer_.second_moment().empty())
-    data_parallel_.gather_to_root(optimizer_.second_moment(), whole ? std::span<float>(whole->second_moment()) : none);
+  if (world_.is_root()) whole.emplace(model, options_.optimizer);
+  gather_whole(dense_optimizer_.first_moment(), expert_optimizer_.first_moment(), &model,
+               whole ? std::span<float>(whole->first_moment()) : std::span<float>());
+  if (!dense_optimizer_.second_moment().empty())
+    gather_whole(dense_optimizer_.second_moment(), expert_optimizer_.second_moment(), &model,
+                 whole ? std::span<float>(whole->second_moment()) : std::span<float>());
   if (!whole) return;
-  whole->set_steps_taken(optimizer_.steps_taken());
-  save_checkpoint(options_.out_dir, step, p_, *whole, state, options_.keep_last);
+  whole->set_steps_taken(dense_optimizer_.steps_taken());
+  save_checkpoint(options_.out_dir, step, model, *whole, state, options_.keep_last);
+}
+
+size_t Trainer::state_bytes() const {
+  const size_t floats = p_.values().size() + p_.grads().size() + dense_optimizer_.first_moment().size() +
+                        dense_optimizer_.second_moment().size() + expert_optimizer_.first_moment().size() +
+                        expert_optimizer_.second_moment().size() + dense_parallel_.buffer_floats() +
+                        expert_parallel_.buffer_floats();
+  return floats * sizeof(float);
 }
 
 TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step) {
@@ -251,28 +354,40 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
   TrainSummary summary;
   const auto start = std::chrono::steady_clock::now();
   ThreadPool& pool = graph_.context().pool();
-  const dist::Shard shard = data_parallel_.shard();
   for (int64_t step = first_step_; step < o.steps; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
     p_.zero_grads(pool);
     StepReport report;
     report.step = step;
     ExpertLoads loads;
-    const std::span<float> grads = forward_backward(step, report, loads);
+    const ShardGrads grads = forward_backward(step, report, loads);
     if (!std::isfinite(report.loss))
       fail("step {}: the loss is {} (diverged; try a lower --lr or --clip)", step, report.loss);
     if (step == 0 && !o.dump_grads_dir.empty()) dump_gradients(grads);
-    double squares[1] = {squared_gradient_norm(pool, p_, shard, grads)};
+    // Every element has one owner in the world (the expert blocks partition the experts), so the
+    // sum over the ranks of their shards' squares is the global norm.
+    double squares[1] = {squared_gradient_norm(pool, p_, dense_shard(), grads.dense) +
+                         squared_gradient_norm(pool, p_, expert_shard(), grads.experts)};
     timed(report.comm_wait_s, [&] { world_.allreduce_sum(squares); });
     report.grad_norm = std::sqrt(squares[0]);
-    scale_gradients(pool, p_, shard, grads, clip_coefficient(report.grad_norm, o.clip));
+    const double clip = clip_coefficient(report.grad_norm, o.clip);
+    scale_gradients(pool, p_, dense_shard(), grads.dense, clip);
+    scale_gradients(pool, p_, expert_shard(), grads.experts, clip);
     report.lr = learning_rate(schedule, step);
-    optimizer_.step(pool, p_, grads, report.lr);
-    timed(report.comm_wait_s, [&] { data_parallel_.all_gather(p_.values()); });
+    dense_optimizer_.step(pool, p_, grads.dense, report.lr);
+    expert_optimizer_.step(pool, p_, grads.experts, report.lr);
+    timed(report.comm_wait_s, [&] {
+      const std::span<float> values(p_.values());
+      dense_parallel_.all_gather(values.first(p_.dense_size()));
+      expert_parallel_.all_gather(values.subspan(p_.dense_size()));
+    });
     if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
 
     report.tokens_per_second = double(o.batch * o.seq * o.grad_accum) / seconds_since(step_start);
-    report.comm_bytes = data_parallel_.take_bytes();
+    report.comm_bytes = dense_parallel_.take_bytes();
+    report.comm_bytes += expert_parallel_.take_bytes();
+    report.comm_bytes.all_to_all = expert_exchange_.take_bytes();
+    report.comm_wait_s += expert_exchange_.take_seconds();
     for (const auto& load : loads) report.expert_load.push_back(expert_load_stats(load));
     if (val_ && o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
       report.val_loss = validation_loss();
@@ -286,8 +401,9 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     if (on_step) on_step(report);
     if (o.save_every > 0 && ((step + 1) % o.save_every == 0 || step + 1 == o.steps)) save(step + 1);
   }
+  const std::optional<Parameters> assembled = whole_model();
   if (world_.is_root()) {
-    p_.save(o.out_dir);
+    (assembled ? *assembled : p_).save(o.out_dir);
     write_plots(o.out_dir);
   }
   summary.seconds = seconds_since(start);

@@ -8,6 +8,12 @@
 // rank, the gradients are summed by reduce-scatter into each rank's shard of the optimizer
 // state, and the loss, gradient norm, expert loads and validation loss are summed over the ranks
 // so that every rank takes the same decisions. Rank 0 alone writes files.
+//
+// With expert parallelism (expert_parallel E > 1), consecutive groups of E ranks split each MoE
+// layer's routed experts between them (rank r holds block r mod E), and tokens travel to their
+// experts' ranks and back (ExpertExchange); the dense region of the parameters is reduced over all
+// ranks and the expert region over the ranks holding the same block. Checkpoints and the final
+// model are whole (every expert, gathered on rank 0), so any world size and any E resume them.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -23,6 +29,7 @@
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
 #include "train/expert_balance.h"
+#include "train/expert_exchange.h"
 #include "train/model_train.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
@@ -58,11 +65,15 @@ struct TrainerOptions {
   // after the whole backward (false: the same ranges in the same order, so the same sums; for
   // measuring what the overlap buys).
   bool comm_overlap = true;
+  // Ranks that split the routed experts between them (1: every rank holds all of them). Divides
+  // the number of ranks and of routed experts.
+  int expert_parallel = 1;
   int threads = 1;
 };
 
 // Throws Error when the options make no sense for `ranks` data-parallel ranks (the messages name
-// the CLI's flags). Every rank finds the same, before any communication.
+// the CLI's flags; with expert parallelism it reads the model's config.json). Every rank finds
+// the same, before any communication.
 void check_options(const TrainerOptions& options, int ranks);
 
 // One optimizer step, as the caller may print it (metrics.jsonl holds the same numbers).
@@ -74,7 +85,8 @@ struct StepReport {
   double seconds_left = 0;                   // this run's mean step time × the steps to go
   CommBytes comm_bytes;                      // what left this rank during the step (0 on one rank)
   // Seconds the step spent blocked on communication: waiting for the gradients' reductions, the
-  // weights' all-gather, and the allreduces of loss, expert loads and gradient norm.
+  // weights' all-gather, the allreduces of loss, expert loads and gradient norm, and expert
+  // parallelism's all-to-alls.
   double comm_wait_s = 0;
 };
 
@@ -115,26 +127,48 @@ class Trainer {
   // This rank's share of a step: micro-batches of local_batch() windows, local_accum() of them.
   int64_t local_batch() const { return local_batch_; }
   int64_t local_accum() const { return local_accum_; }
-  const dist::Shard& optimizer_shard() const { return optimizer_.shard(); }
+  // This rank's shards of the dense and the expert region (flat-buffer offsets).
+  const dist::Shard& dense_shard() const { return dense_optimizer_.shard(); }
+  const dist::Shard& expert_shard() const { return expert_optimizer_.shard(); }
+  // Bytes this rank holds for the parameters: values, gradients, its optimizer shards and the
+  // data-parallel buffers (activations apart).
+  size_t state_bytes() const;
 
  private:
+  // This rank's shards of the step's summed gradients.
+  struct ShardGrads {
+    std::span<float> dense, experts;
+  };
   double validation_loss();
   // The step's micro-batches on this rank, summed over the ranks into report's loss and
-  // cross-entropy and into loads; leaves this rank's shard of the summed gradients in the return.
-  std::span<float> forward_backward(int64_t step, StepReport& report, ExpertLoads& loads);
-  void save(int64_t step);                      // a checkpoint of `step` optimizer steps, written by rank 0
-  void dump_gradients(std::span<float> grads);  // --dump-grads: the step's summed, unclipped gradients
+  // cross-entropy and into loads; leaves this rank's shards of the summed gradients in the return.
+  ShardGrads forward_backward(int64_t step, StepReport& report, ExpertLoads& loads);
+  void save(int64_t step);                // a checkpoint of `step` optimizer steps, written by rank 0
+  void dump_gradients(ShardGrads grads);  // --dump-grads: the step's summed, unclipped gradients
+  // Collective: the model with every expert on rank 0 (nullopt when p_ holds them all already,
+  // and on the other ranks).
+  std::optional<Parameters> whole_model();
+  // Collective: a buffer sharded like the parameters (this rank's dense and expert shards) into
+  // `whole` on rank 0, laid out as `whole_layout` (rank 0's model with every expert; both are
+  // ignored elsewhere).
+  void gather_whole(std::span<const float> dense, std::span<const float> experts, const Parameters* whole_layout,
+                    std::span<float> whole);
   Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
 
   dist::Communicator solo_;  // the world of a Trainer made without one
   const dist::Communicator& world_;
   TrainerOptions options_;
+  // Expert parallelism: the ranks that together hold every expert, and the ranks holding the same
+  // experts as this one (its expert gradients are reduced over these). One rank and the world
+  // when options_.expert_parallel is 1.
+  dist::Communicator expert_group_, expert_replicas_;
+  ExpertExchange expert_exchange_;
   Parameters p_;
   TokenWindows data_;
   std::unique_ptr<TokenWindows> val_;
-  DataParallel data_parallel_;
+  DataParallel dense_parallel_, expert_parallel_;  // over world_ and expert_replicas_
   int64_t local_batch_ = 0, local_accum_ = 0;
-  Optimizer optimizer_;  // this rank's shard
+  Optimizer dense_optimizer_, expert_optimizer_;  // this rank's shards
   std::optional<ResumedCheckpoint> resumed_;
   int64_t first_step_ = 0;
   GemmPrecision precision_;

@@ -16,7 +16,14 @@
 #   - --comm-overlap off (the reductions after the whole backward): bit-identical to on for 10 steps;
 #   - a rank killed (kill -9) after the first checkpoint: the job ends within 60 s, non-zero, with one
 #     line from rank 0, and --resume ends bit for bit where the uninterrupted run ends;
-#   - a batch that does not split over the ranks is refused with one line.
+#   - expert parallel (--expert-parallel 2: each rank of a pair holds 8 of the 16 experts, tokens go to
+#     their experts' ranks and back): -np 2, -np 4 --oversubscribe (two pairs, the experts' gradients
+#     reduced over the pair members holding the same experts) and -np 2 over TCP within the same limits of
+#     one process; the world layout names each rank's experts; a 2-rank expert-parallel run resumed from
+#     step 20 is bit-identical, and its checkpoint resumed by 4 ranks with --expert-parallel 4 and by one
+#     process ends within the limits of one process's run;
+#   - a batch that does not split over the ranks, and an --expert-parallel that does not divide the ranks
+#     or the experts, are refused with one line.
 # Prints "N passed, M failed".
 set -u
 deepmoe=$1
@@ -67,6 +74,20 @@ grep -q "^world: 2 ranks x 1 thread" np2.txt && [ "$(grep -c "^world:" np2.txt)"
   [ "$(grep -c "^step " np2.txt)" -eq 30 ] && ok "the world layout printed once, steps by rank 0 alone" ||
   bad "world layout ($(head -c 300 np2.txt))"
 
+# Expert parallel: the same run with the routed experts split over pairs of ranks.
+for run in "ep2:-np 2" "ep4:-np 4 --oversubscribe" "ep2tcp:-np 2 --mca btl tcp,self"; do
+  name=${run%%:*} args=${run#*:}
+  # shellcheck disable=SC2086
+  if mpirun $args "$deepmoe" train "${common[@]}" --steps 30 --expert-parallel 2 --out "$name" >"$name.txt" 2>&1 &&
+    compare "$name" solo >"$name.compare.txt" 2>&1; then
+    ok "mpirun $args --expert-parallel 2 matches one process: $(cat "$name.compare.txt")"
+  else
+    bad "mpirun $args --expert-parallel 2 ($(tail -c 400 "$name.txt"); $(cat "$name.compare.txt" 2>/dev/null))"
+  fi
+done
+grep -q "^  rank 0 (.*): experts 0-7, " ep4.txt && grep -q "^  rank 3 (.*): experts 8-15, " ep4.txt &&
+  ok "the world layout names each rank's experts: $(grep "^  rank 3" ep4.txt)" || bad "expert layout ($(head -c 600 ep4.txt))"
+
 # Stopped after step 20 (its checkpoint), resumed to 30: the uninterrupted run's bytes.
 mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --save-every 10 --out part >part.txt 2>&1 &&
   cp -r part cross &&
@@ -85,6 +106,32 @@ PY
 "$deepmoe" train "${common[@]}" --steps 30 --resume --out cross >cross.txt 2>&1 && compare cross solo >cross.compare.txt &&
   ok "one process resumes a 2-rank checkpoint: $(cat cross.compare.txt)" ||
   bad "cross-size resume ($(tail -c 300 cross.txt); $(cat cross.compare.txt 2>/dev/null))"
+
+# The same at 2 expert-parallel ranks; then its checkpoint resumed by 4 ranks with 4 experts' blocks,
+# and by one process.
+same_run() {  # metrics A B: every step's numbers bit for bit
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+keys = ("step", "loss", "cross_entropy", "grad_norm", "lr", "expert_load", "val_loss")
+sys.exit(0 if [[r.get(k) for k in keys] for r in runs[0]] == [[r.get(k) for k in keys] for r in runs[1]] else 1)
+PY
+}
+mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --save-every 10 --expert-parallel 2 --out ep-part \
+  >ep-part.txt 2>&1 && cp -r ep-part ep-cross4 && cp -r ep-part ep-cross1 &&
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 10 --expert-parallel 2 --resume \
+    --out ep-part >ep-resume.txt 2>&1 &&
+  grep -q "resuming from .*step-20" ep-resume.txt && cmp -s ep-part/model.safetensors ep2/model.safetensors &&
+  same_run ep-part/metrics.jsonl ep2/metrics.jsonl && ok "a resumed 2-rank expert-parallel run is bit-identical" ||
+  bad "expert-parallel resume ($(tail -c 300 ep-resume.txt))"
+mpirun -np 4 --oversubscribe "$deepmoe" train "${common[@]}" --steps 30 --expert-parallel 4 --resume --out ep-cross4 \
+  >ep-cross4.txt 2>&1 && compare ep-cross4 solo >ep-cross4.compare.txt &&
+  ok "4 ranks with --expert-parallel 4 resume a 2-rank --expert-parallel 2 checkpoint: $(cat ep-cross4.compare.txt)" ||
+  bad "expert-parallel cross resume ($(tail -c 300 ep-cross4.txt); $(cat ep-cross4.compare.txt 2>/dev/null))"
+"$deepmoe" train "${common[@]}" --steps 30 --resume --out ep-cross1 >ep-cross1.txt 2>&1 &&
+  compare ep-cross1 solo >ep-cross1.compare.txt &&
+  ok "one process resumes a 2-rank expert-parallel checkpoint: $(cat ep-cross1.compare.txt)" ||
+  bad "expert-parallel checkpoint in one process ($(tail -c 300 ep-cross1.txt))"
 
 # Compressed gradients against the uncompressed 2-rank run's first 20 steps (a constant lr: the same steps).
 for kind in bf16 int8; do
@@ -135,7 +182,7 @@ rc=$?
 took=$(($(date +%s) - killed_at))
 [ -n "$victim" ] && [ $rc -ne 0 ] && [ $took -le 60 ] &&
   grep -q "^deepmoe: error: rank 0 of 2: mpirun ended the job" killed.txt &&
-  [ "$(grep -vc -e "^step " -e "^world: " killed.txt)" -eq 1 ] &&
+  [ "$(grep -vc -e "^step " -e "^world: " -e "^  rank " killed.txt)" -eq 1 ] &&
   ok "a rank killed with -9 ends the job in ${took} s (exit $rc): $(grep "^deepmoe: error" killed.txt)" ||
   bad "killed rank (victim '$victim', exit $rc after ${took} s: $(tail -c 400 killed.txt))"
 mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 5 --resume --out killed >killed.resume.txt 2>&1 &&
@@ -156,6 +203,17 @@ rc=$?
 [ $rc -ne 0 ] && [ "$(grep -c "^deepmoe: error: .*cannot be split evenly over 4 ranks" uneven.txt)" -eq 1 ] &&
   ok "an uneven batch is refused with one line" ||
   bad "uneven batch (exit $rc: $(head -c 300 uneven.txt))"
+
+# --expert-parallel must divide the ranks (3 does not divide 2) and the experts (3 does not divide 16).
+for run in "2:3:divide the 2 ranks" "3:3:divide the model's 16 routed experts"; do
+  IFS=: read -r ranks ep why <<<"$run"
+  mpirun -np "$ranks" --oversubscribe "$deepmoe" train "${common[@]}" --steps 1 --expert-parallel "$ep" \
+    --out "bad-ep$ranks" >"bad-ep$ranks.txt" 2>&1
+  rc=$?
+  [ $rc -ne 0 ] && [ "$(grep -c "^deepmoe: error: .*--expert-parallel $ep must $why" "bad-ep$ranks.txt")" -eq 1 ] &&
+    ok "--expert-parallel $ep on $ranks ranks is refused with one line" ||
+    bad "--expert-parallel $ep on $ranks ranks (exit $rc: $(head -c 300 "bad-ep$ranks.txt"))"
+done
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

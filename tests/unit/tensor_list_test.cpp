@@ -180,7 +180,7 @@ TEST(TensorList, V2LiteCountsAreThePublishedTotals) {
 
 // Every field of the view, written out by hand, at train::Parameters' offset for its name.
 void expect_view_at_parameter_offsets(const Config& c, const train::Parameters& p, const std::vector<float>& buffer) {
-  const auto view = ModelWeights::view_f32(c, buffer.data());
+  const auto view = ModelWeights::view_f32(c, buffer.data(), p.list_offsets());
   const float* base = buffer.data();
   auto at = [&](const std::string& name) -> const float* {
     const train::ParameterTensor* t = p.find(name);
@@ -237,8 +237,16 @@ void expect_view_at_parameter_offsets(const Config& c, const train::Parameters& 
     const bool has_bias = c.topk_method == TopkMethod::NoauxTc;
     EXPECT_EQ(moe.e_score_correction_bias, has_bias ? at(prefix + "mlp.gate.e_score_correction_bias") : nullptr);
     ASSERT_EQ(int64_t(moe.experts.size()), c.n_routed_experts);
-    for (int64_t e = 0; e < c.n_routed_experts; ++e)
-      expect_mlp(moe.experts[size_t(e)], prefix + "mlp.experts." + std::to_string(e) + ".");
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      const MlpWeights& expert = moe.experts[size_t(e)];
+      if (p.expert_share().holds(e)) {
+        expect_mlp(expert, prefix + "mlp.experts." + std::to_string(e) + ".");
+      } else {  // another rank's: not bound
+        EXPECT_EQ(expert.gate_proj.data, nullptr);
+        EXPECT_EQ(expert.up_proj.data, nullptr);
+        EXPECT_EQ(expert.down_proj.data, nullptr);
+      }
+    }
     ASSERT_EQ(moe.has_shared_experts, c.n_shared_experts > 0);
     if (moe.has_shared_experts) expect_mlp(moe.shared_experts, prefix + "mlp.shared_experts.");
   }
@@ -249,8 +257,10 @@ void expect_view_at_parameter_offsets(const Config& c, const train::Parameters& 
   } else {
     expect_matrix(view->lm_head, "lm_head.weight");
   }
-  // The view and the parameters cover the same floats.
-  EXPECT_EQ(size_t(view->parameter_count()), buffer.size());
+  // The view and the parameters cover the same floats (parameter_count is the whole model's).
+  if (p.expert_share().count < 0) {
+    EXPECT_EQ(size_t(view->parameter_count()), buffer.size());
+  }
 }
 
 TEST(TensorList, F32ViewLandsAtTrainingParameterOffsetsForValuesAndGradients) {
@@ -261,7 +271,45 @@ TEST(TensorList, F32ViewLandsAtTrainingParameterOffsetsForValuesAndGradients) {
     const train::Parameters p(c);
     expect_view_at_parameter_offsets(c, p, p.values());
     expect_view_at_parameter_offsets(c, p, p.grads());
+    // An expert-parallel rank's share: the held experts where its parameters put them, no others.
+    const train::Parameters share(c, {1, 1});
+    expect_view_at_parameter_offsets(c, share, share.values());
   }
+}
+
+// Expert parallelism's layout: the dense region first, the same on every rank and in the whole
+// model; then the held experts, each MoE layer's together; a share holds exactly its experts.
+TEST(TensorList, ParametersPutTheDenseRegionFirstAndHoldTheirShareOfExperts) {
+  const Config c = config_of(kLoraConfig);  // 4 routed experts, MoE layers 1 and 2
+  const train::Parameters whole(c), share(c, {2, 2});
+  EXPECT_EQ(share.dense_size(), whole.dense_size());
+  int64_t expert_floats = 0, held_floats = 0;
+  for (const TensorInfo& info : tensor_list(c)) {
+    const train::ParameterTensor* w = whole.find(info.hf_name);
+    const train::ParameterTensor* s = share.find(info.hf_name);
+    ASSERT_NE(w, nullptr) << info.hf_name;
+    EXPECT_EQ(w->expert, info.expert);
+    if (info.expert < 0) {  // dense: the same offset in both, inside the dense region
+      ASSERT_NE(s, nullptr) << info.hf_name;
+      EXPECT_EQ(s->offset, w->offset) << info.hf_name;
+      EXPECT_LE(w->offset + w->size, whole.dense_size()) << info.hf_name;
+      continue;
+    }
+    expert_floats += info.numel();
+    EXPECT_GE(w->offset, whole.dense_size()) << info.hf_name;
+    ASSERT_EQ(s != nullptr, info.expert == 2 || info.expert == 3) << info.hf_name;
+    if (!s) continue;
+    held_floats += info.numel();
+    const auto [begin, end] = share.expert_range(info.layer);
+    EXPECT_GE(s->offset, begin) << info.hf_name;
+    EXPECT_LE(s->offset + s->size, end) << info.hf_name;
+  }
+  EXPECT_EQ(held_floats * 2, expert_floats);
+  EXPECT_EQ(share.values().size(), share.dense_size() + size_t(held_floats));
+  EXPECT_EQ(whole.values().size(), whole.dense_size() + size_t(expert_floats));
+  EXPECT_EQ(share.expert_range(0).first, share.expert_range(0).second);  // the dense layer holds no experts
+  EXPECT_EQ(share.expert_range(1).second, share.expert_range(2).first);
+  EXPECT_EQ(share.expert_range(2).second, share.values().size());
 }
 
 }  // namespace
