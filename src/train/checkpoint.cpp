@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <optional>
 #include <tuple>
 
 #include "core/error.h"
@@ -22,27 +24,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kPrefix = "step-";
-// The files whose checksums state.json carries; config.json only where the model has one.
-constexpr const char* kChecksummed[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
+constexpr const char* kOneOptimizerFile = "optimizer.safetensors";
 
-// Moments as tensors named "<parameter>.exp_avg" / ".exp_avg_sq".
-void write_moments(const fs::path& path, const Parameters& p, const Optimizer& optimizer) {
-  std::vector<TensorHeader> headers;
-  const bool has_second = !optimizer.second_moment().empty();
-  for (const auto& t : p.tensors()) {
-    headers.push_back({t.name + ".exp_avg", DType::F32, t.shape});
-    if (has_second) headers.push_back({t.name + ".exp_avg_sq", DType::F32, t.shape});
-  }
-  SafetensorsWriter writer(path.string(), headers);
-  const auto bytes = [](const std::vector<float>& v, const ParameterTensor& t) {
-    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data() + t.offset), t.size * sizeof(float));
-  };
-  for (const auto& t : p.tensors()) {
-    writer.write_next(bytes(optimizer.first_moment(), t));
-    if (has_second) writer.write_next(bytes(optimizer.second_moment(), t));
-  }
-  writer.finish();
-}
+constexpr const char* kMomentKinds[] = {".exp_avg", ".exp_avg_sq"};
 
 int64_t step_of(const fs::path& dir) {
   const std::string name = dir.filename().string();
@@ -161,15 +145,31 @@ void check_same_config(const std::string& dir, const Config& saved, const Config
   }
 }
 
-// Every file state.json has a checksum for must still have it. Checkpoints written before
-// checksums existed carry none and are taken as they are.
+// The optimizer files state.json lists (one process's checkpoints and earlier ones: the one file).
+std::vector<std::string> optimizer_files(const nlohmann::json& state, const std::string& state_path) {
+  const auto listed = state.find("optimizer_files");
+  if (listed == state.end()) return {kOneOptimizerFile};
+  std::vector<std::string> files;
+  if (listed->is_array())
+    for (const auto& f : *listed)
+      if (f.is_string()) files.push_back(f.get<std::string>());
+  if (files.empty() || files.size() != listed->size()) fail("{}: 'optimizer_files' is not a list of names", state_path);
+  return files;
+}
+
+// Every file state.json has a checksum for must still have it, and the weights and every listed
+// optimizer file must have one. Checkpoints written before checksums existed carry none and are
+// taken as they are.
 void verify_checksums(const fs::path& dir, const nlohmann::json& state) {
   const auto checksums = state.find("checksums");
   if (checksums == state.end()) return;
   const std::string state_path = (dir / "state.json").string();
   if (!checksums->is_object()) fail("{}: 'checksums' is not an object", state_path);
-  for (const char* required : {"model.safetensors", "optimizer.safetensors"})
-    if (!checksums->contains(required)) fail("{}: no checksum for {}", state_path, required);
+  std::vector<std::string> required = optimizer_files(state, state_path);
+  required.push_back(checksums->contains("model.safetensors.index.json") ? "model.safetensors.index.json"
+                                                                         : "model.safetensors");
+  for (const std::string& name : required)
+    if (!checksums->contains(name)) fail("{}: no checksum for {}", state_path, name);
   for (const auto& [name, expected] : checksums->items()) {
     if (!expected.is_string() || name.empty() || name.find('/') != std::string::npos || name == "..")
       fail("{}: malformed checksum entry {}", state_path, name);
@@ -180,23 +180,95 @@ void verify_checksums(const fs::path& dir, const nlohmann::json& state) {
   }
 }
 
+// A moment tensor's name taken apart: the parameter, which moment (0: exp_avg, 1: exp_avg_sq),
+// and the first element of the piece; nullopt for a name that is none.
+struct MomentName {
+  std::string parameter;
+  int kind = 0;
+  size_t first = 0;
+};
+std::optional<MomentName> parse_moment_name(const std::string& name) {
+  std::string base = name;
+  MomentName parsed;
+  if (const size_t at = name.rfind('@'); at != std::string::npos) {
+    const std::string digits = name.substr(at + 1);
+    if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos)
+      return std::nullopt;
+    parsed.first = size_t(std::stoull(digits));
+    base = name.substr(0, at);
+  }
+  for (int kind : {1, 0}) {  // exp_avg_sq first: exp_avg is its prefix
+    const std::string suffix = kMomentKinds[kind];
+    if (base.size() > suffix.size() && base.ends_with(suffix)) {
+      parsed.parameter = base.substr(0, base.size() - suffix.size());
+      parsed.kind = kind;
+      return parsed;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
-void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters& p, const Optimizer& optimizer,
-                     const nlohmann::json& state, int64_t keep_last, const SaveMoment& at_moment) {
+std::string partial_checkpoint_dir(const std::string& out_dir, int64_t step) {
+  return (fs::path(out_dir) / "checkpoints" / (kPrefix + std::to_string(step) + ".partial")).string();
+}
+
+void begin_checkpoint(const std::string& out_dir, int64_t step) {
+  const fs::path partial = partial_checkpoint_dir(out_dir, step);
+  fs::remove_all(partial);
+  fs::create_directories(partial);
+}
+
+nlohmann::json checksums_of(const std::string& dir, const std::vector<std::string>& files) {
+  // Digests of the bytes as the filesystem now returns them: a resume compares against these.
+  nlohmann::json checksums = nlohmann::json::object();
+  for (const std::string& name : files) checksums[name] = file_checksum((fs::path(dir) / name).string());
+  return checksums;
+}
+
+void write_moments(const std::string& path, const Parameters& p, std::span<const MomentShard> shards) {
+  struct Piece {
+    const ParameterTensor* tensor;
+    dist::Shard part;  // flat-buffer elements
+    const MomentShard* shard;
+  };
+  std::vector<Piece> pieces;
+  for (const MomentShard& shard : shards)
+    for (const ParameterTensor& t : p.tensors()) {
+      const dist::Shard part = dist::intersect(shard.shard, t.offset, t.offset + t.size);
+      if (part.size() > 0) pieces.push_back({&t, part, &shard});
+    }
+  const bool has_second = !shards.empty() && !shards.front().second.empty();
+  std::vector<TensorHeader> headers;
+  for (const Piece& piece : pieces)
+    for (int kind = 0; kind < (has_second ? 2 : 1); ++kind) {
+      const ParameterTensor& t = *piece.tensor;
+      if (piece.part.size() == t.size) headers.push_back({t.name + kMomentKinds[kind], DType::F32, t.shape});
+      else
+        headers.push_back({fmt::format("{}{}@{}", t.name, kMomentKinds[kind], piece.part.begin - t.offset),
+                           DType::F32,
+                           {int64_t(piece.part.size())}});
+    }
+  SafetensorsWriter writer(path, headers);
+  for (const Piece& piece : pieces)
+    for (int kind = 0; kind < (has_second ? 2 : 1); ++kind) {
+      const std::span<const float> values = kind == 0 ? piece.shard->first : piece.shard->second;
+      const std::span<const float> data =
+          values.subspan(piece.part.begin - piece.shard->shard.begin, piece.part.size());
+      writer.write_next({reinterpret_cast<const uint8_t*>(data.data()), data.size_bytes()});
+    }
+  writer.finish();
+}
+
+void finish_checkpoint(const std::string& out_dir, int64_t step, nlohmann::json state, const nlohmann::json& checksums,
+                       int64_t keep_last, const SaveMoment& at_moment) {
   const fs::path root = fs::path(out_dir) / "checkpoints";
   const fs::path final_dir = root / (kPrefix + std::to_string(step));
-  const fs::path partial = root / (kPrefix + std::to_string(step) + ".partial");
+  const fs::path partial = partial_checkpoint_dir(out_dir, step);
   try {
-    fs::create_directories(root);
-    fs::remove_all(partial);
-    p.save(partial.string());
-    write_moments(partial / "optimizer.safetensors", p, optimizer);
-    // Digests of the bytes as the filesystem now returns them: a resume compares against these.
-    nlohmann::json with_checksums = state;
-    for (const char* name : kChecksummed)
-      if (fs::exists(partial / name)) with_checksums["checksums"][name] = file_checksum((partial / name).string());
-    const std::string text = with_checksums.dump(2);
+    state["checksums"] = checksums;
+    const std::string text = state.dump(2);
     write_file_atomically((partial / "state.json").string(),
                           {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
     sync_directory(partial.string());
@@ -223,6 +295,27 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
   }
 }
 
+void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters& p, const Optimizer& optimizer,
+                     const nlohmann::json& state, int64_t keep_last, const SaveMoment& at_moment) {
+  const std::string partial = partial_checkpoint_dir(out_dir, step);
+  nlohmann::json checksums;
+  try {
+    begin_checkpoint(out_dir, step);
+    p.save(partial);
+    const MomentShard whole{optimizer.shard(), optimizer.first_moment(), optimizer.second_moment()};
+    write_moments((fs::path(partial) / kOneOptimizerFile).string(), p, {&whole, 1});
+    std::vector<std::string> files = {"model.safetensors", kOneOptimizerFile};
+    if (fs::exists(fs::path(partial) / "config.json")) files.push_back("config.json");
+    checksums = checksums_of(partial, files);
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    fs::remove_all(partial, ignored);
+    fail("checkpoint {}: {} (the previous checkpoints are kept)",
+         (fs::path(out_dir) / "checkpoints" / (kPrefix + std::to_string(step))).string(), e.what());
+  }
+  finish_checkpoint(out_dir, step, state, checksums, keep_last, at_moment);
+}
+
 nlohmann::json load_checkpoint(const std::string& dir, Parameters& p, Optimizer& optimizer) {
   const std::string state_path = (fs::path(dir) / "state.json").string();
   const nlohmann::json state = nlohmann::json::parse(read_text_file(state_path), nullptr, false);
@@ -235,24 +328,46 @@ nlohmann::json load_checkpoint(const std::string& dir, Parameters& p, Optimizer&
   check_same_config(dir, saved.config(), p.config());
   if (saved.values().size() != p.values().size()) fail("{}: the checkpoint's model has a different shape", dir);
 
-  // Every moment is found before anything is copied, so an Error leaves p and optimizer as they were.
-  const MappedFile file((fs::path(dir) / "optimizer.safetensors").string());
-  const auto views = parse_safetensors(file.bytes(), file.path());
-  std::map<std::string, const TensorView*> by_name;
-  for (const auto& v : views) by_name[v.name] = &v;
-  std::vector<std::tuple<const TensorView*, std::vector<float>*, const ParameterTensor*>> moments;
-  const auto find = [&](const std::string& name, std::vector<float>& buffer, const ParameterTensor& t) {
-    const auto it = by_name.find(name);
-    if (it == by_name.end() || it->second->dtype != DType::F32 || it->second->n_bytes != t.size * sizeof(float))
-      fail("{}: optimizer state {} is missing or malformed", file.path(), name);
-    moments.emplace_back(it->second, &buffer, &t);
+  // Every moment is found before anything is copied, so an Error leaves p and optimizer as they
+  // were: the pieces of each tensor p holds, from every optimizer file, must cover it exactly.
+  struct Found {
+    const TensorView* view;
+    size_t first;
   };
-  for (const auto& t : p.tensors()) {
-    find(t.name + ".exp_avg", optimizer.first_moment(), t);
-    if (!optimizer.second_moment().empty()) find(t.name + ".exp_avg_sq", optimizer.second_moment(), t);
+  const int kinds = optimizer.second_moment().empty() ? 1 : 2;
+  std::map<std::pair<std::string, int>, std::vector<Found>> pieces;
+  std::vector<std::unique_ptr<MappedFile>> files;
+  std::vector<std::vector<TensorView>> views;
+  for (const std::string& name : optimizer_files(state, state_path)) {
+    files.push_back(std::make_unique<MappedFile>((fs::path(dir) / name).string()));
+    views.push_back(parse_safetensors(files.back()->bytes(), files.back()->path()));
+    for (const TensorView& v : views.back()) {
+      const auto parsed = parse_moment_name(v.name);
+      if (!parsed) fail("{}: {} is no optimizer moment", files.back()->path(), v.name);
+      if (parsed->kind < kinds && p.find(parsed->parameter))
+        pieces[{parsed->parameter, parsed->kind}].push_back({&v, parsed->first});
+    }
   }
+  for (const ParameterTensor& t : p.tensors())
+    for (int kind = 0; kind < kinds; ++kind) {
+      const std::string name = t.name + kMomentKinds[kind];
+      auto& found = pieces[{t.name, kind}];
+      std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.first < b.first; });
+      size_t covered = 0;
+      for (const Found& f : found) {
+        if (f.view->dtype != DType::F32 || f.first != covered || f.view->n_bytes % sizeof(float) != 0 ||
+            f.view->n_bytes / sizeof(float) > t.size - covered)
+          fail("{}: optimizer state {} is malformed (a piece at element {})", dir, name, f.first);
+        covered += f.view->n_bytes / sizeof(float);
+      }
+      if (covered != t.size) fail("{}: optimizer state {} is missing or malformed", dir, name);
+    }
   p.values() = saved.values();
-  for (const auto& [view, buffer, t] : moments) std::memcpy(buffer->data() + t->offset, view->data, view->n_bytes);
+  for (const auto& [key, found] : pieces) {
+    const ParameterTensor* t = p.find(key.first);
+    std::vector<float>& buffer = key.second == 0 ? optimizer.first_moment() : optimizer.second_moment();
+    for (const Found& f : found) std::memcpy(buffer.data() + t->offset + f.first, f.view->data, f.view->n_bytes);
+  }
   optimizer.set_steps_taken(state["optimizer_steps"].get<int64_t>());
   return state;
 }

@@ -124,6 +124,12 @@ void DataParallel::gather_to_root(std::span<const float> shard_values, std::span
   }
 }
 
+void DataParallel::restore_residual(std::span<const float> saved) {
+  if (saved.size() != residual_.size())
+    fail("data parallel: a residual of {} for one of {}", saved.size(), residual_.size());
+  std::copy(saved.begin(), saved.end(), residual_.begin());
+}
+
 size_t DataParallel::buffer_floats() const {
   size_t bytes = 0;
   for (const Exchange& x : exchanges_) bytes += x.send.size() + x.recv.size();

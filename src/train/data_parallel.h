@@ -73,6 +73,8 @@ class DataParallel {
   size_t buffer_floats() const;
   // The error-feedback residual (empty when nothing is compressed): what this rank still owes.
   std::span<const float> residual() const { return residual_; }
+  // A residual saved by this rank of an identical world (a checkpoint), instead of the current one.
+  void restore_residual(std::span<const float> saved);
 
  private:
   // One segment of a compressed range: its payloads, kept from step to step.

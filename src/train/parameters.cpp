@@ -117,15 +117,35 @@ void Parameters::zero_grads(ThreadPool& pool) {
                     [&](int64_t begin, int64_t end) { std::fill(grads_.begin() + begin, grads_.begin() + end, 0.0f); });
 }
 
+namespace {
+
+void write_tensors(const std::string& path, const std::vector<ParameterTensor>& tensors, const std::vector<float>& data,
+                   const std::function<bool(const ParameterTensor&)>& wanted) {
+  std::vector<TensorHeader> headers;
+  for (const auto& t : tensors)
+    if (wanted(t)) headers.push_back({t.name, DType::F32, t.shape});
+  SafetensorsWriter writer(path, headers);
+  for (const auto& t : tensors)
+    if (wanted(t))
+      writer.write_next({reinterpret_cast<const uint8_t*>(data.data() + t.offset), t.size * sizeof(float)});
+  writer.finish();
+}
+
+}  // namespace
+
 void Parameters::save(const std::string& dir, Which which) const {
   std::filesystem::create_directories(dir);
-  std::vector<TensorHeader> headers;
-  for (const auto& t : tensors_) headers.push_back({t.name, DType::F32, t.shape});
-  SafetensorsWriter writer((std::filesystem::path(dir) / "model.safetensors").string(), headers);
-  const std::vector<float>& data = which == Which::Values ? values_ : grads_;
-  for (const auto& t : tensors_)
-    writer.write_next({reinterpret_cast<const uint8_t*>(data.data() + t.offset), t.size * sizeof(float)});
-  writer.finish();
+  write_tensors((std::filesystem::path(dir) / "model.safetensors").string(), tensors_,
+                which == Which::Values ? values_ : grads_, [](const ParameterTensor&) { return true; });
+  save_config(dir);
+}
+
+void Parameters::save_tensors(const std::string& path,
+                              const std::function<bool(const ParameterTensor&)>& wanted) const {
+  write_tensors(path, tensors_, values_, wanted);
+}
+
+void Parameters::save_config(const std::string& dir) const {
   if (!config_text_.empty())
     write_file_atomically((std::filesystem::path(dir) / "config.json").string(),
                           {reinterpret_cast<const uint8_t*>(config_text_.data()), config_text_.size()});

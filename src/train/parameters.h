@@ -10,6 +10,7 @@
 // expert region over the ranks holding the same experts.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -76,6 +77,10 @@ class Parameters {
   // values or the gradients (for --dump-grads).
   enum class Which { Values, Grads };
   void save(const std::string& dir, Which which = Which::Values) const;
+  // The values of the tensors `wanted` picks as one safetensors file, atomically; and the config.json
+  // the parameters were loaded with into dir (nothing for parameters made from a Config).
+  void save_tensors(const std::string& path, const std::function<bool(const ParameterTensor&)>& wanted) const;
+  void save_config(const std::string& dir) const;
 
  private:
   Config config_;

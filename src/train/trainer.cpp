@@ -10,6 +10,8 @@
 #include <utility>
 
 #include "core/error.h"
+#include "io/mapped_file.h"
+#include "io/safetensors.h"
 #include "kernels/gemm_bf16.h"
 #include "model/random_init.h"
 #include "train/plots.h"
@@ -77,6 +79,11 @@ ExpertShare expert_share_of(const std::string& model_dir, int expert_parallel, i
 Parameters load_parameters(const TrainerOptions& o, const dist::Communicator& world, int block) {
   const std::string model_dir = prepare_model_dir(o, world);
   return Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
+}
+
+// A rank's error-feedback residual in a checkpoint.
+std::string residual_file(int rank, int ranks) {
+  return fmt::format("residual-{:05}-of-{:05}.safetensors", rank + 1, ranks);
 }
 
 GemmPrecision usable_precision(GemmPrecision asked) {
@@ -156,6 +163,7 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
   resumed_ = resume_newest_good(options_.out_dir, p_, whole);
   dense_optimizer_.copy_shard_from(whole);
   expert_optimizer_.copy_shard_from(whole);
+  restore_residual(resumed_->dir, resumed_->state);
   const nlohmann::json run = run_settings(options_);
   const nlohmann::json made_with = resumed_->state.value("run", nlohmann::json());
   if (made_with != run)
@@ -254,70 +262,100 @@ void Trainer::dump_gradients(ShardGrads grads) {
   if (world_.is_root()) p_.save(options_.dump_grads_dir, Parameters::Which::Grads);
 }
 
-void Trainer::gather_whole(std::span<const float> dense, std::span<const float> experts, const Parameters* whole_layout,
-                           std::span<float> whole) {
-  const size_t split = p_.dense_size();
+std::vector<std::string> Trainer::write_model_files(const std::string& dir) {
+  const int blocks = options_.expert_parallel, rank = world_.rank();
   const bool root = world_.is_root();
-  dense_parallel_.gather_to_root(dense, root ? whole.first(split) : std::span<float>());
-  const int blocks = options_.expert_parallel;
-  if (blocks == 1) {  // the replicas are the world, and the expert region is laid out as rank 0's
-    expert_parallel_.gather_to_root(experts, root ? whole.subspan(split) : std::span<float>());
-    return;
+  if (blocks == 1) {  // rank 0 holds every tensor
+    if (!root) return {};
+    p_.save_tensors((std::filesystem::path(dir) / "model.safetensors").string(),
+                    [](const ParameterTensor&) { return true; });
+    p_.save_config(dir);
+    return {"model.safetensors", "config.json"};
   }
-  // Each block's region onto the first rank holding it (world rank = block, the replicas' rank
-  // 0), then the blocks onto rank 0, each tensor put where the whole layout has it.
-  const size_t region = p_.values().size() - split;
-  std::vector<float> mine(expert_replicas_.is_root() ? region : 0);
-  expert_parallel_.gather_to_root(experts, mine);
-  std::vector<float> all_blocks(root ? region * size_t(blocks) : 0), piece;
-  for (const auto& [b, e] : dist::segments(0, region)) {
-    std::vector<int> counts(size_t(world_.size()), 0);
-    for (int r = 0; r < blocks; ++r) counts[size_t(r)] = int(e - b);
-    piece.resize(root ? (e - b) * size_t(blocks) : 0);
-    world_.gatherv(world_.rank() < blocks ? std::span<const float>(mine).subspan(b, e - b) : std::span<const float>(),
-                   piece, counts, 0);
-    for (int r = 0; r < blocks && root; ++r)
-      std::copy(piece.begin() + ptrdiff_t(size_t(r) * (e - b)), piece.begin() + ptrdiff_t(size_t(r + 1) * (e - b)),
-                all_blocks.begin() + ptrdiff_t(size_t(r) * region + b));
+  // One shard per expert block, written by its first holder (world rank = block), the dense
+  // region in rank 0's; rank 0 lists them in the index.
+  const auto shard_name = [&](int block) { return fmt::format("model-{:05}-of-{:05}.safetensors", block + 1, blocks); };
+  std::vector<std::string> files;
+  if (rank < blocks) {
+    p_.save_tensors((std::filesystem::path(dir) / shard_name(rank)).string(),
+                    [&](const ParameterTensor& t) { return t.expert >= 0 || rank == 0; });
+    files.push_back(shard_name(rank));
   }
-  if (!root) return;
+  if (!root) return files;
+  nlohmann::json weight_map = nlohmann::json::object();
   const int64_t per_block = p_.expert_share().count;
-  for (int r = 0; r < blocks; ++r)
-    for (const ParameterTensor& t : Parameters::layout(p_.config(), {r * per_block, per_block})) {
-      if (t.expert < 0) continue;
-      const float* from = all_blocks.data() + size_t(r) * region + (t.offset - split);
-      std::copy(from, from + t.size, whole.begin() + ptrdiff_t(whole_layout->find(t.name)->offset));
-    }
-}
-
-std::optional<Parameters> Trainer::whole_model() {
-  if (p_.expert_share().count < 0) return std::nullopt;
-  std::optional<Parameters> whole;
-  if (world_.is_root()) whole.emplace(p_.with_experts({}));
-  const std::span<const float> values(p_.values());
-  gather_whole(values.subspan(dense_shard().begin, dense_shard().size()),
-               values.subspan(expert_shard().begin, expert_shard().size()), whole ? &*whole : nullptr,
-               whole ? std::span<float>(whole->values()) : std::span<float>());
-  return whole;
+  for (int block = 0; block < blocks; ++block)
+    for (const ParameterTensor& t : Parameters::layout(p_.config(), {block * per_block, per_block}))
+      if (t.expert >= 0 || block == 0) weight_map[t.name] = shard_name(block);
+  const std::string index =
+      nlohmann::json({{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}).dump(2);
+  write_file_atomically((std::filesystem::path(dir) / "model.safetensors.index.json").string(),
+                        {reinterpret_cast<const uint8_t*>(index.data()), index.size()});
+  p_.save_config(dir);
+  files.insert(files.end(), {"model.safetensors.index.json", "config.json"});
+  return files;
 }
 
 void Trainer::save(int64_t step) {
-  const nlohmann::json state = {
+  const int n = world_.size();
+  const std::string dir = partial_checkpoint_dir(options_.out_dir, step);
+  if (world_.is_root()) begin_checkpoint(options_.out_dir, step);
+  world_.barrier();
+  // Every rank writes its files: the weights it is the writer of, its optimizer shards, and with
+  // compression its error-feedback residual (which only the same world size and E can resume).
+  std::vector<std::string> files = write_model_files(dir);
+  const std::string optimizer_file =
+      n == 1 ? "optimizer.safetensors" : fmt::format("optimizer-{:05}-of-{:05}.safetensors", world_.rank() + 1, n);
+  const MomentShard shards[2] = {{dense_shard(), dense_optimizer_.first_moment(), dense_optimizer_.second_moment()},
+                                 {expert_shard(), expert_optimizer_.first_moment(), expert_optimizer_.second_moment()}};
+  write_moments((std::filesystem::path(dir) / optimizer_file).string(), p_, shards);
+  files.push_back(optimizer_file);
+  const bool residual = !dense_parallel_.residual().empty();
+  if (residual) {
+    const std::string name = residual_file(world_.rank(), n);
+    const std::span<const float> parts[2] = {dense_parallel_.residual(), expert_parallel_.residual()};
+    std::vector<TensorHeader> headers = {{"dense", DType::F32, {int64_t(parts[0].size())}},
+                                         {"experts", DType::F32, {int64_t(parts[1].size())}}};
+    SafetensorsWriter writer((std::filesystem::path(dir) / name).string(), headers);
+    for (const auto part : parts) writer.write_next({reinterpret_cast<const uint8_t*>(part.data()), part.size_bytes()});
+    writer.finish();
+    files.push_back(name);
+  }
+  const std::vector<std::string> checksums = world_.allgather(checksums_of(dir, files).dump());
+  if (!world_.is_root()) return;
+  nlohmann::json state = {
       {"step", step}, {"optimizer_steps", dense_optimizer_.steps_taken()}, {"run", run_settings(options_)}};
-  // The whole model and optimizer state gathered on rank 0, in the format one process writes, so
-  // any number of ranks can resume it. (Each rank writing its own shard is for a later change.)
-  const std::optional<Parameters> assembled = whole_model();
-  const Parameters& model = assembled ? *assembled : p_;
-  std::optional<Optimizer> whole;
-  if (world_.is_root()) whole.emplace(model, options_.optimizer);
-  gather_whole(dense_optimizer_.first_moment(), expert_optimizer_.first_moment(), &model,
-               whole ? std::span<float>(whole->first_moment()) : std::span<float>());
-  if (!dense_optimizer_.second_moment().empty())
-    gather_whole(dense_optimizer_.second_moment(), expert_optimizer_.second_moment(), &model,
-                 whole ? std::span<float>(whole->second_moment()) : std::span<float>());
-  if (!whole) return;
-  whole->set_steps_taken(dense_optimizer_.steps_taken());
-  save_checkpoint(options_.out_dir, step, model, *whole, state, options_.keep_last);
+  nlohmann::json all_checksums = nlohmann::json::object();
+  for (const std::string& text : checksums) all_checksums.update(nlohmann::json::parse(text));
+  std::vector<std::string> optimizer_files;
+  for (int r = 0; r < n; ++r)
+    optimizer_files.push_back(n == 1 ? "optimizer.safetensors"
+                                     : fmt::format("optimizer-{:05}-of-{:05}.safetensors", r + 1, n));
+  state["optimizer_files"] = optimizer_files;
+  if (residual)
+    state["residual"] = {{"ranks", n},
+                         {"expert_parallel", options_.expert_parallel},
+                         {"grad_compression", dist::grad_compression_name(options_.grad_compression)}};
+  finish_checkpoint(options_.out_dir, step, state, all_checksums, options_.keep_last);
+}
+
+void Trainer::restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state) {
+  const auto saved = state.find("residual");
+  if (saved == state.end() || dense_parallel_.residual().empty()) return;
+  const nlohmann::json same = {{"ranks", world_.size()},
+                               {"expert_parallel", options_.expert_parallel},
+                               {"grad_compression", dist::grad_compression_name(options_.grad_compression)}};
+  if (*saved != same) return;  // another world: its ranks' debts are not this world's; start from none
+  const MappedFile file((std::filesystem::path(checkpoint_dir) / residual_file(world_.rank(), world_.size())).string());
+  const std::vector<TensorView> views = parse_safetensors(file.bytes(), file.path());
+  const auto restore = [&](const char* name, DataParallel& dp) {
+    for (const TensorView& v : views)
+      if (v.name == name && v.dtype == DType::F32 && v.n_bytes == dp.residual().size_bytes())
+        return dp.restore_residual({reinterpret_cast<const float*>(v.data), dp.residual().size()});
+    fail("{}: residual {} is missing or malformed", file.path(), name);
+  };
+  restore("dense", dense_parallel_);
+  restore("experts", expert_parallel_);
 }
 
 size_t Trainer::state_bytes() const {
@@ -401,11 +439,19 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     if (on_step) on_step(report);
     if (o.save_every > 0 && ((step + 1) % o.save_every == 0 || step + 1 == o.steps)) save(step + 1);
   }
-  const std::optional<Parameters> assembled = whole_model();
+  // The trained model: one form only (a resumed run may have written the other before).
   if (world_.is_root()) {
-    (assembled ? *assembled : p_).save(o.out_dir);
-    write_plots(o.out_dir);
+    const std::filesystem::path out(o.out_dir);
+    std::error_code ignored;
+    if (o.expert_parallel == 1) {
+      std::filesystem::remove(out / "model.safetensors.index.json", ignored);
+    } else {
+      std::filesystem::remove(out / "model.safetensors", ignored);
+    }
   }
+  world_.barrier();
+  write_model_files(o.out_dir);
+  if (world_.is_root()) write_plots(o.out_dir);
   summary.seconds = seconds_since(start);
   summary.activation_bytes = graph_.activation_bytes();
   return summary;

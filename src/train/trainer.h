@@ -15,6 +15,8 @@
 // ranks and the expert region over the ranks holding the same block. Checkpoints and the final
 // model are whole (every expert, gathered on rank 0), so any world size and any E resume them.
 #pragma once
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -145,14 +147,12 @@ class Trainer {
   ShardGrads forward_backward(int64_t step, StepReport& report, ExpertLoads& loads);
   void save(int64_t step);                // a checkpoint of `step` optimizer steps, written by rank 0
   void dump_gradients(ShardGrads grads);  // --dump-grads: the step's summed, unclipped gradients
-  // Collective: the model with every expert on rank 0 (nullopt when p_ holds them all already,
-  // and on the other ranks).
-  std::optional<Parameters> whole_model();
-  // Collective: a buffer sharded like the parameters (this rank's dense and expert shards) into
-  // `whole` on rank 0, laid out as `whole_layout` (rank 0's model with every expert; both are
-  // ignored elsewhere).
-  void gather_whole(std::span<const float> dense, std::span<const float> experts, const Parameters* whole_layout,
-                    std::span<float> whole);
+  // Collective: the weights and config.json into dir, as an HF directory (model.safetensors, or
+  // under expert parallelism one shard per expert block and the index); returns the files this
+  // rank wrote.
+  std::vector<std::string> write_model_files(const std::string& dir);
+  // The checkpoint's error-feedback residuals when it was made by the same world, E and compression.
+  void restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state);
   Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
 
   dist::Communicator solo_;  // the world of a Trainer made without one

@@ -1,5 +1,5 @@
 """Compares two training runs' outputs: per-step loss (metrics.jsonl) and final weights
-(model.safetensors, F32). Prints the largest differences; exits 1 when they exceed the limits.
+(model.safetensors, or the shards model.safetensors.index.json lists; F32). Prints the largest differences; exits 1 when they exceed the limits.
 
     compare_runs.py RUN_A RUN_B --loss-rtol 1e-5 --weight-rtol 1e-4
 
@@ -32,6 +32,19 @@ def read_f32_safetensors(path):
     return tensors
 
 
+def read_model(run):
+    """Every tensor of the HF directory `run`, from one file or from the index's shards."""
+    try:
+        with open(f"{run}/model.safetensors.index.json") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    except FileNotFoundError:
+        shards = ["model.safetensors"]
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_f32_safetensors(f"{run}/{shard}"))
+    return tensors
+
+
 def metrics(run):
     with open(f"{run}/metrics.jsonl") as f:
         return [json.loads(line) for line in f]
@@ -53,7 +66,7 @@ def main():
         diffs = [abs(x[key] - y[key]) / abs(y[key]) for x, y in zip(ma, mb) if key in x and key in y]
         if diffs:
             worst[key] = max(diffs)
-    a, b = read_f32_safetensors(f"{args.a}/model.safetensors"), read_f32_safetensors(f"{args.b}/model.safetensors")
+    a, b = read_model(args.a), read_model(args.b)
     if a.keys() != b.keys():
         sys.exit("the two models have different tensors")
     diff2 = sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a)

@@ -13,6 +13,7 @@
 #     ends within the limits above of the one-process run;
 #   - --grad-compression bf16 and int8 at 2 ranks, 20 steps: every step's loss within 2% relative of the
 #     uncompressed run's, and the gradients' bytes per step 2x (bf16) and 3.5-4x (int8) fewer;
+#     a compressed run resumed from its checkpoint (which holds each rank's residual) is bit-identical;
 #   - --comm-overlap off (the reductions after the whole backward): bit-identical to on for 10 steps;
 #   - a rank killed (kill -9) after the first checkpoint: the job ends within 60 s, non-zero, with one
 #     line from rank 0, and --resume ends bit for bit where the uninterrupted run ends;
@@ -121,7 +122,9 @@ mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --save-every 10 --expert
   >ep-part.txt 2>&1 && cp -r ep-part ep-cross4 && cp -r ep-part ep-cross1 &&
   mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 30 --save-every 10 --expert-parallel 2 --resume \
     --out ep-part >ep-resume.txt 2>&1 &&
-  grep -q "resuming from .*step-20" ep-resume.txt && cmp -s ep-part/model.safetensors ep2/model.safetensors &&
+  grep -q "resuming from .*step-20" ep-resume.txt && cmp -s ep-part/model-00001-of-00002.safetensors \
+  ep2/model-00001-of-00002.safetensors && cmp -s ep-part/model-00002-of-00002.safetensors \
+  ep2/model-00002-of-00002.safetensors &&
   same_run ep-part/metrics.jsonl ep2/metrics.jsonl && ok "a resumed 2-rank expert-parallel run is bit-identical" ||
   bad "expert-parallel resume ($(tail -c 300 ep-resume.txt))"
 mpirun -np 4 --oversubscribe "$deepmoe" train "${common[@]}" --steps 30 --expert-parallel 4 --resume --out ep-cross4 \
@@ -149,6 +152,17 @@ sys.exit(0 if len(runs[0]) == 20 and worst <= 0.02 and low <= ratio <= high else
 PY
     bad "--grad-compression $kind ($(tail -c 300 $kind.txt); $(cat $kind.compare.txt 2>/dev/null))"
 done
+
+# Compressed runs keep each rank's error-feedback residual in the checkpoint: stopped at step 10 and
+# resumed, the uninterrupted compressed run's bytes.
+mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 10 --save-every 10 --grad-compression int8 --out int8-part \
+  >int8-part.txt 2>&1 &&
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --grad-compression int8 --resume --out int8-part \
+    >int8-resume.txt 2>&1 &&
+  grep -q "resuming from .*step-10" int8-resume.txt && cmp -s int8-part/model.safetensors int8/model.safetensors &&
+  same_run int8-part/metrics.jsonl int8/metrics.jsonl &&
+  ok "a resumed --grad-compression int8 run is bit-identical (the residuals are in the checkpoint)" ||
+  bad "compressed resume ($(tail -c 300 int8-resume.txt))"
 
 # --comm-overlap off reduces the same ranges in the same order, after the backward: the overlapped run's numbers.
 mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 10 --comm-overlap off --out serial >serial.txt 2>&1 &&
