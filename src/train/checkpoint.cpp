@@ -220,6 +220,13 @@ void begin_checkpoint(const std::string& out_dir, int64_t step) {
   fs::create_directories(partial);
 }
 
+void abandon_checkpoint(const std::string& out_dir, int64_t step, const std::exception& why) {
+  std::error_code ignored;
+  fs::remove_all(partial_checkpoint_dir(out_dir, step), ignored);
+  fail("checkpoint {}: {} (the previous checkpoints are kept)",
+       (fs::path(out_dir) / "checkpoints" / (kPrefix + std::to_string(step))).string(), why.what());
+}
+
 nlohmann::json checksums_of(const std::string& dir, const std::vector<std::string>& files) {
   // Digests of the bytes as the filesystem now returns them: a resume compares against these.
   nlohmann::json checksums = nlohmann::json::object();
@@ -308,10 +315,7 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
     if (fs::exists(fs::path(partial) / "config.json")) files.push_back("config.json");
     checksums = checksums_of(partial, files);
   } catch (const std::exception& e) {
-    std::error_code ignored;
-    fs::remove_all(partial, ignored);
-    fail("checkpoint {}: {} (the previous checkpoints are kept)",
-         (fs::path(out_dir) / "checkpoints" / (kPrefix + std::to_string(step))).string(), e.what());
+    abandon_checkpoint(out_dir, step, e);
   }
   finish_checkpoint(out_dir, step, state, checksums, keep_last, at_moment);
 }

@@ -43,6 +43,9 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
 // returns their checksums (checksums_of); rank 0 gathers them and calls finish_checkpoint.
 std::string partial_checkpoint_dir(const std::string& out_dir, int64_t step);
 void begin_checkpoint(const std::string& out_dir, int64_t step);
+// For an error while writing the files: removes step-N.partial and throws Error naming the
+// checkpoint and why, saying the previous checkpoints are kept.
+[[noreturn]] void abandon_checkpoint(const std::string& out_dir, int64_t step, const std::exception& why);
 nlohmann::json checksums_of(const std::string& dir, const std::vector<std::string>& files);
 // Writes state.json (state plus `checksums`, one object of file name -> digest), flushes the
 // directory, swaps it into place as step-N and keeps the newest keep_last. On Error the partial

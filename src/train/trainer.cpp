@@ -81,6 +81,11 @@ Parameters load_parameters(const TrainerOptions& o, const dist::Communicator& wo
   return Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
 }
 
+// A rank's optimizer shards in a checkpoint (one process: the file of before).
+std::string optimizer_file_of(int rank, int ranks) {
+  return ranks == 1 ? "optimizer.safetensors" : fmt::format("optimizer-{:05}-of-{:05}.safetensors", rank + 1, ranks);
+}
+
 // A rank's error-feedback residual in a checkpoint.
 std::string residual_file(int rank, int ranks) {
   return fmt::format("residual-{:05}-of-{:05}.safetensors", rank + 1, ranks);
@@ -299,38 +304,51 @@ std::vector<std::string> Trainer::write_model_files(const std::string& dir) {
 void Trainer::save(int64_t step) {
   const int n = world_.size();
   const std::string dir = partial_checkpoint_dir(options_.out_dir, step);
-  if (world_.is_root()) begin_checkpoint(options_.out_dir, step);
+  const bool residual = !dense_parallel_.residual().empty();
+  if (world_.is_root()) {
+    try {
+      begin_checkpoint(options_.out_dir, step);
+    } catch (const std::exception& e) {
+      abandon_checkpoint(options_.out_dir, step, e);
+    }
+  }
   world_.barrier();
   // Every rank writes its files: the weights it is the writer of, its optimizer shards, and with
-  // compression its error-feedback residual (which only the same world size and E can resume).
-  std::vector<std::string> files = write_model_files(dir);
-  const std::string optimizer_file =
-      n == 1 ? "optimizer.safetensors" : fmt::format("optimizer-{:05}-of-{:05}.safetensors", world_.rank() + 1, n);
-  const MomentShard shards[2] = {{dense_shard(), dense_optimizer_.first_moment(), dense_optimizer_.second_moment()},
-                                 {expert_shard(), expert_optimizer_.first_moment(), expert_optimizer_.second_moment()}};
-  write_moments((std::filesystem::path(dir) / optimizer_file).string(), p_, shards);
-  files.push_back(optimizer_file);
-  const bool residual = !dense_parallel_.residual().empty();
-  if (residual) {
-    const std::string name = residual_file(world_.rank(), n);
-    const std::span<const float> parts[2] = {dense_parallel_.residual(), expert_parallel_.residual()};
-    std::vector<TensorHeader> headers = {{"dense", DType::F32, {int64_t(parts[0].size())}},
-                                         {"experts", DType::F32, {int64_t(parts[1].size())}}};
-    SafetensorsWriter writer((std::filesystem::path(dir) / name).string(), headers);
-    for (const auto part : parts) writer.write_next({reinterpret_cast<const uint8_t*>(part.data()), part.size_bytes()});
-    writer.finish();
-    files.push_back(name);
+  // compression its error-feedback residual (which only the same world size and E can resume). A
+  // rank that cannot (a full disk) throws; under mpirun that ends the job, before anything is swapped in.
+  std::vector<std::string> files;
+  nlohmann::json my_checksums;
+  try {
+    files = write_model_files(dir);
+    const std::string optimizer_file = optimizer_file_of(world_.rank(), n);
+    const MomentShard shards[2] = {
+        {dense_shard(), dense_optimizer_.first_moment(), dense_optimizer_.second_moment()},
+        {expert_shard(), expert_optimizer_.first_moment(), expert_optimizer_.second_moment()}};
+    write_moments((std::filesystem::path(dir) / optimizer_file).string(), p_, shards);
+    files.push_back(optimizer_file);
+    if (residual) {
+      const std::string name = residual_file(world_.rank(), n);
+      const std::span<const float> parts[2] = {dense_parallel_.residual(), expert_parallel_.residual()};
+      std::vector<TensorHeader> headers = {{"dense", DType::F32, {int64_t(parts[0].size())}},
+                                           {"experts", DType::F32, {int64_t(parts[1].size())}}};
+      SafetensorsWriter writer((std::filesystem::path(dir) / name).string(), headers);
+      for (const auto part : parts)
+        writer.write_next({reinterpret_cast<const uint8_t*>(part.data()), part.size_bytes()});
+      writer.finish();
+      files.push_back(name);
+    }
+    my_checksums = checksums_of(dir, files);
+  } catch (const std::exception& e) {
+    abandon_checkpoint(options_.out_dir, step, e);
   }
-  const std::vector<std::string> checksums = world_.allgather(checksums_of(dir, files).dump());
+  const std::vector<std::string> checksums = world_.allgather(my_checksums.dump());
   if (!world_.is_root()) return;
   nlohmann::json state = {
       {"step", step}, {"optimizer_steps", dense_optimizer_.steps_taken()}, {"run", run_settings(options_)}};
   nlohmann::json all_checksums = nlohmann::json::object();
   for (const std::string& text : checksums) all_checksums.update(nlohmann::json::parse(text));
   std::vector<std::string> optimizer_files;
-  for (int r = 0; r < n; ++r)
-    optimizer_files.push_back(n == 1 ? "optimizer.safetensors"
-                                     : fmt::format("optimizer-{:05}-of-{:05}.safetensors", r + 1, n));
+  for (int r = 0; r < n; ++r) optimizer_files.push_back(optimizer_file_of(r, n));
   state["optimizer_files"] = optimizer_files;
   if (residual)
     state["residual"] = {{"ranks", n},
