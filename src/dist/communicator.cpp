@@ -208,16 +208,30 @@ Request Communicator::ialltoallv_bytes(std::span<const std::byte> send, std::spa
   return Request(std::move(impl));
 }
 
-void Communicator::allgatherv(std::span<float> buffer, std::span<const int> counts) const {
+namespace {
+
+template <class T>
+void allgatherv_in_place(MPI_Comm comm, std::span<T> buffer, std::span<const int> counts, int size,
+                         MPI_Datatype type) {
   constexpr const char* kCall = "MPI_Allgatherv";
-  check_counts(counts, size_, kCall);
+  check_counts(counts, size, kCall);
   if (int64_t(buffer.size()) != sum_of(counts))
     fail("{}: a buffer of {} elements for counts summing to {}", kCall, buffer.size(), sum_of(counts));
-  if (!impl_) return;
+  if (comm == MPI_COMM_NULL) return;
   const std::vector<int> displacements = displacements_of(counts);
-  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data(), counts.data(), displacements.data(),
-                           MPI_FLOAT, impl_->comm),
-            kCall);
+  check_mpi(
+      MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data(), counts.data(), displacements.data(), type, comm),
+      kCall);
+}
+
+}  // namespace
+
+void Communicator::allgatherv(std::span<float> buffer, std::span<const int> counts) const {
+  allgatherv_in_place(impl_ ? impl_->comm : MPI_COMM_NULL, buffer, counts, size_, MPI_FLOAT);
+}
+
+void Communicator::allgatherv(std::span<uint16_t> buffer, std::span<const int> counts) const {
+  allgatherv_in_place(impl_ ? impl_->comm : MPI_COMM_NULL, buffer, counts, size_, MPI_UINT16_T);
 }
 
 void Communicator::gatherv(std::span<const float> send, std::span<float> recv, std::span<const int> counts,

@@ -81,6 +81,7 @@ class Communicator {
   // In place: rank r's counts[r] elements at its offset in `buffer` (the pieces lie in rank
   // order) go to every rank's buffer. Solo: nothing to move.
   void allgatherv(std::span<float> buffer, std::span<const int> counts) const;
+  void allgatherv(std::span<uint16_t> buffer, std::span<const int> counts) const;  // bf16 bits
   // Every rank's `send` (counts[rank()] elements) into `recv` on rank `root`, in rank order
   // (recv is ignored elsewhere). Solo: a copy.
   void gatherv(std::span<const float> send, std::span<float> recv, std::span<const int> counts, int root) const;

@@ -104,12 +104,33 @@ std::span<float> DataParallel::finish(std::span<float> grads) {
   return shard_grads_;
 }
 
-void DataParallel::all_gather(std::span<float> values) {
+void DataParallel::all_gather(std::span<float> values) { all_gather(values, 0, layout_.total()); }
+
+void DataParallel::all_gather(std::span<float> values, size_t begin, size_t end) {
   if (comm_.size() == 1) return;
-  for (const auto& [b, e] : dist::segments(0, layout_.total())) {
+  for (const auto& [b, e] : dist::segments(begin, end)) {
     const std::vector<int> counts = layout_.counts_in(b, e);
     comm_.allgatherv(values.subspan(b, e - b), counts);
     bytes_.all_gather += bytes_but_own(counts, comm_.rank(), sizeof(float));
+  }
+}
+
+void DataParallel::all_gather(std::span<uint16_t> bf16_bits) {
+  if (comm_.size() == 1) return;
+  for (const auto& [b, e] : dist::segments(0, layout_.total())) {
+    const std::vector<int> counts = layout_.counts_in(b, e);
+    comm_.allgatherv(bf16_bits.subspan(b, e - b), counts);
+    bytes_.all_gather += bytes_but_own(counts, comm_.rank(), sizeof(uint16_t));
+  }
+}
+
+void DataParallel::gather_range_to_root(std::span<const float> values, size_t begin, size_t end,
+                                        std::span<float> whole) const {
+  const dist::Shard mine = shard();
+  for (const auto& [b, e] : dist::segments(begin, end)) {
+    const dist::Shard part = dist::intersect(mine, b, e);
+    comm_.gatherv(values.subspan(part.begin, part.size()),
+                  comm_.is_root() ? whole.subspan(b - begin, e - b) : std::span<float>(), layout_.counts_in(b, e), 0);
   }
 }
 

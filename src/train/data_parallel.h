@@ -61,8 +61,14 @@ class DataParallel {
   // Waits for every reduction started and returns this rank's shard of the summed gradients
   // (element i: parameter shard().begin + i); one rank: grads' shard itself, as it is.
   std::span<float> finish(std::span<float> grads);
-  // In place: every rank's shard of `values` to every rank.
+  // In place: every rank's shard of `values` to every rank; or only the elements of [begin, end)
+  // (each rank's part of it); or, for the bf16 copy of the weights, the shards' bf16 bits.
   void all_gather(std::span<float> values);
+  void all_gather(std::span<float> values, size_t begin, size_t end);
+  void all_gather(std::span<uint16_t> bf16_bits);
+  // values[begin, end) onto rank 0 into `whole` (end - begin elements; ignored elsewhere), each
+  // rank sending the part of it in its shard.
+  void gather_range_to_root(std::span<const float> values, size_t begin, size_t end, std::span<float> whole) const;
   // Every rank's `shard_values` (this rank's shard of some buffer) into `whole` on rank 0 (whole
   // is ignored elsewhere).
   void gather_to_root(std::span<const float> shard_values, std::span<float> whole) const;

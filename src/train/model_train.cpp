@@ -22,11 +22,12 @@ ContextOptions with_precision(GemmPrecision precision) {
 }  // namespace
 
 TrainGraph::TrainGraph(const Config& config, int n_threads, GemmPrecision precision, bool recompute,
-                       ExpertGroup* expert_group)
+                       ExpertGroup* expert_group, bool bf16_kept_by_caller)
     : config_(config),
       context_(n_threads, with_precision(precision)),
       recompute_(recompute),
-      expert_group_(expert_group) {
+      expert_group_(expert_group),
+      bf16_kept_by_caller_(bf16_kept_by_caller) {
   if (precision == GemmPrecision::BF16 && !cpu_has_bf16_gemm()) fail("bf16 training needs a CPU with AVX512-BF16");
 }
 
@@ -34,21 +35,26 @@ void TrainGraph::bind(const Parameters& p) {
   const float* values = p.values().data();
   const float* grads = p.grads().data();
   const bool bf16 = context_.precision() == GemmPrecision::BF16;
-  if (values != bound_values_ || grads != bound_grads_) {
+  if (bf16) bf16_bits_.resize(p.values().size());
+  if (values != bound_values_ || grads != bound_grads_ || (bf16 && bf16_bits_.data() != bound_bf16_)) {
     values_ = ModelWeights::view_f32(config_, values, p.list_offsets());
     grads_ = ModelWeights::view_f32(config_, grads, p.list_offsets());
-    if (bf16) {
-      bf16_bits_.resize(p.values().size());
-      bf16_ = ModelWeights::view_f32(config_, values, p.list_offsets(), bf16_bits_.data());
-    }
+    if (bf16) bf16_ = ModelWeights::view_f32(config_, values, p.list_offsets(), bf16_bits_.data());
     bound_values_ = values;
     bound_grads_ = grads;
+    bound_bf16_ = bf16_bits_.data();
   }
-  if (!bf16) return;
-  // The weights may have changed since the last call (optimizer step, resume): a fresh bf16 copy.
+  // The weights may have changed since the last call (optimizer step, resume): a fresh bf16 copy,
+  // unless the caller keeps it.
+  if (bf16 && !bf16_kept_by_caller_) refresh_bf16(p, 0, p.values().size());
+}
+
+void TrainGraph::refresh_bf16(const Parameters& p, size_t begin, size_t end) {
+  bf16_bits_.resize(p.values().size());
+  const float* values = p.values().data();
   constexpr int64_t kChunk = 1 << 16;
-  context_.pool().parallel_for(int64_t(bf16_bits_.size()), kChunk, [&](int64_t begin, int64_t end) {
-    convert_f32_to_bf16(values + begin, bf16_bits_.data() + begin, size_t(end - begin));
+  context_.pool().parallel_for(int64_t(end - begin), kChunk, [&](int64_t b, int64_t e) {
+    convert_f32_to_bf16(values + begin + size_t(b), bf16_bits_.data() + begin + size_t(b), size_t(e - b));
   });
 }
 

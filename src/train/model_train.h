@@ -42,8 +42,11 @@ class TrainGraph {
   // and gradients are bit-identical, the forward runs twice).
   // expert_group: the routed experts are spread over its ranks (expert parallelism; the
   // Parameters then hold this rank's share of them); null: all on this rank. Not owned.
+  // bf16_kept_by_caller (BF16 only): run() uses the bf16 copy of the weights as the caller last
+  // left it through refresh_bf16 and bf16_weights(), instead of converting all the values again
+  // (ZeRO-1 keeps only a shard of the f32 values and all-gathers the bf16 copy).
   TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false,
-             ExpertGroup* expert_group = nullptr);
+             ExpertGroup* expert_group = nullptr, bool bf16_kept_by_caller = false);
 
   // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
   // p.grads() (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done.
@@ -51,6 +54,11 @@ class TrainGraph {
   StepLoss run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,
                int64_t seq, double aux_weight, bool backward, float grad_scale = 1.0f,
                const GradientsReady& ready = {});
+
+  // The bf16 copy of p's values (BF16 precision): [begin, end) converted again from p's values,
+  // and the whole copy, laid out as p's flat buffer.
+  void refresh_bf16(const Parameters& p, size_t begin, size_t end);
+  std::span<uint16_t> bf16_weights() { return bf16_bits_; }
 
   // Bytes held by the saved activations now (after a run: the step's activation memory).
   size_t activation_bytes() const;
@@ -66,12 +74,14 @@ class TrainGraph {
   Context context_;
   bool recompute_;
   ExpertGroup* expert_group_;
+  bool bf16_kept_by_caller_;
   RopeTable rope_;
   std::vector<int64_t> positions_;
   // Views of the parameters: values (f32), their bf16 copy (the forward weights in bf16 precision;
   // norms stay f32), and the gradients.
   std::unique_ptr<ModelWeights> values_, grads_, bf16_;
   const float *bound_values_ = nullptr, *bound_grads_ = nullptr;
+  const uint16_t* bound_bf16_ = nullptr;
   std::vector<uint16_t> bf16_bits_;
   // Activation memory: slab_ holds the step's saved tensors; with recompute_, layer_slab_ holds
   // one layer's at a time (rewound for each layer) and slab_ only the layers' inputs.

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <filesystem>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/mapped_file.h"
@@ -21,6 +24,8 @@ std::vector<ParameterTensor> Parameters::layout(const Config& config, ExpertShar
     t.trainable = info.trainable;
     t.layer = info.layer;
     t.expert = info.expert;
+    t.read_as_f32 = info.role == TensorRole::Embedding || info.role == TensorRole::Norm ||
+                    info.role == TensorRole::Router || info.role == TensorRole::RouterBias;
     (info.expert >= 0 ? experts : dense).push_back(std::move(t));
   }
   size_t offset = 0;
@@ -109,6 +114,16 @@ const float* Parameters::value(const std::string& name) const {
 float* Parameters::grad(const std::string& name) {
   const ParameterTensor* t = find(name);
   return t ? grads_.data() + t->offset : nullptr;
+}
+
+void Parameters::drop_values(size_t begin, size_t end) {
+  if (begin >= end || end > values_.size()) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(values_.data() + begin) + page - 1) / page * page;
+  const uintptr_t last = reinterpret_cast<uintptr_t>(values_.data() + end) / page * page;
+  // Anonymous private memory: MADV_DONTNEED frees the pages, a later read sees zeros. Advice
+  // only: when the kernel declines, the memory simply stays.
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 void Parameters::zero_grads(ThreadPool& pool) {

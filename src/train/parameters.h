@@ -28,6 +28,9 @@ struct ParameterTensor {
   size_t offset = 0, size = 0;
   int64_t layer = -1;     // the decoder layer it belongs to; -1 outside the layers (embedding, final norm, head)
   int64_t expert = -1;    // the routed expert it belongs to; -1 for the dense region
+  // bf16 training reads its f32 values (norms, routers and their biases, the embedding's lookup);
+  // every other tensor it reads as the bf16 copy.
+  bool read_as_f32 = false;
   bool trainable = true;  // false: e_score_correction_bias (moved by the bias update, not the optimizer)
 };
 
@@ -73,6 +76,10 @@ class Parameters {
   const std::vector<int64_t>& list_offsets() const { return list_offsets_; }
 
   void zero_grads(ThreadPool& pool);
+  // The values of [begin, end) are not needed on this rank (ZeRO-1 with bf16 weights: another
+  // rank's shard of the f32 master weights): the whole pages inside go back to the system and
+  // read as zero until written again.
+  void drop_values(size_t begin, size_t end);
   // Writes config.json and model.safetensors (F32, HF names), atomically. `which` selects the
   // values or the gradients (for --dump-grads).
   enum class Which { Values, Grads };

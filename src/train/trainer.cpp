@@ -159,9 +159,35 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
           p_, options_.optimizer,
           {p_.dense_size() + expert_parallel_.shard().begin, p_.dense_size() + expert_parallel_.shard().end}),
       precision_(usable_precision(options_.precision)),
+      sharded_master_(precision_ == GemmPrecision::BF16 && world_.size() > 1),
       graph_(p_.config(), options_.threads, precision_, options_.recompute,
-             options_.expert_parallel > 1 ? &expert_exchange_ : nullptr) {
-  if (!options_.resume) return;
+             options_.expert_parallel > 1 ? &expert_exchange_ : nullptr, sharded_master_) {
+  for (const ParameterTensor& t : p_.tensors()) {
+    if (!t.read_as_f32) continue;
+    if (!f32_ranges_.empty() && f32_ranges_.back().second == t.offset) f32_ranges_.back().second = t.offset + t.size;
+    else f32_ranges_.emplace_back(t.offset, t.offset + t.size);
+  }
+  if (options_.resume) resume();
+  if (sharded_master_) keep_master_shards();
+}
+
+void Trainer::keep_master_shards() {
+  // The bf16 copy from the whole f32 values, once; then only what this rank updates (its shards)
+  // and what the graph reads in f32 (all dense) stay.
+  graph_.refresh_bf16(p_, 0, p_.values().size());
+  std::vector<std::pair<size_t, size_t>> keep = f32_ranges_;
+  keep.emplace_back(dense_shard().begin, dense_shard().end);
+  keep.emplace_back(expert_shard().begin, expert_shard().end);
+  std::sort(keep.begin(), keep.end());
+  size_t from = 0;
+  for (const auto& [begin, end] : keep) {
+    if (begin > from) p_.drop_values(from, begin);
+    from = std::max(from, end);
+  }
+  p_.drop_values(from, p_.values().size());
+}
+
+void Trainer::resume() {
   // Checkpoints hold the whole model and optimizer state (any number of ranks and any expert
   // parallelism can resume them): each rank reads what it holds, by name, and keeps its shards.
   Optimizer whole(p_, options_.optimizer);
@@ -174,6 +200,28 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
   if (made_with != run)
     fail("--resume: {} was made with different settings ({}), not {}", resumed_->dir, made_with.dump(), run.dump());
   first_step_ = resumed_->state.value("step", int64_t(0));
+}
+
+void Trainer::gather_weights(double& wait_seconds) {
+  const size_t split = p_.dense_size();
+  const std::span<float> values(p_.values());
+  if (!sharded_master_) {
+    timed(wait_seconds, [&] {
+      dense_parallel_.all_gather(values.first(split));
+      expert_parallel_.all_gather(values.subspan(split));
+    });
+    return;
+  }
+  // ZeRO-1 with bf16 weights: the shards' new bf16 copies go to every rank (2 bytes an element),
+  // and of the f32 values only those the graph reads in f32.
+  graph_.refresh_bf16(p_, dense_shard().begin, dense_shard().end);
+  graph_.refresh_bf16(p_, expert_shard().begin, expert_shard().end);
+  const std::span<uint16_t> bits = graph_.bf16_weights();
+  timed(wait_seconds, [&] {
+    dense_parallel_.all_gather(bits.first(split));
+    expert_parallel_.all_gather(bits.subspan(split));
+    for (const auto& [begin, end] : f32_ranges_) dense_parallel_.all_gather(values.first(split), begin, end);
+  });
 }
 
 Trainer::~Trainer() = default;
@@ -270,34 +318,61 @@ void Trainer::dump_gradients(ShardGrads grads) {
 std::vector<std::string> Trainer::write_model_files(const std::string& dir) {
   const int blocks = options_.expert_parallel, rank = world_.rank();
   const bool root = world_.is_root();
-  if (blocks == 1) {  // rank 0 holds every tensor
-    if (!root) return {};
-    p_.save_tensors((std::filesystem::path(dir) / "model.safetensors").string(),
-                    [](const ParameterTensor&) { return true; });
-    p_.save_config(dir);
-    return {"model.safetensors", "config.json"};
+  // Without expert parallelism rank 0 writes model.safetensors; with it, each expert block's first
+  // holder (world rank = block) writes the block's shard, rank 0's holding the dense region too,
+  // and rank 0 lists them in the index.
+  const auto shard_name = [&](int block) {
+    return blocks == 1 ? std::string("model.safetensors")
+                       : fmt::format("model-{:05}-of-{:05}.safetensors", block + 1, blocks);
+  };
+  const bool writes = rank < blocks;
+  const auto in_my_file = [&](const ParameterTensor& t) { return writes && (t.expert >= 0 || rank == 0); };
+  std::optional<SafetensorsWriter> writer;
+  if (writes) {
+    std::vector<TensorHeader> headers;
+    for (const ParameterTensor& t : p_.tensors())
+      if (in_my_file(t)) headers.push_back({t.name, DType::F32, t.shape});
+    writer.emplace((std::filesystem::path(dir) / shard_name(rank)).string(), headers);
   }
-  // One shard per expert block, written by its first holder (world rank = block), the dense
-  // region in rank 0's; rank 0 lists them in the index.
-  const auto shard_name = [&](int block) { return fmt::format("model-{:05}-of-{:05}.safetensors", block + 1, blocks); };
+  // Tensor by tensor, in the buffer's order (the dense region, then the experts). With sharded
+  // master weights a tensor's f32 values are spread over the shards: its owners send their parts to
+  // the writer (rank 0 of the dense region's ranks, or of the block's replicas), one tensor at a
+  // time, so no rank ever holds more than one whole tensor it does not own.
+  const size_t split = p_.dense_size();
+  const std::span<const float> values(p_.values());
+  std::vector<float> gathered;
+  for (const ParameterTensor& t : p_.tensors()) {
+    std::span<const float> data = values.subspan(t.offset, t.size);
+    if (sharded_master_ && !t.read_as_f32) {
+      const bool expert = t.expert >= 0;
+      const size_t base = expert ? split : 0;
+      gathered.resize(in_my_file(t) ? t.size : 0);
+      (expert ? expert_parallel_ : dense_parallel_)
+          .gather_range_to_root(values.subspan(base), t.offset - base, t.offset - base + t.size, gathered);
+      data = gathered;
+    }
+    if (in_my_file(t)) writer->write_next({reinterpret_cast<const uint8_t*>(data.data()), data.size_bytes()});
+  }
   std::vector<std::string> files;
-  if (rank < blocks) {
-    p_.save_tensors((std::filesystem::path(dir) / shard_name(rank)).string(),
-                    [&](const ParameterTensor& t) { return t.expert >= 0 || rank == 0; });
+  if (writer) {
+    writer->finish();
     files.push_back(shard_name(rank));
   }
   if (!root) return files;
-  nlohmann::json weight_map = nlohmann::json::object();
-  const int64_t per_block = p_.expert_share().count;
-  for (int block = 0; block < blocks; ++block)
-    for (const ParameterTensor& t : Parameters::layout(p_.config(), {block * per_block, per_block}))
-      if (t.expert >= 0 || block == 0) weight_map[t.name] = shard_name(block);
-  const std::string index =
-      nlohmann::json({{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}).dump(2);
-  write_file_atomically((std::filesystem::path(dir) / "model.safetensors.index.json").string(),
-                        {reinterpret_cast<const uint8_t*>(index.data()), index.size()});
+  if (blocks > 1) {
+    nlohmann::json weight_map = nlohmann::json::object();
+    const int64_t per_block = p_.expert_share().count;
+    for (int block = 0; block < blocks; ++block)
+      for (const ParameterTensor& t : Parameters::layout(p_.config(), {block * per_block, per_block}))
+        if (t.expert >= 0 || block == 0) weight_map[t.name] = shard_name(block);
+    const std::string index =
+        nlohmann::json({{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}}).dump(2);
+    write_file_atomically((std::filesystem::path(dir) / "model.safetensors.index.json").string(),
+                          {reinterpret_cast<const uint8_t*>(index.data()), index.size()});
+    files.push_back("model.safetensors.index.json");
+  }
   p_.save_config(dir);
-  files.insert(files.end(), {"model.safetensors.index.json", "config.json"});
+  if (std::filesystem::exists(std::filesystem::path(dir) / "config.json")) files.push_back("config.json");
   return files;
 }
 
@@ -377,11 +452,19 @@ void Trainer::restore_residual(const std::string& checkpoint_dir, const nlohmann
 }
 
 size_t Trainer::state_bytes() const {
-  const size_t floats = p_.values().size() + p_.grads().size() + dense_optimizer_.first_moment().size() +
+  // The f32 values this rank keeps: all, or with sharded master weights its shards and the
+  // tensors read in f32; plus the bf16 copy the graph runs on.
+  size_t values = p_.values().size();
+  if (sharded_master_) {
+    values = dense_shard().size() + expert_shard().size();
+    for (const auto& [begin, end] : f32_ranges_) values += (end - begin) - dist::intersect(dense_shard(), begin, end).size();
+  }
+  const size_t bf16_bytes = precision_ == GemmPrecision::BF16 ? p_.values().size() * sizeof(uint16_t) : 0;
+  const size_t floats = values + p_.grads().size() + dense_optimizer_.first_moment().size() +
                         dense_optimizer_.second_moment().size() + expert_optimizer_.first_moment().size() +
                         expert_optimizer_.second_moment().size() + dense_parallel_.buffer_floats() +
                         expert_parallel_.buffer_floats();
-  return floats * sizeof(float);
+  return floats * sizeof(float) + bf16_bytes;
 }
 
 TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step) {
@@ -432,11 +515,7 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     report.lr = learning_rate(schedule, step);
     dense_optimizer_.step(pool, p_, grads.dense, report.lr);
     expert_optimizer_.step(pool, p_, grads.experts, report.lr);
-    timed(report.comm_wait_s, [&] {
-      const std::span<float> values(p_.values());
-      dense_parallel_.all_gather(values.first(p_.dense_size()));
-      expert_parallel_.all_gather(values.subspan(p_.dense_size()));
-    });
+    gather_weights(report.comm_wait_s);
     if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
 
     report.tokens_per_second = double(o.batch * o.seq * o.grad_accum) / seconds_since(step_start);

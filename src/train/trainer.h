@@ -151,6 +151,11 @@ class Trainer {
   // under expert parallelism one shard per expert block and the index); returns the files this
   // rank wrote.
   std::vector<std::string> write_model_files(const std::string& dir);
+  void resume();              // from the newest good checkpoint in out_dir
+  void keep_master_shards();  // sharded_master_: drops the f32 values this rank does not keep
+  // After the optimizer step: every rank's shards of the new weights to every rank (the time
+  // blocked on it added to wait_seconds).
+  void gather_weights(double& wait_seconds);
   // The checkpoint's error-feedback residuals when it was made by the same world, E and compression.
   void restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state);
   Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
@@ -172,6 +177,11 @@ class Trainer {
   std::optional<ResumedCheckpoint> resumed_;
   int64_t first_step_ = 0;
   GemmPrecision precision_;
+  // ZeRO-1 of the f32 master weights too (bf16 precision on more than one rank): a rank keeps the
+  // f32 values of its shards and of the tensors read in f32 (f32_ranges_, in the dense region);
+  // the graph runs on the bf16 copy, which the ranks all-gather.
+  bool sharded_master_;
+  std::vector<std::pair<size_t, size_t>> f32_ranges_;
   TrainGraph graph_;
   std::vector<int32_t> inputs_, targets_;  // one micro-batch's token ids
   // Without comm_overlap: the ranges backward finished, reduced after it (kept, every step has the same).

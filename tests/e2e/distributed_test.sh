@@ -23,6 +23,9 @@
 #     one process; the world layout names each rank's experts; a 2-rank expert-parallel run resumed from
 #     step 20 is bit-identical, and its checkpoint resumed by 4 ranks with --expert-parallel 4 and by one
 #     process ends within the limits of one process's run;
+#   - --precision bf16 at 2 ranks (ZeRO-1 of the f32 master weights too: each rank keeps its shard of
+#     them, the ranks all-gather the bf16 copy): 20 steps within the same limits of one bf16 process (rank
+#     0's memory printed), and a run resumed from step 10 bit-identical;
 #   - a batch that does not split over the ranks, and an --expert-parallel that does not divide the ranks
 #     or the experts, are refused with one line.
 # Prints "N passed, M failed".
@@ -217,6 +220,19 @@ rc=$?
 [ $rc -ne 0 ] && [ "$(grep -c "^deepmoe: error: .*cannot be split evenly over 4 ranks" uneven.txt)" -eq 1 ] &&
   ok "an uneven batch is refused with one line" ||
   bad "uneven batch (exit $rc: $(head -c 300 uneven.txt))"
+
+# bf16 weights with sharded f32 master weights (on a CPU without AVX512-BF16 both runs train in f32).
+"$deepmoe" train "${common[@]}" --steps 20 --precision bf16 --out bf16-solo >bf16-solo.txt 2>&1 &&
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --precision bf16 --save-every 10 --out bf16-np2 \
+    >bf16-np2.txt 2>&1 && compare bf16-np2 bf16-solo >bf16-np2.compare.txt &&
+  ok "--precision bf16 at 2 ranks matches one process: $(cat bf16-np2.compare.txt); $(grep "^  rank 0" bf16-np2.txt)" ||
+  bad "--precision bf16 at 2 ranks ($(tail -c 300 bf16-np2.txt); $(cat bf16-np2.compare.txt 2>/dev/null))"
+rm -rf bf16-part && mkdir bf16-part && cp -r bf16-np2/checkpoints bf16-part/ && rm -rf bf16-part/checkpoints/step-20 &&
+  head -10 bf16-np2/metrics.jsonl >bf16-part/metrics.jsonl &&
+  mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --precision bf16 --resume --out bf16-part \
+    >bf16-resume.txt 2>&1 && grep -q "resuming from .*step-10" bf16-resume.txt &&
+  cmp -s bf16-part/model.safetensors bf16-np2/model.safetensors && same_run bf16-part/metrics.jsonl bf16-np2/metrics.jsonl &&
+  ok "a resumed --precision bf16 2-rank run is bit-identical" || bad "bf16 resume ($(tail -c 300 bf16-resume.txt))"
 
 # --expert-parallel must divide the ranks (3 does not divide 2) and the experts (3 does not divide 16).
 for run in "2:3:divide the 2 ranks" "3:3:divide the model's 16 routed experts"; do
