@@ -211,17 +211,16 @@ Request Communicator::ialltoallv_bytes(std::span<const std::byte> send, std::spa
 namespace {
 
 template <class T>
-void allgatherv_in_place(MPI_Comm comm, std::span<T> buffer, std::span<const int> counts, int size,
-                         MPI_Datatype type) {
+void allgatherv_in_place(MPI_Comm comm, std::span<T> buffer, std::span<const int> counts, int size, MPI_Datatype type) {
   constexpr const char* kCall = "MPI_Allgatherv";
   check_counts(counts, size, kCall);
   if (int64_t(buffer.size()) != sum_of(counts))
     fail("{}: a buffer of {} elements for counts summing to {}", kCall, buffer.size(), sum_of(counts));
   if (comm == MPI_COMM_NULL) return;
   const std::vector<int> displacements = displacements_of(counts);
-  check_mpi(
-      MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data(), counts.data(), displacements.data(), type, comm),
-      kCall);
+  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data(), counts.data(), displacements.data(), type,
+                           comm),
+            kCall);
 }
 
 }  // namespace

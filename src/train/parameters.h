@@ -26,8 +26,8 @@ struct ParameterTensor {
   std::string name;
   std::vector<int64_t> shape;
   size_t offset = 0, size = 0;
-  int64_t layer = -1;     // the decoder layer it belongs to; -1 outside the layers (embedding, final norm, head)
-  int64_t expert = -1;    // the routed expert it belongs to; -1 for the dense region
+  int64_t layer = -1;   // the decoder layer it belongs to; -1 outside the layers (embedding, final norm, head)
+  int64_t expert = -1;  // the routed expert it belongs to; -1 for the dense region
   // bf16 training reads its f32 values (norms, routers and their biases, the embedding's lookup);
   // every other tensor it reads as the bf16 copy.
   bool read_as_f32 = false;

@@ -457,7 +457,8 @@ size_t Trainer::state_bytes() const {
   size_t values = p_.values().size();
   if (sharded_master_) {
     values = dense_shard().size() + expert_shard().size();
-    for (const auto& [begin, end] : f32_ranges_) values += (end - begin) - dist::intersect(dense_shard(), begin, end).size();
+    for (const auto& [begin, end] : f32_ranges_)
+      values += (end - begin) - dist::intersect(dense_shard(), begin, end).size();
   }
   const size_t bf16_bytes = precision_ == GemmPrecision::BF16 ? p_.values().size() * sizeof(uint16_t) : 0;
   const size_t floats = values + p_.grads().size() + dense_optimizer_.first_moment().size() +

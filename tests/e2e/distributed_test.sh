@@ -24,8 +24,11 @@
 #     step 20 is bit-identical, and its checkpoint resumed by 4 ranks with --expert-parallel 4 and by one
 #     process ends within the limits of one process's run;
 #   - --precision bf16 at 2 ranks (ZeRO-1 of the f32 master weights too: each rank keeps its shard of
-#     them, the ranks all-gather the bf16 copy): 20 steps within the same limits of one bf16 process (rank
-#     0's memory printed), and a run resumed from step 10 bit-identical;
+#     them, the ranks all-gather the bf16 copy): 20 steps with every step's loss within 2% of one bf16
+#     process's (bf16 rounding of the activations depends on the micro-batch split and Adam's first steps
+#     are sign-like, so bf16 runs of another split drift apart: docs/distributed.md), rank 0 holding less
+#     than the f32 run's rank 0 plus the bf16 copy (what it held before the master weights were sharded),
+#     and a run resumed from step 10 bit-identical;
 #   - a batch that does not split over the ranks, and an --expert-parallel that does not divide the ranks
 #     or the experts, are refused with one line.
 # Prints "N passed, M failed".
@@ -224,8 +227,19 @@ rc=$?
 # bf16 weights with sharded f32 master weights (on a CPU without AVX512-BF16 both runs train in f32).
 "$deepmoe" train "${common[@]}" --steps 20 --precision bf16 --out bf16-solo >bf16-solo.txt 2>&1 &&
   mpirun -np 2 "$deepmoe" train "${common[@]}" --steps 20 --precision bf16 --save-every 10 --out bf16-np2 \
-    >bf16-np2.txt 2>&1 && compare bf16-np2 bf16-solo >bf16-np2.compare.txt &&
-  ok "--precision bf16 at 2 ranks matches one process: $(cat bf16-np2.compare.txt); $(grep "^  rank 0" bf16-np2.txt)" ||
+    >bf16-np2.txt 2>&1 && /usr/bin/python3 - bf16-np2 bf16-solo np2.txt bf16-np2.txt >bf16-np2.compare.txt <<'PY' &&
+import json, re, sys
+a, b, f32_log, bf16_log = sys.argv[1:]
+runs = [[json.loads(l) for l in open(f"{p}/metrics.jsonl")] for p in (a, b)]
+worst = max(abs(x["loss"] - y["loss"]) / y["loss"] for x, y in zip(*runs))
+mib = [float(re.search(r"^  rank 0 \(.*?\): .*?([0-9.]+) MiB", open(p).read(), re.M).group(1)) for p in (f32_log, bf16_log)]
+params = float(re.search(r"of the ([0-9.]+) M parameters it holds", open(bf16_log).read()).group(1)) * 1e6
+unsharded = mib[0] + 2 * params / 2**20  # every f32 value plus the bf16 copy
+print(f"loss within {worst:.2%} of one bf16 process (limit 2%); rank 0 holds {mib[1]:.1f} MiB, "
+      f"{unsharded:.1f} with every f32 master weight")
+sys.exit(0 if len(runs[0]) == 20 and worst <= 0.02 and mib[1] < unsharded else 1)
+PY
+  ok "--precision bf16 at 2 ranks: $(cat bf16-np2.compare.txt)" ||
   bad "--precision bf16 at 2 ranks ($(tail -c 300 bf16-np2.txt); $(cat bf16-np2.compare.txt 2>/dev/null))"
 rm -rf bf16-part && mkdir bf16-part && cp -r bf16-np2/checkpoints bf16-part/ && rm -rf bf16-part/checkpoints/step-20 &&
   head -10 bf16-np2/metrics.jsonl >bf16-part/metrics.jsonl &&
