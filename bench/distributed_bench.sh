@@ -9,7 +9,9 @@
 #       --grad-compression none, bf16 and int8;
 #   (d) --expert-parallel 2 (each rank holds 8 of the 16 routed experts, tokens travel by all-to-all):
 #       tokens/s, bytes per step by collective, and each rank's weights + gradients + optimizer state
-#       against the data-parallel run's.
+#       against the data-parallel run's;
+#   (e) --precision bf16 (the f32 master weights sharded, the bf16 copy all-gathered): one process against
+#       2 ranks, tokens/s and bytes per step.
 #   [STEPS=12] [BIND=core] bench/distributed_bench.sh [build-dir] [work-dir]
 # The ranks are bound with --bind-to $BIND (core, mpirun's own default for 2 ranks: each rank's one
 # thread stays on its core, as the one process's 2 threads spread over 2 cores; BIND=none lets the
@@ -40,6 +42,8 @@ run() {  # NAME then the launcher and flags
 run solo "$build/deepmoe" train "${common[@]}" --threads 2
 run overlap-on "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --comm-overlap on
 run overlap-off "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --comm-overlap off
+run bf16-solo "$build/deepmoe" train "${common[@]/f32/bf16}" --threads 2
+run bf16 "${mpi[@]}" "$build/deepmoe" train "${common[@]/f32/bf16}" --threads 1
 run expert-parallel "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --expert-parallel 2
 for kind in bf16 int8; do
   run "compress-$kind" "${mpi[@]}" "$build/deepmoe" train "${common[@]}" --threads 1 --grad-compression $kind
@@ -81,4 +85,8 @@ print(f"    {'':<18}{'tok/s':>8}{'reduce-scatter':>16}{'all-gather':>14}{'all-to
 for label, name, b in (("data parallel", "overlap-on", dp), ("expert parallel 2", "expert-parallel", ep)):
     print(f"    {label:<18}{tok_s(name):>8.0f}{b['reduce_scatter']:>16,}{b['all_gather']:>14,}"
           f"{b.get('all_to_all', 0):>14,}{held_mib(name):>12.1f}")
+b = lines("bf16")[-1]["comm_bytes"]
+print(f"(e) --precision bf16: 1 process x 2 threads {tok_s('bf16-solo'):.0f} tok/s; 2 ranks {tok_s('bf16'):.0f} tok/s "
+      f"({tok_s('bf16') / tok_s('bf16-solo'):.2f}x), reduce-scatter {b['reduce_scatter']:,} B, all-gather "
+      f"{b['all_gather']:,} B, rank 0 {held_mib('bf16'):.1f} MiB")
 PY
