@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   deepmoe::cli::add_prepare_command(app);
   deepmoe::cli::add_convert_command(app);
   deepmoe::cli::add_ppl_command(app);
+  deepmoe::cli::add_eval_command(app);
   deepmoe::cli::add_quantize_command(app);
   deepmoe::cli::add_serve_command(app);
   deepmoe::cli::add_train_command(app);

@@ -34,7 +34,7 @@ cat >config.json <<'JSON'
 JSON
 
 "$deepmoe" --help >/dev/null && ok "help" || bad "help"
-for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat train; do
+for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat train eval; do
   "$deepmoe" $sub --help >/dev/null && ok "$sub --help" || bad "$sub --help"
 done
 "$deepmoe" init --config config.json --out model --seed 5 >/dev/null && ok "init" || bad "init"
@@ -117,6 +117,18 @@ echo '{% for m in messages %}{{ m.content | wordwrap }}{% endfor %}' >bad.jinja
 expect_error "unsupported template filter" "wordwrap" "$deepmoe" chat-template --tokenizer tok --messages messages.json --template bad.jinja
 expect_error "prompt without tokenizer" "tokenizer.json" "$deepmoe" generate --model model --prompt "hi"
 expect_error "vocab too small to train" "vocab-size" "$deepmoe" tokenizer-train --vocab-size 10 --out t2 text.txt
+# deepmoe eval: a multiple-choice JSONL scored end to end, and malformed tasks refused with one line.
+printf '%s\n' '{"context": "the quick brown", "choices": [" fox", " dog naps"], "gold": 0}' \
+  '{"context": "", "choices": ["the fox", "naps then"], "gold": 1}' >mc.jsonl
+"$deepmoe" eval --model tmodel --data mc.jsonl --out mc_results.json --log-samples mc_samples.jsonl >mc.txt 2>&1 &&
+  grep -q "^|mc  *|  *acc|" mc.txt && [ "$(wc -l <mc_samples.jsonl)" -eq 2 ] &&
+  /usr/bin/python3 -c "import json,sys; r=json.load(open('mc_results.json'))['results']['mc']; sys.exit(0 if 0 <= r['acc,none'] <= 1 and 'acc_norm_stderr,none' in r else 1)" &&
+  ok "eval --task mc: table, results file, samples" || bad "eval mc ($(head -c 300 mc.txt))"
+printf '%s\n' '{"context": "a", "choices": [" b", " c"], "gold": 2}' >mc_bad_gold.jsonl
+expect_error "eval: gold outside the choices" "mc_bad_gold.jsonl:1: 'gold'" "$deepmoe" eval --model tmodel --data mc_bad_gold.jsonl
+printf '%s\n' '{"context": "a", "choices": [" b", " c"], "gold": 0}' 'not json' >mc_bad_line.jsonl
+expect_error "eval: a line that is not JSON" "mc_bad_line.jsonl:2: not a JSON object" "$deepmoe" eval --model tmodel --data mc_bad_line.jsonl
+expect_error "eval: a model without a tokenizer" "tokenizer" "$deepmoe" eval --model model --data mc.jsonl
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 

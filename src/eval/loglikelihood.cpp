@@ -1,0 +1,61 @@
+#include "eval/loglikelihood.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace deepmoe::eval {
+
+namespace {
+
+// log softmax(row)[token], and whether token is the row's argmax (the first one, as torch's).
+std::pair<double, bool> log_prob(const float* row, int64_t vocab, int32_t token) {
+  const float* best = std::max_element(row, row + vocab);
+  double sum = 0;
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - double(*best));
+  return {double(row[token]) - double(*best) - std::log(sum), best - row == token};
+}
+
+}  // namespace
+
+std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& cache, std::span<const int32_t> context,
+                                                   std::span<const std::vector<int32_t>> continuations) {
+  const int64_t vocab = model.config().vocab_size;
+  if (context.empty()) fail("loglikelihood: the context has no tokens");
+  size_t longest = 0;
+  for (const auto& c : continuations) {
+    if (c.empty()) fail("loglikelihood: a continuation has no tokens");
+    longest = std::max(longest, c.size());
+  }
+  if (int64_t(context.size() + longest) > cache.capacity)
+    fail("loglikelihood: {} context tokens and a continuation of {} exceed the {} positions of the cache",
+         context.size(), longest, cache.capacity);
+  // The context once: its last logits predict every continuation's first token.
+  std::vector<float> first(static_cast<size_t>(vocab)), rows;
+  cache.length = 0;
+  model.forward(context, cache, LogitsFor::LastToken, first.data());
+  const int64_t prefix = cache.length;
+  std::vector<ContinuationScore> scores;
+  for (const auto& c : continuations) {
+    ContinuationScore s;
+    s.tokens = int64_t(c.size());
+    auto [lp, greedy] = log_prob(first.data(), vocab, c[0]);
+    s.logprob = lp;
+    s.greedy = greedy;
+    if (c.size() > 1) {  // the continuation but its last token, from the cached context
+      cache.length = prefix;
+      rows.resize((c.size() - 1) * size_t(vocab));
+      model.forward(std::span(c).first(c.size() - 1), cache, LogitsFor::AllTokens, rows.data());
+      for (size_t i = 1; i < c.size(); ++i) {
+        const auto [token_lp, token_greedy] = log_prob(rows.data() + (i - 1) * size_t(vocab), vocab, c[i]);
+        s.logprob += token_lp;
+        s.greedy = s.greedy && token_greedy;
+      }
+    }
+    scores.push_back(s);
+  }
+  return scores;
+}
+
+}  // namespace deepmoe::eval
