@@ -20,7 +20,8 @@ std::pair<double, bool> log_prob(const float* row, int64_t vocab, int32_t token)
 }  // namespace
 
 std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& cache, std::span<const int32_t> context,
-                                                   std::span<const std::vector<int32_t>> continuations) {
+                                                   std::span<const std::vector<int32_t>> continuations,
+                                                   bool reuse_context) {
   const int64_t vocab = model.config().vocab_size;
   if (context.empty()) fail("loglikelihood: the context has no tokens");
   size_t longest = 0;
@@ -34,16 +35,32 @@ std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& ca
   // The context once: its last logits predict every continuation's first token.
   std::vector<float> first(static_cast<size_t>(vocab)), rows;
   cache.length = 0;
-  model.forward(context, cache, LogitsFor::LastToken, first.data());
+  if (reuse_context) model.forward(context, cache, LogitsFor::LastToken, first.data());
   const int64_t prefix = cache.length;
   std::vector<ContinuationScore> scores;
+  std::vector<int32_t> whole;
   for (const auto& c : continuations) {
+    if (!reuse_context) {  // the context again, from position 0, then the continuation but its last token
+      whole.assign(context.begin(), context.end());
+      whole.insert(whole.end(), c.begin(), c.end() - 1);
+      rows.resize(whole.size() * size_t(vocab));
+      cache.length = 0;
+      model.forward(whole, cache, LogitsFor::AllTokens, rows.data());
+      std::copy_n(rows.begin() + ptrdiff_t((context.size() - 1) * size_t(vocab)), vocab, first.begin());
+    }
     ContinuationScore s;
     s.tokens = int64_t(c.size());
     auto [lp, greedy] = log_prob(first.data(), vocab, c[0]);
     s.logprob = lp;
     s.greedy = greedy;
-    if (c.size() > 1) {  // the continuation but its last token, from the cached context
+    if (!reuse_context) {
+      for (size_t i = 1; i < c.size(); ++i) {
+        const auto [token_lp, token_greedy] =
+            log_prob(rows.data() + (context.size() + i - 1) * size_t(vocab), vocab, c[i]);
+        s.logprob += token_lp;
+        s.greedy = s.greedy && token_greedy;
+      }
+    } else if (c.size() > 1) {  // the continuation but its last token, from the cached context
       cache.length = prefix;
       rows.resize((c.size() - 1) * size_t(vocab));
       model.forward(std::span(c).first(c.size() - 1), cache, LogitsFor::AllTokens, rows.data());

@@ -23,7 +23,10 @@ struct ContinuationScore {
 // every continuation at least one token. `cache` must hold context plus the longest continuation
 // (its contents are replaced). Throws Error on an empty context or continuation, or a sequence
 // longer than the cache.
+// reuse_context false: the naive loop, one pass over context + continuation per choice (the
+// same sums up to rounding; for measuring what the cached context saves).
 std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& cache, std::span<const int32_t> context,
-                                                   std::span<const std::vector<int32_t>> continuations);
+                                                   std::span<const std::vector<int32_t>> continuations,
+                                                   bool reuse_context = true);
 
 }  // namespace deepmoe::eval
