@@ -102,7 +102,9 @@ void run_eval(const Options& o) {
         s->acc.push_back(r.correct ? 1.0 : 0.0);
         s->acc_norm.push_back(r.correct_norm ? 1.0 : 0.0);
       }
-      tokens += int64_t(e.context.size());
+      // Tokens through the model: the context once (or once per choice without the cache), and
+      // each continuation but its last token.
+      tokens += int64_t(e.context.size()) * (o.no_prefix_cache ? int64_t(e.continuations.size()) : 1);
       for (const auto& c : e.continuations) tokens += int64_t(c.size()) - 1;
       if (samples.is_open()) {
         nlohmann::json line = {{"task", tasks[t].name},

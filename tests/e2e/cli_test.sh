@@ -129,6 +129,23 @@ expect_error "eval: gold outside the choices" "mc_bad_gold.jsonl:1: 'gold'" "$de
 printf '%s\n' '{"context": "a", "choices": [" b", " c"], "gold": 0}' 'not json' >mc_bad_line.jsonl
 expect_error "eval: a line that is not JSON" "mc_bad_line.jsonl:2: not a JSON object" "$deepmoe" eval --model tmodel --data mc_bad_line.jsonl
 expect_error "eval: a model without a tokenizer" "tokenizer" "$deepmoe" eval --model model --data mc.jsonl
+# MMLU's CSV layout, one-shot, scored with the cached context and with the naive loop: the same answers
+# and log-likelihoods within 1e-4.
+mkdir -p mmlu/dev mmlu/test
+printf '%s\n' '"Which animal, of these, is quick?",the fox,a stone,the river,old bread,A' >mmlu/dev/toy_facts_dev.csv
+printf '%s\n' '"What naps?",the lazy dog,a river,"seven ""old"" stones",bread,A' 'Birds do what?,sing,melt,"rust, then fall",sleep,A' \
+  >mmlu/test/toy_facts_test.csv
+"$deepmoe" eval --model tmodel --task mmlu --data mmlu --num-fewshot 1 --log-samples mmlu_cached.jsonl >mmlu.txt 2>&1 &&
+  "$deepmoe" eval --model tmodel --task mmlu --data mmlu --num-fewshot 1 --no-prefix-cache \
+    --log-samples mmlu_naive.jsonl >mmlu_naive.txt 2>&1 && grep -q "^|mmlu_toy_facts  *|  *acc|" mmlu.txt &&
+  /usr/bin/python3 - mmlu_cached.jsonl mmlu_naive.jsonl <<'PY' && ok "eval --task mmlu: one-shot, cached context = naive loop" ||
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+same = len(a) == 2 and all(x["pred"] == y["pred"] and x["context"].count("Answer:") == 2 and
+    all(abs(p - q) <= 1e-4 * abs(q) for p, q in zip(x["logprobs"], y["logprobs"])) for x, y in zip(a, b))
+sys.exit(0 if same else 1)
+PY
+  bad "eval mmlu ($(head -c 300 mmlu.txt))"
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 
