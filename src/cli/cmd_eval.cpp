@@ -52,14 +52,6 @@ struct Scored {
   std::vector<double> acc, acc_norm;
 };
 
-nlohmann::json metrics_json(const Scored& s) {
-  const eval::Metric a = eval::mean_of(s.acc), an = eval::mean_of(s.acc_norm);
-  return {{"acc,none", a.value},
-          {"acc_stderr,none", a.stderr_},
-          {"acc_norm,none", an.value},
-          {"acc_norm_stderr,none", an.stderr_}};
-}
-
 void run_eval(const Options& o) {
   std::vector<Task> tasks = load_tasks(o);
   const auto weights = load_model(o.model, o.load);
@@ -140,8 +132,11 @@ void run_eval(const Options& o) {
     const eval::Metric a = eval::mean_of(s.acc), an = eval::mean_of(s.acc_norm);
     fmt::print("|{:<24}|{:>8}|{:>8.4f}|{:>8.4f}|\n|{:<24}|{:>8}|{:>8.4f}|{:>8.4f}|\n", name, "acc", a.value, a.stderr_,
                "", "acc_norm", an.value, an.stderr_);
-    results[name] = metrics_json(s);
-    results[name]["alias"] = name;
+    results[name] = {{"alias", name},
+                     {"acc,none", a.value},
+                     {"acc_stderr,none", a.stderr_},
+                     {"acc_norm,none", an.value},
+                     {"acc_norm_stderr,none", an.stderr_}};
     n_samples[name] = {{"original", s.acc.size()}, {"effective", s.acc.size()}};
   };
   if (tasks.size() > 1) report(o.task, all);

@@ -40,35 +40,31 @@ std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& ca
   std::vector<ContinuationScore> scores;
   std::vector<int32_t> whole;
   for (const auto& c : continuations) {
-    if (!reuse_context) {  // the context again, from position 0, then the continuation but its last token
+    // `predicting`: row i holds the logits that predict c[i].
+    const float* predicting = nullptr;
+    if (reuse_context) {  // the first token's row, then the continuation but its last token from the cache
+      rows.resize(c.size() * size_t(vocab));
+      std::copy(first.begin(), first.end(), rows.begin());
+      if (c.size() > 1) {
+        cache.length = prefix;
+        model.forward(std::span(c).first(c.size() - 1), cache, LogitsFor::AllTokens, rows.data() + vocab);
+      }
+      predicting = rows.data();
+    } else {  // the context again from position 0, then the continuation but its last token
       whole.assign(context.begin(), context.end());
       whole.insert(whole.end(), c.begin(), c.end() - 1);
       rows.resize(whole.size() * size_t(vocab));
       cache.length = 0;
       model.forward(whole, cache, LogitsFor::AllTokens, rows.data());
-      std::copy_n(rows.begin() + ptrdiff_t((context.size() - 1) * size_t(vocab)), vocab, first.begin());
+      predicting = rows.data() + (context.size() - 1) * size_t(vocab);
     }
     ContinuationScore s;
     s.tokens = int64_t(c.size());
-    auto [lp, greedy] = log_prob(first.data(), vocab, c[0]);
-    s.logprob = lp;
-    s.greedy = greedy;
-    if (!reuse_context) {
-      for (size_t i = 1; i < c.size(); ++i) {
-        const auto [token_lp, token_greedy] =
-            log_prob(rows.data() + (context.size() + i - 1) * size_t(vocab), vocab, c[i]);
-        s.logprob += token_lp;
-        s.greedy = s.greedy && token_greedy;
-      }
-    } else if (c.size() > 1) {  // the continuation but its last token, from the cached context
-      cache.length = prefix;
-      rows.resize((c.size() - 1) * size_t(vocab));
-      model.forward(std::span(c).first(c.size() - 1), cache, LogitsFor::AllTokens, rows.data());
-      for (size_t i = 1; i < c.size(); ++i) {
-        const auto [token_lp, token_greedy] = log_prob(rows.data() + (i - 1) * size_t(vocab), vocab, c[i]);
-        s.logprob += token_lp;
-        s.greedy = s.greedy && token_greedy;
-      }
+    s.greedy = true;
+    for (size_t i = 0; i < c.size(); ++i) {
+      const auto [token_lp, token_greedy] = log_prob(predicting + i * size_t(vocab), vocab, c[i]);
+      s.logprob += token_lp;
+      s.greedy = s.greedy && token_greedy;
     }
     scores.push_back(s);
   }

@@ -147,6 +147,21 @@ void moe_forward(const Context& ctx, const Config& c, const MoeWeights& w, const
   experts_one_by_one(ctx, c, w, x, n_tokens, s, out);
 }
 
+void slot_output_backward(const MoeSaved& saved, const float* dy, int64_t hidden, int64_t slot, float* d_out,
+                          std::vector<float>& d_weights) {
+  const MoeRouting& r = saved.routing;
+  const int64_t choice = r.choice_of_slot[size_t(slot)];
+  const float weight = r.chosen_weight[size_t(choice)];
+  const float* g = dy + r.token_of_slot[size_t(slot)] * hidden;
+  const float* y = saved.expert_out.data() + slot * hidden;
+  double dot = 0;
+  for (int64_t h = 0; h < hidden; ++h) {
+    d_out[h] = weight * g[h];
+    dot += double(g[h]) * y[h];
+  }
+  d_weights[size_t(choice)] = float(dot);
+}
+
 void moe_backward(const Context& ctx, const Config& c, const MoeWeights& w, const MoeWeights& grads, const float* x,
                   int64_t batch, int64_t seq, double aux_weight, const MoeSaved& saved, const float* dy, float* dx) {
   const int64_t n = batch * seq, n_experts = c.n_routed_experts, k = c.num_experts_per_tok, hidden = c.hidden_size;
@@ -170,18 +185,8 @@ void moe_backward(const Context& ctx, const Config& c, const MoeWeights& w, cons
         const int64_t m = end - begin;
         if (m == 0) continue;
         d_out.resize(size_t(m * hidden));
-        for (int64_t i = 0; i < m; ++i) {
-          const int64_t slot = begin + i, choice = r.choice_of_slot[size_t(slot)];
-          const float weight = r.chosen_weight[size_t(choice)];
-          const float* g = dy + r.token_of_slot[size_t(slot)] * hidden;
-          const float* y = saved.expert_out.data() + slot * hidden;
-          double dot = 0;
-          for (int64_t h = 0; h < hidden; ++h) {
-            d_out[size_t(i * hidden + h)] = weight * g[h];
-            dot += double(g[h]) * y[h];
-          }
-          d_weights[size_t(choice)] = float(dot);
-        }
+        for (int64_t i = 0; i < m; ++i)
+          slot_output_backward(saved, dy, hidden, begin + i, d_out.data() + i * hidden, d_weights);
         mlp_backward(serial, w.experts[size_t(e)], grads.experts[size_t(e)], saved.expert_in.data() + begin * hidden,
                      hidden, m, saved.experts.rows(begin, m, inter), d_out.data(), d_inputs.data() + begin * hidden);
       }

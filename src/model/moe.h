@@ -67,6 +67,12 @@ struct MoeSaved {
 void moe_forward(const Context& ctx, const Config& config, const MoeWeights& w, const float* x, int64_t n_tokens,
                  MoeScratch& scratch, MoeSaved* saved, float* out);
 
+// For one (token, expert) slot of a training call: d_out[hidden] = weight·dy of its token (the
+// gradient of the expert's output) and d_weights[choice] = dy · the expert's output. Shared by the
+// single-rank and the expert-parallel backward.
+void slot_output_backward(const MoeSaved& saved, const float* dy, int64_t hidden, int64_t slot, float* d_out,
+                          std::vector<float>& d_weights);
+
 // dx [n_tokens, hidden] += ∂loss/∂x for dy = ∂loss/∂out, over `batch` sequences of `seq` tokens
 // (the balance loss is per sequence; aux_weight 0: none); the weights' gradients accumulate into
 // `grads`.

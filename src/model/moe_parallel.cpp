@@ -125,18 +125,8 @@ void moe_parallel_backward(const Context& ctx, const Config& c, const MoeWeights
   // d(expert output) = weight·dy, and d(weight) = dy · expert output, on the slots' own rank.
   std::vector<float> d_out(size_t(slots * hidden));
   ctx.pool().parallel_for(slots, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t slot = begin; slot < end; ++slot) {
-      const int64_t choice = r.choice_of_slot[size_t(slot)];
-      const float weight = r.chosen_weight[size_t(choice)];
-      const float* g = dy + r.token_of_slot[size_t(slot)] * hidden;
-      const float* y = saved.expert_out.data() + slot * hidden;
-      double dot = 0;
-      for (int64_t h = 0; h < hidden; ++h) {
-        d_out[size_t(slot * hidden + h)] = weight * g[h];
-        dot += double(g[h]) * y[h];
-      }
-      d_weights[size_t(choice)] = float(dot);
-    }
+    for (int64_t slot = begin; slot < end; ++slot)
+      slot_output_backward(saved, dy, hidden, slot, d_out.data() + slot * hidden, d_weights);
   });
 
   std::vector<float> d_received(size_t(rows * hidden)), d_rows(size_t(rows * hidden));

@@ -24,7 +24,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kPrefix = "step-";
-constexpr const char* kOneOptimizerFile = "optimizer.safetensors";
 
 constexpr const char* kMomentKinds[] = {".exp_avg", ".exp_avg_sq"};
 
@@ -148,7 +147,7 @@ void check_same_config(const std::string& dir, const Config& saved, const Config
 // The optimizer files state.json lists (one process's checkpoints and earlier ones: the one file).
 std::vector<std::string> optimizer_files(const nlohmann::json& state, const std::string& state_path) {
   const auto listed = state.find("optimizer_files");
-  if (listed == state.end()) return {kOneOptimizerFile};
+  if (listed == state.end()) return {optimizer_file_of(0, 1)};
   std::vector<std::string> files;
   if (listed->is_array())
     for (const auto& f : *listed)
@@ -209,6 +208,10 @@ std::optional<MomentName> parse_moment_name(const std::string& name) {
 }
 
 }  // namespace
+
+std::string optimizer_file_of(int rank, int ranks) {
+  return ranks == 1 ? "optimizer.safetensors" : fmt::format("optimizer-{:05}-of-{:05}.safetensors", rank + 1, ranks);
+}
 
 std::string partial_checkpoint_dir(const std::string& out_dir, int64_t step) {
   return (fs::path(out_dir) / "checkpoints" / (kPrefix + std::to_string(step) + ".partial")).string();
@@ -310,8 +313,8 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
     begin_checkpoint(out_dir, step);
     p.save(partial);
     const MomentShard whole{optimizer.shard(), optimizer.first_moment(), optimizer.second_moment()};
-    write_moments((fs::path(partial) / kOneOptimizerFile).string(), p, {&whole, 1});
-    std::vector<std::string> files = {"model.safetensors", kOneOptimizerFile};
+    write_moments((fs::path(partial) / optimizer_file_of(0, 1)).string(), p, {&whole, 1});
+    std::vector<std::string> files = {"model.safetensors", optimizer_file_of(0, 1)};
     if (fs::exists(fs::path(partial) / "config.json")) files.push_back("config.json");
     checksums = checksums_of(partial, files);
   } catch (const std::exception& e) {

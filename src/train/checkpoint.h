@@ -42,6 +42,8 @@ void save_checkpoint(const std::string& out_dir, int64_t step, const Parameters&
 // step-N.partial); then, after a barrier, every rank writes its files into that directory and
 // returns their checksums (checksums_of); rank 0 gathers them and calls finish_checkpoint.
 std::string partial_checkpoint_dir(const std::string& out_dir, int64_t step);
+// The file rank `rank` of `ranks` writes its optimizer shards to (one process: optimizer.safetensors).
+std::string optimizer_file_of(int rank, int ranks);
 void begin_checkpoint(const std::string& out_dir, int64_t step);
 // For an error while writing the files: removes step-N.partial and throws Error naming the
 // checkpoint and why, saying the previous checkpoints are kept.

@@ -20,6 +20,21 @@ int64_t bytes_but_own(std::span<const int> counts, int rank, int64_t unit) {
   return total;
 }
 
+// In place, by segment: each rank's part of values[begin, end) to every rank (f32 values or bf16
+// bits); returns the bytes this rank sent.
+template <class T>
+int64_t all_gather_segments(const dist::Communicator& comm, const dist::ShardLayout& layout, std::span<T> values,
+                            size_t begin, size_t end) {
+  if (comm.size() == 1) return 0;
+  int64_t sent = 0;
+  for (const auto& [b, e] : dist::segments(begin, end)) {
+    const std::vector<int> counts = layout.counts_in(b, e);
+    comm.allgatherv(values.subspan(b, e - b), counts);
+    sent += bytes_but_own(counts, comm.rank(), sizeof(T));
+  }
+  return sent;
+}
+
 }  // namespace
 
 DataParallel::DataParallel(const dist::Communicator& comm, size_t n_params, dist::GradCompression compression)
@@ -107,21 +122,11 @@ std::span<float> DataParallel::finish(std::span<float> grads) {
 void DataParallel::all_gather(std::span<float> values) { all_gather(values, 0, layout_.total()); }
 
 void DataParallel::all_gather(std::span<float> values, size_t begin, size_t end) {
-  if (comm_.size() == 1) return;
-  for (const auto& [b, e] : dist::segments(begin, end)) {
-    const std::vector<int> counts = layout_.counts_in(b, e);
-    comm_.allgatherv(values.subspan(b, e - b), counts);
-    bytes_.all_gather += bytes_but_own(counts, comm_.rank(), sizeof(float));
-  }
+  bytes_.all_gather += all_gather_segments(comm_, layout_, values, begin, end);
 }
 
 void DataParallel::all_gather(std::span<uint16_t> bf16_bits) {
-  if (comm_.size() == 1) return;
-  for (const auto& [b, e] : dist::segments(0, layout_.total())) {
-    const std::vector<int> counts = layout_.counts_in(b, e);
-    comm_.allgatherv(bf16_bits.subspan(b, e - b), counts);
-    bytes_.all_gather += bytes_but_own(counts, comm_.rank(), sizeof(uint16_t));
-  }
+  bytes_.all_gather += all_gather_segments(comm_, layout_, bf16_bits, 0, layout_.total());
 }
 
 void DataParallel::gather_range_to_root(std::span<const float> values, size_t begin, size_t end,
@@ -131,17 +136,6 @@ void DataParallel::gather_range_to_root(std::span<const float> values, size_t be
     const dist::Shard part = dist::intersect(mine, b, e);
     comm_.gatherv(values.subspan(part.begin, part.size()),
                   comm_.is_root() ? whole.subspan(b - begin, e - b) : std::span<float>(), layout_.counts_in(b, e), 0);
-  }
-}
-
-void DataParallel::gather_to_root(std::span<const float> shard_values, std::span<float> whole) const {
-  const dist::Shard mine = shard();
-  if (shard_values.size() != mine.size())
-    fail("data parallel: {} values for a shard of {}", shard_values.size(), mine.size());
-  for (const auto& [b, e] : dist::segments(0, layout_.total())) {
-    const dist::Shard part = dist::intersect(mine, b, e);
-    comm_.gatherv(shard_values.subspan(part.begin - mine.begin, part.size()),
-                  comm_.is_root() ? whole.subspan(b, e - b) : std::span<float>(), layout_.counts_in(b, e), 0);
   }
 }
 

@@ -69,9 +69,6 @@ class DataParallel {
   // values[begin, end) onto rank 0 into `whole` (end - begin elements; ignored elsewhere), each
   // rank sending the part of it in its shard.
   void gather_range_to_root(std::span<const float> values, size_t begin, size_t end, std::span<float> whole) const;
-  // Every rank's `shard_values` (this rank's shard of some buffer) into `whole` on rank 0 (whole
-  // is ignored elsewhere).
-  void gather_to_root(std::span<const float> shard_values, std::span<float> whole) const;
 
   // The bytes sent since the last call (the checkpoint gathers are not counted), and zero again.
   CommBytes take_bytes();

@@ -67,12 +67,6 @@ Parameters::Parameters(const Config& config, ExpertShare share)
   grads_.assign(total, 0.0f);
 }
 
-Parameters Parameters::with_experts(ExpertShare share) const {
-  Parameters p(config_, share);
-  p.config_text_ = config_text_;
-  return p;
-}
-
 Parameters Parameters::load(const std::string& model_dir, ExpertShare share) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
   const Config config = load_config(config_path);

@@ -47,8 +47,6 @@ class Parameters {
   // a missing tensor.
   static Parameters load(const std::string& model_dir, ExpertShare share = {});
   explicit Parameters(const Config& config, ExpertShare share = {});  // zero-filled, for tests and init
-  // The same model (config and config.json text) holding `share`'s experts, zero-filled.
-  Parameters with_experts(ExpertShare share) const;
   // The layout alone: the tensors, with offsets, that Parameters(config, share) holds.
   static std::vector<ParameterTensor> layout(const Config& config, ExpertShare share);
 

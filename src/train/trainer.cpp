@@ -81,11 +81,6 @@ Parameters load_parameters(const TrainerOptions& o, const dist::Communicator& wo
   return Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
 }
 
-// A rank's optimizer shards in a checkpoint (one process: the file of before).
-std::string optimizer_file_of(int rank, int ranks) {
-  return ranks == 1 ? "optimizer.safetensors" : fmt::format("optimizer-{:05}-of-{:05}.safetensors", rank + 1, ranks);
-}
-
 // A rank's error-feedback residual in a checkpoint.
 std::string residual_file(int rank, int ranks) {
   return fmt::format("residual-{:05}-of-{:05}.safetensors", rank + 1, ranks);
@@ -425,20 +420,20 @@ void Trainer::save(int64_t step) {
   std::vector<std::string> optimizer_files;
   for (int r = 0; r < n; ++r) optimizer_files.push_back(optimizer_file_of(r, n));
   state["optimizer_files"] = optimizer_files;
-  if (residual)
-    state["residual"] = {{"ranks", n},
-                         {"expert_parallel", options_.expert_parallel},
-                         {"grad_compression", dist::grad_compression_name(options_.grad_compression)}};
+  if (residual) state["residual"] = residual_world();
   finish_checkpoint(options_.out_dir, step, state, all_checksums, options_.keep_last);
+}
+
+nlohmann::json Trainer::residual_world() const {
+  return {{"ranks", world_.size()},
+          {"expert_parallel", options_.expert_parallel},
+          {"grad_compression", dist::grad_compression_name(options_.grad_compression)}};
 }
 
 void Trainer::restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state) {
   const auto saved = state.find("residual");
   if (saved == state.end() || dense_parallel_.residual().empty()) return;
-  const nlohmann::json same = {{"ranks", world_.size()},
-                               {"expert_parallel", options_.expert_parallel},
-                               {"grad_compression", dist::grad_compression_name(options_.grad_compression)}};
-  if (*saved != same) return;  // another world: its ranks' debts are not this world's; start from none
+  if (*saved != residual_world()) return;  // another world: its ranks' debts are not this world's; start from none
   const MappedFile file((std::filesystem::path(checkpoint_dir) / residual_file(world_.rank(), world_.size())).string());
   const std::vector<TensorView> views = parse_safetensors(file.bytes(), file.path());
   const auto restore = [&](const char* name, DataParallel& dp) {

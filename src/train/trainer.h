@@ -158,6 +158,8 @@ class Trainer {
   void gather_weights(double& wait_seconds);
   // The checkpoint's error-feedback residuals when it was made by the same world, E and compression.
   void restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state);
+  // What a checkpoint's residuals were made by (they resume only in the same).
+  nlohmann::json residual_world() const;
   Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
 
   dist::Communicator solo_;  // the world of a Trainer made without one
