@@ -67,10 +67,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const deepmoe::CompletionRequest r =
           deepmoe::parse_completion_request(body, chat, limits, tokenizer(), &chat_template());
       // What the engine relies on: a prompt of known ids that leaves room for max_tokens.
-      if (r.prompt.empty() || int64_t(r.prompt.size()) >= limits.context) std::abort();
-      for (const int32_t id : r.prompt)
-        if (id < 0 || id >= tokenizer().id_limit()) std::abort();
-      if (r.max_tokens < 1 || r.max_tokens > limits.context - int64_t(r.prompt.size())) std::abort();
+      if (r.prompts.empty() || int64_t(r.prompts.size()) > limits.max_prompts) std::abort();
+      for (const auto& prompt : r.prompts) {
+        if (prompt.empty() || int64_t(prompt.size()) >= limits.context) std::abort();
+        for (const int32_t id : prompt)
+          if (id < 0 || id >= tokenizer().id_limit()) std::abort();
+        if (r.max_tokens < (r.echo ? 0 : 1) || r.max_tokens > limits.context - int64_t(prompt.size())) std::abort();
+      }
       if (r.n < 1 || r.n > limits.max_n || r.top_logprobs < 0 || r.top_logprobs > limits.max_top_logprobs) std::abort();
     } catch (const deepmoe::ApiError&) {
     }

@@ -46,14 +46,6 @@ std::string resolve_api_key(const std::string& flag, const std::string& file) {
   return env ? env : "";
 }
 
-// Ids of [0, vocab_size) the tokenizer cannot spell: never sampled.
-std::vector<int32_t> unspellable_ids(const Tokenizer& tokenizer, int64_t vocab_size) {
-  std::vector<int32_t> ids;
-  for (int64_t id = 0; id < vocab_size; ++id)
-    if (!tokenizer.spells(int32_t(id))) ids.push_back(int32_t(id));
-  return ids;
-}
-
 // One connection is one descriptor: the default soft limit (often 1024) is below what
 // --max-connections allows.
 void raise_descriptor_limit() {

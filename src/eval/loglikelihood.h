@@ -1,8 +1,7 @@
 // The log-likelihood of continuations given a context, as lm-evaluation-harness scores
 // multiple-choice tasks: the sum over the continuation's tokens of log p(token | everything
-// before it), and whether each of them was the model's greedy choice. The context runs through
-// the model once; each continuation runs from the cached context (the latent cache rewound to
-// it), as llama-perplexity batches a task's endings.
+// before it), and whether each of them was the model's greedy choice. The batched, cached path
+// is the engine's (engine_backend.h); score_naively is the plain loop it is measured against.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -19,14 +18,12 @@ struct ContinuationScore {
   bool greedy = false;  // every continuation token was the argmax
 };
 
-// context: at least one token (lm-eval puts the BOS or EOS token there for an empty context);
-// every continuation at least one token. `cache` must hold context plus the longest continuation
-// (its contents are replaced). Throws Error on an empty context or continuation, or a sequence
-// longer than the cache.
-// reuse_context false: the naive loop, one pass over context + continuation per choice (the
-// same sums up to rounding; for measuring what the cached context saves).
-std::vector<ContinuationScore> score_continuations(Model& model, LatentCache& cache, std::span<const int32_t> context,
-                                                   std::span<const std::vector<int32_t>> continuations,
-                                                   bool reuse_context = true);
+// One forward over context + continuation (but its last token) per continuation, from position
+// 0: the naive loop. context: at least one token (lm-eval puts the BOS or EOS token there for an
+// empty context); every continuation at least one token; `cache` must hold context plus the
+// longest continuation (its contents are replaced). Throws Error on an empty context or
+// continuation, or a sequence longer than the cache.
+std::vector<ContinuationScore> score_naively(Model& model, LatentCache& cache, std::span<const int32_t> context,
+                                             std::span<const std::vector<int32_t>> continuations);
 
 }  // namespace deepmoe::eval

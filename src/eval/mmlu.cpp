@@ -78,7 +78,7 @@ std::vector<Subject> load_mmlu(const std::string& dir, const std::string& split,
     }
     Subject s;
     s.name = name;
-    for (const Row& r : read_rows(path)) s.questions.push_back({prompt + pose(r), {" A", " B", " C", " D"}, r.answer});
+    for (const Row& r : read_rows(path)) s.questions.push_back({prompt + pose(r), {"A", "B", "C", "D"}, r.answer, " "});
     if (s.questions.empty()) fail("{}: no questions", path.string());
     subjects.push_back(std::move(s));
   }

@@ -3,37 +3,29 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
 
 #include "core/error.h"
+#include "eval/jsonl.h"
 
 namespace deepmoe::eval {
 
 std::vector<Question> load_multiple_choice_jsonl(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open", path);
   std::vector<Question> questions;
-  std::string line;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    const auto where = [&] { return fmt::format("{}:{}", path, number); };
-    if (j.is_discarded() || !j.is_object()) fail("{}: not a JSON object", where());
-    if (!j.contains("context") || !j["context"].is_string()) fail("{}: 'context' must be a string", where());
-    if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2)
-      fail("{}: 'choices' must be a list of at least two strings", where());
+  for_each_jsonl_object(path, [&](const nlohmann::json& j, const std::string& where) {
     Question q;
-    q.context = j["context"].get<std::string>();
+    q.context = string_field(j, "context", where);
+    if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2)
+      fail("{}: 'choices' must be a list of at least two strings", where);
     for (const auto& c : j["choices"]) {
-      if (!c.is_string() || c.get<std::string>().empty()) fail("{}: every choice must be a non-empty string", where());
+      if (!c.is_string() || c.get<std::string>().empty()) fail("{}: every choice must be a non-empty string", where);
       q.choices.push_back(c.get<std::string>());
     }
     if (!j.contains("gold") || !j["gold"].is_number_integer() || j["gold"].get<int64_t>() < 0 ||
         j["gold"].get<int64_t>() >= int64_t(q.choices.size()))
-      fail("{}: 'gold' must be the index of a choice (0 to {})", where(), q.choices.size() - 1);
+      fail("{}: 'gold' must be the index of a choice (0 to {})", where, q.choices.size() - 1);
     q.gold = j["gold"].get<int64_t>();
     questions.push_back(std::move(q));
-  }
+  });
   if (questions.empty()) fail("{}: no questions", path);
   return questions;
 }
@@ -53,9 +45,9 @@ EncodedQuestion encode_question(const Tokenizer& tokenizer, const Question& q) {
     e.context = tokenizer.encode(context);
   }
   for (const std::string& choice : q.choices) {
-    std::vector<int32_t> continuation = tokenizer.encode(spaces + choice);
+    std::vector<int32_t> continuation = tokenizer.encode(spaces + q.delimiter + choice);
     if (!context.empty()) {
-      const std::vector<int32_t> whole = tokenizer.encode(context + spaces + choice);
+      const std::vector<int32_t> whole = tokenizer.encode(context + spaces + q.delimiter + choice);
       continuation.assign(whole.begin() + ptrdiff_t(std::min(whole.size(), e.context.size())), whole.end());
     }
     if (continuation.empty()) fail("the choice '{}' adds no tokens to its context", choice);
@@ -64,11 +56,22 @@ EncodedQuestion encode_question(const Tokenizer& tokenizer, const Question& q) {
   return e;
 }
 
+namespace {
+
+// UTF-8 code points: what Python's len counts.
+size_t characters(const std::string& text) {
+  size_t n = 0;
+  for (const char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80 ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
 QuestionResult judge(const Question& q, std::vector<ContinuationScore> scores) {
   QuestionResult r;
   double best = -INFINITY, best_norm = -INFINITY;
   for (size_t i = 0; i < scores.size(); ++i) {
-    const double norm = scores[i].logprob / double(q.choices[i].size());
+    const double norm = scores[i].logprob / double(characters(q.choices[i]));
     if (scores[i].logprob > best) {
       best = scores[i].logprob;
       r.predicted = int64_t(i);

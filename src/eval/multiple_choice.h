@@ -1,9 +1,10 @@
 // Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness scores them: each
 // choice is a continuation of the question's context; `acc` counts the questions whose gold choice
 // has the highest log-likelihood, `acc_norm` the same with each log-likelihood divided by the
-// choice's length in bytes. Contexts and choices are tokenized as lm-eval does (trailing spaces of
-// the context move to the continuation; the continuation's tokens are those of context + choice
-// past the context's).
+// choice's length in characters (Python's len, as lm-eval's). The continuation is the task's
+// target delimiter then the choice; contexts and continuations are tokenized as lm-eval does
+// (trailing spaces of the context move to the continuation; the continuation's tokens are those
+// of context + continuation past the context's).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -18,6 +19,9 @@ struct Question {
   std::string context;
   std::vector<std::string> choices;
   int64_t gold = 0;
+  // Between the context and each choice, not counted in acc_norm's length: lm-eval's
+  // target_delimiter (" " for mmlu and hellaswag; the generic JSONL's choices carry their own).
+  std::string delimiter;
 };
 
 // The generic JSONL: one {"context": str, "choices": [str, ...], "gold": index} per line. Throws

@@ -6,17 +6,20 @@ namespace deepmoe {
 
 CompletionRun::CompletionRun(Engine& engine, const Tokenizer& tokenizer, const CompletionRequest& request,
                              Metrics& metrics)
-    : metrics_(metrics), prompt_tokens_(int64_t(request.prompt.size())), start_(std::chrono::steady_clock::now()) {
+    : metrics_(metrics), start_(std::chrono::steady_clock::now()) {
   std::random_device entropy;
-  for (int64_t i = 0; i < request.n; ++i) {
+  for (size_t i = 0; i < request.prompts.size() * size_t(request.n); ++i) {
+    const std::vector<int32_t>& prompt = request.prompts[i / size_t(request.n)];
+    if (i % size_t(request.n) == 0) prompt_tokens_ += int64_t(prompt.size());  // a prompt counts once
     EngineRequest engine_request;
-    engine_request.prompt = request.prompt;
+    engine_request.prompt = prompt;
     engine_request.sampling = request.sampling;
     engine_request.sampling.seed =
         request.seeded ? request.sampling.seed + uint64_t(i) : (uint64_t(entropy()) << 32) ^ uint64_t(entropy());
     engine_request.max_tokens = request.max_tokens;
     if (tokenizer.eos_id() && !request.ignore_eos) engine_request.stop_tokens.push_back(*tokenizer.eos_id());
     engine_request.top_logprobs = request.logprobs ? request.top_logprobs : -1;
+    if (request.echo && request.logprobs) engine_request.prompt_logprobs_from = 1;
     Choice choice;
     try {
       choice.stream = engine.submit(std::move(engine_request));
@@ -25,6 +28,7 @@ CompletionRun::CompletionRun(Engine& engine, const Tokenizer& tokenizer, const C
       throw;
     }
     choice.text = std::make_unique<ChoiceText>(tokenizer, request.stop);
+    if (request.echo) choice.echo = prompt;
     choices_.push_back(std::move(choice));
   }
 }
@@ -52,6 +56,14 @@ bool CompletionRun::take(size_t index, std::chrono::milliseconds timeout, std::v
   const auto next = choice.stream->next(token, timeout);
   if (next == RequestStream::Next::Timeout) return false;
   const auto now = std::chrono::steady_clock::now();
+  if (!choice.echo.empty()) {  // the prompt leads the choice; its scores are in by now
+    ChoiceDelta echo;
+    echo.index = index;
+    echo.prompt = std::move(choice.echo);
+    choice.echo.clear();
+    echo.prompt_logprobs = choice.stream->prompt_logprobs();
+    deltas.push_back(std::move(echo));
+  }
   ChoiceDelta delta;
   delta.index = index;
   if (next == RequestStream::Next::Token) {

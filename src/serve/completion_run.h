@@ -16,7 +16,7 @@ namespace deepmoe {
 
 class CompletionRun {
  public:
-  // Submits the n choices (seed + i each when seeded). Throws QueueFull or Error, having
+  // Submits every prompt's n choices (seed + index each when seeded). Throws QueueFull or Error, having
   // cancelled whatever it had submitted.
   CompletionRun(Engine& engine, const Tokenizer& tokenizer, const CompletionRequest& request, Metrics& metrics);
   // Cancels choices still running (the client went away).
@@ -30,6 +30,11 @@ class CompletionRun {
   void cancel();
 
   size_t choices() const { return choices_.size(); }
+  // When choice `index`'s first and latest tokens were produced (RequestStream::token_times).
+  std::pair<std::chrono::steady_clock::time_point, std::chrono::steady_clock::time_point> token_times(
+      size_t index) const {
+    return choices_[index].stream->token_times();
+  }
   Usage usage() const;
   // The engine's error, when a choice failed in the engine (empty otherwise).
   const std::string& error() const { return error_; }
@@ -39,6 +44,7 @@ class CompletionRun {
     std::shared_ptr<RequestStream> stream;
     std::unique_ptr<ChoiceText> text;
     bool finished = false;
+    std::vector<int32_t> echo;  // the prompt, until it has led the choice's text (echo)
     std::chrono::steady_clock::time_point last_token;
   };
   bool take(size_t index, std::chrono::milliseconds timeout, std::vector<ChoiceDelta>& deltas);

@@ -40,9 +40,14 @@ struct EngineOptions {
 struct EngineRequest {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
-  int64_t max_tokens = 16;
+  int64_t max_tokens = 16;           // 0: only the prompt (for its logprobs), nothing generated
   std::vector<int32_t> stop_tokens;  // end the sequence (finish_reason stop), not delivered
   int64_t top_logprobs = -1;         // -1: no logprobs; 0..: the chosen token's and this many more
+  // -1: none. k >= 1: every prompt token from index k on scored given the tokens before it
+  // (RequestStream::prompt_logprobs, with max(top_logprobs, 0) alternatives), from the raw logits
+  // as log-likelihood evaluation needs them. Positions from k - 1 on are computed, not taken from
+  // the prefix cache.
+  int64_t prompt_logprobs_from = -1;
 };
 
 struct EngineStats {
@@ -89,6 +94,8 @@ class Engine {
   // The next token from a sequence's logits row, with its log-probabilities when asked: work
   // of that sequence alone (any thread). deliver() records it and streams it (step loop only).
   EngineToken choose(Sequence& sequence, float* logits) const;
+  // Scores the prompt tokens that a chunk's logits rows (one per position) predict.
+  void score_prompt(Sequence& sequence, int64_t first_position, int64_t rows, const float* logits);
   void deliver(Sequence& sequence, EngineToken token);
 
   Model& model_;

@@ -275,7 +275,7 @@ void HttpServer::tokenize(const httplib::Request& request, httplib::Response& re
     if (body.contains("messages")) {
       json chat = body;
       chat.erase("model");
-      ids = parse_completion_request(dump(chat), true, options_.limits, tokenizer_, chat_template_).prompt;
+      ids = parse_completion_request(dump(chat), true, options_.limits, tokenizer_, chat_template_).prompts.front();
     } else {
       auto prompt = body.find("prompt");
       if (prompt == body.end() || !prompt->is_string())

@@ -146,27 +146,41 @@ std::vector<int32_t> chat_prompt(const json& body, const ApiLimits& limits, cons
   return tokenizer.encode(prompt, false);
 }
 
-std::vector<int32_t> completion_prompt(const json& body, const ApiLimits& limits, const Tokenizer& tokenizer) {
+// /v1/completions' prompt: a string, an array of token ids, or a batch of either (OpenAI's
+// forms; lm-evaluation-harness sends a batch of token-id arrays).
+std::vector<std::vector<int32_t>> completion_prompts(const json& body, const ApiLimits& limits,
+                                                     const Tokenizer& tokenizer) {
   const json* prompt = field(body, "prompt");
   if (!prompt) bad_field("prompt", "required");
-  auto encode = [&](const json& text) {
-    check_prompt_bytes(text.get_ref<const std::string&>().size(), limits, "prompt");
+  auto encode = [&](const json& text, const std::string& param) {
+    check_prompt_bytes(text.get_ref<const std::string&>().size(), limits, param.c_str());
     return tokenizer.encode(text.get<std::string>(), true);
   };
-  if (prompt->is_string()) return encode(*prompt);
-  if (!prompt->is_array() || prompt->empty()) bad_field("prompt", "expected a string or an array of token ids");
-  if ((*prompt)[0].is_string()) {
-    if (prompt->size() != 1) bad_field("prompt", "one prompt per request (use n for several completions)");
-    return encode((*prompt)[0]);
+  auto ids_of = [&](const json& array, const std::string& param) {
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < array.size(); ++i) {
+      const json& id = array[i];
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tokenizer.id_limit())
+        bad_field(fmt::format("{}[{}]", param, i), fmt::format("expected a token id in [0, {})", tokenizer.id_limit()));
+      ids.push_back(int32_t(id.get<int64_t>()));
+    }
+    return ids;
+  };
+  if (prompt->is_string()) return {encode(*prompt, "prompt")};
+  if (!prompt->is_array() || prompt->empty())
+    bad_field("prompt", "expected a string, an array of token ids, or an array of either");
+  if ((*prompt)[0].is_number()) return {ids_of(*prompt, "prompt")};
+  if (int64_t(prompt->size()) > limits.max_prompts)
+    bad_field("prompt", fmt::format("at most {} prompts per request", limits.max_prompts));
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t p = 0; p < prompt->size(); ++p) {
+    const json& one = (*prompt)[p];
+    const std::string param = fmt::format("prompt[{}]", p);
+    if (one.is_string()) prompts.push_back(encode(one, param));
+    else if (one.is_array()) prompts.push_back(ids_of(one, param));
+    else bad_field(param, "expected a string or an array of token ids");
   }
-  std::vector<int32_t> ids;
-  for (size_t i = 0; i < prompt->size(); ++i) {
-    const json& id = (*prompt)[i];
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tokenizer.id_limit())
-      bad_field(fmt::format("prompt[{}]", i), fmt::format("expected a token id in [0, {})", tokenizer.id_limit()));
-    ids.push_back(int32_t(id.get<int64_t>()));
-  }
-  return ids;
+  return prompts;
 }
 
 }  // namespace
@@ -187,7 +201,8 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
   // Features that would change the answer: refused rather than ignored.
   for (const char* name : {"tools", "functions", "suffix"})
     if (field(body, name)) bad_field(name, "not supported by this server");
-  if (bool_field(body, "echo", false)) bad_field("echo", "not supported by this server");
+  r.echo = bool_field(body, "echo", false);
+  if (r.echo && chat) bad_field("echo", "only /v1/completions echoes the prompt");
   if (const json* bias = field(body, "logit_bias"); bias && !(bias->is_object() && bias->empty()))
     bad_field("logit_bias", "not supported by this server");
   if (const json* format = field(body, "response_format");
@@ -198,6 +213,7 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
       bad_field(name, "only 0 is supported (see repetition_penalty)");
 
   r.stream = bool_field(body, "stream", false);
+  if (r.echo && r.stream) bad_field("echo", "not supported with stream: true");
   r.ignore_eos = bool_field(body, "ignore_eos", false);
   if (const json* options = field(body, "stream_options")) {
     if (!r.stream) bad_field("stream_options", "only allowed with stream: true");
@@ -252,17 +268,22 @@ CompletionRequest parse_completion_request(const std::string& body_text, bool ch
     r.top_logprobs = *top;
   }
 
-  r.prompt = chat ? chat_prompt(body, limits, tokenizer, chat_template) : completion_prompt(body, limits, tokenizer);
+  if (chat) r.prompts = {chat_prompt(body, limits, tokenizer, chat_template)};
+  else r.prompts = completion_prompts(body, limits, tokenizer);
   const char* prompt_param = chat ? "messages" : "prompt";
-  if (r.prompt.empty()) bad_field(prompt_param, "the prompt is empty");
-  const int64_t prompt_tokens = int64_t(r.prompt.size());
-  if (prompt_tokens >= limits.context)
-    throw ApiError(400,
-                   fmt::format("this model's context holds {} tokens; the prompt has {} (and needs room for 1 more)",
-                               limits.context, prompt_tokens),
-                   prompt_param);
+  int64_t prompt_tokens = 0;  // the longest prompt's
+  for (const auto& prompt : r.prompts) {
+    if (prompt.empty()) bad_field(prompt_param, "the prompt is empty");
+    if (int64_t(prompt.size()) >= limits.context)
+      throw ApiError(400,
+                     fmt::format("this model's context holds {} tokens; the prompt has {} (and needs room for 1 more)",
+                                 limits.context, prompt.size()),
+                     prompt_param);
+    prompt_tokens = std::max(prompt_tokens, int64_t(prompt.size()));
+  }
   const char* max_name = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (auto max_tokens = integer_field(body, max_name, 1, INT64_MAX)) {
+  // max_tokens 0 with echo: the prompt's log-probabilities only.
+  if (auto max_tokens = integer_field(body, max_name, r.echo ? 0 : 1, INT64_MAX)) {
     if (*max_tokens > limits.context - prompt_tokens)  // not prompt + max: that overflows near INT64_MAX
       bad_field(max_name, fmt::format("{} tokens do not fit: the prompt has {} and the context holds {}", *max_tokens,
                                       prompt_tokens, limits.context));
@@ -348,9 +369,19 @@ std::string finish_reason_name(FinishReason reason) {
   }
 }
 
+namespace {
+
+// A token's text in logprobs: empty for an id the tokenizer cannot spell (never sampled, but it
+// may be among a prompt token's most likely alternatives).
+std::string token_text(const Tokenizer& tokenizer, int32_t id) {
+  return tokenizer.spells(id) ? tokenizer.token_bytes(id) : std::string();
+}
+
+}  // namespace
+
 nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token) {
   auto entry = [&](int32_t id, float logprob) {
-    const std::string bytes = tokenizer.token_bytes(id);
+    const std::string bytes = token_text(tokenizer, id);
     return json{{"token", bytes},
                 {"logprob", logprob},
                 {"bytes", std::vector<int>(reinterpret_cast<const unsigned char*>(bytes.data()),
@@ -377,11 +408,18 @@ struct CompletionLogprobs {
   json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
        text_offset = json::array();
   void add(const Tokenizer& tokenizer, const EngineToken& token, int64_t offset) {
-    tokens.push_back(tokenizer.token_bytes(token.token));
+    tokens.push_back(token_text(tokenizer, token.token));
     token_logprobs.push_back(token.logprob);
     json top = json::object();
-    for (const TokenLogprob& entry : token.top) top[tokenizer.token_bytes(entry.token)] = entry.logprob;
+    for (const TokenLogprob& entry : token.top) top[token_text(tokenizer, entry.token)] = entry.logprob;
     top_logprobs.push_back(top);
+    text_offset.push_back(offset);
+  }
+  // An echoed prompt's first token: nothing before it to score it by.
+  void add_unscored(const Tokenizer& tokenizer, int32_t token, int64_t offset) {
+    tokens.push_back(token_text(tokenizer, token));
+    token_logprobs.push_back(nullptr);
+    top_logprobs.push_back(nullptr);
     text_offset.push_back(offset);
   }
   json to_json() const {
@@ -411,6 +449,14 @@ json completion_response(const ResponseIds& ids, size_t n_choices, const std::ve
   std::vector<json> chat_logprobs(n_choices, json::array());
   std::vector<CompletionLogprobs> completion_logprobs(n_choices);
   for (const ChoiceDelta& delta : deltas) {
+    for (size_t i = 0; i < delta.prompt.size(); ++i) {  // echo
+      const int64_t offset = int64_t(texts[delta.index].size());
+      if (logprobs && i > 0 && i <= delta.prompt_logprobs.size())
+        completion_logprobs[delta.index].add(tokenizer, delta.prompt_logprobs[i - 1], offset);
+      else if (logprobs)  // the first token, or a request that ended before its prompt was scored
+        completion_logprobs[delta.index].add_unscored(tokenizer, delta.prompt[i], offset);
+      texts[delta.index] += token_text(tokenizer, delta.prompt[i]);
+    }
     if (delta.token && logprobs) {
       if (ids.chat) chat_logprobs[delta.index].push_back(chat_logprob(tokenizer, *delta.token));
       else completion_logprobs[delta.index].add(tokenizer, *delta.token, int64_t(texts[delta.index].size()));

@@ -38,7 +38,8 @@ nlohmann::json error_body(const std::string& message, const std::string& type, c
 struct ApiLimits {
   std::string model_id;           // the one model served
   int64_t context = 0;            // prompt + output tokens
-  int64_t max_n = 8;              // choices per request
+  int64_t max_n = 8;              // choices per prompt
+  int64_t max_prompts = 32;       // prompts per /v1/completions request (a batch)
   int64_t max_stop = 4;           // stop strings per request
   int64_t max_stop_bytes = 1024;  // bytes per stop string
   int64_t max_top_logprobs = 20;
@@ -57,7 +58,8 @@ int64_t prompt_byte_bound(const Tokenizer& tokenizer, int64_t context);
 
 struct CompletionRequest {
   bool chat = false;
-  std::vector<int32_t> prompt;
+  // One prompt, or (/v1/completions) a batch: n choices each, prompt p's choice i at index p * n + i.
+  std::vector<std::vector<int32_t>> prompts;
   int64_t max_tokens = 0;
   SamplingParams sampling;
   bool seeded = false;
@@ -68,6 +70,9 @@ struct CompletionRequest {
   bool stream = false;
   bool include_usage = false;
   bool ignore_eos = false;  // vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+  // /v1/completions: the prompt's tokens lead the text (and, with logprobs, their log-probabilities,
+  // the first one null), as vLLM answers lm-evaluation-harness's log-likelihood requests.
+  bool echo = false;
 };
 
 // Parses and checks a request body; `chat` selects /v1/chat/completions. Throws ApiError.
@@ -118,6 +123,9 @@ struct ChoiceDelta {
   std::string text;                      // released by this token (may be empty: held back)
   std::optional<EngineToken> token;      // with logprobs when asked for
   std::optional<FinishReason> finished;  // the choice ended here
+  // echo: the prompt's tokens, and (with logprobs) prompt_logprobs[i] scoring prompt[i + 1].
+  std::vector<int32_t> prompt;
+  std::vector<EngineToken> prompt_logprobs;
 };
 
 // The fields every object and stream chunk of one response shares.

@@ -8,6 +8,7 @@
 #include <deque>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace deepmoe {
@@ -23,6 +24,10 @@ struct EngineToken {
   std::vector<TokenLogprob> top;  // the most likely tokens, when asked for
 };
 
+// The model's log-softmax of one logits row: `token`'s log-probability and the `top` most likely
+// ids (ties to the lower id, as torch's argmax and topk), from the raw logits.
+EngineToken token_logprobs(const float* logits, int64_t vocab, int32_t token, int64_t top);
+
 enum class FinishReason { None, Stop, Length, Cancelled, Error };
 
 class RequestStream {
@@ -37,16 +42,26 @@ class RequestStream {
   std::string error() const;
   // Prompt tokens served from the prefix cache at admission (the last admission, after a preemption).
   int64_t cached_tokens() const { return cached_tokens_; }
+  // The prompt's tokens from EngineRequest::prompt_logprobs_from on, each scored given the ones
+  // before it; complete before the first generated token (or the end) is delivered.
+  std::vector<EngineToken> prompt_logprobs() const;
+  // When the engine produced the first and the latest token (the epoch before any): timing taken
+  // where the tokens are made, not where a consumer happens to look.
+  std::pair<std::chrono::steady_clock::time_point, std::chrono::steady_clock::time_point> token_times() const;
 
   // The engine's side.
   void push(EngineToken token);
   void finish(FinishReason reason, std::string error = {});
   void set_cached_tokens(int64_t n) { cached_tokens_ = n; }
+  void set_prompt_logprobs(std::vector<EngineToken> logprobs);
 
  private:
   mutable std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<EngineToken> tokens_;
+  std::vector<EngineToken> prompt_logprobs_;
+  std::chrono::steady_clock::time_point first_token_at_, last_token_at_;
+  int64_t tokens_pushed_ = 0;
   FinishReason reason_ = FinishReason::None;
   std::string error_;
   std::atomic<bool> cancelled_{false};

@@ -330,4 +330,11 @@ std::string StreamingDecoder::finish() {
   return out;
 }
 
+std::vector<int32_t> unspellable_ids(const Tokenizer& tokenizer, int64_t vocab_size) {
+  std::vector<int32_t> ids;
+  for (int64_t id = 0; id < vocab_size; ++id)
+    if (!tokenizer.spells(int32_t(id))) ids.push_back(int32_t(id));
+  return ids;
+}
+
 }  // namespace deepmoe

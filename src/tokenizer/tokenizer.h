@@ -89,4 +89,8 @@ class StreamingDecoder {
   std::string pending_;
 };
 
+// Ids of [0, vocab_size) the tokenizer cannot spell (a vocab_size padded past its ids, holes in
+// its vocabulary): what a server never samples.
+std::vector<int32_t> unspellable_ids(const Tokenizer& tokenizer, int64_t vocab_size);
+
 }  // namespace deepmoe

@@ -121,7 +121,7 @@ expect_error "vocab too small to train" "vocab-size" "$deepmoe" tokenizer-train 
 printf '%s\n' '{"context": "the quick brown", "choices": [" fox", " dog naps"], "gold": 0}' \
   '{"context": "", "choices": ["the fox", "naps then"], "gold": 1}' >mc.jsonl
 "$deepmoe" eval --model tmodel --data mc.jsonl --out mc_results.json --log-samples mc_samples.jsonl >mc.txt 2>&1 &&
-  grep -q "^|mc  *|  *acc|" mc.txt && [ "$(wc -l <mc_samples.jsonl)" -eq 2 ] &&
+  grep -q "^|mc  *|  *acc,none|" mc.txt && [ "$(wc -l <mc_samples.jsonl)" -eq 2 ] &&
   /usr/bin/python3 -c "import json,sys; r=json.load(open('mc_results.json'))['results']['mc']; sys.exit(0 if 0 <= r['acc,none'] <= 1 and 'acc_norm_stderr,none' in r else 1)" &&
   ok "eval --task mc: table, results file, samples" || bad "eval mc ($(head -c 300 mc.txt))"
 printf '%s\n' '{"context": "a", "choices": [" b", " c"], "gold": 2}' >mc_bad_gold.jsonl
@@ -137,7 +137,7 @@ printf '%s\n' '"What naps?",the lazy dog,a river,"seven ""old"" stones",bread,A'
   >mmlu/test/toy_facts_test.csv
 "$deepmoe" eval --model tmodel --task mmlu --data mmlu --num-fewshot 1 --log-samples mmlu_cached.jsonl >mmlu.txt 2>&1 &&
   "$deepmoe" eval --model tmodel --task mmlu --data mmlu --num-fewshot 1 --no-prefix-cache \
-    --log-samples mmlu_naive.jsonl >mmlu_naive.txt 2>&1 && grep -q "^|mmlu_toy_facts  *|  *acc|" mmlu.txt &&
+    --log-samples mmlu_naive.jsonl >mmlu_naive.txt 2>&1 && grep -q "^|mmlu_toy_facts  *|  *acc,none|" mmlu.txt &&
   /usr/bin/python3 - mmlu_cached.jsonl mmlu_naive.jsonl <<'PY' && ok "eval --task mmlu: one-shot, cached context = naive loop" ||
 import json, sys
 a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])

@@ -113,6 +113,24 @@ expect_status "bad /detokenize: 400" 400 '"param":"tokens"' "${c[@]}" -d '{"toke
 ids=$(curl -s "${c[@]}" -d '{"prompt":"The jury said","add_special_tokens":false}' "$main_url/tokenize" | /usr/bin/python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['tokens']))")
 text=$(curl -s "${c[@]}" -d "{\"tokens\":$ids}" "$main_url/detokenize" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['prompt'])")
 [ "$text" = "The jury said" ] && ok "/tokenize then /detokenize round trip" || bad "/tokenize round trip ($ids -> $text)"
+# lm-evaluation-harness's local-completions log-likelihood request: a batch of token-id prompts,
+# echo, logprobs 1, max_tokens 1. Each choice echoes its prompt; its first token has no logprob.
+curl -s "${c[@]}" -d '{"prompt":[[10,11,12,13],[10,11,14]],"echo":true,"logprobs":1,"max_tokens":1,"temperature":0,"seed":1234}' \
+  "$main_url/v1/completions" >echo.json
+/usr/bin/python3 - <<'PY' && ok "echo + logprobs over a batch of prompts (lm-eval's local-completions)" || bad "echo ($(head -c 300 echo.json))"
+import json
+r = json.load(open("echo.json"))
+assert [c["index"] for c in r["choices"]] == [0, 1], r
+for c, n in zip(r["choices"], (4, 3)):
+    lp = c["logprobs"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, lp
+    assert len(lp["tokens"]) == n + 1 and all(x < 0 for x in lp["token_logprobs"][1:]), lp
+    assert all(len(t) == 1 for t in lp["top_logprobs"][1:]), lp
+    assert lp["text_offset"][0] == 0 and c["text"].startswith("".join(lp["tokens"][:n])), c
+assert r["choices"][0]["logprobs"]["token_logprobs"][1] == r["choices"][1]["logprobs"]["token_logprobs"][1]  # 11 after 10
+assert r["usage"]["prompt_tokens"] == 7, r["usage"]
+PY
+expect_status "echo with stream: 400" 400 '"param":"echo"' "${c[@]}" -d '{"prompt":"a","echo":true,"stream":true}' "$main_url/v1/completions"
 # A random byte soup and truncated requests must not take the server down.
 for i in $(seq 1 20); do
   head -c $((RANDOM % 3000)) /dev/urandom >soup.bin

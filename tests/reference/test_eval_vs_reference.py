@@ -93,7 +93,7 @@ def main():
         for ours, theirs in zip(s["logprobs"], scores):
             worst = max(worst, abs(ours - theirs) / abs(theirs))
         best = max(range(len(scores)), key=lambda i: scores[i])
-        best_norm = max(range(len(scores)), key=lambda i: scores[i] / len(q["choices"][i].encode()))
+        best_norm = max(range(len(scores)), key=lambda i: scores[i] / len(q["choices"][i]))
         acc.append(float(best == q["gold"]))
         acc_norm.append(float(best_norm == q["gold"]))
     check(worst <= 1e-4, f"every choice's log-likelihood within 1e-4 relative of float64 (worst {worst:.2e})")

@@ -61,7 +61,8 @@ TEST_F(MmluTest, OneShotPromptIsLmEvalsDefaultTemplate) {
             "The following are multiple choice questions (with answers) about toy subject.\n\n"
             "What is 1+1, roughly?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n"
             "Pick a letter.\nA. a, b\nB. c\nC. d\nD. e\nAnswer:");
-  EXPECT_EQ(q.choices, (std::vector<std::string>{" A", " B", " C", " D"}));
+  EXPECT_EQ(q.choices, (std::vector<std::string>{"A", "B", "C", "D"}));
+  EXPECT_EQ(q.delimiter, " ");
   EXPECT_EQ(q.gold, 3);
   // Zero-shot: the subject line and the question alone.
   EXPECT_EQ(load_mmlu(dir_.string(), "test", 0)[0].questions[0].context,
@@ -111,11 +112,13 @@ TEST(MultipleChoice, StandardErrorIsTheSampleDeviationOverRootN) {
   EXPECT_DOUBLE_EQ(m.value, 0.75);
   // sample variance of {1,0,1,1}: (3 * 0.0625 + 0.5625) / 3 = 0.25; / n = 0.0625
   EXPECT_DOUBLE_EQ(m.stderr_, 0.25);
-  // Ties go to the first choice, as numpy's argmax; acc_norm divides by the choice's bytes.
-  const Question q{"c", {" ab", " abcd"}, 1};
-  const QuestionResult r = judge(q, {{-3.0, 1, false}, {-4.0, 2, false}});
-  EXPECT_EQ(r.predicted, 0);       // -3 > -4
-  EXPECT_EQ(r.predicted_norm, 1);  // -3/3 = -1 < -4/5 = -0.8
+  // acc_norm divides by the choice's characters (Python's len, as lm-eval), without the delimiter:
+  // "éé" is 2 characters (4 bytes), "abc" 3. -2.2 / 2 = -1.1 < -3 / 3 = -1; counting bytes
+  // (-0.55) or the delimiter (-0.73 against -0.75) would pick the first.
+  const Question q{"c", {"\xc3\xa9\xc3\xa9", "abc"}, 1, " "};
+  const QuestionResult r = judge(q, {{-2.2, 2, false}, {-3.0, 1, false}});
+  EXPECT_EQ(r.predicted, 0);
+  EXPECT_EQ(r.predicted_norm, 1);
   EXPECT_FALSE(r.correct);
   EXPECT_TRUE(r.correct_norm);
 }

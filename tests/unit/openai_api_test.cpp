@@ -113,7 +113,7 @@ TEST_F(ParseRequest, ReadsEveryField) {
       R"({"model": "m", "prompt": "abc", "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 7, "min_p": 0.1,
           "seed": 42, "stop": ["x", "yz"], "logprobs": 3, "n": 2, "stream": true, "stream_options": {"include_usage": true}})",
       false);
-  EXPECT_EQ(r.prompt, (std::vector<int32_t>{'a', 'b', 'c'}));
+  EXPECT_EQ(r.prompts, (std::vector<std::vector<int32_t>>{{'a', 'b', 'c'}}));
   EXPECT_EQ(r.max_tokens, 5);
   EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
   EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
@@ -131,7 +131,7 @@ TEST_F(ParseRequest, ReadsEveryField) {
       {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3, "logprobs": true,
       "top_logprobs": 2})",
                                        true);
-  EXPECT_EQ(tokenizer_->decode(chat.prompt), "<system>s<user>hi");
+  EXPECT_EQ(tokenizer_->decode(chat.prompts.at(0)), "<system>s<user>hi");
   EXPECT_EQ(chat.max_tokens, 3);
   EXPECT_EQ(chat.top_logprobs, 2);
   EXPECT_EQ(parse(R"({"prompt": [1, 2, 3]})", false).max_tokens, 61);              // the rest of the context
@@ -146,7 +146,10 @@ TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
   EXPECT_EQ(error_param(R"({})"), "prompt");
   EXPECT_EQ(error_param(R"({"prompt": ""})"), "prompt");
   EXPECT_EQ(error_param(R"({"prompt": 5})"), "prompt");
-  EXPECT_EQ(error_param(R"({"prompt": ["a", "b"]})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": ["a", 3]})"), "prompt[1]");
+  EXPECT_EQ(error_param(R"({"prompt": [[1, 2], [3, 999]]})"), "prompt[1][1]");
+  EXPECT_EQ(error_param(R"({"prompt": [[1], []]})"), "prompt");
+  EXPECT_EQ(error_param(R"({"prompt": [1, [2]]})"), "prompt[1]");
   EXPECT_EQ(error_param(R"({"prompt": [1, 999]})"), "prompt[1]");
   std::string too_long = R"({"prompt": ")";
   too_long.append(64, 'a').append(R"("})");
@@ -171,7 +174,10 @@ TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
   EXPECT_EQ(error_param(R"({"prompt": "a", "logprobs": 50})"), "logprobs");
   EXPECT_EQ(error_param(R"({"prompt": "a", "stream": "yes"})"), "stream");
   EXPECT_EQ(error_param(R"({"prompt": "a", "stream_options": {"include_usage": true}})"), "stream_options");
-  EXPECT_EQ(error_param(R"({"prompt": "a", "echo": true})"), "echo");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "echo": true, "stream": true})"), "echo");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "echo": "yes"})"), "echo");
+  EXPECT_EQ(error_param(R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", true), "echo");
+  EXPECT_EQ(error_param(R"({"prompt": "a", "echo": true, "max_tokens": 0})"), "");  // the prompt's logprobs only
   EXPECT_EQ(error_param(R"({"prompt": "a", "frequency_penalty": 0.5})"), "frequency_penalty");
   EXPECT_EQ(error_param(R"({"messages": []})", true), "messages");
   EXPECT_EQ(error_param(R"({"messages": "hi"})", true), "messages");
@@ -189,6 +195,21 @@ TEST_F(ParseRequest, NamesTheFieldOfEveryBadValue) {
 
 // Finding 18.3.1: 10^6 nested brackets in response_format killed the server (nlohmann copies and
 // compares recursively). Refused with a 400 before anything walks it; brackets in strings do not count.
+// A batch of prompts (lm-evaluation-harness's local-completions sends token-id arrays so), each
+// with n choices; max_tokens must fit the longest.
+TEST_F(ParseRequest, ReadsABatchOfPrompts) {
+  const CompletionRequest ids =
+      parse(R"({"prompt": [[97, 98], [99]], "echo": true, "logprobs": 1, "max_tokens": 0})", false);
+  EXPECT_EQ(ids.prompts, (std::vector<std::vector<int32_t>>{{'a', 'b'}, {'c'}}));
+  EXPECT_TRUE(ids.echo);
+  EXPECT_EQ(ids.max_tokens, 0);
+  const CompletionRequest texts = parse(R"({"prompt": ["ab", "c"], "n": 2})", false);
+  EXPECT_EQ(texts.prompts, (std::vector<std::vector<int32_t>>{{'a', 'b'}, {'c'}}));
+  std::string many = R"({"prompt": [)";
+  for (int i = 0; i < 33; ++i) many += i ? ",[1]" : "[1]";
+  EXPECT_EQ(error_param(many + "]}"), "prompt");
+}
+
 TEST_F(ParseRequest, RefusesDeepNestingBeforeWalkingIt) {
   const int deep = 1000000;
   const std::string nested = R"({"prompt":"a","max_tokens":2,"response_format":{"type":)" + std::string(deep, '[') +
@@ -288,11 +309,11 @@ class ResponseJson : public ::testing::Test {
   }
   ResponseIds ids(bool chat) const { return {chat ? "chatcmpl-1" : "cmpl-1", 1700000000, "tiny", chat}; }
   std::vector<ChoiceDelta> deltas() const {
-    return {{0, "h", token('h', -0.5f), std::nullopt},
-            {1, "y", token('y', -0.25f), std::nullopt},
-            {0, "i", token('i', -1.0f), FinishReason::Length},
-            {1, "", token('w', -2.0f), std::nullopt},
-            {1, "w", std::nullopt, FinishReason::Stop}};
+    return {{0, "h", token('h', -0.5f), std::nullopt, {}, {}},
+            {1, "y", token('y', -0.25f), std::nullopt, {}, {}},
+            {0, "i", token('i', -1.0f), FinishReason::Length, {}, {}},
+            {1, "", token('w', -2.0f), std::nullopt, {}, {}},
+            {1, "w", std::nullopt, FinishReason::Stop, {}, {}}};
   }
   const Usage usage_{7, 3, 4};
   std::unique_ptr<Tokenizer> tokenizer_ = byte_tokenizer();
@@ -319,6 +340,25 @@ TEST_F(ResponseJson, CompletionHasEachChoicesTextFinishReasonAndLogprobs) {
   const nlohmann::json plain = completion_response(ids(false), 2, deltas(), false, usage_, *tokenizer_);
   EXPECT_TRUE(plain["choices"][0]["logprobs"].is_null());
   EXPECT_EQ(plain["choices"][1]["text"], "yw");
+}
+
+// echo (what lm-evaluation-harness's local-completions sends for log-likelihood): the prompt's
+// tokens lead the text and the logprobs, the first one unscored (null), offsets running on.
+TEST_F(ResponseJson, AnEchoedPromptLeadsTheTextAndTheLogprobs) {
+  ChoiceDelta echo;
+  echo.prompt = {'a', 'b'};
+  echo.prompt_logprobs = {token('b', -0.75f)};
+  const std::vector<ChoiceDelta> deltas = {echo, {0, "h", token('h', -0.5f), FinishReason::Length, {}, {}}};
+  const nlohmann::json expected = nlohmann::json::parse(R"({
+    "id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "tiny",
+    "choices": [
+      {"index": 0, "text": "abh", "finish_reason": "length",
+       "logprobs": {"tokens": ["a", "b", "h"], "token_logprobs": [null, -0.75, -0.5],
+                    "top_logprobs": [null, {"b": -0.75, "z": -3.0}, {"h": -0.5, "z": -3.0}],
+                    "text_offset": [0, 1, 2]}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}})");
+  EXPECT_EQ(completion_response(ids(false), 1, deltas, true, usage_, *tokenizer_), expected);
+  EXPECT_EQ(completion_response(ids(false), 1, deltas, false, usage_, *tokenizer_)["choices"][0]["text"], "abh");
 }
 
 TEST_F(ResponseJson, ChatCompletionHasAnAssistantMessagePerChoice) {
@@ -349,7 +389,7 @@ TEST_F(ResponseJson, StreamChunksCarryOneDeltaEach) {
     "choices": [{"index": 0, "delta": {"content": "h"}, "finish_reason": null, "logprobs": null}]})"));
   // A finish without text: an empty delta; held-back text without logprobs: no chunk at all.
   const nlohmann::json finish =
-      *stream_chunk(ids(true), {1, "", std::nullopt, FinishReason::Stop}, false, 2, *tokenizer_);
+      *stream_chunk(ids(true), {1, "", std::nullopt, FinishReason::Stop, {}, {}}, false, 2, *tokenizer_);
   EXPECT_EQ(finish["choices"][0]["delta"], nlohmann::json::object());
   EXPECT_EQ(finish["choices"][0]["finish_reason"], "stop");
   EXPECT_FALSE(stream_chunk(ids(true), d[3], false, 1, *tokenizer_).has_value());

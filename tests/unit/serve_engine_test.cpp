@@ -288,5 +288,48 @@ TEST(BlockPool, FreeListPublishedBlocksAndLeastRecentlyUsedEviction) {
   EXPECT_THROW({ BlockPool bad(0, 4); }, Error);
 }
 
+// Prompt log-probabilities (echo, log-likelihood evaluation) against log_softmax of one plain
+// forward over the prompt, with the prompt's first blocks in the prefix cache (the positions that
+// score must run anyway) and other requests in the same steps; max_tokens 0 generates nothing.
+TEST_F(ServeEngine, PromptLogprobsEqualAPlainForwardEvenWithTheirPrefixCached) {
+  const int64_t vocab = weights_->config.vocab_size;
+  const std::vector<int32_t> ids = prompt(45, 4);
+  Model reference_model(*weights_, serving(2));
+  LatentCache cache(weights_->config, 64);
+  std::vector<float> logits(ids.size() * size_t(vocab));
+  reference_model.forward(ids, cache, LogitsFor::AllTokens, logits.data());
+
+  Model model(*weights_, serving(2));
+  Engine engine(model, options());
+  collect(*engine.submit(greedy(ids, 1)));  // publishes the prompt's two full blocks
+  for (const int64_t from : {1, 20, 44}) {
+    EngineRequest r = greedy(ids, 0);
+    r.prompt_logprobs_from = from;
+    r.top_logprobs = 2;
+    auto other = engine.submit(greedy(prompt(30, 5), 3));
+    auto stream = engine.submit(r);
+    EXPECT_TRUE(collect(*stream).empty());
+    EXPECT_EQ(stream->finish_reason(), FinishReason::Length);
+    collect(*other);
+    const std::vector<EngineToken> got = stream->prompt_logprobs();
+    ASSERT_EQ(got.size(), ids.size() - size_t(from));
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const size_t position = size_t(from) + i;  // scored by the row of the position before it
+      const float* row = logits.data() + (position - 1) * size_t(vocab);
+      double total = 0, highest = row[0];
+      for (int64_t v = 0; v < vocab; ++v) highest = std::max(highest, double(row[v]));
+      for (int64_t v = 0; v < vocab; ++v) total += std::exp(double(row[v]) - highest);
+      const double expected = double(row[ids[position]]) - highest - std::log(total);
+      EXPECT_EQ(got[i].token, ids[position]);
+      worst = std::max(worst, std::abs(double(got[i].logprob) - expected) / std::abs(expected));
+      ASSERT_EQ(got[i].top.size(), 2u);
+      EXPECT_EQ(got[i].top[0].token, int32_t(std::max_element(row, row + vocab) - row));
+      EXPECT_GE(got[i].top[0].logprob, got[i].top[1].logprob);
+    }
+    EXPECT_LT(worst, 1e-4) << "from " << from;
+  }
+}
+
 }  // namespace
 }  // namespace deepmoe
