@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "core/error.h"
-#include "eval/jsonl.h"
+#include "io/jsonl.h"
 
 namespace deepmoe::eval {
 

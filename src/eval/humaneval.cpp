@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "eval/jsonl.h"
+#include "io/jsonl.h"
 
 namespace deepmoe::eval {
 

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "eval/jsonl.h"
+#include "io/jsonl.h"
 
 namespace deepmoe::eval {
 

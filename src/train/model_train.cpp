@@ -64,9 +64,19 @@ DecoderSaved TrainGraph::take_layer(int64_t layer, ActivationSlab& slab, int64_t
   return saved;
 }
 
+double mean_cross_entropy(std::span<const double> logprobs, std::span<double> gradient) {
+  const double n = double(logprobs.size());
+  double total = 0;
+  for (size_t r = 0; r < logprobs.size(); ++r) {
+    total -= logprobs[r];
+    gradient[r] = -1.0 / n;
+  }
+  return total / n;
+}
+
 StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets,
                          int64_t batch, int64_t seq, double aux_weight, bool backward, float grad_scale,
-                         const GradientsReady& ready) {
+                         const GradientsReady& ready, const TokenObjective& objective, std::vector<double>* logprobs) {
   const Config& c = config_;
   const int64_t n = batch * seq, hidden = c.hidden_size, vocab = c.vocab_size;
   const float eps = float(c.rms_norm_eps);
@@ -118,32 +128,38 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   head_forward(context_, forward_weights.lm_head, values_->norm, eps, x.data(), n, final_normed_.data(),
                final_inv_rms_.data(), logits_.data());
 
-  // Cross-entropy; logits_ becomes d loss / d logits = (softmax - onehot) / n.
-  std::vector<double> row_loss(static_cast<size_t>(n));
+  // The targets' log-probabilities, keeping one exp per logit for the gradient (softmax =
+  // exp(logit − max) / sum); then the objective's loss and d loss / d log p(target) = g, and
+  // logits_ becomes d loss / d logits = g × (onehot − softmax), times grad_scale.
+  std::vector<double> logprob(static_cast<size_t>(n)), sums(static_cast<size_t>(n));
   context_.pool().parallel_for(n, 8, [&](int64_t r_begin, int64_t r_end) {
     for (int64_t r = r_begin; r < r_end; ++r) {
       float* row = logits_.data() + r * vocab;
       const float target_logit = row[targets[size_t(r)]];
       const float max = *std::max_element(row, row + vocab);
-      // One exp per logit, kept for the gradient: softmax = exp(logit − max) / sum.
       double sum = 0;
       for (int64_t v = 0; v < vocab; ++v) {
         row[v] = std::exp(row[v] - max);
         sum += row[v];
       }
-      row_loss[size_t(r)] = std::log(sum) + max - target_logit;
-      if (backward) {
-        const float scale = float(double(grad_scale) / (sum * double(n)));
-        for (int64_t v = 0; v < vocab; ++v) row[v] *= scale;
-        row[targets[size_t(r)]] -= grad_scale / float(n);
-      }
+      sums[size_t(r)] = sum;
+      logprob[size_t(r)] = double(target_logit) - double(max) - std::log(sum);
     }
   });
-  double total = 0;
-  for (const double v : row_loss) total += v;
-  result.cross_entropy = total / double(n);
+  std::vector<double> gradient(static_cast<size_t>(n), 0.0);
+  result.cross_entropy = objective ? objective(logprob, gradient) : mean_cross_entropy(logprob, gradient);
   result.loss = result.cross_entropy + aux_weight * result.balance;
+  if (logprobs) *logprobs = logprob;
   if (!backward) return result;
+  context_.pool().parallel_for(n, 8, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      float* row = logits_.data() + r * vocab;
+      const double g = double(grad_scale) * gradient[size_t(r)];
+      const float scale = float(-g / sums[size_t(r)]);
+      for (int64_t v = 0; v < vocab; ++v) row[v] *= scale;
+      row[targets[size_t(r)]] += float(g);
+    }
+  });
 
   // Backward.
   std::vector<float> dx(size_t(n * hidden), 0.0f);

@@ -33,6 +33,15 @@ struct StepLoss {
 // reducing a range there, while the earlier layers' backward still runs.
 using GradientsReady = std::function<void(size_t begin, size_t end)>;
 
+// The loss over a micro-batch's tokens as a function of their targets' log-probabilities
+// log p(target_r | the row's tokens before it), r over batch * seq: it returns the loss and writes
+// d loss / d log p(target_r) into `gradient` (zero for tokens it ignores). Pretraining's mean
+// cross-entropy is -mean(log p), each gradient -1/n; SFT masks, DPO and GRPO weigh sequences.
+using TokenObjective = std::function<double(std::span<const double> logprobs, std::span<double> gradient)>;
+
+// Pretraining's objective: the mean cross-entropy over every token.
+double mean_cross_entropy(std::span<const double> logprobs, std::span<double> gradient);
+
 class TrainGraph {
  public:
   // n_threads: the pool every layer splits its work over (BLAS runs one thread per block).
@@ -48,12 +57,15 @@ class TrainGraph {
   TrainGraph(const Config& config, int n_threads, GemmPrecision precision = GemmPrecision::F32, bool recompute = false,
              ExpertGroup* expert_group = nullptr, bool bf16_kept_by_caller = false);
 
-  // inputs, targets: [batch * seq] token ids. With backward, adds `grad_scale` × d loss into
-  // p.grads() (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done.
-  // Throws Error for an id outside the vocabulary.
+  // inputs, targets: [batch * seq] token ids. The loss is objective's over the targets'
+  // log-probabilities (mean_cross_entropy when empty; StepLoss::cross_entropy holds its value)
+  // plus aux_weight × the balance loss. With backward, adds `grad_scale` × d loss into p.grads()
+  // (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done. `logprobs`
+  // (when not null) receives the targets' log-probabilities. Throws Error for an id outside the
+  // vocabulary.
   StepLoss run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,
-               int64_t seq, double aux_weight, bool backward, float grad_scale = 1.0f,
-               const GradientsReady& ready = {});
+               int64_t seq, double aux_weight, bool backward, float grad_scale = 1.0f, const GradientsReady& ready = {},
+               const TokenObjective& objective = {}, std::vector<double>* logprobs = nullptr);
 
   // The bf16 copy of p's values (BF16 precision): [begin, end) converted again from p's values,
   // and the whole copy, laid out as p's flat buffer.

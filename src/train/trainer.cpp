@@ -129,11 +129,13 @@ void timed(double& seconds, F&& blocking) {
 
 }  // namespace
 
-Trainer::Trainer(TrainerOptions options) : Trainer(std::move(options), nullptr) {}
+Trainer::Trainer(TrainerOptions options, std::unique_ptr<TrainingData> data)
+    : Trainer(std::move(options), nullptr, std::move(data)) {}
 
-Trainer::Trainer(TrainerOptions options, const dist::Communicator& world) : Trainer(std::move(options), &world) {}
+Trainer::Trainer(TrainerOptions options, const dist::Communicator& world, std::unique_ptr<TrainingData> data)
+    : Trainer(std::move(options), &world, std::move(data)) {}
 
-Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
+Trainer::Trainer(TrainerOptions options, const dist::Communicator* world, std::unique_ptr<TrainingData> data)
     : solo_(dist::Communicator::solo()),
       world_(world ? *world : solo_),
       options_(checked(std::move(options), world_.size())),
@@ -141,10 +143,9 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world)
       expert_replicas_(world_.split(world_.rank() % options_.expert_parallel, world_.rank())),
       expert_exchange_(expert_group_),
       p_(load_parameters(options_, world_, expert_group_.rank())),
-      data_(options_.data_path, options_.seq, options_.order, options_.seed),
-      val_(options_.val_data_path.empty()
-               ? nullptr
-               : std::make_unique<TokenWindows>(options_.val_data_path, options_.seq, WindowOrder::Sequential, 0)),
+      data_(data ? std::move(data)
+                 : std::make_unique<TokenWindowData>(options_.data_path, options_.val_data_path, options_.seq,
+                                                     options_.batch, options_.order, options_.seed)),
       dense_parallel_(world_, p_.dense_size(), options_.grad_compression),
       expert_parallel_(expert_replicas_, p_.values().size() - p_.dense_size(), options_.grad_compression),
       local_batch_(local_batch_of(options_, world_.size())),
@@ -222,33 +223,31 @@ void Trainer::gather_weights(double& wait_seconds) {
 Trainer::~Trainer() = default;
 
 double Trainer::validation_loss() {
-  // The whole validation file once (sequential windows), up to 32 batches, dealt out to the
-  // ranks in turn. Each batch's loss sits at its own place, so the sum over ranks adds zeros
-  // and the mean is the one a single process computes, bit for bit.
-  const int64_t batches = std::clamp<int64_t>((val_->tokens() - 1) / (options_.seq * options_.batch), 1, 32);
+  // The validation batches dealt out to the ranks in turn. Each batch's loss sits at its own
+  // place, so the sum over ranks adds zeros and the total is the one a single process computes,
+  // bit for bit.
+  const int64_t batches = data_->validation_batches();
   // Under expert parallelism every rank of an expert group runs the same number of forward
   // passes (each is collective over the group): a rank out of batches repeats one and drops it.
   std::vector<double> losses(size_t(batches), 0.0);
   const int64_t passes =
       options_.expert_parallel > 1 ? (batches + world_.size() - 1) / world_.size() * world_.size() : batches;
   for (int64_t b = world_.rank(); b < passes; b += world_.size()) {
-    val_->batch(b % batches, options_.batch, inputs_, targets_);
-    const double loss = graph_.run(p_, inputs_, targets_, options_.batch, options_.seq, 0.0, false).cross_entropy;
-    if (b < batches) losses[size_t(b)] = loss;
+    const MicroBatch m = data_->validation_batch(b % batches);
+    const double loss =
+        graph_.run(p_, m.inputs, m.targets, m.rows, options_.seq, 0.0, false, 1.0f, {}, m.objective).cross_entropy;
+    if (b < batches) losses[size_t(b)] = loss * m.weight;
   }
   world_.allreduce_sum(losses);
   double total = 0;
   for (const double loss : losses) total += loss;
-  return total / double(batches);
+  return total;
 }
 
 Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, ExpertLoads& loads) {
   const TrainerOptions& o = options_;
   // This rank's windows: a contiguous share of the step's batch × grad_accum, in rank order.
   const int64_t first_window = step * o.batch * o.grad_accum + world_.rank() * local_batch_ * local_accum_;
-  // Each micro-batch's loss is a mean over its windows: weighted by its part of the step's windows
-  // (1 / grad_accum for one process), the parts of all ranks add up to the step's mean.
-  const double parts = double(o.batch * o.grad_accum) / double(local_batch_);
   // The last micro-batch finishes the gradients: its backward starts their reduction, or without
   // overlap notes the ranges for after it.
   ready_ranges_.clear();
@@ -264,11 +263,12 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
   };
   double losses[2] = {0, 0};  // loss, cross-entropy
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
-    data_.windows(first_window + micro * local_batch_, local_batch_, o.batch, inputs_, targets_);
-    const StepLoss r = graph_.run(p_, inputs_, targets_, local_batch_, o.seq, o.aux_loss, true, 1.0f / float(parts),
-                                  micro + 1 == local_accum_ ? reduce : GradientsReady());
-    losses[0] += r.loss / parts;
-    losses[1] += r.cross_entropy / parts;
+    // Weighted by its part of the step, the micro-batches of all ranks add up to the step's loss.
+    const MicroBatch m = data_->train_batch(first_window + micro * local_batch_, local_batch_, o.batch * o.grad_accum);
+    const StepLoss r = graph_.run(p_, m.inputs, m.targets, m.rows, o.seq, o.aux_loss, true, float(m.weight),
+                                  micro + 1 == local_accum_ ? reduce : GradientsReady(), m.objective);
+    losses[0] += r.loss * m.weight;
+    losses[1] += r.cross_entropy * m.weight;
     loads.resize(r.expert_counts.size());
     for (size_t l = 0; l < r.expert_counts.size(); ++l) {
       loads[l].resize(r.expert_counts[l].size());
@@ -520,7 +520,8 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     report.comm_bytes.all_to_all = expert_exchange_.take_bytes();
     report.comm_wait_s += expert_exchange_.take_seconds();
     for (const auto& load : loads) report.expert_load.push_back(expert_load_stats(load));
-    if (val_ && o.eval_every > 0 && ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
+    if (data_->validation_batches() > 0 && o.eval_every > 0 &&
+        ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
       report.val_loss = validation_loss();
       summary.val_loss = report.val_loss;
     }

@@ -35,6 +35,7 @@
 #include "train/model_train.h"
 #include "train/optimizer.h"
 #include "train/parameters.h"
+#include "train/training_data.h"
 
 namespace deepmoe::train {
 
@@ -42,7 +43,7 @@ struct TrainerOptions {
   // The model to start from: an HF directory, or a config.json whose seeded random model is
   // written to out_dir/initial. Exactly one of the two.
   std::string init_dir, config_path;
-  std::string data_path;       // training tokens (uint32 file)
+  std::string data_path;       // training tokens (uint32 file), unless the Trainer is given its data
   std::string val_data_path;   // validation tokens; empty: no validation
   std::string out_dir;         // metrics.jsonl, plots, checkpoints/ and the trained model
   std::string dump_grads_dir;  // where step 0's unclipped gradients go; empty: nowhere
@@ -107,8 +108,10 @@ class Trainer {
   // other settings (seq, batch, grad_accum, seed, order, optimizer, precision). With `world`
   // (which must outlive the Trainer), every rank of it constructs a Trainer with the same
   // options; batch × grad_accum must be a multiple of its size.
-  explicit Trainer(TrainerOptions options);
-  Trainer(TrainerOptions options, const dist::Communicator& world);
+  // `data`: what to learn from (SFT's conversations, DPO's pairs); null: pretraining's windows of
+  // options.data_path (and val_data_path).
+  explicit Trainer(TrainerOptions options, std::unique_ptr<TrainingData> data = nullptr);
+  Trainer(TrainerOptions options, const dist::Communicator& world, std::unique_ptr<TrainingData> data = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -160,7 +163,8 @@ class Trainer {
   void restore_residual(const std::string& checkpoint_dir, const nlohmann::json& state);
   // What a checkpoint's residuals were made by (they resume only in the same).
   nlohmann::json residual_world() const;
-  Trainer(TrainerOptions options, const dist::Communicator* world);  // null: solo_
+  Trainer(TrainerOptions options, const dist::Communicator* world,
+          std::unique_ptr<TrainingData> data);  // world null: solo_
 
   dist::Communicator solo_;  // the world of a Trainer made without one
   const dist::Communicator& world_;
@@ -171,8 +175,7 @@ class Trainer {
   dist::Communicator expert_group_, expert_replicas_;
   ExpertExchange expert_exchange_;
   Parameters p_;
-  TokenWindows data_;
-  std::unique_ptr<TokenWindows> val_;
+  std::unique_ptr<TrainingData> data_;
   DataParallel dense_parallel_, expert_parallel_;  // over world_ and expert_replicas_
   int64_t local_batch_ = 0, local_accum_ = 0;
   Optimizer dense_optimizer_, expert_optimizer_;  // this rank's shards
@@ -185,7 +188,6 @@ class Trainer {
   bool sharded_master_;
   std::vector<std::pair<size_t, size_t>> f32_ranges_;
   TrainGraph graph_;
-  std::vector<int32_t> inputs_, targets_;  // one micro-batch's token ids
   // Without comm_overlap: the ranges backward finished, reduced after it (kept, every step has the same).
   std::vector<std::pair<size_t, size_t>> ready_ranges_;
 };

@@ -146,6 +146,20 @@ same = len(a) == 2 and all(x["pred"] == y["pred"] and x["context"].count("Answer
 sys.exit(0 if same else 1)
 PY
   bad "eval mmlu ($(head -c 300 mmlu.txt))"
+# deepmoe sft: conversations through the chat template and plain completions, then a checkpoint
+# resumed; malformed lines refused naming file:line.
+printf '%s\n' '{"messages": [{"role": "user", "content": "the quick brown"}, {"role": "assistant", "content": "fox jumps"}]}' \
+  '{"prompt": "the lazy", "completion": " dog naps"}' >sft.jsonl
+"$deepmoe" sft --init tmodel --data sft.jsonl --val-data sft.jsonl --seq 16 --batch 2 --steps 3 --eval-every 3 \
+  --save-every 2 --out sft_out >sft.txt 2>&1 && grep -q "sft: 2 examples" sft.txt && [ -f sft_out/model.safetensors ] &&
+  [ -f sft_out/tokenizer.json ] && [ "$(wc -l <sft_out/metrics.jsonl)" -eq 3 ] &&
+  ok "sft: conversations and completions, validation, checkpoints" || bad "sft ($(tail -c 300 sft.txt))"
+printf '%s\n' '{"prompt": "the lazy", "completion": " dog naps"}' '{"messages": [{"role": "user", "content": "hi"}]}' >sft_no_turn.jsonl
+expect_error "sft: a conversation without an assistant turn" "sft_no_turn.jsonl:2: the conversation has no assistant turn" \
+  "$deepmoe" sft --init tmodel --data sft_no_turn.jsonl --seq 16 --batch 1 --steps 1 --out sft_bad
+printf '%s\n' '{"prompt": "the lazy"}' >sft_no_completion.jsonl
+expect_error "sft: a line without a completion" "sft_no_completion.jsonl:1: 'completion'" \
+  "$deepmoe" sft --init tmodel --data sft_no_completion.jsonl --seq 16 --batch 1 --steps 1 --out sft_bad
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 

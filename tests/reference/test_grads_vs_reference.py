@@ -58,6 +58,12 @@ def scores_of(x, w, prefix, cfg):
 
 def sequence_loss(tokens, targets, w, cfg):
     """(cross-entropy sum over positions, balance loss of this sequence summed over MoE layers)."""
+    logprobs, balance = sequence_terms(tokens, targets, w, cfg)
+    return -logprobs.sum(), balance
+
+
+def sequence_terms(tokens, targets, w, cfg):
+    """(log p(target) at each position, balance loss of this sequence summed over MoE layers)."""
     T = len(tokens)
     cos, sin = ref.rope_tables(cfg, T)
     eps = cfg.rms_norm_eps
@@ -82,8 +88,8 @@ def sequence_loss(tokens, targets, w, cfg):
     x = ref.rms_norm(x, w["model.norm.weight"], eps)
     head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]
     logits = ref.linear(x, head)
-    ce = torch.nn.functional.cross_entropy(logits, torch.as_tensor(targets), reduction="sum")
-    return ce, balance
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.as_tensor(targets).reshape(-1, 1)).reshape(-1)
+    return logprobs, balance
 
 
 def check(name, overrides, aux, deepmoe, work, extra_args=(), tolerance=1e-4):

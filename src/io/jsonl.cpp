@@ -1,10 +1,10 @@
-#include "eval/jsonl.h"
+#include "io/jsonl.h"
 
 #include <fstream>
 
 #include "core/error.h"
 
-namespace deepmoe::eval {
+namespace deepmoe {
 
 void for_each_jsonl_object(const std::string& path,
                            const std::function<void(const nlohmann::json&, const std::string&)>& each) {
@@ -27,4 +27,4 @@ std::string string_field(const nlohmann::json& object, const char* name, const s
   return it->get<std::string>();
 }
 
-}  // namespace deepmoe::eval
+}  // namespace deepmoe

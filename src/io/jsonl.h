@@ -1,12 +1,12 @@
-// The task files in JSON Lines: one object per line, blank lines skipped, every error naming the
-// file and line.
+// Data files in JSON Lines (evaluation tasks, SFT conversations, preference pairs): one object per
+// line, blank lines skipped, every error naming the file and line.
 #pragma once
 #include <nlohmann/json.hpp>
 
 #include <functional>
 #include <string>
 
-namespace deepmoe::eval {
+namespace deepmoe {
 
 // Calls `each(object, "path:line")` for every non-blank line. Throws Error naming the file when it
 // cannot be opened, and file:line for a line that is not a JSON object.
@@ -17,4 +17,4 @@ void for_each_jsonl_object(const std::string& path,
 std::string string_field(const nlohmann::json& object, const char* name, const std::string& where,
                          bool non_empty = false);
 
-}  // namespace deepmoe::eval
+}  // namespace deepmoe

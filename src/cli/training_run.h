@@ -1,0 +1,35 @@
+// The training commands' shared part (train, sft, and the later stages): the flags that fill
+// train::TrainerOptions, and the run itself: the world line, a progress line or a line per step,
+// the summary. Under mpirun every rank runs it; rank 0 prints.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "train/trainer.h"
+
+namespace deepmoe::cli {
+
+// The flags: most are the Trainer's options themselves; these are words and defaults to resolve.
+struct TrainFlags {
+  train::TrainerOptions trainer;
+  std::string schedule = "constant", optimizer = "adamw", order = "random", precision = "f32",
+              grad_compression = "none", comm_overlap = "on";
+  std::optional<double> beta1, beta2;
+  int threads = 0;
+};
+
+// Every flag but what the data is (--data, --val-data, --order) and where the model starts
+// (--init, --config).
+void add_common_training_flags(CLI::App* command, TrainFlags& flags);
+
+// What a command trains on, made once the options are final (null: pretraining's token windows).
+using DataFactory = std::function<std::unique_ptr<train::TrainingData>(const train::TrainerOptions&)>;
+
+// Resolves the flags, trains, prints. Errors as one line (on every rank under mpirun).
+void run_training(const TrainFlags& flags, const DataFactory& data = {});
+
+}  // namespace deepmoe::cli

@@ -1,0 +1,55 @@
+// What a training run learns from, handed to the Trainer as micro-batches: pretraining's token
+// windows, SFT's conversations, DPO's preference pairs. Each micro-batch is rows of `seq` tokens
+// with the objective over their targets' log-probabilities (model_train.h) and its weight in the
+// step, so one optimizer, schedule, precision, accumulation, data parallelism and checkpointing
+// serve every stage.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/token_windows.h"
+#include "train/model_train.h"
+
+namespace deepmoe::train {
+
+struct MicroBatch {
+  std::vector<int32_t> inputs, targets;  // [rows * seq]
+  int64_t rows = 0;
+  // Its loss and gradients are multiplied by `weight` and summed over the step's micro-batches (and
+  // ranks): 1 / micro-batches for a per-micro-batch mean, 1 when the objective already divides by
+  // the whole step's count.
+  double weight = 1.0;
+  TokenObjective objective;    // empty: the mean cross-entropy over every target
+  int64_t trained_tokens = 0;  // targets the objective trains on (for tokens/s)
+};
+
+class TrainingData {
+ public:
+  virtual ~TrainingData() = default;
+  // Examples [first, first + count) of the stream the steps take `step_examples` at a time
+  // (a data-parallel rank's share of a step is a contiguous run of it).
+  virtual MicroBatch train_batch(int64_t first, int64_t count, int64_t step_examples) = 0;
+  // Held-out batches (0: no validation); the validation loss is Σ weight × loss over them.
+  virtual int64_t validation_batches() const = 0;
+  virtual MicroBatch validation_batch(int64_t index) = 0;
+};
+
+// Pretraining: windows of a token file (TokenWindows' stream), the mean cross-entropy of each
+// micro-batch; validation over up to 32 batches of sequential windows of the validation file.
+class TokenWindowData : public TrainingData {
+ public:
+  TokenWindowData(const std::string& data_path, const std::string& val_path, int64_t seq, int64_t batch,
+                  WindowOrder order, uint64_t seed);
+  MicroBatch train_batch(int64_t first, int64_t count, int64_t step_examples) override;
+  int64_t validation_batches() const override { return validation_batches_; }
+  MicroBatch validation_batch(int64_t index) override;
+
+ private:
+  TokenWindows data_;
+  std::unique_ptr<TokenWindows> val_;
+  int64_t seq_, batch_, validation_batches_ = 0;
+};
+
+}  // namespace deepmoe::train

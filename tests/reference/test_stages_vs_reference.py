@@ -1,0 +1,122 @@
+#!/usr/bin/python3
+"""The later training stages' objectives against PyTorch float64 autograd (Debian python3-torch) on the
+same weights and examples, through `--dump-grads` (step 0's unclipped gradients) as
+test_grads_vs_reference.py checks pretraining:
+
+- SFT (`deepmoe sft`): the mean over the step's trained tokens of -log p(token), the trained tokens
+  being each completion and its EOS ({"prompt", "completion"} lines: the prompt tokenized with BOS, the
+  completion without, EOS appended), plus A x the balance loss; rows padded past each example.
+
+Every parameter's gradient must match within 1e-4 relative (norm of the difference over the norm of
+the reference), and the loss. The token ids come from `deepmoe tokenize` (checked against HF's
+tokenizer elsewhere). Prints 'N passed, M failed'."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import deepseek_ref as ref  # noqa: E402
+from safetensors_io import ModelWeights, read_safetensors  # noqa: E402
+from test_grads_vs_reference import BASE, VARIANTS, report, run_cases, sequence_terms  # noqa: E402
+
+TEXT = [f"the quick brown fox jumps over the lazy dog {i} times, then naps; 3 + {i} = {3 + i}." for i in range(40)]
+EXAMPLES = [
+    {"prompt": "Question: 3 + 4 = ?\nAnswer:", "completion": " 7"},
+    {"prompt": "the quick brown fox", "completion": " jumps over the lazy dog, then naps."},
+    {"prompt": "Question: how many dogs nap?\nAnswer:", "completion": " one lazy dog naps 3 times"},
+]
+
+
+def tokenize(deepmoe, tok, text, special=False):
+    out = subprocess.run([deepmoe, "tokenize", "--tokenizer", tok, "--text", text, "--json"] +
+                         (["--add-special-tokens"] if special else []), check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def model_with_tokenizer(deepmoe, d, overrides):
+    """A random model of BASE + overrides (vocabulary 300) with a BPE tokenizer trained here."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "text.txt"), "w") as f:
+        f.write("\n".join(TEXT) + "\n")
+    subprocess.run([deepmoe, "tokenizer-train", "--vocab-size", "280", "--out", os.path.join(d, "tok"),
+                    os.path.join(d, "text.txt")], check=True, capture_output=True)
+    cfg_raw = dict(BASE, **overrides, vocab_size=300)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg_raw, f)
+    subprocess.run([deepmoe, "init", "--config", os.path.join(d, "config.json"), "--out", os.path.join(d, "model"),
+                    "--seed", "3", "--tokenizer", os.path.join(d, "tok")], check=True, stdout=subprocess.DEVNULL)
+    return ref.Config(cfg_raw)
+
+
+def compare(name, our_loss, ours, loss, w, tolerance=1e-4):
+    failures, worst = [], 0.0
+    if abs(loss.item() - our_loss) > tolerance * abs(loss.item()):
+        failures.append(f"loss {our_loss} vs reference {loss.item()}")
+    for n, leaf in w.items():
+        if n.endswith("e_score_correction_bias"):
+            continue
+        expected = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        if n not in ours:
+            failures.append(f"{n}: no gradient written")
+            continue
+        scale, diff = expected.norm().item(), (ours[n] - expected).norm().item()
+        if scale == 0:
+            if ours[n].abs().max().item() != 0:
+                failures.append(f"{n}: reference gradient is zero, ours is not")
+            continue
+        worst = max(worst, diff / scale)
+        if diff / scale > tolerance:
+            failures.append(f"{n}: relative error {diff / scale:.2e}")
+    return report(name, failures, f"loss {our_loss:.6f}, {len(w)} tensors, worst relative error {worst:.1e}")
+
+
+def check_sft(name, overrides, aux, deepmoe, work):
+    d = os.path.join(work, name)
+    cfg = model_with_tokenizer(deepmoe, d, overrides)
+    tok = os.path.join(d, "tok")
+    with open(os.path.join(d, "sft.jsonl"), "w") as f:
+        for e in EXAMPLES:
+            f.write(json.dumps(e) + "\n")
+    seq = 24
+    subprocess.run([deepmoe, "sft", "--init", os.path.join(d, "model"), "--data", os.path.join(d, "sft.jsonl"),
+                    "--seq", str(seq), "--batch", str(len(EXAMPLES)), "--steps", "1", "--aux-loss", str(aux),
+                    "--lr", "1e-3", "--dump-grads", os.path.join(d, "grads"), "--out", os.path.join(d, "trained")],
+                   check=True, stdout=subprocess.DEVNULL)
+    ours = read_safetensors(os.path.join(d, "grads", "model.safetensors"))
+    with open(os.path.join(d, "trained", "metrics.jsonl")) as f:
+        our_loss = json.loads(f.readline())["loss"]
+    eos = tokenize(deepmoe, tok, "<｜end▁of▁sentence｜>")
+
+    stored = ModelWeights(os.path.join(d, "model"))
+    w = {n: stored[n].to(torch.float64).clone().requires_grad_(True) for n in stored.names()}
+    masked, trained, balance_total = torch.zeros((), dtype=torch.float64), 0, torch.zeros((), dtype=torch.float64)
+    for e in EXAMPLES:
+        prompt = tokenize(deepmoe, tok, e["prompt"], special=True)
+        completion = tokenize(deepmoe, tok, e["completion"]) + eos
+        tokens = (prompt + completion)[:seq + 1]
+        weights = ([0.0] * len(prompt) + [1.0] * len(completion))[1:seq + 1]
+        # The row as the trainer pads it: the example, then EOS to seq tokens (padding is causal
+        # and untrained, but it does route through the experts and so counts in the balance loss).
+        pad = eos[0]
+        inputs = tokens[:-1] + [pad] * (seq - len(tokens) + 1)
+        targets = tokens[1:] + [pad] * (seq - len(tokens) + 1)
+        logprobs, balance = sequence_terms(inputs, targets, w, cfg)
+        masked = masked - (torch.tensor(weights + [0.0] * (seq - len(weights)), dtype=torch.float64) * logprobs).sum()
+        trained += int(sum(weights))
+        balance_total = balance_total + balance
+    loss = masked / trained + aux * balance_total / len(EXAMPLES)
+    loss.backward()
+    return compare(name, our_loss, ours, loss, w)
+
+
+def main():
+    cases = [lambda d, w, n=n, o=o, a=a: check_sft("sft_" + n, o, a, d, w) for n, (o, a) in VARIANTS.items()]
+    run_cases(__doc__, cases)
+
+
+if __name__ == "__main__":
+    main()
