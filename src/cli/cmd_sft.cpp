@@ -1,7 +1,6 @@
 // deepmoe sft: supervised fine-tuning of a model directory on conversations (train/sft_data.h:
 // {"messages"} through the model's chat template, or {"prompt", "completion"}), the loss on the
 // assistant's tokens only; every other flag, the checkpoints and the run are train's.
-#include <cstdlib>
 #include <memory>
 
 #include "cli/common.h"
@@ -17,12 +16,6 @@ namespace {
 struct SftFiles {
   std::string data, val_data;
 };
-
-// Rank 0 (or the only process) prints.
-bool is_first_rank() {
-  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  return !rank || std::string(rank) == "0";
-}
 
 std::unique_ptr<train::TrainingData> sft_data(const SftFiles& files, const train::TrainerOptions& o) {
   const auto tokenizer = load_model_tokenizer(o.init_dir);

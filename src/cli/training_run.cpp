@@ -91,7 +91,10 @@ void print_world(const train::Trainer& trainer, const train::TrainerOptions& o) 
 }
 
 void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
-  const std::string val_text = r.val_loss ? fmt::format("  val {:.4f}", *r.val_loss) : "";
+  std::string val_text = r.val_loss ? fmt::format("  val {:.4f}", *r.val_loss) : "";
+  for (const auto& [name, value] : r.val_extra) val_text += fmt::format(" {} {:.3f}", name, value);
+  std::string extra_text;  // the data's own measures (DPO's accuracy, margin, ...)
+  for (const auto& [name, value] : r.extra) extra_text += fmt::format("  {} {:.3f}", name, value);
   // Under mpirun: what left rank 0 this step, gradients (reduce-scatter) and weights (all-gather).
   const train::CommBytes& sent = r.comm_bytes;
   const std::string comm_text =
@@ -107,8 +110,8 @@ void print_step(const train::StepReport& r, int64_t steps, bool terminal) {
                std::string(size_t(filled), '#'), std::string(size_t(width - filled), '.'), r.step + 1, steps, r.loss,
                r.lr, r.tokens_per_second, r.seconds_left, val_text);
   } else {
-    fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}{}\n", r.step + 1, steps, r.loss,
-               r.lr, r.grad_norm, r.tokens_per_second, comm_text, val_text);
+    fmt::print("step {:>5}/{}  loss {:.4f}  lr {:.2e}  grad norm {:.3f}  {:.0f} tok/s{}{}{}\n", r.step + 1, steps,
+               r.loss, r.lr, r.grad_norm, r.tokens_per_second, extra_text, comm_text, val_text);
   }
   std::fflush(stdout);
 }
@@ -137,7 +140,9 @@ void train_on(const train::TrainerOptions& o, const dist::Communicator& world, c
   if (!o.init_dir.empty()) copy_tokenizer_files_if_present(o.init_dir, o.out_dir);
   fmt::print("trained {} steps in {:.1f} s -> {}\n", o.steps, summary.seconds, o.out_dir);
   if (summary.val_loss)
-    fmt::print("validation loss {:.4f}, perplexity {:.1f}\n", *summary.val_loss, std::exp(*summary.val_loss));
+    fmt::print(
+        "validation loss {:.4f}{}\n", *summary.val_loss,
+        trainer.data().loss_is_cross_entropy() ? fmt::format(", perplexity {:.1f}", std::exp(*summary.val_loss)) : "");
   fmt::print("memory: activations {:.1f} MiB{}, peak resident {:.1f} MiB\n",
              double(summary.activation_bytes) / 1048576.0, o.recompute ? " (recomputed per layer)" : "", peak_rss_mb());
 }
@@ -172,6 +177,11 @@ void run_training(const TrainFlags& flags, const DataFactory& data) {
     world.abort_job(1);
     throw;
   }
+}
+
+bool is_first_rank() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  return !rank || std::string(rank) == "0";
 }
 
 void add_common_training_flags(CLI::App* command, TrainFlags& flags_) {

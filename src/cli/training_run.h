@@ -29,6 +29,10 @@ void add_common_training_flags(CLI::App* command, TrainFlags& flags);
 // What a command trains on, made once the options are final (null: pretraining's token windows).
 using DataFactory = std::function<std::unique_ptr<train::TrainingData>(const train::TrainerOptions&)>;
 
+// Whether this process is rank 0 of its mpirun job (or the only one): a data factory runs on every
+// rank, and only the first says what it loaded.
+bool is_first_rank();
+
 // Resolves the flags, trains, prints. Errors as one line (on every rank under mpirun).
 void run_training(const TrainFlags& flags, const DataFactory& data = {});
 

@@ -19,7 +19,7 @@ void append(SftExample& e, const std::vector<int32_t>& tokens, bool trained) {
 }  // namespace
 
 SftExample encode_conversation(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
-                               const nlohmann::json& messages) {
+                               const nlohmann::json& messages, bool last_turn_only) {
   if (!messages.is_array() || messages.empty()) fail("'messages' must be a non-empty list of messages");
   const std::string &bos = tokenizer.bos_token(), &eos = tokenizer.eos_token();
   const std::string whole = chat_template.render(messages, false, bos, eos);
@@ -44,9 +44,11 @@ SftExample encode_conversation(const Tokenizer& tokenizer, const ChatTemplate& c
   // Piece by piece, each piece trained or not; the pieces must tokenize as the whole does.
   SftExample e;
   size_t at = 0;
-  for (const auto& [begin, end] : turns) {
+  for (size_t t = 0; t < turns.size(); ++t) {
+    const auto [begin, end] = turns[t];
     append(e, tokenizer.encode(std::string_view(whole).substr(at, begin - at)), false);
-    append(e, tokenizer.encode(std::string_view(whole).substr(begin, end - begin)), true);
+    append(e, tokenizer.encode(std::string_view(whole).substr(begin, end - begin)),
+           !last_turn_only || t + 1 == turns.size());
     at = end;
   }
   append(e, tokenizer.encode(std::string_view(whole).substr(at)), false);
@@ -122,22 +124,29 @@ const SftExample& SftData::example(int64_t k) {
   return train_[size_t(order_[size_t(k % n)])];
 }
 
+void lay_out_row(const SftExample& example, int64_t seq, int32_t pad, int32_t* inputs, int32_t* targets,
+                 double* weights) {
+  const int64_t n = std::min<int64_t>(int64_t(example.tokens.size()) - 1, seq);
+  std::fill(inputs, inputs + seq, pad);
+  std::fill(targets, targets + seq, pad);
+  std::fill(weights, weights + seq, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    inputs[i] = example.tokens[size_t(i)];
+    targets[i] = example.tokens[size_t(i + 1)];
+    weights[i] = example.trained[size_t(i + 1)];
+  }
+}
+
 MicroBatch SftData::rows_of(const std::vector<const SftExample*>& examples, std::vector<double>& weights) const {
   MicroBatch m;
   m.rows = int64_t(examples.size());
   m.inputs.assign(size_t(m.rows * seq_), pad_);
   m.targets.assign(size_t(m.rows * seq_), pad_);
   weights.assign(size_t(m.rows * seq_), 0.0);
-  for (int64_t r = 0; r < m.rows; ++r) {
-    const SftExample& e = *examples[size_t(r)];
-    const int64_t n = std::min<int64_t>(int64_t(e.tokens.size()) - 1, seq_);
-    for (int64_t i = 0; i < n; ++i) {
-      m.inputs[size_t(r * seq_ + i)] = e.tokens[size_t(i)];
-      m.targets[size_t(r * seq_ + i)] = e.tokens[size_t(i + 1)];
-      weights[size_t(r * seq_ + i)] = e.trained[size_t(i + 1)];
-      m.trained_tokens += e.trained[size_t(i + 1)];
-    }
-  }
+  for (int64_t r = 0; r < m.rows; ++r)
+    lay_out_row(*examples[size_t(r)], seq_, pad_, &m.inputs[size_t(r * seq_)], &m.targets[size_t(r * seq_)],
+                &weights[size_t(r * seq_)]);
+  for (const double w : weights) m.trained_tokens += int64_t(w);
   return m;
 }
 

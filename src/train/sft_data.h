@@ -26,11 +26,12 @@ struct SftExample {
   std::vector<uint8_t> trained;  // per token: the loss trains on predicting it (the first never)
 };
 
-// One {"messages": [...]} conversation. Throws Error when it has no assistant turn or the template
-// cannot mark the turns (its renderings are not prefixes of one another, or a turn does not start
-// and end on a token boundary).
+// One {"messages": [...]} conversation; last_turn_only trains only its last assistant turn (a
+// preference pair's reply). Throws Error when it has no assistant turn or the template cannot mark
+// the turns (its renderings are not prefixes of one another, or a turn does not start and end on
+// a token boundary).
 SftExample encode_conversation(const Tokenizer& tokenizer, const ChatTemplate& chat_template,
-                               const nlohmann::json& messages);
+                               const nlohmann::json& messages, bool last_turn_only = false);
 // prompt then completion as plain text, BOS first (when the tokenizer adds one) and EOS last.
 SftExample encode_completion(const Tokenizer& tokenizer, const std::string& prompt, const std::string& completion);
 
@@ -38,6 +39,11 @@ SftExample encode_completion(const Tokenizer& tokenizer, const std::string& prom
 // prompt/completion form is accepted).
 std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tokenizer,
                                        const ChatTemplate* chat_template);
+
+// An example as a row of `seq` positions: inputs, targets and each target's weight (1 trained, 0
+// not), padded with `pad` or cut.
+void lay_out_row(const SftExample& example, int64_t seq, int32_t pad, int32_t* inputs, int32_t* targets,
+                 double* weights);
 
 struct SftStats {
   int64_t examples = 0, cut = 0;    // conversations, and those longer than a row

@@ -108,6 +108,8 @@ nlohmann::json metrics_line(const StepReport& r) {
     load_stats.push_back({{"max_over_mean", s.max_over_mean}, {"cv", s.cv}});
   line["expert_load"] = load_stats;
   if (r.val_loss) line["val_loss"] = *r.val_loss;
+  for (const auto& [name, value] : r.extra) line[name] = value;
+  for (const auto& [name, value] : r.val_extra) line["val_" + name] = value;
   line["comm_bytes"] = {{"reduce_scatter", r.comm_bytes.reduce_scatter},
                         {"all_gather", r.comm_bytes.all_gather},
                         {"all_to_all", r.comm_bytes.all_to_all}};
@@ -222,7 +224,17 @@ void Trainer::gather_weights(double& wait_seconds) {
 
 Trainer::~Trainer() = default;
 
-double Trainer::validation_loss() {
+void Trainer::sum_over_ranks(std::map<std::string, double>& values, double& wait_seconds) {
+  // Every rank's data names the same measures (a rank without batches adds zeros).
+  if (world_.size() == 1 || values.empty()) return;
+  std::vector<double> flat;
+  for (const auto& [name, value] : values) flat.push_back(value);
+  timed(wait_seconds, [&] { world_.allreduce_sum(flat); });
+  size_t i = 0;
+  for (auto& [name, value] : values) value = flat[i++];
+}
+
+double Trainer::validation_loss(std::map<std::string, double>& extra) {
   // The validation batches dealt out to the ranks in turn. Each batch's loss sits at its own
   // place, so the sum over ranks adds zeros and the total is the one a single process computes,
   // bit for bit.
@@ -236,9 +248,15 @@ double Trainer::validation_loss() {
     const MicroBatch m = data_->validation_batch(b % batches);
     const double loss =
         graph_.run(p_, m.inputs, m.targets, m.rows, options_.seq, 0.0, false, 1.0f, {}, m.objective).cross_entropy;
-    if (b < batches) losses[size_t(b)] = loss * m.weight;
+    if (b < batches) {
+      losses[size_t(b)] = loss * m.weight;
+      if (m.metrics)
+        for (const auto& [name, value] : *m.metrics) extra[name] += value;
+    }
   }
   world_.allreduce_sum(losses);
+  double ignored = 0;
+  sum_over_ranks(extra, ignored);
   double total = 0;
   for (const double loss : losses) total += loss;
   return total;
@@ -269,6 +287,8 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
                                   micro + 1 == local_accum_ ? reduce : GradientsReady(), m.objective);
     losses[0] += r.loss * m.weight;
     losses[1] += r.cross_entropy * m.weight;
+    if (m.metrics)
+      for (const auto& [name, value] : *m.metrics) report.extra[name] += value;
     loads.resize(r.expert_counts.size());
     for (size_t l = 0; l < r.expert_counts.size(); ++l) {
       loads[l].resize(r.expert_counts[l].size());
@@ -282,6 +302,7 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
     grads.experts = expert_parallel_.finish(all.subspan(split));
   });
   timed(report.comm_wait_s, [&] { world_.allreduce_sum(losses); });
+  sum_over_ranks(report.extra, report.comm_wait_s);
   report.loss = losses[0];
   report.cross_entropy = losses[1];
   if (world_.size() > 1) {
@@ -522,7 +543,7 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     for (const auto& load : loads) report.expert_load.push_back(expert_load_stats(load));
     if (data_->validation_batches() > 0 && o.eval_every > 0 &&
         ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
-      report.val_loss = validation_loss();
+      report.val_loss = validation_loss(report.val_extra);
       summary.val_loss = report.val_loss;
     }
     if (metrics.is_open()) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -91,6 +92,9 @@ struct StepReport {
   // weights' all-gather, the allreduces of loss, expert loads and gradient norm, and expert
   // parallelism's all-to-alls.
   double comm_wait_s = 0;
+  // The data's own measures (MicroBatch::metrics), summed over the step: DPO's accuracy, ...
+  std::map<std::string, double> extra;
+  std::map<std::string, double> val_extra;  // the same over the validation set, when it ran
 };
 
 struct TrainSummary {
@@ -128,6 +132,7 @@ class Trainer {
   // What the GEMMs run in: F32 when BF16 was asked for on a CPU without AVX512-BF16.
   GemmPrecision precision() const { return precision_; }
   const Parameters& parameters() const { return p_; }
+  const TrainingData& data() const { return *data_; }
   const dist::Communicator& world() const { return world_; }
   // This rank's share of a step: micro-batches of local_batch() windows, local_accum() of them.
   int64_t local_batch() const { return local_batch_; }
@@ -144,7 +149,9 @@ class Trainer {
   struct ShardGrads {
     std::span<float> dense, experts;
   };
-  double validation_loss();
+  double validation_loss(std::map<std::string, double>& extra);
+  // Sums each value over the ranks (the time blocked on it added to wait_seconds).
+  void sum_over_ranks(std::map<std::string, double>& values, double& wait_seconds);
   // The step's micro-batches on this rank, summed over the ranks into report's loss and
   // cross-entropy and into loads; leaves this rank's shards of the summed gradients in the return.
   ShardGrads forward_backward(int64_t step, StepReport& report, ExpertLoads& loads);

@@ -5,6 +5,7 @@
 // serve every stage.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,9 @@ struct MicroBatch {
   double weight = 1.0;
   TokenObjective objective;    // empty: the mean cross-entropy over every target
   int64_t trained_tokens = 0;  // targets the objective trains on (for tokens/s)
+  // What the objective measured when it ran (DPO's accuracy and margins, ...), each a term of
+  // the step's value: the Trainer sums them over micro-batches and ranks into StepReport::extra.
+  std::shared_ptr<std::map<std::string, double>> metrics;
 };
 
 class TrainingData {
@@ -34,6 +38,8 @@ class TrainingData {
   // Held-out batches (0: no validation); the validation loss is Σ weight × loss over them.
   virtual int64_t validation_batches() const = 0;
   virtual MicroBatch validation_batch(int64_t index) = 0;
+  // Whether the loss is a mean cross-entropy (its exponential a perplexity); DPO's is not.
+  virtual bool loss_is_cross_entropy() const { return true; }
 };
 
 // Pretraining: windows of a token file (TokenWindows' stream), the mean cross-entropy of each

@@ -160,6 +160,22 @@ expect_error "sft: a conversation without an assistant turn" "sft_no_turn.jsonl:
 printf '%s\n' '{"prompt": "the lazy"}' >sft_no_completion.jsonl
 expect_error "sft: a line without a completion" "sft_no_completion.jsonl:1: 'completion'" \
   "$deepmoe" sft --init tmodel --data sft_no_completion.jsonl --seq 16 --batch 1 --steps 1 --out sft_bad
+# deepmoe dpo: plain and conversational pairs, the reference scored once and cached for --resume,
+# accuracy and margins per step; a pair whose replies are equal refused naming file:line.
+printf '%s\n' '{"prompt": "the quick brown", "chosen": " fox jumps", "rejected": " dog naps"}' \
+  '{"messages": [{"role": "user", "content": "the lazy"}], "chosen": "dog naps", "rejected": "fox"}' >pairs.jsonl
+"$deepmoe" dpo --init tmodel --data pairs.jsonl --val-data pairs.jsonl --seq 24 --batch 2 --steps 2 --eval-every 2 \
+  --save-every 1 --beta 0.2 --out dpo_out >dpo.txt 2>&1 && grep -q "scored them" dpo.txt &&
+  /usr/bin/python3 -c "
+import json; m = [json.loads(l) for l in open('dpo_out/metrics.jsonl')]
+assert len(m) == 2 and 0 <= m[0]['accuracy'] <= 1 and 'margin' in m[0] and 'val_accuracy' in m[1], m" &&
+  "$deepmoe" dpo --init tmodel --data pairs.jsonl --val-data pairs.jsonl --seq 24 --batch 2 --steps 3 --save-every 1 --beta 0.2 --resume \
+    --out dpo_out >dpo_resume.txt 2>&1 && grep -q "log-probabilities from dpo_out/dpo_reference.json" dpo_resume.txt &&
+  ok "dpo: pairs, accuracy and margins, the reference cached and reused on --resume" ||
+  bad "dpo ($(tail -c 300 dpo.txt) $(tail -c 300 dpo_resume.txt 2>/dev/null))"
+printf '%s\n' '{"prompt": "the", "chosen": " fox", "rejected": " fox"}' >pairs_equal.jsonl
+expect_error "dpo: a pair whose replies are equal" "pairs_equal.jsonl:1: 'chosen' and 'rejected' are the same" \
+  "$deepmoe" dpo --init tmodel --data pairs_equal.jsonl --seq 16 --batch 1 --steps 1 --out dpo_bad
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 

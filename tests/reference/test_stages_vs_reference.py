@@ -6,6 +6,9 @@ test_grads_vs_reference.py checks pretraining:
 - SFT (`deepmoe sft`): the mean over the step's trained tokens of -log p(token), the trained tokens
   being each completion and its EOS ({"prompt", "completion"} lines: the prompt tokenized with BOS, the
   completion without, EOS appended), plus A x the balance loss; rows padded past each example.
+- DPO (`deepmoe dpo`): the mean over pairs of -log sigmoid(beta [(s_w - r_w) - (s_l - r_l)]), s the
+  policy's and r a second (reference) model's sums of log p over each reply and its EOS, plus A x the
+  balance loss over the pairs' rows; the reference differs from the policy so that the margin is not 0.
 
 Every parameter's gradient must match within 1e-4 relative (norm of the difference over the norm of
 the reference), and the loss. The token ids come from `deepmoe tokenize` (checked against HF's
@@ -113,8 +116,72 @@ def check_sft(name, overrides, aux, deepmoe, work):
     return compare(name, our_loss, ours, loss, w)
 
 
+PAIRS = [
+    {"prompt": "Question: 3 + 4 = ?\nAnswer:", "chosen": " 7", "rejected": " 8, then naps"},
+    {"prompt": "the quick brown fox", "chosen": " jumps over the lazy dog.", "rejected": " naps."},
+    {"prompt": "Question: how many dogs nap?\nAnswer:", "chosen": " one", "rejected": " the fox jumps 3 times"},
+]
+
+
+def row(deepmoe, tok, prompt, reply, seq, eos):
+    """(inputs, targets, weights) of one reply's row, padded with EOS as the trainer pads it."""
+    first = tokenize(deepmoe, tok, prompt, special=True)
+    second = tokenize(deepmoe, tok, reply) + eos
+    tokens = (first + second)[:seq + 1]
+    weights = ([0.0] * len(first) + [1.0] * len(second))[1:seq + 1]
+    pad = [eos[0]] * (seq - len(tokens) + 1)
+    return tokens[:-1] + pad, tokens[1:] + pad, weights + [0.0] * (seq - len(weights))
+
+
+def check_dpo(name, overrides, aux, deepmoe, work, beta=0.5):
+    d = os.path.join(work, name)
+    cfg = model_with_tokenizer(deepmoe, d, overrides)
+    tok = os.path.join(d, "tok")
+    subprocess.run([deepmoe, "init", "--config", os.path.join(d, "config.json"), "--out", os.path.join(d, "reference"),
+                    "--seed", "4", "--tokenizer", tok], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(d, "pairs.jsonl"), "w") as f:
+        for p in PAIRS:
+            f.write(json.dumps(p) + "\n")
+    seq = 48
+    subprocess.run([deepmoe, "dpo", "--init", os.path.join(d, "model"), "--reference", os.path.join(d, "reference"),
+                    "--data", os.path.join(d, "pairs.jsonl"), "--beta", str(beta), "--seq", str(seq), "--batch",
+                    str(len(PAIRS)), "--steps", "1", "--aux-loss", str(aux), "--lr", "1e-3", "--dump-grads",
+                    os.path.join(d, "grads"), "--out", os.path.join(d, "trained")], check=True, stdout=subprocess.DEVNULL)
+    ours = read_safetensors(os.path.join(d, "grads", "model.safetensors"))
+    with open(os.path.join(d, "trained", "metrics.jsonl")) as f:
+        our_loss = json.loads(f.readline())["loss"]
+    eos = tokenize(deepmoe, tok, "<｜end▁of▁sentence｜>")
+
+    stored, reference = ModelWeights(os.path.join(d, "model")), ModelWeights(os.path.join(d, "reference"))
+    w = {n: stored[n].to(torch.float64).clone().requires_grad_(True) for n in stored.names()}
+    r = {n: reference[n].to(torch.float64) for n in reference.names()}
+
+    def reply_sum(weights_of, inputs, targets, weights):
+        logprobs, balance = sequence_terms(inputs, targets, weights_of, cfg)
+        return (torch.tensor(weights, dtype=torch.float64) * logprobs).sum(), balance
+
+    loss, balance_total, margins = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64), []
+    for p in PAIRS:
+        sides = []
+        for reply in (p["chosen"], p["rejected"]):
+            inputs, targets, weights = row(deepmoe, tok, p["prompt"], reply, seq, eos)
+            policy, balance = reply_sum(w, inputs, targets, weights)
+            with torch.no_grad():
+                ref_sum, _ = reply_sum(r, inputs, targets, weights)
+            sides.append(policy - ref_sum)
+            balance_total = balance_total + balance
+        z = beta * (sides[0] - sides[1])
+        margins.append(z.item())
+        loss = loss - torch.nn.functional.logsigmoid(z) / len(PAIRS)
+    loss = loss + aux * balance_total / (2 * len(PAIRS))
+    loss.backward()
+    print(f"  margins at step 0: {', '.join(f'{m:+.3f}' for m in margins)}")
+    return compare(name, our_loss, ours, loss, w)
+
+
 def main():
     cases = [lambda d, w, n=n, o=o, a=a: check_sft("sft_" + n, o, a, d, w) for n, (o, a) in VARIANTS.items()]
+    cases += [lambda d, w, n=n, o=o, a=a: check_dpo("dpo_" + n, o, a, d, w) for n, (o, a) in VARIANTS.items()]
     run_cases(__doc__, cases)
 
 
