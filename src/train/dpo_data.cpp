@@ -75,8 +75,8 @@ DpoData::DpoData(std::vector<PreferencePair> train, std::vector<PreferencePair> 
       seq_(seq),
       batch_(batch),
       pad_(pad),
-      seed_(seed),
-      beta_(beta) {
+      beta_(beta),
+      order_(train_.size(), seed) {
   if (!(beta_ > 0) || !std::isfinite(beta_)) fail("--beta must be a positive number, found {}", beta_);
   for (const auto* set : {&train_, &validation_})
     for (const PreferencePair& p : *set)
@@ -123,18 +123,6 @@ void DpoData::set_reference(std::vector<double> values) {
   reference_ = std::move(values);
 }
 
-size_t DpoData::pair_index(int64_t k) {
-  const int64_t n = int64_t(train_.size()), epoch = k / n;
-  if (epoch != epoch_) {  // each epoch its own permutation, from (seed, epoch) alone: resumable
-    order_.resize(size_t(n));
-    std::iota(order_.begin(), order_.end(), size_t(0));
-    std::mt19937_64 rng(seed_ * 1000003 + uint64_t(epoch));
-    std::shuffle(order_.begin(), order_.end(), rng);
-    epoch_ = epoch;
-  }
-  return order_[size_t(k % n)];
-}
-
 MicroBatch DpoData::batch_of(const std::vector<size_t>& pairs, double pairs_in_step) {
   if (reference_.size() != 2 * this->pairs()) fail("DPO needs the reference model's log-probabilities first");
   std::vector<double> weights;
@@ -175,7 +163,7 @@ MicroBatch DpoData::batch_of(const std::vector<size_t>& pairs, double pairs_in_s
 
 MicroBatch DpoData::train_batch(int64_t first, int64_t count, int64_t step_examples) {
   std::vector<size_t> pairs;
-  for (int64_t k = first; k < first + count; ++k) pairs.push_back(pair_index(k));
+  for (int64_t k = first; k < first + count; ++k) pairs.push_back(order_(k));
   return batch_of(pairs, double(step_examples));
 }
 

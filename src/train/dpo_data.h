@@ -55,17 +55,14 @@ class DpoData : public TrainingData {
   MicroBatch rows(const std::vector<size_t>& pairs, std::vector<double>& weights) const;
 
  private:
-  size_t pair_index(int64_t k);  // the k-th training pair of the stream
   MicroBatch batch_of(const std::vector<size_t>& pairs, double pairs_in_step);
 
   std::vector<PreferencePair> train_, validation_;
   int64_t seq_, batch_;
   int32_t pad_;
-  uint64_t seed_;
   double beta_;
   std::vector<double> reference_;  // per pair (training, then validation): chosen, rejected
-  int64_t epoch_ = -1;
-  std::vector<size_t> order_;
+  EpochOrder order_;
 };
 
 }  // namespace deepmoe::train

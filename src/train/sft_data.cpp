@@ -96,7 +96,12 @@ std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer&
 
 SftData::SftData(std::vector<SftExample> train, std::vector<SftExample> validation, int64_t seq, int64_t batch,
                  int32_t pad, uint64_t seed)
-    : train_(std::move(train)), validation_(std::move(validation)), seq_(seq), batch_(batch), pad_(pad), seed_(seed) {
+    : train_(std::move(train)),
+      validation_(std::move(validation)),
+      seq_(seq),
+      batch_(batch),
+      pad_(pad),
+      order_(train_.size(), seed) {
   stats_.examples = int64_t(train_.size());
   for (const SftExample& e : train_) {
     const int64_t kept = std::min<int64_t>(int64_t(e.tokens.size()), seq_ + 1);
@@ -112,17 +117,19 @@ SftData::SftData(std::vector<SftExample> train, std::vector<SftExample> validati
   }
 }
 
-const SftExample& SftData::example(int64_t k) {
-  const int64_t n = int64_t(train_.size()), epoch = k / n;
-  if (epoch != epoch_) {  // each epoch its own permutation, from (seed, epoch) alone: resumable
-    order_.resize(size_t(n));
-    std::iota(order_.begin(), order_.end(), int64_t(0));
+size_t EpochOrder::operator()(int64_t k) {
+  const int64_t epoch = k / int64_t(n_);
+  if (epoch != epoch_) {
+    order_.resize(n_);
+    std::iota(order_.begin(), order_.end(), size_t(0));
     std::mt19937_64 rng(seed_ * 1000003 + uint64_t(epoch));
     std::shuffle(order_.begin(), order_.end(), rng);
     epoch_ = epoch;
   }
-  return train_[size_t(order_[size_t(k % n)])];
+  return order_[size_t(k % int64_t(n_))];
 }
+
+const SftExample& SftData::example(int64_t k) { return train_[order_(k)]; }
 
 void lay_out_row(const SftExample& example, int64_t seq, int32_t pad, int32_t* inputs, int32_t* targets,
                  double* weights) {

@@ -45,6 +45,20 @@ std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer&
 void lay_out_row(const SftExample& example, int64_t seq, int32_t pad, int32_t* inputs, int32_t* targets,
                  double* weights);
 
+// The k-th draw of a stream that goes over n items epoch by epoch, each epoch its own permutation
+// from (seed, epoch) alone, so a resumed run draws the same.
+class EpochOrder {
+ public:
+  EpochOrder(size_t n, uint64_t seed) : n_(n), seed_(seed) {}
+  size_t operator()(int64_t k);
+
+ private:
+  size_t n_;
+  uint64_t seed_;
+  int64_t epoch_ = -1;
+  std::vector<size_t> order_;
+};
+
 struct SftStats {
   int64_t examples = 0, cut = 0;    // conversations, and those longer than a row
   int64_t tokens = 0, trained = 0;  // in the rows (after cuts), and those the loss trains on
@@ -70,9 +84,7 @@ class SftData : public TrainingData {
   std::vector<SftExample> train_, validation_;
   int64_t seq_, batch_;
   int32_t pad_;
-  uint64_t seed_;
-  int64_t epoch_ = -1;
-  std::vector<int64_t> order_;  // epoch_'s permutation
+  EpochOrder order_;
   double validation_trained_ = 0;
   SftStats stats_;
 };
