@@ -13,7 +13,10 @@ void add_train_command(CLI::App& app) {
   auto* init = command->add_option("--init", o->init_dir, "start from this HF model directory");
   auto* config = command->add_option("--config", o->config_path, "start from a random model of this config.json");
   init->excludes(config);
-  command->add_option("--data", o->data_path, "training tokens (uint32 file)")->required();
+  command
+      ->add_option("--data", o->data_path,
+                   "training tokens (uint32 file), or a mixture: a.u32:0.7,b.u32:0.3 (windows drawn by weight)")
+      ->required();
   command->add_option("--val-data", o->val_data_path, "validation tokens (uint32 file)");
   command->add_option("--order", flags->order, "random or sequential windows")
       ->check(CLI::IsMember({"random", "sequential"}));

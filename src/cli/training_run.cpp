@@ -33,9 +33,10 @@ int threads_per_rank(int requested, const dist::Communicator& world) {
 
 train::TrainerOptions trainer_options(const TrainFlags& f, const dist::Communicator& world) {
   train::TrainerOptions o = f.trainer;
-  o.schedule = f.schedule == "cosine" ? train::Schedule::Cosine
-               : f.schedule == "wsd"  ? train::Schedule::Wsd
-                                      : train::Schedule::Constant;
+  o.schedule = f.schedule == "cosine"    ? train::Schedule::Cosine
+               : f.schedule == "wsd"     ? train::Schedule::Wsd
+               : f.schedule == "plateau" ? train::Schedule::Plateau
+                                         : train::Schedule::Constant;
   o.order = f.order == "sequential" ? WindowOrder::Sequential : WindowOrder::Random;
   o.precision = f.precision == "bf16" ? GemmPrecision::BF16 : GemmPrecision::F32;
   o.optimizer.kind = f.optimizer == "lion" ? train::OptimizerKind::Lion : train::OptimizerKind::AdamW;
@@ -196,8 +197,14 @@ void add_common_training_flags(CLI::App* command, TrainFlags& flags_) {
   command->add_option("--lr", o->lr, "peak learning rate");
   command->add_option("--min-lr", o->min_lr, "floor of the cosine / WSD decay");
   command->add_option("--warmup", o->warmup, "linear warmup steps");
-  command->add_option("--schedule", flags->schedule, "constant, cosine or wsd")
-      ->check(CLI::IsMember({"constant", "cosine", "wsd"}));
+  command
+      ->add_option("--schedule", flags->schedule,
+                   "constant, cosine, wsd, or plateau (cut the learning rate by --plateau-factor when the "
+                   "validation loss has not improved for more than --plateau-patience evaluations)")
+      ->check(CLI::IsMember({"constant", "cosine", "wsd", "plateau"}));
+  command->add_option("--plateau-factor", o->plateau_factor, "plateau: the learning rate's cut (default 0.5)");
+  command->add_option("--plateau-patience", o->plateau_patience,
+                      "plateau: evaluations without improvement before a cut (default 2)");
   command->add_option("--optimizer", flags->optimizer, "adamw or lion")->check(CLI::IsMember({"adamw", "lion"}));
   command->add_option("--beta1", flags->beta1, "first-moment decay (default 0.9)");
   command->add_option("--beta2", flags->beta2, "second-moment decay (AdamW 0.999, Lion 0.99)");

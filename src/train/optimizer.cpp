@@ -127,11 +127,25 @@ void Optimizer::step(ThreadPool& pool, Parameters& p, std::span<const float> gra
   });
 }
 
-double learning_rate(const ScheduleOptions& s, int64_t step) {
+bool ReducePlateau::observe(double val_loss, int64_t patience) {
+  if (!seen || val_loss < best * (1.0 - 1e-4)) {
+    best = val_loss;
+    seen = true;
+    bad = 0;
+    return false;
+  }
+  if (++bad <= patience) return false;
+  ++cuts;
+  bad = 0;
+  return true;
+}
+
+double learning_rate(const ScheduleOptions& s, int64_t step, const ReducePlateau& plateau) {
   if (step < s.warmup) return s.lr * double(step + 1) / double(s.warmup);
   const int64_t after = step - s.warmup, span = std::max<int64_t>(1, s.total_steps - s.warmup);
   switch (s.kind) {
     case Schedule::Constant: return s.lr;
+    case Schedule::Plateau: return std::max(s.min_lr, s.lr * std::pow(s.plateau_factor, double(plateau.cuts)));
     case Schedule::Cosine: {
       const double progress = std::min(1.0, double(after) / double(span));
       return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));

@@ -13,7 +13,7 @@
 namespace deepmoe::train {
 
 enum class OptimizerKind { AdamW, Lion };
-enum class Schedule { Constant, Cosine, Wsd };
+enum class Schedule { Constant, Cosine, Wsd, Plateau };
 
 struct OptimizerOptions {
   OptimizerKind kind = OptimizerKind::AdamW;
@@ -61,10 +61,24 @@ struct ScheduleOptions {
   double lr = 1e-3, min_lr = 0.0;
   int64_t warmup = 0, total_steps = 1;
   double decay_fraction = 0.2;  // WSD: the last 20 % of steps decay linearly to min_lr
+  // Plateau: after the warmup, lr × factor^cuts (not below min_lr), a cut each time the
+  // validation loss has not improved for more than `patience` evaluations (ReducePlateau).
+  double plateau_factor = 0.5;
+  int64_t plateau_patience = 2;
+};
+
+// Reduce-on-plateau's state, as torch.optim.lr_scheduler.ReduceLROnPlateau keeps it (mode min,
+// relative threshold 1e-4, no cooldown): the best validation loss, evaluations since it, cuts so far.
+struct ReducePlateau {
+  double best = 0;
+  bool seen = false;
+  int64_t bad = 0, cuts = 0;
+  // After an evaluation: true when the learning rate is cut.
+  bool observe(double val_loss, int64_t patience);
 };
 // The learning rate of step `step` (0-based): linear warmup from lr/warmup to lr over `warmup`
 // steps, then constant, cosine to min_lr, or warmup-stable-decay.
-double learning_rate(const ScheduleOptions& s, int64_t step);
+double learning_rate(const ScheduleOptions& s, int64_t step, const ReducePlateau& plateau = {});
 
 // Global L2 norm of the trainable gradients; when max_norm > 0 and the norm exceeds it, scales
 // them by max_norm / (norm + 1e-6) as torch.nn.utils.clip_grad_norm_. Returns the norm before.

@@ -27,6 +27,13 @@ void check_options(const TrainerOptions& o, int ranks) {
   if (o.batch * o.grad_accum % ranks != 0)
     fail("--batch {} x --grad-accum {} = {} windows a step cannot be split evenly over {} ranks", o.batch, o.grad_accum,
          o.batch * o.grad_accum, ranks);
+  if (o.schedule == Schedule::Plateau) {
+    // (That there is validation data is checked when the run starts: SFT and DPO bring their own.)
+    if (o.eval_every < 1) fail("--schedule plateau needs --eval-every N (the validation loss it watches)");
+    if (!(o.plateau_factor > 0 && o.plateau_factor < 1))
+      fail("--plateau-factor must be in (0, 1), found {}", o.plateau_factor);
+    if (o.plateau_patience < 0) fail("--plateau-patience must be >= 0, found {}", o.plateau_patience);
+  }
   if (o.expert_parallel < 1 || ranks % o.expert_parallel != 0)
     fail("--expert-parallel {} must divide the {} ranks", o.expert_parallel, ranks);
   if (o.expert_parallel == 1) return;
@@ -198,6 +205,12 @@ void Trainer::resume() {
   if (made_with != run)
     fail("--resume: {} was made with different settings ({}), not {}", resumed_->dir, made_with.dump(), run.dump());
   first_step_ = resumed_->state.value("step", int64_t(0));
+  if (const auto it = resumed_->state.find("plateau"); it != resumed_->state.end()) {
+    plateau_.best = it->value("best", 0.0);
+    plateau_.seen = it->value("seen", false);
+    plateau_.bad = it->value("bad", int64_t(0));
+    plateau_.cuts = it->value("cuts", int64_t(0));
+  }
 }
 
 void Trainer::gather_weights(double& wait_seconds) {
@@ -436,6 +449,9 @@ void Trainer::save(int64_t step) {
   if (!world_.is_root()) return;
   nlohmann::json state = {
       {"step", step}, {"optimizer_steps", dense_optimizer_.steps_taken()}, {"run", run_settings(options_)}};
+  if (options_.schedule == Schedule::Plateau)
+    state["plateau"] = {
+        {"best", plateau_.best}, {"seen", plateau_.seen}, {"bad", plateau_.bad}, {"cuts", plateau_.cuts}};
   nlohmann::json all_checksums = nlohmann::json::object();
   for (const std::string& text : checksums) all_checksums.update(nlohmann::json::parse(text));
   std::vector<std::string> optimizer_files;
@@ -492,6 +508,10 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
   schedule.min_lr = o.min_lr;
   schedule.warmup = o.warmup;
   schedule.total_steps = o.steps;
+  schedule.plateau_factor = o.plateau_factor;
+  schedule.plateau_patience = o.plateau_patience;
+  if (o.schedule == Schedule::Plateau && data_->validation_batches() == 0)
+    fail("--schedule plateau cuts the learning rate when the validation loss stops improving: it needs --val-data");
 
   // A resumed run's metrics are those of the steps before its checkpoint, then its own. Rank 0
   // writes them.
@@ -529,7 +549,7 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     const double clip = clip_coefficient(report.grad_norm, o.clip);
     scale_gradients(pool, p_, dense_shard(), grads.dense, clip);
     scale_gradients(pool, p_, expert_shard(), grads.experts, clip);
-    report.lr = learning_rate(schedule, step);
+    report.lr = learning_rate(schedule, step, plateau_);
     dense_optimizer_.step(pool, p_, grads.dense, report.lr);
     expert_optimizer_.step(pool, p_, grads.experts, report.lr);
     gather_weights(report.comm_wait_s);
@@ -544,6 +564,7 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     if (data_->validation_batches() > 0 && o.eval_every > 0 &&
         ((step + 1) % o.eval_every == 0 || step + 1 == o.steps)) {
       report.val_loss = validation_loss(report.val_extra);
+      if (o.schedule == Schedule::Plateau) plateau_.observe(*report.val_loss, o.plateau_patience);
       summary.val_loss = report.val_loss;
     }
     if (metrics.is_open()) {

@@ -42,20 +42,33 @@ class TrainingData {
   virtual bool loss_is_cross_entropy() const { return true; }
 };
 
-// Pretraining: windows of a token file (TokenWindows' stream), the mean cross-entropy of each
+// A training mixture: token files and their weights ("a.u32:0.7,b.u32:0.3"; a file alone weighs
+// 1). Throws Error for a weight that is not a positive number.
+struct DataSource {
+  std::string path;
+  double weight = 1.0;
+};
+std::vector<DataSource> parse_data_sources(const std::string& text);
+
+// Pretraining: windows of token files (TokenWindows' stream), the mean cross-entropy of each
 // micro-batch; validation over up to 32 batches of sequential windows of the validation file.
+// With several files, window k comes from a file drawn by weight from (seed, k) alone, and is that
+// file's own window k: the mixture is deterministic under the seed and resumes exactly (random
+// order only).
 class TokenWindowData : public TrainingData {
  public:
-  TokenWindowData(const std::string& data_path, const std::string& val_path, int64_t seq, int64_t batch,
-                  WindowOrder order, uint64_t seed);
+  TokenWindowData(const std::string& data, const std::string& val_path, int64_t seq, int64_t batch, WindowOrder order,
+                  uint64_t seed);
   MicroBatch train_batch(int64_t first, int64_t count, int64_t step_examples) override;
   int64_t validation_batches() const override { return validation_batches_; }
   MicroBatch validation_batch(int64_t index) override;
 
  private:
-  TokenWindows data_;
+  std::vector<TokenWindows> sources_;
+  std::vector<double> cumulative_;  // the sources' weights, summed and normalized
   std::unique_ptr<TokenWindows> val_;
   int64_t seq_, batch_, validation_batches_ = 0;
+  uint64_t seed_;
 };
 
 }  // namespace deepmoe::train

@@ -7,7 +7,9 @@ step starts from deepmoe's own checkpoint of the step before (weights and first 
 1) and is compared there, weights and moment; elements whose blend is ~0 are excluded from the
 weight comparison. Both with global-norm clipping (torch.nn.utils.clip_grad_norm_), weight decay on
 every trainable tensor, a cosine schedule with warmup, and the balance loss on. Every tensor must
-match within 1e-4 relative. Prints 'N passed, M failed'."""
+match within 1e-4 relative. And `--schedule plateau`'s learning rates against
+torch.optim.lr_scheduler.ReduceLROnPlateau fed the same validation losses (mode min, relative
+threshold 1e-4, no cooldown). Prints 'N passed, M failed'."""
 import json
 import math
 import os
@@ -137,8 +139,39 @@ def check_lion_steps(d, data, steps):
     return report("lion", failures, f"{steps} steps, each from deepmoe's checkpoint, {skipped} near-zero signs not compared")
 
 
+def check_plateau(deepmoe, work, steps=14, lr=0.2, factor=0.5, patience=1, min_lr=0.02):
+    d = os.path.join(work, "plateau")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(CONFIG, f)
+    rng = np.random.default_rng(12)
+    rng.integers(0, CONFIG["vocab_size"], size=SEQ * BATCH * 4 + 1, dtype=np.uint32).tofile(os.path.join(d, "data.u32"))
+    rng.integers(0, CONFIG["vocab_size"], size=SEQ * BATCH + 1, dtype=np.uint32).tofile(os.path.join(d, "val.u32"))
+    subprocess.run([deepmoe, "train", "--config", os.path.join(d, "config.json"), "--data", os.path.join(d, "data.u32"),
+                    "--val-data", os.path.join(d, "val.u32"), "--eval-every", "1", "--seq", str(SEQ), "--batch",
+                    str(BATCH), "--steps", str(steps), "--lr", str(lr), "--min-lr", str(min_lr), "--schedule", "plateau",
+                    "--plateau-factor", str(factor), "--plateau-patience", str(patience), "--seed", "5",
+                    "--out", os.path.join(d, "trained")], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(d, "trained", "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
+                                                           threshold=1e-4, threshold_mode="rel", min_lr=min_lr)
+    failures, expected = [], []
+    for m in metrics:
+        expected.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(m["val_loss"])
+    ours = [m["lr"] for m in metrics]
+    if any(abs(a - b) > 1e-12 * b for a, b in zip(ours, expected)):
+        failures.append(f"learning rates {ours} vs torch's {expected}")
+    if len(set(expected)) < 2:
+        failures.append("the validation loss never stalled, so nothing was checked (raise the learning rate)")
+    return report("plateau", failures, f"{len(set(expected)) - 1} cuts in {steps} steps, lr {ours[0]} -> {ours[-1]}")
+
+
 def main():
-    run_cases(__doc__, [lambda d, w, o=o: check(o, d, w) for o in ("adamw", "lion")])
+    run_cases(__doc__, [lambda d, w, o=o: check(o, d, w) for o in ("adamw", "lion")] + [check_plateau])
 
 
 if __name__ == "__main__":
