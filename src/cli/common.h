@@ -34,6 +34,7 @@ void add_serve_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_sft_command(CLI::App& app);
 void add_dpo_command(CLI::App& app);
+void add_fisher_command(CLI::App& app);
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed, for every command
 // that samples.

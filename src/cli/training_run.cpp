@@ -212,6 +212,9 @@ void add_common_training_flags(CLI::App* command, TrainFlags& flags_) {
   command->add_option("--weight-decay", o->optimizer.weight_decay, "decoupled weight decay");
   command->add_option("--clip", o->clip, "global gradient-norm limit (0: off)");
   command->add_option("--aux-loss", o->aux_loss, "weight of the sequence-wise balance loss");
+  command->add_option("--ewc", o->ewc_dir,
+                      "elastic weight consolidation against forgetting: `deepmoe fisher`'s output directory");
+  command->add_option("--ewc-lambda", o->ewc_lambda, "EWC's λ in λ/2 Σ F (θ − θ*)² (default 0)");
   command->add_option("--bias-update", o->bias_update, "aux-loss-free balancing: bias step per training step");
   command->add_option("--seed", o->seed, "seed for the order of the data (and --config initialization)");
   command->add_option("--eval-every", o->eval_every, "validation loss every N steps (needs --val-data)");

@@ -172,6 +172,7 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world, std::u
     if (!f32_ranges_.empty() && f32_ranges_.back().second == t.offset) f32_ranges_.back().second = t.offset + t.size;
     else f32_ranges_.emplace_back(t.offset, t.offset + t.size);
   }
+  if (!options_.ewc_dir.empty()) ewc_ = std::make_unique<ElasticPenalty>(options_.ewc_dir, p_, options_.ewc_lambda);
   if (options_.resume) resume();
   if (sharded_master_) keep_master_shards();
 }
@@ -537,6 +538,13 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     report.step = step;
     ExpertLoads loads;
     const ShardGrads grads = forward_backward(step, report, loads);
+    if (ewc_) {  // each element's term on the rank that owns it, summed over the world
+      double penalty[1] = {ewc_->add_to(p_, dense_shard(), grads.dense) +
+                           ewc_->add_to(p_, expert_shard(), grads.experts)};
+      timed(report.comm_wait_s, [&] { world_.allreduce_sum(penalty); });
+      report.loss += penalty[0];
+      report.extra["ewc"] = penalty[0];
+    }
     if (!std::isfinite(report.loss))
       fail("step {}: the loss is {} (diverged; try a lower --lr or --clip)", step, report.loss);
     if (step == 0 && !o.dump_grads_dir.empty()) dump_gradients(grads);

@@ -31,6 +31,7 @@
 #include "io/token_windows.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
+#include "train/ewc.h"
 #include "train/expert_balance.h"
 #include "train/expert_exchange.h"
 #include "train/model_train.h"
@@ -54,8 +55,12 @@ struct TrainerOptions {
   Schedule schedule = Schedule::Constant;
   double lr = 1e-3, min_lr = 0.0;
   int64_t warmup = 0;
-  double plateau_factor = 0.5;                   // Schedule::Plateau: the cut, and evaluations without improvement
-  int64_t plateau_patience = 2;                  // before one (needs validation)
+  // Schedule::Plateau: the cut, and the evaluations without improvement before one.
+  double plateau_factor = 0.5;
+  int64_t plateau_patience = 2;
+  // `deepmoe fisher`'s output: adds ewc_lambda / 2 Σ F (θ − θ*)² to the loss (empty: off).
+  std::string ewc_dir;
+  double ewc_lambda = 0;
   OptimizerOptions optimizer;                    // its betas as they are: Lion's defaults are the caller's to set
   double clip = 1.0;                             // global gradient-norm limit (0: off)
   double aux_loss = 0.0;                         // weight of the sequence-wise balance loss
@@ -191,6 +196,7 @@ class Trainer {
   std::optional<ResumedCheckpoint> resumed_;
   int64_t first_step_ = 0;
   ReducePlateau plateau_;  // Schedule::Plateau's state, saved in checkpoints
+  std::unique_ptr<ElasticPenalty> ewc_;
   GemmPrecision precision_;
   // ZeRO-1 of the f32 master weights too (bf16 precision on more than one rank): a rank keeps the
   // f32 values of its shards and of the tensors read in f32 (f32_ranges_, in the dense region);

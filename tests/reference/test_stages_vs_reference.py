@@ -9,6 +9,9 @@ test_grads_vs_reference.py checks pretraining:
 - DPO (`deepmoe dpo`): the mean over pairs of -log sigmoid(beta [(s_w - r_w) - (s_l - r_l)]), s the
   policy's and r a second (reference) model's sums of log p over each reply and its EOS, plus A x the
   balance loss over the pairs' rows; the reference differs from the policy so that the margin is not 0.
+- EWC: `deepmoe fisher`'s diagonal Fisher (the mean over sequences of each sequence's squared
+  mean-cross-entropy gradient) against autograd's, and `train --ewc F --ewc-lambda L` from another model
+  than F's anchor: the gradient of the pretraining loss plus L/2 sum F (theta - theta*)^2.
 
 Every parameter's gradient must match within 1e-4 relative (norm of the difference over the norm of
 the reference), and the loss. The token ids come from `deepmoe tokenize` (checked against HF's
@@ -24,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import deepseek_ref as ref  # noqa: E402
 from safetensors_io import ModelWeights, read_safetensors  # noqa: E402
-from test_grads_vs_reference import BASE, VARIANTS, report, run_cases, sequence_terms  # noqa: E402
+from test_grads_vs_reference import BASE, BATCH, SEQ, VARIANTS, report, run_cases, sequence_loss, sequence_terms  # noqa: E402, E501
 
 TEXT = [f"the quick brown fox jumps over the lazy dog {i} times, then naps; 3 + {i} = {3 + i}." for i in range(40)]
 EXAMPLES = [
@@ -179,9 +182,73 @@ def check_dpo(name, overrides, aux, deepmoe, work, beta=0.5):
     return compare(name, our_loss, ours, loss, w)
 
 
+def check_ewc(name, overrides, aux, deepmoe, work, samples=3, lam=50.0):
+    import numpy as np
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    cfg_raw = dict(BASE, **overrides)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg_raw, f)
+    cfg = ref.Config(cfg_raw)
+    data = np.random.default_rng(21).integers(0, cfg_raw["vocab_size"], size=SEQ * max(BATCH, samples) + 1,
+                                              dtype=np.uint32)
+    data.tofile(os.path.join(d, "data.u32"))
+    for model, seed in (("anchor", "3"), ("start", "4")):
+        subprocess.run([deepmoe, "init", "--config", os.path.join(d, "config.json"), "--out", os.path.join(d, model),
+                        "--seed", seed], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([deepmoe, "fisher", "--model", os.path.join(d, "anchor"), "--data", os.path.join(d, "data.u32"),
+                    "--seq", str(SEQ), "--samples", str(samples), "--out", os.path.join(d, "F")], check=True,
+                   stdout=subprocess.DEVNULL)
+    ours_fisher = read_safetensors(os.path.join(d, "F", "fisher", "model.safetensors"))
+    anchor = ModelWeights(os.path.join(d, "anchor"))
+    fisher = {n: torch.zeros_like(anchor[n], dtype=torch.float64) for n in anchor.names()}
+    for s in range(samples):
+        w = {n: anchor[n].to(torch.float64).clone().requires_grad_(True) for n in anchor.names()}
+        window = data[s * SEQ: s * SEQ + SEQ + 1].astype(np.int64)
+        ce, _ = sequence_loss(window[:-1], window[1:], w, cfg)
+        (ce / SEQ).backward()
+        for n, leaf in w.items():
+            if leaf.grad is not None:
+                fisher[n] += leaf.grad ** 2 / samples
+    failures, worst = [], 0.0
+    for n, expected in fisher.items():
+        scale = expected.norm().item()
+        if scale == 0:
+            continue
+        error = (ours_fisher[n] - expected).norm().item() / scale
+        worst = max(worst, error)
+        if error > 1e-4:
+            failures.append(f"fisher {n}: relative error {error:.2e}")
+    fisher_ok = report(name + "_fisher", failures, f"{len(fisher)} tensors, worst relative error {worst:.1e}")
+
+    subprocess.run([deepmoe, "train", "--init", os.path.join(d, "start"), "--data", os.path.join(d, "data.u32"),
+                    "--seq", str(SEQ), "--batch", str(BATCH), "--steps", "1", "--order", "sequential",
+                    "--aux-loss", str(aux), "--lr", "1e-3", "--ewc", os.path.join(d, "F"), "--ewc-lambda", str(lam),
+                    "--dump-grads", os.path.join(d, "grads"), "--out", os.path.join(d, "trained")], check=True,
+                   stdout=subprocess.DEVNULL)
+    ours = read_safetensors(os.path.join(d, "grads", "model.safetensors"))
+    with open(os.path.join(d, "trained", "metrics.jsonl")) as f:
+        our_loss = json.loads(f.readline())["loss"]
+    start = ModelWeights(os.path.join(d, "start"))
+    w = {n: start[n].to(torch.float64).clone().requires_grad_(True) for n in start.names()}
+    ce_total, balance_total = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for b in range(BATCH):
+        window = data[b * SEQ: b * SEQ + SEQ + 1].astype(np.int64)
+        ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
+        ce_total, balance_total = ce_total + ce, balance_total + balance
+    penalty = sum((ours_fisher[n].to(torch.float64) * (w[n] - anchor[n].to(torch.float64)) ** 2).sum()
+                  for n in w if not n.endswith("e_score_correction_bias"))
+    loss = ce_total / (BATCH * SEQ) + aux * balance_total / BATCH + lam / 2 * penalty
+    loss.backward()
+    print(f"  EWC penalty {lam / 2 * penalty.item():.4f} of the loss {loss.item():.4f}")
+    return compare(name, our_loss, ours, loss, w) and fisher_ok
+
+
 def main():
     cases = [lambda d, w, n=n, o=o, a=a: check_sft("sft_" + n, o, a, d, w) for n, (o, a) in VARIANTS.items()]
     cases += [lambda d, w, n=n, o=o, a=a: check_dpo("dpo_" + n, o, a, d, w) for n, (o, a) in VARIANTS.items()]
+    overrides, aux = VARIANTS["v3_noaux_tc_sigmoid_qlora_yarn_aux"]
+    cases.append(lambda d, w: check_ewc("ewc_v3", overrides, aux, d, w))
     run_cases(__doc__, cases)
 
 
