@@ -35,6 +35,7 @@ void add_eval_command(CLI::App& app);
 void add_sft_command(CLI::App& app);
 void add_dpo_command(CLI::App& app);
 void add_fisher_command(CLI::App& app);
+void add_grpo_command(CLI::App& app);
 
 // --temperature, --top-k, --top-p, --min-p, --repetition-penalty and --seed, for every command
 // that samples.

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   deepmoe::cli::add_sft_command(app);
   deepmoe::cli::add_dpo_command(app);
   deepmoe::cli::add_fisher_command(app);
+  deepmoe::cli::add_grpo_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/error.h"
 #include "kernels/attention_f32.h"
 #include "kernels/linear_backward.h"
 #include "kernels/matmul.h"
@@ -157,6 +158,9 @@ void attend_absorbed(const Context& ctx, const Config& c, const MlaWeights& w, s
   const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const int64_t rank = c.kv_lora_rank, row = rank + rope, qk = c.qk_head_dim(), v_dim = c.v_head_dim;
   const int64_t base = first_token.front(), n_tokens = first_token.back() - base;
+  // A training view leaves the transposed key half out (its weights change every step): decoding
+  // over one must ask for it (ModelWeights::view_f32's transposed_keys), or it would read nothing.
+  if (!w.kv_b_proj_keys_transposed.data) fail("absorbed attention needs kv_b_proj's transposed key half");
   grow(s.q_latent, n_tokens * heads * row);
   grow(s.out_latent, n_tokens * heads * rank);
   pool.parallel_for(heads, 1, [&](int64_t head_begin, int64_t head_end) {

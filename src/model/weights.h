@@ -89,8 +89,11 @@ struct ModelWeights {
   // step; read kv_b_proj itself. It has no checkpoint: reader() throws, weight_bytes() is 0.
   // With bf16_base (a bf16 copy of the same buffer, for mixed-precision training), every matrix
   // but the routers' views that copy instead, as BF16; norms, biases and routers stay f32.
+  // transposed_keys: derive kv_b_proj_keys_transposed after all (owned, a copy of this moment's
+  // weights), for a Model that decodes in absorbed form over the view (GRPO's sampler).
   static std::unique_ptr<ModelWeights> view_f32(const Config& config, const float* base,
-                                                std::span<const int64_t> offsets, const uint16_t* bf16_base = nullptr);
+                                                std::span<const int64_t> offsets, const uint16_t* bf16_base = nullptr,
+                                                bool transposed_keys = false);
 
   // Rounds every F32 matrix but the routers' to BF16 (nearest even, as PyTorch's .to(bfloat16)),
   // held in memory: the 16-bit weights servers run f32 checkpoints in (activations stay f32).

@@ -7,7 +7,8 @@
 namespace deepmoe {
 
 std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const float* base,
-                                                     std::span<const int64_t> offsets, const uint16_t* bf16_base) {
+                                                     std::span<const int64_t> offsets, const uint16_t* bf16_base,
+                                                     bool transposed_keys) {
   auto view = std::make_unique<ModelWeights>();
   view->config = config;
   size_t index = 0;
@@ -27,7 +28,7 @@ std::unique_ptr<ModelWeights> ModelWeights::view_f32(const Config& config, const
       slot.matrix->cols = t.shape[1];
     }
   });
-  view->derive_matrices(false);
+  view->derive_matrices(transposed_keys);
   return view;
 }
 

@@ -260,7 +260,10 @@ void Engine::deliver(Sequence& sequence, EngineToken token) {
     ++stats_.generated_tokens;
   }
   const auto& stops = sequence.request.stop_tokens;
-  if (std::find(stops.begin(), stops.end(), token.token) != stops.end()) return finish(sequence, FinishReason::Stop);
+  if (std::find(stops.begin(), stops.end(), token.token) != stops.end()) {
+    if (sequence.request.deliver_stop_token) sequence.stream->push(std::move(token));
+    return finish(sequence, FinishReason::Stop);
+  }
   sequence.tokens.push_back(token.token);
   sequence.stream->push(std::move(token));
   if (sequence.generated >= sequence.request.max_tokens || int64_t(sequence.tokens.size()) >= options_.context)

@@ -42,6 +42,7 @@ struct EngineRequest {
   SamplingParams sampling;
   int64_t max_tokens = 16;           // 0: only the prompt (for its logprobs), nothing generated
   std::vector<int32_t> stop_tokens;  // end the sequence (finish_reason stop), not delivered
+  bool deliver_stop_token = false;   // deliver the stop token too (GRPO trains on the EOS it sampled)
   int64_t top_logprobs = -1;         // -1: no logprobs; 0..: the chosen token's and this many more
   // -1: none. k >= 1: every prompt token from index k on scored given the tokens before it
   // (RequestStream::prompt_logprobs, with max(top_logprobs, 0) alternatives), from the raw logits

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/jsonl.h"
+#include "train/reference_model.h"
 
 namespace deepmoe::train {
 
@@ -30,16 +31,9 @@ double sigmoid(double z) { return z >= 0 ? 1 / (1 + std::exp(-z)) : std::exp(z) 
 }  // namespace
 
 RowScorer model_scorer(const std::string& model_dir, int threads, GemmPrecision precision, int64_t seq) {
-  struct Model {
-    Parameters p;
-    TrainGraph graph;
-    Model(const std::string& dir, int threads, GemmPrecision precision)
-        : p(Parameters::load(dir)), graph(p.config(), threads, precision) {}
-  };
-  auto model = std::make_shared<Model>(model_dir, threads, precision);
+  auto model = std::make_shared<ReferenceModel>(model_dir, threads, precision);
   return [model, seq](const MicroBatch& m, const std::vector<double>& weights) {
-    std::vector<double> logprobs;
-    model->graph.run(model->p, m.inputs, m.targets, m.rows, seq, 0.0, false, 1.0f, {}, {}, &logprobs);
+    const std::vector<double> logprobs = model->token_logprobs(m, seq);
     std::vector<double> sums(size_t(m.rows), 0.0);
     for (size_t i = 0; i < logprobs.size(); ++i) sums[i / size_t(seq)] += weights[i] * logprobs[i];
     return sums;

@@ -50,6 +50,7 @@ class DpoData : public TrainingData {
   int64_t validation_batches() const override;
   MicroBatch validation_batch(int64_t index) override;
   bool loss_is_cross_entropy() const override { return false; }
+  int64_t rows_per_example() const override { return 2; }
   // The rows of pairs [first, first + count) of the training (or, past it, validation) pairs, with
   // their reply masks (for reference scoring and tests).
   MicroBatch rows(const std::vector<size_t>& pairs, std::vector<double>& weights) const;

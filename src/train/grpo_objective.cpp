@@ -26,7 +26,8 @@ std::vector<double> group_advantages(std::span<const double> rewards, int64_t gr
 TokenObjective grpo_objective(std::vector<GrpoRow> rows, int64_t seq, const GrpoSettings& s,
                               std::shared_ptr<std::map<std::string, double>> metrics) {
   return [rows = std::move(rows), seq, s, metrics](std::span<const double> logprobs, std::span<double> gradient) {
-    if (logprobs.size() != rows.size() * size_t(seq)) fail("grpo: {} log-probabilities for {} rows", logprobs.size(), rows.size());
+    if (logprobs.size() != rows.size() * size_t(seq))
+      fail("grpo: {} log-probabilities for {} rows", logprobs.size(), rows.size());
     double loss = 0, kl = 0, clipped = 0, gap = 0;
     for (size_t r = 0; r < rows.size(); ++r) {
       const GrpoRow& row = rows[r];

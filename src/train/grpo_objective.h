@@ -21,7 +21,7 @@ namespace deepmoe::train {
 std::vector<double> group_advantages(std::span<const double> rewards, int64_t group);
 
 struct GrpoRow {
-  std::vector<double> weights;     // [seq]: 1 at the completion's targets
+  std::vector<double> weights;                     // [seq]: 1 at the completion's targets
   std::vector<double> old_logprobs, ref_logprobs;  // [seq]: at the completion's targets
   double advantage = 0;
 };

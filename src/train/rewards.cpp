@@ -1,11 +1,11 @@
 #include "train/rewards.h"
 
-#include <nlohmann/json.hpp>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <cctype>
 #include <chrono>
@@ -134,7 +134,8 @@ class ExternalReward : public Reward {
     bool timed_out = false;
     char buffer[4096];
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
         timed_out = true;
         break;
@@ -153,7 +154,8 @@ class ExternalReward : public Reward {
     waitpid(pid, &status, 0);
     if (timed_out) throw RewardFailed(fmt::format("--reward-cmd ran past {} s", timeout_));
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-      throw RewardFailed(fmt::format("--reward-cmd failed (exit status {})", WIFEXITED(status) ? WEXITSTATUS(status) : -1));
+      throw RewardFailed(
+          fmt::format("--reward-cmd failed (exit status {})", WIFEXITED(status) ? WEXITSTATUS(status) : -1));
     std::vector<double> scores;
     std::istringstream lines(output);
     for (std::string line; std::getline(lines, line);) {
@@ -184,7 +186,8 @@ std::string final_answer(const std::string& text) {
   }
   std::string last;
   for (size_t i = 0; i < text.size();) {
-    const bool starts = is_number_char(text[i]) || (text[i] == '-' && i + 1 < text.size() && is_number_char(text[i + 1]));
+    const bool starts =
+        is_number_char(text[i]) || (text[i] == '-' && i + 1 < text.size() && is_number_char(text[i + 1]));
     if (!starts) {
       ++i;
       continue;

@@ -173,6 +173,7 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world, std::u
     else f32_ranges_.emplace_back(t.offset, t.offset + t.size);
   }
   if (!options_.ewc_dir.empty()) ewc_ = std::make_unique<ElasticPenalty>(options_.ewc_dir, p_, options_.ewc_lambda);
+  data_->attach(p_);
   if (options_.resume) resume();
   if (sharded_master_) keep_master_shards();
 }
@@ -558,10 +559,15 @@ TrainSummary Trainer::run(const std::function<void(const StepReport&)>& on_step)
     scale_gradients(pool, p_, dense_shard(), grads.dense, clip);
     scale_gradients(pool, p_, expert_shard(), grads.experts, clip);
     report.lr = learning_rate(schedule, step, plateau_);
-    dense_optimizer_.step(pool, p_, grads.dense, report.lr);
-    expert_optimizer_.step(pool, p_, grads.experts, report.lr);
-    gather_weights(report.comm_wait_s);
-    if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
+    // Data that could not be scored (a reward program that failed) skips the update on every
+    // rank (the count is summed over them): the weights and the optimizer state stay as they were.
+    const auto skipped = report.extra.find("skipped");
+    if (skipped == report.extra.end() || skipped->second == 0) {
+      dense_optimizer_.step(pool, p_, grads.dense, report.lr);
+      expert_optimizer_.step(pool, p_, grads.experts, report.lr);
+      gather_weights(report.comm_wait_s);
+      if (o.bias_update > 0) update_balance_bias(p_.config(), p_, loads, o.bias_update);
+    }
 
     report.tokens_per_second = double(o.batch * o.seq * o.grad_accum) / seconds_since(step_start);
     report.comm_bytes = dense_parallel_.take_bytes();

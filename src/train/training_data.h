@@ -12,6 +12,7 @@
 
 #include "io/token_windows.h"
 #include "train/model_train.h"
+#include "train/parameters.h"
 
 namespace deepmoe::train {
 
@@ -40,6 +41,11 @@ class TrainingData {
   virtual MicroBatch validation_batch(int64_t index) = 0;
   // Whether the loss is a mean cross-entropy (its exponential a perplexity); DPO's is not.
   virtual bool loss_is_cross_entropy() const { return true; }
+  // Rows of `seq` tokens per example (a DPO pair is 2, a GRPO prompt its group).
+  virtual int64_t rows_per_example() const { return 1; }
+  // The weights being trained, for data made from the policy itself (GRPO's rollouts); called by
+  // the Trainer before the first step.
+  virtual void attach(const Parameters& /*policy*/) {}
 };
 
 // A training mixture: token files and their weights ("a.u32:0.7,b.u32:0.3"; a file alone weighs

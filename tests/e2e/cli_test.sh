@@ -176,6 +176,27 @@ assert len(m) == 2 and 0 <= m[0]['accuracy'] <= 1 and 'margin' in m[0] and 'val_
 printf '%s\n' '{"prompt": "the", "chosen": " fox", "rejected": " fox"}' >pairs_equal.jsonl
 expect_error "dpo: a pair whose replies are equal" "pairs_equal.jsonl:1: 'chosen' and 'rejected' are the same" \
   "$deepmoe" dpo --init tmodel --data pairs_equal.jsonl --seq 16 --batch 1 --steps 1 --out dpo_bad
+# deepmoe grpo: completions sampled from the model being trained, an external reward (alternate 1s
+# and 0s, so groups have advantages), reward, KL and clip fraction per step; a reward program that
+# prints garbage skips the update with a warning and the run goes on; a --seq too short for a
+# prompt and its completion is refused.
+printf '%s\n' '{"prompt": "the quick brown", "answer": "7"}' '{"prompt": "the lazy dog", "answer": "3"}' >grpo.jsonl
+"$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 4 --max-tokens 6 --seq 20 --batch 2 --steps 3 --lr 1e-2 \
+  --reward-cmd "awk '{print NR % 2}'" --out grpo_out >grpo.txt 2>&1 &&
+  /usr/bin/python3 -c "
+import json; m = [json.loads(l) for l in open('grpo_out/metrics.jsonl')]
+assert len(m) == 3 and all(abs(x['reward'] - 0.5) < 1e-9 and x['skipped'] == 0 for x in m), m
+assert m[0]['kl'] == 0 and m[2]['kl'] > 0 and m[0]['grad_norm'] > 0 and all(x['logprob_gap'] < 0.2 for x in m), m" &&
+  ok "grpo: rollouts from the trained weights, group advantages, KL to the start" || bad "grpo ($(tail -c 400 grpo.txt))"
+"$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 4 --seq 20 --batch 2 --steps 2 \
+  --reward-cmd "cat >/dev/null; echo garbage" --out grpo_skip >grpo_skip.txt 2>&1 &&
+  [ "$(grep -c "update is skipped: --reward-cmd printed 'garbage'" grpo_skip.txt)" -eq 2 ] && [ -f grpo_skip/model.safetensors ] &&
+  /usr/bin/python3 -c "
+import json; m = [json.loads(l) for l in open('grpo_skip/metrics.jsonl')]
+assert all(x['skipped'] == 1 for x in m), m" &&
+  ok "grpo: a reward program that prints garbage skips the step, the run goes on" || bad "grpo skip ($(tail -c 300 grpo_skip.txt))"
+expect_error "grpo: --seq too short for a prompt and its completion" "raise --seq" \
+  "$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 16 --seq 8 --batch 1 --steps 1 --out grpo_bad
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
 

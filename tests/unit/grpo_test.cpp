@@ -76,9 +76,10 @@ TEST(Rewards, FinalAnswersAsExactMatchReadsThem) {
   EXPECT_EQ(final_answer("It costs $-5."), "-5");
   EXPECT_EQ(final_answer("no number here"), "");
   const auto exact = builtin_reward("exact");
-  EXPECT_EQ(exact->score({{"q", " 12 + 7 = 19\n#### 19", "19"}, {"q", "#### 20", "19"}, {"q", "19.0", "19"},
-                          {"q", "nothing", "19"}}),
-            (std::vector<double>{1, 0, 1, 0}));
+  EXPECT_EQ(
+      exact->score(
+          {{"q", " 12 + 7 = 19\n#### 19", "19"}, {"q", "#### 20", "19"}, {"q", "19.0", "19"}, {"q", "nothing", "19"}}),
+      (std::vector<double>{1, 0, 1, 0}));
   const auto format = builtin_reward("format");
   EXPECT_EQ(format->score({{"", " <think>3+4</think> 7", ""}, {"", "<think>3+4</think>", ""}, {"", "7", ""}}),
             (std::vector<double>{1, 0, 0}));
@@ -91,7 +92,8 @@ TEST(Rewards, AnExternalProgramScoresOrTheStepIsSkipped) {
   const std::vector<Completion> two = {{"p", "a", "1"}, {"p", "b", "2"}};
   EXPECT_EQ(external_reward("cat >/dev/null; printf '1\\n0.5\\n'")->score(two), (std::vector<double>{1, 0.5}));
   // It reads what it scores: the answer field of each line.
-  EXPECT_EQ(external_reward("sed -n 's/.*\"answer\":\"\\([0-9]*\\)\".*/\\1/p'")->score(two), (std::vector<double>{1, 2}));
+  EXPECT_EQ(external_reward("sed -n 's/.*\"answer\":\"\\([0-9]*\\)\".*/\\1/p'")->score(two),
+            (std::vector<double>{1, 2}));
   EXPECT_THROW(external_reward("cat >/dev/null; exit 3")->score(two), RewardFailed);
   EXPECT_THROW(external_reward("exit 0")->score(std::vector<Completion>(20000, {"p", "a long completion", "1"})),
                RewardFailed);  // gone before reading its input: no SIGPIPE for us, one error
