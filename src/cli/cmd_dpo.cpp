@@ -14,7 +14,6 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "kernels/gemm_bf16.h"
-#include "tokenizer/chat_template.h"
 #include "train/dpo_data.h"
 
 namespace deepmoe::cli {
@@ -40,8 +39,7 @@ std::optional<std::vector<double>> cached_reference(const std::string& path, con
 
 std::unique_ptr<train::TrainingData> dpo_data(const DpoFlags& flags, const train::TrainerOptions& o) {
   const auto tokenizer = load_model_tokenizer(o.init_dir);
-  std::unique_ptr<ChatTemplate> chat_template;
-  if (!tokenizer->chat_template().empty()) chat_template = std::make_unique<ChatTemplate>(tokenizer->chat_template());
+  const std::unique_ptr<ChatTemplate> chat_template = chat_template_of(*tokenizer);
   auto train = train::load_preference_jsonl(flags.data, *tokenizer, chat_template.get());
   std::vector<train::PreferencePair> validation;
   if (!flags.val_data.empty())

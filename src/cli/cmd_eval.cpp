@@ -123,6 +123,10 @@ void run_eval(const Options& o) {
   if (o.data.empty()) fail("--data: required for --task {}", o.task);
   Inputs in = load_inputs(o);
   const auto tokenizer = load_model_tokenizer(o.model);
+  // Every question tokenized once, as lm-eval splits it: for the context the engine needs and for scoring.
+  std::vector<std::vector<eval::EncodedQuestion>> encoded;
+  for (const auto& [name, questions] : in.multiple_choice)
+    encoded.push_back(eval::encode_questions(*tokenizer, questions));
   std::unique_ptr<ModelWeights> weights;
   std::unique_ptr<Model> model;
   std::unique_ptr<eval::Backend> backend;
@@ -143,11 +147,9 @@ void run_eval(const Options& o) {
     model = std::make_unique<Model>(*weights, model_options);
     // The context the longest request needs.
     int64_t longest = int64_t(tokenizer->encode(in.first_prompt, true).size()) + 32;
-    for (const auto& [name, questions] : in.multiple_choice)
-      for (const auto& q : questions) {
-        const auto e = eval::encode_question(*tokenizer, q);
+    for (const auto& task : encoded)
+      for (const auto& e : task)
         for (const auto& c : e.continuations) longest = std::max(longest, int64_t(e.context.size() + c.size()) + 1);
-      }
     const int64_t gen_tokens = o.max_gen_toks > 0      ? o.max_gen_toks
                                : o.task == "humaneval" ? eval::kHumanEvalMaxGenTokens
                                : in.problems.empty()   ? 0
@@ -196,9 +198,9 @@ void run_eval(const Options& o) {
     for (const auto& [name, questions] : in.multiple_choice) total += int64_t(questions.size());
     eval::Progress progress(total, "questions");
     io.progress = &progress;
-    for (const auto& [name, questions] : in.multiple_choice)
-      results.push_back(
-          eval::run_multiple_choice(*backend, name, questions, eval::encode_questions(*tokenizer, questions), io));
+    for (size_t t = 0; t < in.multiple_choice.size(); ++t)
+      results.push_back(eval::run_multiple_choice(*backend, in.multiple_choice[t].first, in.multiple_choice[t].second,
+                                                  encoded[t], io));
     progress.finish();
     if (results.size() > 1) results.insert(results.begin(), eval::pooled(o.task, results));
   } else if (!in.problems.empty()) {

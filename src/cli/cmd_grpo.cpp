@@ -10,7 +10,6 @@
 #include "io/jsonl.h"
 #include "kernels/gemm_bf16.h"
 #include "serve/policy_sampler.h"
-#include "tokenizer/chat_template.h"
 #include "train/grpo_data.h"
 #include "train/reference_model.h"
 
@@ -55,8 +54,7 @@ std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const tra
     fail("grpo with --precision bf16 runs on one process for now (the sampler reads the whole f32 weights)");
   // Kept alive by the sampler and the data, which outlive this call.
   std::shared_ptr<Tokenizer> tokenizer = load_model_tokenizer(o.init_dir);
-  std::unique_ptr<ChatTemplate> chat_template;
-  if (!tokenizer->chat_template().empty()) chat_template = std::make_unique<ChatTemplate>(tokenizer->chat_template());
+  const std::unique_ptr<ChatTemplate> chat_template = chat_template_of(*tokenizer);
   std::vector<train::GrpoPrompt> prompts = load_prompts(flags.prompts, *tokenizer, chat_template.get());
   size_t longest = 0;
   for (const auto& p : prompts) longest = std::max(longest, p.tokens.size());

@@ -6,7 +6,6 @@
 #include "cli/common.h"
 #include "cli/training_run.h"
 #include "core/error.h"
-#include "tokenizer/chat_template.h"
 #include "train/sft_data.h"
 
 namespace deepmoe::cli {
@@ -19,8 +18,7 @@ struct SftFiles {
 
 std::unique_ptr<train::TrainingData> sft_data(const SftFiles& files, const train::TrainerOptions& o) {
   const auto tokenizer = load_model_tokenizer(o.init_dir);
-  std::unique_ptr<ChatTemplate> chat_template;
-  if (!tokenizer->chat_template().empty()) chat_template = std::make_unique<ChatTemplate>(tokenizer->chat_template());
+  const std::unique_ptr<ChatTemplate> chat_template = chat_template_of(*tokenizer);
   std::vector<train::SftExample> train = train::load_sft_jsonl(files.data, *tokenizer, chat_template.get());
   std::vector<train::SftExample> validation;
   if (!files.val_data.empty()) validation = train::load_sft_jsonl(files.val_data, *tokenizer, chat_template.get());

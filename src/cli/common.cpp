@@ -154,4 +154,9 @@ double mapped_in_huge_pages_mb() {
   return total_kib / 1024.0;
 }
 
+std::unique_ptr<ChatTemplate> chat_template_of(const Tokenizer& tokenizer) {
+  if (tokenizer.chat_template().empty()) return nullptr;
+  return std::make_unique<ChatTemplate>(tokenizer.chat_template());
+}
+
 }  // namespace deepmoe::cli

@@ -11,6 +11,7 @@
 
 #include "infer/sampler.h"
 #include "model/weights.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace deepmoe::cli {
@@ -63,6 +64,9 @@ std::unique_ptr<ModelWeights> load_model(const std::string& dir, LoadOptions loa
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // The tokenizer of a model directory; the error says how to add one when it is missing.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_dir);
+
+// The model's chat template when its tokenizer_config.json has one (null otherwise).
+std::unique_ptr<ChatTemplate> chat_template_of(const Tokenizer& tokenizer);
 
 // Copies tokenizer.json and (if present) tokenizer_config.json from `from` (a directory or a
 // tokenizer.json) into the directory `to`.
