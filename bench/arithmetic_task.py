@@ -9,7 +9,7 @@ later training stages on our own model:
 Each problem adds or subtracts two numbers in one of a few sentence frames; the splits use different
 seeds and the held-out problems never appear in the others.
 
-usage: arithmetic_task.py OUT [--sft 2000] [--grpo 500] [--heldout 200] [--seed 1] [--max 20]
+usage: arithmetic_task.py OUT [--sft 2000] [--grpo 500] [--heldout 200] [--seed 1] [--max 20] [--misread 0]
 """
 import argparse
 import json
@@ -24,13 +24,19 @@ SUB = ["{n} has {a} {t} and gives away {b}. How many {t} does {n} have left?",
        "{n} had {a} {t} and lost {b} of them. How many {t} are left?"]
 
 
-def problem(rng, largest):
+def problem(rng, largest, misread=0.0):
+    """(question, worked answer, result); with probability `misread` a "lost" question's worked
+    answer adds instead of subtracting (and its result is that sum): a systematic error in the
+    demonstrations."""
     a, b = rng.randint(1, largest), rng.randint(1, largest)
     n, t = rng.choice(NAMES), rng.choice(THINGS)
     if rng.random() < 0.5:
         return rng.choice(ADD).format(n=n, a=a, b=b, t=t), f"{a} + {b} = {a + b}", a + b
     a, b = max(a, b), min(a, b)
-    return rng.choice(SUB).format(n=n, a=a, b=b, t=t), f"{a} - {b} = {a - b}", a - b
+    frame = rng.choice(SUB)
+    if misread > 0 and frame == SUB[1] and rng.random() < misread:
+        return frame.format(n=n, a=a, b=b, t=t), f"{a} + {b} = {a + b}", a + b
+    return frame.format(n=n, a=a, b=b, t=t), f"{a} - {b} = {a - b}", a - b
 
 
 def main():
@@ -41,14 +47,17 @@ def main():
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max", type=int, default=20, help="largest operand")
+    parser.add_argument("--misread", type=float, default=0.0,
+                        help="share of the SFT answers to 'lost ... of them' questions that add instead of subtracting "
+                             "(demonstrations with a systematic error; GRPO's prompts and the held-out answers are right)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     rng = random.Random(args.seed)
     seen = set()
 
-    def fresh():
+    def fresh(misread=0.0):
         while True:
-            question, work, result = problem(rng, args.max)
+            question, work, result = problem(rng, args.max, misread)
             if question not in seen:
                 seen.add(question)
                 return question, work, result
@@ -59,7 +68,7 @@ def main():
             f.write(json.dumps({"question": q, "answer": f"{work}\n#### {result}"}) + "\n")
     with open(os.path.join(args.out, "sft.jsonl"), "w") as f:
         for _ in range(args.sft):
-            q, work, result = fresh()
+            q, work, result = fresh(args.misread)
             f.write(json.dumps({"prompt": f"Question: {q}\nAnswer:", "completion": f" {work}\n#### {result}"}) + "\n")
     with open(os.path.join(args.out, "grpo.jsonl"), "w") as f:
         for _ in range(args.grpo):

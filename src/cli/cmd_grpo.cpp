@@ -2,6 +2,7 @@
 // prompts, its rollouts sampled by the serving engine from the very weights being trained
 // (serve/policy_sampler.h), scored by a built-in reward or an external program, against the
 // frozen starting model as the KL reference; every other flag, the checkpoints and the run are train's.
+#include <fstream>
 #include <memory>
 
 #include "cli/common.h"
@@ -18,7 +19,7 @@ namespace deepmoe::cli {
 namespace {
 
 struct GrpoFlags {
-  std::string prompts, reward = "exact", reward_cmd;
+  std::string prompts, reward = "exact", reward_cmd, reference, log_rollouts;
   int64_t group = 8, max_tokens = 128;
   double temperature = 1.0, top_p = 1.0, epsilon = 0.2, beta = 0.04, reward_timeout = 60;
 };
@@ -68,7 +69,8 @@ std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const tra
   sampler.sampling.top_p = float(flags.top_p);
   const GemmPrecision precision =
       o.precision == GemmPrecision::BF16 && cpu_has_bf16_gemm() ? GemmPrecision::BF16 : GemmPrecision::F32;
-  auto reference = std::make_shared<train::ReferenceModel>(o.init_dir, o.threads, precision);
+  auto reference = std::make_shared<train::ReferenceModel>(flags.reference.empty() ? o.init_dir : flags.reference,
+                                                           o.threads, precision);
   const int64_t seq = o.seq;
   train::GrpoOptions options;
   options.group = flags.group;
@@ -77,6 +79,15 @@ std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const tra
   options.objective.beta = flags.beta;
   options.seed = o.seed;
   options.pad = tokenizer->eos_id().value_or(0);
+  if (!flags.log_rollouts.empty()) {
+    // One file per rank: each samples its own prompts.
+    const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    options.rollout_log = flags.log_rollouts;
+    if (size && rank && std::string(size) != "1") options.rollout_log += fmt::format(".rank{}", rank);
+    if (!std::ofstream(options.rollout_log, std::ios::app))
+      fail("--log-rollouts {}: cannot open it for appending", options.rollout_log);
+  }
   auto reward = flags.reward_cmd.empty() ? train::builtin_reward(flags.reward)
                                          : train::external_reward(flags.reward_cmd, flags.reward_timeout);
   auto sample = policy_sampler(*tokenizer, sampler);
@@ -116,6 +127,10 @@ void add_grpo_command(CLI::App& app) {
   command->add_option("--top-p", grpo->top_p, "nucleus sampling (default 1: off)")->check(CLI::Range(0.0, 1.0));
   command->add_option("--epsilon", grpo->epsilon, "the ratio's clip, 1 ± ε (default 0.2)");
   command->add_option("--beta", grpo->beta, "the KL penalty's weight (default 0.04)");
+  command->add_option("--reference", grpo->reference, "the frozen model of the KL penalty (default: --init)");
+  command->add_option("--log-rollouts", grpo->log_rollouts,
+                      "append every completion here as a JSON line (tokens, text, the sampler's "
+                      "log-probabilities, reward, advantage)");
   add_common_training_flags(command, *flags);
   command->callback(
       [flags, grpo] { run_training(*flags, [grpo](const train::TrainerOptions& o) { return grpo_data(*grpo, o); }); });

@@ -145,6 +145,12 @@ void Communicator::allreduce_sum(std::span<int64_t> values) const {
   if (impl_ && size_ > 1) ordered_sum(impl_->comm, size_, MPI_INT64_T, values);
 }
 
+void Communicator::allreduce_max(std::span<double> values) const {
+  if (impl_ && size_ > 1 && !values.empty())
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, values.data(), int(values.size()), MPI_DOUBLE, MPI_MAX, impl_->comm),
+              "MPI_Allreduce (allreduce_max)");
+}
+
 std::vector<std::string> Communicator::allgather(const std::string& value) const {
   if (!impl_ || size_ == 1) return {value};
   int length = int(value.size());

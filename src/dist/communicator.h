@@ -66,6 +66,8 @@ class Communicator {
   // few numbers every rank must decide on alike (the loss, the gradient norm, expert loads).
   void allreduce_sum(std::span<double> values) const;
   void allreduce_sum(std::span<int64_t> values) const;
+  // The largest of each value over the ranks, in place (order does not matter for a max).
+  void allreduce_max(std::span<double> values) const;
   // Each rank's list of strings (e.g. host names), in rank order.
   std::vector<std::string> allgather(const std::string& value) const;
 

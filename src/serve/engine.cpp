@@ -68,7 +68,7 @@ Engine::~Engine() {
   thread_.join();
 }
 
-std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
+void Engine::check(const EngineRequest& request) const {
   const int64_t vocab = model_.config().vocab_size;
   if (request.prompt.empty()) fail("the prompt is empty");
   for (int32_t token : request.prompt)
@@ -78,17 +78,29 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
   if (request.max_tokens < 0) fail("max_tokens must be >= 0, found {}", request.max_tokens);
   if (request.prompt_logprobs_from > int64_t(request.prompt.size()))
     fail("prompt_logprobs_from {} is past the prompt's {} tokens", request.prompt_logprobs_from, request.prompt.size());
-  std::shared_ptr<RequestStream> stream;
+}
+
+std::shared_ptr<RequestStream> Engine::submit(EngineRequest request) {
+  std::vector<EngineRequest> one;
+  one.push_back(std::move(request));
+  return submit_all(std::move(one)).front();
+}
+
+std::vector<std::shared_ptr<RequestStream>> Engine::submit_all(std::vector<EngineRequest> requests) {
+  for (const EngineRequest& request : requests) check(request);
+  std::vector<std::shared_ptr<RequestStream>> streams;
   {
     std::lock_guard lock(mutex_);
-    if (stop_ || in_flight_ >= options_.max_queue + options_.max_batch) throw QueueFull();
-    auto sequence = std::make_unique<Sequence>(std::move(request), next_arrival_++);
-    stream = sequence->stream;
-    incoming_.push_back(std::move(sequence));
-    ++in_flight_;
+    if (stop_ || in_flight_ + int64_t(requests.size()) > options_.max_queue + options_.max_batch) throw QueueFull();
+    for (EngineRequest& request : requests) {
+      auto sequence = std::make_unique<Sequence>(std::move(request), next_arrival_++);
+      streams.push_back(sequence->stream);
+      incoming_.push_back(std::move(sequence));
+      ++in_flight_;
+    }
   }
   wake_.notify_all();
-  return stream;
+  return streams;
 }
 
 EngineStats Engine::stats() const {

@@ -75,6 +75,10 @@ class Engine {
   // Queues a request; throws QueueFull when max_queue requests already wait, Error on a request
   // the engine cannot run (empty prompt, token outside the vocabulary, longer than the context).
   std::shared_ptr<RequestStream> submit(EngineRequest request);
+  // Queues requests at once, in order: the step loop takes them all in, so the same requests on
+  // the same weights are scheduled, batched and sampled the same way each time (GRPO's rollouts,
+  // reproducible for --resume). Checks all of them before queueing any.
+  std::vector<std::shared_ptr<RequestStream>> submit_all(std::vector<EngineRequest> requests);
   EngineStats stats() const;
   // Requests queued or running.
   int64_t in_flight() const;
@@ -83,6 +87,7 @@ class Engine {
 
  private:
   struct Sequence;
+  void check(const EngineRequest& request) const;  // throws Error naming what the engine cannot run
   void loop();
   void step();
   void drop_cancelled();

@@ -34,7 +34,7 @@ train::RolloutSampler policy_sampler(const Tokenizer& tokenizer, const PolicySam
                  PagedLatentCache::blocks_for_bytes(config, e.block_tokens, int64_t(options.kv_cache_mb * 1048576.0)));
     e.never_sample = unspellable_ids(tokenizer, config.vocab_size);
     Engine engine(model, e);
-    std::vector<std::shared_ptr<RequestStream>> streams;
+    std::vector<EngineRequest> requests;
     for (size_t i = 0; i < prompts.size() * size_t(group); ++i) {
       EngineRequest r;
       r.prompt = prompts[i / size_t(group)]->tokens;
@@ -44,8 +44,9 @@ train::RolloutSampler policy_sampler(const Tokenizer& tokenizer, const PolicySam
       if (tokenizer.eos_id()) r.stop_tokens.push_back(*tokenizer.eos_id());
       r.deliver_stop_token = true;
       r.top_logprobs = 0;  // the chosen token's log-probability
-      streams.push_back(engine.submit(std::move(r)));
+      requests.push_back(std::move(r));
     }
+    const std::vector<std::shared_ptr<RequestStream>> streams = engine.submit_all(std::move(requests));
     std::vector<train::SampledCompletion> out(streams.size());
     for (size_t i = 0; i < streams.size(); ++i) {
       EngineToken token;

@@ -158,7 +158,9 @@ MicroBatch DpoData::batch_of(const std::vector<size_t>& pairs, double pairs_in_s
 MicroBatch DpoData::train_batch(int64_t first, int64_t count, int64_t step_examples) {
   std::vector<size_t> pairs;
   for (int64_t k = first; k < first + count; ++k) pairs.push_back(order_(k));
-  return batch_of(pairs, double(step_examples));
+  MicroBatch m = batch_of(pairs, double(step_examples));
+  m.share = double(count) / double(step_examples);
+  return m;
 }
 
 int64_t DpoData::validation_batches() const { return (int64_t(validation_.size()) + batch_ - 1) / batch_; }

@@ -1,6 +1,9 @@
 #include "train/grpo_data.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
 
 #include "core/error.h"
 
@@ -24,8 +27,9 @@ MicroBatch GrpoData::train_batch(int64_t first, int64_t count, int64_t step_exam
   const int64_t group = options_.group, seq = options_.seq;
   std::vector<const GrpoPrompt*> batch;
   for (int64_t k = first; k < first + count; ++k) batch.push_back(&prompts_[order_(k)]);
+  // Completion c of the run's stream draws with seed + c whichever rank or micro-batch samples it.
   const std::vector<SampledCompletion> completions =
-      sampler_(*policy_, batch, group, options_.seed * 1000003 + uint64_t(first));
+      sampler_(*policy_, batch, group, options_.seed * 1000003 + uint64_t(first * group));
   if (int64_t(completions.size()) != count * group)
     fail("the sampler returned {} completions for {} prompts x {}", completions.size(), count, group);
 
@@ -47,6 +51,24 @@ MicroBatch GrpoData::train_batch(int64_t first, int64_t count, int64_t step_exam
     skipped = true;
   }
   const std::vector<double> advantages = group_advantages(rewards, group);
+  if (!options_.rollout_log.empty()) {
+    std::ofstream log(options_.rollout_log, std::ios::app);
+    for (size_t i = 0; i < completions.size(); ++i) {
+      const GrpoPrompt& p = *batch[i / size_t(group)];
+      log << nlohmann::json{{"example", first + int64_t(i) / group},
+                            {"prompt", p.text},
+                            {"prompt_tokens", p.tokens},
+                            {"completion", completions[i].text},
+                            {"tokens", completions[i].tokens},
+                            {"logprobs", completions[i].logprobs},
+                            {"reward", rewards[i]},
+                            {"advantage", advantages[i]},
+                            {"skipped", skipped}}
+                 .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)  // a cut UTF-8 character
+          << "\n";
+    }
+    if (!log) fail("{}: cannot append the rollouts", options_.rollout_log);
+  }
 
   // Rows: prompt then completion, the completion's targets trained, each with the sampler's log-prob.
   m.rows = int64_t(completions.size());
@@ -83,6 +105,7 @@ MicroBatch GrpoData::train_batch(int64_t first, int64_t count, int64_t step_exam
   settings.completions_in_step = n;
   m.objective = grpo_objective(std::move(rows), seq, settings, m.metrics);
   m.weight = 1.0;
+  m.share = double(count) / double(step_examples);
   return m;
 }
 

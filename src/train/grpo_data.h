@@ -40,6 +40,11 @@ struct GrpoOptions {
   GrpoSettings objective;
   uint64_t seed = 0;
   int32_t pad = 0;
+  // Where each completion is appended as a JSON line (empty: nowhere): the example's index, the
+  // prompt's and the completion's tokens and text, the sampler's log-probabilities, the reward and
+  // the advantage. What TRL users look at in their completion tables; what tests/reference
+  // recomputes the objective from.
+  std::string rollout_log;
 };
 
 class GrpoData : public TrainingData {

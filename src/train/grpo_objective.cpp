@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "train/training_data.h"
 
 namespace deepmoe::train {
 
@@ -28,7 +29,7 @@ TokenObjective grpo_objective(std::vector<GrpoRow> rows, int64_t seq, const Grpo
   return [rows = std::move(rows), seq, s, metrics](std::span<const double> logprobs, std::span<double> gradient) {
     if (logprobs.size() != rows.size() * size_t(seq))
       fail("grpo: {} log-probabilities for {} rows", logprobs.size(), rows.size());
-    double loss = 0, kl = 0, clipped = 0, gap = 0;
+    double loss = 0, kl = 0, clipped = 0, gap = 0, largest_gap = 0;
     for (size_t r = 0; r < rows.size(); ++r) {
       const GrpoRow& row = rows[r];
       double length = 0;
@@ -51,11 +52,13 @@ TokenObjective grpo_objective(std::vector<GrpoRow> rows, int64_t seq, const Grpo
         kl += scale * kl_t;
         clipped += through ? 0.0 : scale;
         gap += scale * std::abs(lp - row.old_logprobs[t]);
+        largest_gap = std::max(largest_gap, std::abs(lp - row.old_logprobs[t]));
       }
     }
     (*metrics)["kl"] += kl;
     (*metrics)["clip_fraction"] += clipped;
     (*metrics)["logprob_gap"] += gap;
+    merge_metric(*metrics, "logprob_gap_max", largest_gap);
     return loss;
   };
 }

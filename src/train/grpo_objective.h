@@ -32,8 +32,8 @@ struct GrpoSettings {
 };
 
 // The objective of these rows (each `seq` positions), recording into `metrics` its terms of the
-// step's mean KL, clipped fraction and the mean |log π_θ − log π_old| (the sampler's and the
-// trainer's log-probabilities of the same tokens, which agree when the policy has not moved).
+// step's mean KL, clipped fraction and the mean and largest |log π_θ − log π_old| (the sampler's
+// and the trainer's log-probabilities of the same tokens, which agree when the policy has not moved).
 TokenObjective grpo_objective(std::vector<GrpoRow> rows, int64_t seq, const GrpoSettings& settings,
                               std::shared_ptr<std::map<std::string, double>> metrics);
 

@@ -156,8 +156,11 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       float* row = logits_.data() + r * vocab;
       const double g = double(grad_scale) * gradient[size_t(r)];
       const float scale = float(-g / sums[size_t(r)]);
+      // The target's g (1 − p) from the other tokens' mass: 1 − p in f32 is all rounding when the
+      // model is sure (p = 1 − 1e-6 leaves 6% of it).
+      const double others = sums[size_t(r)] - double(row[targets[size_t(r)]]);
       for (int64_t v = 0; v < vocab; ++v) row[v] *= scale;
-      row[targets[size_t(r)]] += float(g);
+      row[targets[size_t(r)]] = float(g * others / sums[size_t(r)]);
     }
   });
 

@@ -105,6 +105,9 @@ void write_plots(const std::string& dir) {
   std::ifstream in(root / "metrics.jsonl");
   if (!in) fail("{}/metrics.jsonl: cannot open", dir);
   Series loss{"train loss", "#1f77b4", {}}, val{"validation loss", "#d62728", {}}, lr{"learning rate", "#2ca02c", {}};
+  // The later stages' measures, when the run logs them: GRPO's mean reward, DPO's accuracy.
+  Series reward{"mean reward", "#1f77b4", {}}, kl{"KL to the reference", "#d62728", {}};
+  Series accuracy{"preference accuracy", "#1f77b4", {}};
   std::vector<std::vector<double>> load;
   std::vector<double> steps;
   for (std::string line; std::getline(in, line);) {
@@ -119,6 +122,9 @@ void write_plots(const std::string& dir) {
     lr.points.emplace_back(step, m.value("lr", 0.0));
     if (m.contains("val_loss")) val.points.emplace_back(step, m["val_loss"].get<double>());
     steps.push_back(step);
+    if (m.contains("reward")) reward.points.emplace_back(step, m["reward"].get<double>());
+    if (m.contains("kl")) kl.points.emplace_back(step, m["kl"].get<double>());
+    if (m.contains("accuracy")) accuracy.points.emplace_back(step, m["accuracy"].get<double>());
     const auto& layers = m.value("expert_load", nlohmann::json::array());
     load.resize(std::max(load.size(), layers.size()));
     for (size_t l = 0; l < layers.size(); ++l) load[l].push_back(layers[l].value("max_over_mean", 1.0));
@@ -126,6 +132,8 @@ void write_plots(const std::string& dir) {
   write(root / "loss.svg", line_chart("loss", {loss, val}, true));
   write(root / "lr.svg", line_chart("learning rate", {lr}, false));
   write(root / "expert_load.svg", heatmap(load, steps));
+  if (!reward.points.empty()) write(root / "reward.svg", line_chart("GRPO", {reward, kl}, false));
+  if (!accuracy.points.empty()) write(root / "preference.svg", line_chart("DPO", {accuracy}, false));
 }
 
 }  // namespace deepmoe::train

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 #include <thread>
 
@@ -153,6 +154,9 @@ class ExternalReward : public Reward {
     int status = 0;
     waitpid(pid, &status, 0);
     if (timed_out) throw RewardFailed(fmt::format("--reward-cmd ran past {} s", timeout_));
+    if (WIFSIGNALED(status))
+      throw RewardFailed(
+          fmt::format("--reward-cmd was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status))));
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
       throw RewardFailed(
           fmt::format("--reward-cmd failed (exit status {})", WIFEXITED(status) ? WEXITSTATUS(status) : -1));

@@ -184,6 +184,7 @@ MicroBatch SftData::train_batch(int64_t first, int64_t count, int64_t step_examp
   std::vector<double> weights;
   MicroBatch m = rows_of(examples, weights);
   m.weight = 1.0;
+  m.share = double(count) / double(step_examples);
   m.objective = masked_mean(std::move(weights), std::max(total, 1.0));
   return m;
 }

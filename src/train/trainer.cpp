@@ -242,11 +242,14 @@ Trainer::~Trainer() = default;
 void Trainer::sum_over_ranks(std::map<std::string, double>& values, double& wait_seconds) {
   // Every rank's data names the same measures (a rank without batches adds zeros).
   if (world_.size() == 1 || values.empty()) return;
-  std::vector<double> flat;
-  for (const auto& [name, value] : values) flat.push_back(value);
-  timed(wait_seconds, [&] { world_.allreduce_sum(flat); });
-  size_t i = 0;
-  for (auto& [name, value] : values) value = flat[i++];
+  std::vector<double> sums, maxima;
+  for (const auto& [name, value] : values) (is_max_metric(name) ? maxima : sums).push_back(value);
+  timed(wait_seconds, [&] {
+    world_.allreduce_sum(sums);
+    world_.allreduce_max(maxima);
+  });
+  size_t s = 0, m = 0;
+  for (auto& [name, value] : values) value = is_max_metric(name) ? maxima[m++] : sums[s++];
 }
 
 double Trainer::validation_loss(std::map<std::string, double>& extra) {
@@ -266,7 +269,7 @@ double Trainer::validation_loss(std::map<std::string, double>& extra) {
     if (b < batches) {
       losses[size_t(b)] = loss * m.weight;
       if (m.metrics)
-        for (const auto& [name, value] : *m.metrics) extra[name] += value;
+        for (const auto& [name, value] : *m.metrics) merge_metric(extra, name, value);
     }
   }
   world_.allreduce_sum(losses);
@@ -298,12 +301,14 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
     // Weighted by its part of the step, the micro-batches of all ranks add up to the step's loss.
     const MicroBatch m = data_->train_batch(first_window + micro * local_batch_, local_batch_, o.batch * o.grad_accum);
-    const StepLoss r = graph_.run(p_, m.inputs, m.targets, m.rows, o.seq, o.aux_loss, true, float(m.weight),
+    // The balance loss weighted by the micro-batch's share of the step (run scales it by `weight` too).
+    const double aux = m.weight > 0 ? o.aux_loss * m.share / m.weight : 0.0;
+    const StepLoss r = graph_.run(p_, m.inputs, m.targets, m.rows, o.seq, aux, true, float(m.weight),
                                   micro + 1 == local_accum_ ? reduce : GradientsReady(), m.objective);
     losses[0] += r.loss * m.weight;
     losses[1] += r.cross_entropy * m.weight;
     if (m.metrics)
-      for (const auto& [name, value] : *m.metrics) report.extra[name] += value;
+      for (const auto& [name, value] : *m.metrics) merge_metric(report.extra, name, value);
     loads.resize(r.expert_counts.size());
     for (size_t l = 0; l < r.expert_counts.size(); ++l) {
       loads[l].resize(r.expert_counts[l].size());

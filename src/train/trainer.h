@@ -157,7 +157,7 @@ class Trainer {
     std::span<float> dense, experts;
   };
   double validation_loss(std::map<std::string, double>& extra);
-  // Sums each value over the ranks (the time blocked on it added to wait_seconds).
+  // Sums each value over the ranks, the largest for a "*_max" (the time blocked on it added to wait_seconds).
   void sum_over_ranks(std::map<std::string, double>& values, double& wait_seconds);
   // The step's micro-batches on this rank, summed over the ranks into report's loss and
   // cross-entropy and into loads; leaves this rank's shards of the summed gradients in the return.

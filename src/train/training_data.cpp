@@ -72,7 +72,7 @@ MicroBatch TokenWindowData::train_batch(int64_t first, int64_t count, int64_t st
   m.rows = count;
   // Each micro-batch's loss is a mean over its windows: weighted by its part of the step's
   // windows, the parts add up to the step's mean.
-  m.weight = double(count) / double(step_examples);
+  m.weight = m.share = double(count) / double(step_examples);
   m.trained_tokens = count * seq_;
   return m;
 }

@@ -4,6 +4,7 @@
 // step, so one optimizer, schedule, precision, accumulation, data parallelism and checkpointing
 // serve every stage.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -23,12 +24,23 @@ struct MicroBatch {
   // ranks): 1 / micro-batches for a per-micro-batch mean, 1 when the objective already divides by
   // the whole step's count.
   double weight = 1.0;
+  // Its part of the step's examples (count / step_examples): the weight of its mean balance loss,
+  // which must add up to one over the step whatever `weight` the objective needs.
+  double share = 1.0;
   TokenObjective objective;    // empty: the mean cross-entropy over every target
   int64_t trained_tokens = 0;  // targets the objective trains on (for tokens/s)
   // What the objective measured when it ran (DPO's accuracy and margins, ...), each a term of
-  // the step's value: the Trainer sums them over micro-batches and ranks into StepReport::extra.
+  // the step's value: the Trainer sums them over micro-batches and ranks into StepReport::extra,
+  // except those named "*_max", which it takes the largest of (merge_metric).
   std::shared_ptr<std::map<std::string, double>> metrics;
 };
+
+// A metric named "*_max" is the largest of its parts; any other is their sum.
+inline bool is_max_metric(const std::string& name) { return name.ends_with("_max"); }
+inline void merge_metric(std::map<std::string, double>& into, const std::string& name, double value) {
+  auto [it, fresh] = into.try_emplace(name, value);
+  if (!fresh) it->second = is_max_metric(name) ? std::max(it->second, value) : it->second + value;
+}
 
 class TrainingData {
  public:

@@ -4,6 +4,7 @@
 set -u
 deepmoe=$1
 work=$2
+here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
 passed=0
 failed=0
@@ -25,13 +26,8 @@ expect_error() {
   fi
 }
 
-cat >config.json <<'JSON'
-{"model_type": "deepseek_v3", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
- "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "q_lora_rank": 32,
- "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
- "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
- "n_group": 4, "topk_group": 2}
-JSON
+# The tiny model of these tests (vocabulary 300: a 280-id tokenizer leaves ids it cannot spell).
+cp "$here/tiny_config.json" config.json
 
 "$deepmoe" --help >/dev/null && ok "help" || bad "help"
 for sub in info init logits generate bench tokenize detokenize chat-template tokenizer-train chat train eval; do
@@ -177,17 +173,27 @@ printf '%s\n' '{"prompt": "the", "chosen": " fox", "rejected": " fox"}' >pairs_e
 expect_error "dpo: a pair whose replies are equal" "pairs_equal.jsonl:1: 'chosen' and 'rejected' are the same" \
   "$deepmoe" dpo --init tmodel --data pairs_equal.jsonl --seq 16 --batch 1 --steps 1 --out dpo_bad
 # deepmoe grpo: completions sampled from the model being trained, an external reward (alternate 1s
-# and 0s, so groups have advantages), reward, KL and clip fraction per step; a reward program that
-# prints garbage skips the update with a warning and the run goes on; a --seq too short for a
-# prompt and its completion is refused.
+# and 0s, so groups have advantages), reward, KL and clip fraction per step, every completion logged,
+# the reward plot; stopped after 2 steps and resumed, the same model bit for bit; a reward program
+# that prints garbage or crashes skips the update with a warning and the run goes on; a --seq too
+# short for a prompt and its completion is refused.
 printf '%s\n' '{"prompt": "the quick brown", "answer": "7"}' '{"prompt": "the lazy dog", "answer": "3"}' >grpo.jsonl
-"$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 4 --max-tokens 6 --seq 20 --batch 2 --steps 3 --lr 1e-2 \
-  --reward-cmd "awk '{print NR % 2}'" --out grpo_out >grpo.txt 2>&1 &&
+grpo_run() {
+  "$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 4 --max-tokens 6 --seq 20 --batch 2 --lr 1e-2 \
+    --reward-cmd "awk '{print NR % 2}'" --save-every 1 "$@"
+}
+grpo_run --steps 3 --log-rollouts grpo_rollouts.jsonl --out grpo_out >grpo.txt 2>&1 &&
   /usr/bin/python3 -c "
 import json; m = [json.loads(l) for l in open('grpo_out/metrics.jsonl')]
 assert len(m) == 3 and all(abs(x['reward'] - 0.5) < 1e-9 and x['skipped'] == 0 for x in m), m
-assert m[0]['kl'] == 0 and m[2]['kl'] > 0 and m[0]['grad_norm'] > 0 and all(x['logprob_gap'] < 0.2 for x in m), m" &&
-  ok "grpo: rollouts from the trained weights, group advantages, KL to the start" || bad "grpo ($(tail -c 400 grpo.txt))"
+assert m[0]['kl'] == 0 and m[2]['kl'] > 0 and m[0]['grad_norm'] > 0 and all(x['logprob_gap'] < 0.2 for x in m), m
+r = [json.loads(l) for l in open('grpo_rollouts.jsonl')]
+assert len(r) == 24 and all(len(x['tokens']) == len(x['logprobs']) > 0 for x in r), r[:2]" &&
+  [ -s grpo_out/reward.svg ] &&
+  ok "grpo: rollouts from the trained weights, group advantages, KL to the start, logged" || bad "grpo ($(tail -c 400 grpo.txt))"
+grpo_run --steps 2 --out grpo_resumed >grpo_resume.txt 2>&1 && grpo_run --steps 3 --resume --out grpo_resumed >>grpo_resume.txt 2>&1 &&
+  cmp -s grpo_out/model.safetensors grpo_resumed/model.safetensors &&
+  ok "grpo: stopped and resumed, the same weights bit for bit" || bad "grpo resume ($(tail -c 300 grpo_resume.txt))"
 "$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 4 --seq 20 --batch 2 --steps 2 \
   --reward-cmd "cat >/dev/null; echo garbage" --out grpo_skip >grpo_skip.txt 2>&1 &&
   [ "$(grep -c "update is skipped: --reward-cmd printed 'garbage'" grpo_skip.txt)" -eq 2 ] && [ -f grpo_skip/model.safetensors ] &&
@@ -195,6 +201,10 @@ assert m[0]['kl'] == 0 and m[2]['kl'] > 0 and m[0]['grad_norm'] > 0 and all(x['l
 import json; m = [json.loads(l) for l in open('grpo_skip/metrics.jsonl')]
 assert all(x['skipped'] == 1 for x in m), m" &&
   ok "grpo: a reward program that prints garbage skips the step, the run goes on" || bad "grpo skip ($(tail -c 300 grpo_skip.txt))"
+"$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 4 --seq 20 --batch 2 --steps 1 \
+  --reward-cmd "kill -SEGV \$\$" --out grpo_crash >grpo_crash.txt 2>&1 && grep -q "update is skipped: --reward-cmd was killed by signal 11" grpo_crash.txt &&
+  [ -f grpo_crash/model.safetensors ] &&
+  ok "grpo: a reward program that crashes skips the step" || bad "grpo crash ($(tail -c 300 grpo_crash.txt))"
 expect_error "grpo: --seq too short for a prompt and its completion" "raise --seq" \
   "$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 16 --seq 8 --batch 1 --steps 1 --out grpo_bad
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json

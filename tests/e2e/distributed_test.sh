@@ -248,6 +248,31 @@ rm -rf bf16-part && mkdir bf16-part && cp -r bf16-np2/checkpoints bf16-part/ && 
   cmp -s bf16-part/model.safetensors bf16-np2/model.safetensors && same_run bf16-part/metrics.jsonl bf16-np2/metrics.jsonl &&
   ok "a resumed --precision bf16 2-rank run is bit-identical" || bad "bf16 resume ($(tail -c 300 bf16-resume.txt))"
 
+# deepmoe grpo over 2 ranks: each samples its share of the prompts with the seeds one process uses
+# (completion c of the run draws with seed + c), so the rollouts are the same tokens and the losses
+# agree to the rounding of other batch shapes.
+for i in $(seq 1 40); do echo "the quick brown fox jumps over the lazy dog $i times, then naps."; done >text.txt
+printf '%s\n' '{"prompt": "the quick brown", "answer": "7"}' '{"prompt": "the lazy dog", "answer": "3"}' >prompts.jsonl
+grpo=(grpo --prompts prompts.jsonl --group 4 --max-tokens 6 --seq 20 --batch 2 --steps 3 --lr 1e-2 --threads 1
+      --reward-cmd "awk '{print NR % 2}'")
+"$deepmoe" tokenizer-train --vocab-size 280 --out tok text.txt >/dev/null 2>&1 &&
+  "$deepmoe" init --config "$here/tiny_config.json" --out grpo_model --seed 5 --tokenizer tok >/dev/null &&
+  "$deepmoe" "${grpo[@]}" --init grpo_model --log-rollouts grpo_solo.jsonl --out grpo_solo >grpo_solo.txt 2>&1 &&
+  mpirun -np 2 "$deepmoe" "${grpo[@]}" --init grpo_model --log-rollouts grpo_np2.jsonl --out grpo_np2 >grpo_np2.txt 2>&1 &&
+  /usr/bin/python3 - >grpo.compare.txt 2>&1 <<'PY' && ok "grpo at 2 ranks: $(cat grpo.compare.txt)" ||
+import json, sys
+lines = lambda path: [json.loads(l) for l in open(path)]
+solo, ranks = lines("grpo_solo.jsonl"), [lines(f"grpo_np2.jsonl.rank{r}") for r in (0, 1)]
+# Each step: prompt 0's group on rank 0, prompt 1's on rank 1.
+merged = [x for step in range(3) for r in (0, 1) for x in ranks[r][4 * step:4 * step + 4]]
+same = [x["tokens"] for x in solo] == [x["tokens"] for x in merged]
+a, b = lines("grpo_solo/metrics.jsonl"), lines("grpo_np2/metrics.jsonl")
+worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+print(f"the same {len(solo)} completions: {same}, losses within {worst:.1e} of one process")
+sys.exit(0 if same and len(b) == 3 and worst < 1e-4 else 1)
+PY
+  bad "grpo at 2 ranks ($(tail -c 300 grpo_np2.txt); $(cat grpo.compare.txt 2>/dev/null))"
+
 # --expert-parallel must divide the ranks (3 does not divide 2) and the experts (3 does not divide 16).
 for run in "2:3:divide the 2 ranks" "3:3:divide the model's 16 routed experts"; do
   IFS=: read -r ranks ep why <<<"$run"
