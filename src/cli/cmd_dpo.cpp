@@ -46,7 +46,7 @@ std::unique_ptr<train::TrainingData> dpo_data(const DpoFlags& flags, const train
     validation = train::load_preference_jsonl(flags.val_data, *tokenizer, chat_template.get());
   auto data = std::make_unique<train::DpoData>(std::move(train), std::move(validation), o.seq, o.batch,
                                                tokenizer->eos_id().value_or(0), o.seed, flags.beta);
-  const std::string reference = flags.reference.empty() ? o.init_dir : flags.reference;
+  const std::string reference = reference_model_dir(flags.reference, o.init_dir);
   const std::string cache = (std::filesystem::path(o.out_dir) / "dpo_reference.json").string();
   if (auto values = cached_reference(cache, reference, data->pairs())) {
     data->set_reference(std::move(*values));

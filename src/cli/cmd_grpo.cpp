@@ -69,8 +69,8 @@ std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const tra
   sampler.sampling.top_p = float(flags.top_p);
   const GemmPrecision precision =
       o.precision == GemmPrecision::BF16 && cpu_has_bf16_gemm() ? GemmPrecision::BF16 : GemmPrecision::F32;
-  auto reference = std::make_shared<train::ReferenceModel>(flags.reference.empty() ? o.init_dir : flags.reference,
-                                                           o.threads, precision);
+  auto reference =
+      std::make_shared<train::ReferenceModel>(reference_model_dir(flags.reference, o.init_dir), o.threads, precision);
   const int64_t seq = o.seq;
   train::GrpoOptions options;
   options.group = flags.group;

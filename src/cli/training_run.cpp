@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "dist/grad_codec.h"
 #include "dist/world.h"
+#include "model/config.h"
 #include "train/trainer.h"
 
 namespace deepmoe::cli {
@@ -183,6 +184,16 @@ void run_training(const TrainFlags& flags, const DataFactory& data) {
 bool is_first_rank() {
   const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
   return !rank || std::string(rank) == "0";
+}
+
+std::string reference_model_dir(const std::string& reference, const std::string& init_dir) {
+  if (reference.empty() || reference == init_dir) return init_dir;
+  const auto config_of = [](const std::string& dir) { return load_config(dir + "/config.json"); };
+  const int64_t theirs = config_of(reference).vocab_size, ours = config_of(init_dir).vocab_size;
+  if (theirs != ours)
+    fail("--reference {} has a vocabulary of {} tokens and {} has {}: the reference must score the same token ids",
+         reference, theirs, init_dir, ours);
+  return reference;
 }
 
 void add_common_training_flags(CLI::App* command, TrainFlags& flags_) {

@@ -33,6 +33,10 @@ using DataFactory = std::function<std::unique_ptr<train::TrainingData>(const tra
 // rank, and only the first says what it loaded.
 bool is_first_rank();
 
+// DPO's and GRPO's reference model directory (`reference`, empty: the starting model itself):
+// throws Error unless its vocabulary is the trained model's, since π_ref scores the same token ids.
+std::string reference_model_dir(const std::string& reference, const std::string& init_dir);
+
 // Resolves the flags, trains, prints. Errors as one line (on every rank under mpirun).
 void run_training(const TrainFlags& flags, const DataFactory& data = {});
 

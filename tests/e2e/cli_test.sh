@@ -209,6 +209,12 @@ expect_error "grpo: --seq too short for a prompt and its completion" "raise --se
   "$deepmoe" grpo --init tmodel --prompts grpo.jsonl --group 2 --max-tokens 16 --seq 8 --batch 1 --steps 1 --out grpo_bad
 sed 's/"vocab_size": 300/"vocab_size": 100/' config.json >config_small_vocab.json
 expect_error "tokenizer larger than the model" "vocab_size" "$deepmoe" init --config config_small_vocab.json --out m3 --tokenizer tok
+"$deepmoe" init --config config_small_vocab.json --out small_vocab --seed 2 >/dev/null
+expect_error "grpo: a reference of another vocabulary" "has a vocabulary of 100 tokens" \
+  "$deepmoe" grpo --init tmodel --reference small_vocab --prompts grpo.jsonl --group 2 --max-tokens 4 --seq 20 --batch 1 \
+  --steps 1 --out grpo_bad
+expect_error "dpo: a reference of another vocabulary" "has a vocabulary of 100 tokens" \
+  "$deepmoe" dpo --init tmodel --reference small_vocab --data pairs.jsonl --seq 24 --batch 1 --steps 1 --out dpo_bad
 
 # Training: a few steps run and write a loadable model; bad data and flags are refused.
 /usr/bin/python3 -c "import numpy as n; n.random.default_rng(1).integers(0, 300, 2000, dtype=n.uint32).tofile('tokens.u32')"
