@@ -49,7 +49,6 @@ accuracy() {  # MODEL NAME [eval flags]: strict exact match on the held-out prob
   python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results']['gsm8k']['exact_match,strict-match'], 4))" \
     "$out/$name.eval.json"
 }
-seconds() { python3 -c "import time; print(time.time())"; }
 
 echo "pretrained model: $model"
 pre0=$(accuracy "$model" pretrained --num-fewshot 0)
@@ -57,22 +56,21 @@ pre5=$(accuracy "$model" pretrained5 --num-fewshot 5 --fewshot-data "$out/task/f
 echo "  held-out accuracy 0-shot $pre0, 5-shot $pre5"
 results=()
 for seed in $seeds; do
-  t0=$(seconds)
+  t0=$SECONDS
   "$deepmoe" sft --init "$model" --data "$out/task/sft.jsonl" --seq 64 --batch 16 --steps "$sft_steps" --lr 1e-3 \
     --min-lr 1e-4 --warmup 20 --schedule cosine --clip 1.0 --bias-update 0.001 --precision bf16 --seed "$seed" \
     --out "$out/sft_s$seed" >"$out/sft_s$seed.log" 2>&1
-  t1=$(seconds)
+  sft_seconds=$((SECONDS - t0))
   sft=$(accuracy "$out/sft_s$seed" "sft_s$seed" --num-fewshot 0)
-  t2=$(seconds)
+  t0=$SECONDS
   "$deepmoe" grpo --init "$out/sft_s$seed" --prompts "$out/task/grpo.jsonl" --reward exact --group "$group" \
     --max-tokens 24 --temperature 1 --batch 8 --steps "$grpo_steps" --lr "$grpo_lr" --schedule constant --warmup 5 \
     --clip 1.0 --seq 72 --seed "$seed" --log-rollouts "$out/grpo_s$seed.rollouts.jsonl" \
     --out "$out/grpo_s$seed" >"$out/grpo_s$seed.log" 2>&1
-  t3=$(seconds)
+  grpo_seconds=$((SECONDS - t0))
   grpo=$(accuracy "$out/grpo_s$seed" "grpo_s$seed" --num-fewshot 0)
-  echo "  seed $seed: SFT $sft (${sft_steps} steps, $(python3 -c "print(round($t1 - $t0))") s), GRPO $grpo" \
-    "(${grpo_steps} steps, $(python3 -c "print(round($t3 - $t2))") s)"
-  results+=("{\"seed\": $seed, \"sft\": $sft, \"grpo\": $grpo, \"sft_seconds\": $(python3 -c "print(round($t1 - $t0, 1))"), \"grpo_seconds\": $(python3 -c "print(round($t3 - $t2, 1))")}")
+  echo "  seed $seed: SFT $sft (${sft_steps} steps, $sft_seconds s), GRPO $grpo (${grpo_steps} steps, $grpo_seconds s)"
+  results+=("{\"seed\": $seed, \"sft\": $sft, \"grpo\": $grpo, \"sft_seconds\": $sft_seconds, \"grpo_seconds\": $grpo_seconds}")
 done
 python3 - "$out" "$pre0" "$pre5" "$misread" "${results[@]}" <<'PY'
 import json, statistics, sys

@@ -50,11 +50,11 @@ std::vector<train::GrpoPrompt> load_prompts(const std::string& path, const Token
 }
 
 std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const train::TrainerOptions& o) {
-  if (o.precision == GemmPrecision::BF16 && std::getenv("OMPI_COMM_WORLD_SIZE") &&
-      std::string(std::getenv("OMPI_COMM_WORLD_SIZE")) != "1")
+  const LaunchedRank launched = launched_rank();
+  if (o.precision == GemmPrecision::BF16 && launched.size > 1)
     fail("grpo with --precision bf16 runs on one process for now (the sampler reads the whole f32 weights)");
-  // Kept alive by the sampler and the data, which outlive this call.
-  std::shared_ptr<Tokenizer> tokenizer = load_model_tokenizer(o.init_dir);
+  // Shared with the sampler, which outlives this call.
+  std::shared_ptr<const Tokenizer> tokenizer = load_model_tokenizer(o.init_dir);
   const std::unique_ptr<ChatTemplate> chat_template = chat_template_of(*tokenizer);
   std::vector<train::GrpoPrompt> prompts = load_prompts(flags.prompts, *tokenizer, chat_template.get());
   size_t longest = 0;
@@ -81,24 +81,18 @@ std::unique_ptr<train::TrainingData> grpo_data(const GrpoFlags& flags, const tra
   options.pad = tokenizer->eos_id().value_or(0);
   if (!flags.log_rollouts.empty()) {
     // One file per rank: each samples its own prompts.
-    const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
-    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
     options.rollout_log = flags.log_rollouts;
-    if (size && rank && std::string(size) != "1") options.rollout_log += fmt::format(".rank{}", rank);
+    if (launched.size > 1) options.rollout_log += fmt::format(".rank{}", launched.rank);
     if (!std::ofstream(options.rollout_log, std::ios::app))
       fail("--log-rollouts {}: cannot open it for appending", options.rollout_log);
   }
   auto reward = flags.reward_cmd.empty() ? train::builtin_reward(flags.reward)
                                          : train::external_reward(flags.reward_cmd, flags.reward_timeout);
-  auto sample = policy_sampler(*tokenizer, sampler);
-  train::RolloutSampler keeping_tokenizer =
-      [tokenizer, sample](const train::Parameters& p, const std::vector<const train::GrpoPrompt*>& batch, int64_t group,
-                          uint64_t seed) { return sample(p, batch, group, seed); };
   if (is_first_rank())
     fmt::print("grpo: {} prompts, {} completions each, at most {} tokens, temperature {}\n", prompts.size(),
                flags.group, flags.max_tokens, flags.temperature);
   return std::make_unique<train::GrpoData>(
-      std::move(prompts), std::move(keeping_tokenizer), std::move(reward),
+      std::move(prompts), policy_sampler(tokenizer, sampler), std::move(reward),
       [reference, seq](const train::MicroBatch& rows) { return reference->token_logprobs(rows, seq); }, options);
 }
 

@@ -181,10 +181,13 @@ void run_training(const TrainFlags& flags, const DataFactory& data) {
   }
 }
 
-bool is_first_rank() {
+LaunchedRank launched_rank() {
   const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
-  return !rank || std::string(rank) == "0";
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  return {rank ? std::atoi(rank) : 0, size ? std::max(1, std::atoi(size)) : 1};
 }
+
+bool is_first_rank() { return launched_rank().rank == 0; }
 
 std::string reference_model_dir(const std::string& reference, const std::string& init_dir) {
   if (reference.empty() || reference == init_dir) return init_dir;

@@ -29,8 +29,14 @@ void add_common_training_flags(CLI::App* command, TrainFlags& flags);
 // What a command trains on, made once the options are final (null: pretraining's token windows).
 using DataFactory = std::function<std::unique_ptr<train::TrainingData>(const train::TrainerOptions&)>;
 
-// Whether this process is rank 0 of its mpirun job (or the only one): a data factory runs on every
-// rank, and only the first says what it loaded.
+// This process's place in its mpirun job (rank 0 of 1 when run alone), from mpirun's environment:
+// a data factory runs on every rank before the trainer's communicator exists.
+struct LaunchedRank {
+  int rank = 0, size = 1;
+};
+LaunchedRank launched_rank();
+// Whether this process is rank 0 of its mpirun job (or the only one): only the first says what a
+// data factory loaded.
 bool is_first_rank();
 
 // DPO's and GRPO's reference model directory (`reference`, empty: the starting model itself):

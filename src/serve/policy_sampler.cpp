@@ -9,9 +9,11 @@
 
 namespace deepmoe {
 
-train::RolloutSampler policy_sampler(const Tokenizer& tokenizer, const PolicySamplerOptions& options) {
-  return [&tokenizer, options](const train::Parameters& policy, const std::vector<const train::GrpoPrompt*>& prompts,
-                               int64_t group, uint64_t seed) {
+train::RolloutSampler policy_sampler(std::shared_ptr<const Tokenizer> shared, const PolicySamplerOptions& options) {
+  return [shared = std::move(shared), options](const train::Parameters& policy,
+                                               const std::vector<const train::GrpoPrompt*>& prompts, int64_t group,
+                                               uint64_t seed) {
+    const Tokenizer& tokenizer = *shared;
     const Config& config = policy.config();
     // With the transposed key projections the absorbed decode needs (a view leaves them out).
     const auto weights = ModelWeights::view_f32(config, policy.values().data(), policy.list_offsets(), nullptr, true);

@@ -17,7 +17,6 @@ struct PolicySamplerOptions {
   double kv_cache_mb = 256;
 };
 
-// The tokenizer must outlive the sampler.
-train::RolloutSampler policy_sampler(const Tokenizer& tokenizer, const PolicySamplerOptions& options);
+train::RolloutSampler policy_sampler(std::shared_ptr<const Tokenizer> tokenizer, const PolicySamplerOptions& options);
 
 }  // namespace deepmoe

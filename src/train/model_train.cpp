@@ -173,7 +173,6 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
   const size_t layers_begin = c.num_hidden_layers > 0 ? p.layer_range(0).first : p.dense_size();
   const size_t layers_end = c.num_hidden_layers > 0 ? p.layer_range(c.num_hidden_layers - 1).second : layers_begin;
   if (ready) ready(layers_end, p.dense_size());
-  const double aux_scale = aux_weight * grad_scale;
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     DecoderSaved& saved = layers_[recompute_ ? 0 : size_t(l)];
     const LayerWeights& w = forward_weights.layers[size_t(l)];
@@ -183,7 +182,7 @@ StepLoss TrainGraph::run(Parameters& p, std::span<const int32_t> inputs, std::sp
       saved = take_layer(l, layer_slab_, batch, seq);
       decoder_forward(context_, c, w, l, sequences, rope_, nullptr, std::nullopt, scratch_, &saved, x_again.data());
     }
-    decoder_backward(context_, c, w, grads_->layers[size_t(l)], batch, rope_, aux_scale, saved, dx.data());
+    decoder_backward(context_, c, w, grads_->layers[size_t(l)], batch, rope_, aux_weight, saved, dx.data());
     if (ready) {
       if (c.is_moe_layer(l)) ready(p.expert_range(l).first, p.expert_range(l).second);
       ready(p.layer_range(l).first, p.layer_range(l).second);

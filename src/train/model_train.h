@@ -59,8 +59,10 @@ class TrainGraph {
 
   // inputs, targets: [batch * seq] token ids. The loss is objective's over the targets'
   // log-probabilities (mean_cross_entropy when empty; StepLoss::cross_entropy holds its value)
-  // plus aux_weight × the balance loss. With backward, adds `grad_scale` × d loss into p.grads()
-  // (grad_scale = 1 / accumulation steps) and calls `ready` as ranges of it are done. `logprobs`
+  // plus aux_weight × the balance loss. With backward, adds `grad_scale` × d objective +
+  // aux_weight × d balance into p.grads() (each weighted by its part of the step: the objective's
+  // by what it needs, 1 / accumulation steps for a mean; the balance by the share of the step's
+  // sequences, which the caller puts in aux_weight) and calls `ready` as ranges of it are done. `logprobs`
   // (when not null) receives the targets' log-probabilities. Throws Error for an id outside the
   // vocabulary.
   StepLoss run(Parameters& p, std::span<const int32_t> inputs, std::span<const int32_t> targets, int64_t batch,

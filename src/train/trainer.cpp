@@ -301,11 +301,11 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
     // Weighted by its part of the step, the micro-batches of all ranks add up to the step's loss.
     const MicroBatch m = data_->train_batch(first_window + micro * local_batch_, local_batch_, o.batch * o.grad_accum);
-    // The balance loss weighted by the micro-batch's share of the step (run scales it by `weight` too).
-    const double aux = m.weight > 0 ? o.aux_loss * m.share / m.weight : 0.0;
+    // The objective weighted as the data says, the balance loss by the micro-batch's share of the step.
+    const double aux = o.aux_loss * m.share;
     const StepLoss r = graph_.run(p_, m.inputs, m.targets, m.rows, o.seq, aux, true, float(m.weight),
                                   micro + 1 == local_accum_ ? reduce : GradientsReady(), m.objective);
-    losses[0] += r.loss * m.weight;
+    losses[0] += r.cross_entropy * m.weight + aux * r.balance;
     losses[1] += r.cross_entropy * m.weight;
     if (m.metrics)
       for (const auto& [name, value] : *m.metrics) merge_metric(report.extra, name, value);
