@@ -104,6 +104,7 @@ class ExternalReward : public Reward {
     const pid_t pid = fork();
     if (pid < 0) fail("--reward-cmd: cannot fork");
     if (pid == 0) {
+      setpgid(0, 0);  // its own process group: a timeout kills what it started too
       dup2(to_child[0], 0);
       dup2(from_child[1], 1);
       close(to_child[1]);
@@ -111,6 +112,7 @@ class ExternalReward : public Reward {
       execl("/bin/sh", "sh", "-c", command_.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
+    setpgid(pid, pid);  // as the child does, whichever runs first
     close(to_child[0]);
     close(from_child[1]);
     // The input from a thread of its own: a program that answers before it has read everything
@@ -148,7 +150,7 @@ class ExternalReward : public Reward {
       output.append(buffer, size_t(n));
       if (output.size() > (size_t(1) << 24)) break;
     }
-    if (timed_out) kill(pid, SIGKILL);
+    if (timed_out) kill(-pid, SIGKILL);  // the shell and whatever it started (a `sleep` it forked)
     close(from_child[0]);
     writer.join();
     int status = 0;

@@ -3,7 +3,8 @@
 // a regex the completion must match, and a format reward (a "<think>…</think>" block, then an
 // answer). An external program scores a batch at once: JSON lines {"prompt", "completion",
 // "answer"} on its stdin, one number per line on its stdout; a program that fails, hangs past its
-// timeout or prints anything else throws RewardFailed (the trainer skips that step).
+// timeout (killed then with everything it started: it runs in a process group of its own) or
+// prints anything else throws RewardFailed (the trainer skips that step).
 #pragma once
 #include <memory>
 #include <stdexcept>

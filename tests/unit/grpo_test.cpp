@@ -2,10 +2,14 @@
 // by hand and against finite differences, and the rewards (answers extracted as exact match reads
 // them, the format and regex rewards, an external program that answers, fails, lies or hangs).
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <random>
+#include <thread>
 
 #include "core/error.h"
 #include "train/grpo_objective.h"
@@ -102,6 +106,30 @@ TEST(Rewards, AnExternalProgramScoresOrTheStepIsSkipped) {
   const auto start = std::chrono::steady_clock::now();
   EXPECT_THROW(external_reward("sleep 30", 0.5)->score(two), RewardFailed);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+}
+
+TEST(Rewards, ATimedOutProgramTakesWhatItStartedWithIt) {
+  const std::string pid_file = ::testing::TempDir() + "reward_child.pid";
+  std::remove(pid_file.c_str());
+  EXPECT_THROW(external_reward("sleep 30 & echo $! >" + pid_file + "; wait", 0.5)->score({{"p", "a", "1"}}),
+               RewardFailed);
+  std::ifstream in(pid_file);
+  pid_t child = 0;
+  ASSERT_TRUE(in >> child) << "the program did not start its child";
+  // Killed with its process group: gone, or a zombie left for whoever reaps orphans here.
+  const auto dead = [child] {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string pid, name, state;
+    return kill(child, 0) != 0 || !(stat >> pid >> name >> state) || state == "Z";
+  };
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = dead();
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(gone) << "the program's child " << child << " outlived the timeout";
+  if (!gone) kill(child, SIGKILL);
+  std::remove(pid_file.c_str());
 }
 
 }  // namespace
