@@ -18,6 +18,7 @@ void add_chat_command(CLI::App& app) {
     int64_t max_reply = 512;
     int threads = 0;
     SamplingParams sampling;
+    std::string speculative;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand(
@@ -28,8 +29,10 @@ void add_chat_command(CLI::App& app) {
   command->add_option("-n", options->max_reply, "most tokens per reply");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   add_sampling_options(command, options->sampling);
+  add_speculative_option(command, options->speculative);
   command->callback([options] {
     validate(options->sampling);
+    const int64_t drafts = parse_speculative(options->speculative);
     if (options->max_reply < 1) fail("-n must be >= 1, found {}", options->max_reply);
     const auto tokenizer = load_model_tokenizer(options->model);
     if (tokenizer->chat_template().empty()) fail("{}: tokenizer_config.json has no chat_template", options->model);
@@ -58,14 +61,17 @@ void add_chat_command(CLI::App& app) {
       const auto ids = tokenizer->encode(prompt, false);
       StreamingDecoder stream(*tokenizer, true);
       std::string reply;
-      generate(model, ids, options->max_reply, options->sampling, [&](int32_t token) {
-        if (tokenizer->eos_id() && token == *tokenizer->eos_id()) return false;
-        const std::string text = stream.push(token);
-        reply += text;
-        fmt::print("{}", text);
-        std::fflush(stdout);
-        return true;
-      });
+      generate(
+          model, ids, options->max_reply, options->sampling,
+          [&](int32_t token) {
+            if (tokenizer->eos_id() && token == *tokenizer->eos_id()) return false;
+            const std::string text = stream.push(token);
+            reply += text;
+            fmt::print("{}", text);
+            std::fflush(stdout);
+            return true;
+          },
+          drafts);
       const std::string rest = stream.finish();
       reply += rest;
       fmt::print("{}\n", rest);

@@ -14,6 +14,7 @@ void add_generate_command(CLI::App& app) {
     int64_t n_new = 16;
     int threads = 0;
     SamplingParams sampling;
+    std::string speculative;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("generate", "Generate after a prompt (text, or token ids)");
@@ -26,10 +27,12 @@ void add_generate_command(CLI::App& app) {
   command->add_option("-n", options->n_new, "tokens to generate (text generation also stops at EOS)");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   add_sampling_options(command, options->sampling);
+  add_speculative_option(command, options->speculative);
   command->callback([options, tokens, prompt] {
     if (!*tokens && !*prompt) fail("generate needs --prompt TEXT or --tokens IDS");
     validate(options->sampling);
     if (options->n_new < 0) fail("-n must be >= 0, found {}", options->n_new);
+    const int64_t drafts = parse_speculative(options->speculative);
     std::unique_ptr<Tokenizer> tokenizer;
     std::vector<int32_t> ids;
     if (*prompt) {
@@ -43,20 +46,32 @@ void add_generate_command(CLI::App& app) {
     bool first = true;
     std::unique_ptr<StreamingDecoder> text;
     if (tokenizer) text = std::make_unique<StreamingDecoder>(*tokenizer, true);
-    const auto stats = generate(model, ids, options->n_new, options->sampling, [&](int32_t token) {
-      if (text) {
-        if (tokenizer->eos_id() && token == *tokenizer->eos_id()) return false;
-        fmt::print("{}", text->push(token));
-      } else {
-        fmt::print("{}{}", first ? "" : ",", token);
-      }
-      std::fflush(stdout);
-      first = false;
-      return true;
-    });
+    const auto stats = generate(
+        model, ids, options->n_new, options->sampling,
+        [&](int32_t token) {
+          if (text) {
+            if (tokenizer->eos_id() && token == *tokenizer->eos_id()) return false;
+            fmt::print("{}", text->push(token));
+          } else {
+            fmt::print("{}{}", first ? "" : ",", token);
+          }
+          std::fflush(stdout);
+          first = false;
+          return true;
+        },
+        drafts);
     fmt::print("{}\n", text ? text->finish() : "");
     fmt::print(stderr, "prefill: {} tokens, {:.1f} tok/s; decode: {} tokens, {:.1f} tok/s\n", stats.prompt_tokens,
                stats.prefill_tokens_per_second(), stats.generated_tokens, stats.decode_tokens_per_second());
+    if (drafts > 0 && stats.verify_steps > 0) {
+      std::string by_position;
+      for (const int64_t n : stats.accepted_at)
+        by_position += fmt::format(" {:.3f}", double(n) / double(stats.verify_steps));
+      fmt::print(
+          stderr, "speculative: {} steps, {} of {} drafts accepted ({:.1f}%), {:.2f} tokens a step; by position:{}\n",
+          stats.verify_steps, stats.accepted, stats.drafted, 100.0 * double(stats.accepted) / double(stats.drafted),
+          double(stats.accepted + stats.verify_steps) / double(stats.verify_steps), by_position);
+    }
   });
 }
 

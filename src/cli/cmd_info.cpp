@@ -13,7 +13,7 @@ void add_info_command(CLI::App& app) {
     const auto weights = load_model(*model_dir, *load);
     const Config& c = weights->config;
     int64_t moe_layers = 0;
-    for (const auto& layer : weights->layers) moe_layers += layer.is_moe;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += weights->layers[size_t(l)].is_moe;
     fmt::print("model              {} ({})\n", *model_dir, c.model_type);
     fmt::print("layers             {} ({} dense, {} MoE)\n", c.num_hidden_layers, c.num_hidden_layers - moe_layers,
                moe_layers);
@@ -31,6 +31,9 @@ void add_info_command(CLI::App& app) {
                               : "");
     fmt::print("parameters         {:.3f} M total, {:.3f} M active per token\n", weights->parameter_count() / 1e6,
                weights->active_parameter_count() / 1e6);
+    if (c.num_nextn_predict_layers > 0)
+      fmt::print("multi-token pred.  {} module(s), {:.3f} M parameters of their own\n", c.num_nextn_predict_layers,
+                 weights->mtp_parameter_count() / 1e6);
     fmt::print("weights            {:.1f} MiB as loaded ({})\n", double(weights->weight_bytes()) / (1 << 20),
                weights->file_residence());
     fmt::print("kv cache per token {} values = {} bytes in f32 ({} layers x (kv_lora_rank {} + qk_rope {}))\n",

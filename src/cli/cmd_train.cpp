@@ -20,6 +20,10 @@ void add_train_command(CLI::App& app) {
   command->add_option("--val-data", o->val_data_path, "validation tokens (uint32 file)");
   command->add_option("--order", flags->order, "random or sequential windows")
       ->check(CLI::IsMember({"random", "sequential"}));
+  command->add_option("--mtp-depth", o->mtp_depth,
+                      "train D multi-token-prediction modules (DeepSeek-V3's MTP; added when the model lacks them)");
+  command->add_option("--mtp-weight", o->mtp_weight, "weight of the MTP loss (mean over depths)")
+      ->capture_default_str();
   add_common_training_flags(command, *flags);
   command->callback([flags, init, config] {
     if (!*init && !*config) fail("train needs --init DIR or --config FILE.json");

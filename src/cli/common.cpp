@@ -48,6 +48,24 @@ void add_sampling_options(CLI::App* command, SamplingParams& sampling) {
   command->add_option("--seed", sampling.seed, "sampling seed");
 }
 
+int64_t parse_speculative(const std::string& spec) {
+  if (spec.empty() || spec == "off") return 0;
+  constexpr std::string_view kMtp = "mtp:";
+  int64_t k = 0;
+  if (spec.starts_with(kMtp)) {
+    const std::string count = spec.substr(kMtp.size());
+    const auto [end, error] = std::from_chars(count.data(), count.data() + count.size(), k);
+    if (error == std::errc() && end == count.data() + count.size() && k >= 1 && k <= 16) return k;
+  }
+  fail("--speculative: expected mtp:K with K in [1, 16] (or off), found '{}'", spec);
+}
+
+void add_speculative_option(CLI::App* command, std::string& spec) {
+  command->add_option("--speculative", spec,
+                      "mtp:K: the model's multi-token-prediction module drafts K tokens a step, the model verifies "
+                      "them in one pass (same output, faster when drafts are accepted)");
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", path);

@@ -42,6 +42,11 @@ void add_grpo_command(CLI::App& app);
 // that samples.
 void add_sampling_options(CLI::App* command, SamplingParams& sampling);
 
+// --speculative: "mtp:K", the model's multi-token-prediction module drafting K tokens a step
+// (1 <= K <= 16), or "off". Returns K (0: off); throws Error naming the flag.
+int64_t parse_speculative(const std::string& spec);
+void add_speculative_option(CLI::App* command, std::string& spec);
+
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
 std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");
 

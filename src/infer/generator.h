@@ -14,6 +14,10 @@ namespace deepmoe {
 struct GenerationStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0.0, decode_seconds = 0.0;
+  // Speculative decoding: verify steps, tokens drafted, drafts accepted, and per draft position j
+  // the steps whose drafts 1..j+1 were all accepted (accepted_at[0] / steps: the first draft's rate).
+  int64_t verify_steps = 0, drafted = 0, accepted = 0;
+  std::vector<int64_t> accepted_at;
   double prefill_tokens_per_second() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0; }
   // The first generated token comes from the prefill; decode timing covers the rest.
   double decode_tokens_per_second() const {
@@ -26,8 +30,9 @@ constexpr int64_t kPrefillChunk = 512;
 
 // Generates up to n_new tokens after `prompt`; on_token is called with each as it is chosen and
 // returns false to stop there (an end-of-sequence token, a stop string).
-// Allocates the latent cache for prompt + n_new tokens.
+// Allocates the latent cache for prompt + n_new tokens. draft_tokens > 0: speculative decoding
+// with the model's first MTP module drafting that many tokens a step (infer/speculative.h).
 GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                         const std::function<bool(int32_t)>& on_token);
+                         const std::function<bool(int32_t)>& on_token, int64_t draft_tokens = 0);
 
 }  // namespace deepmoe

@@ -73,7 +73,7 @@ int64_t Sampler::nucleus(std::span<const float> logits, float max_logit, int64_t
   return crossing_end - begin;
 }
 
-int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> history) {
+int64_t Sampler::keep(std::span<float> logits, std::span<const int32_t> history) {
   const int64_t vocab = int64_t(logits.size());
   if (params_.repetition_penalty != 1.0f) {
     // Each distinct token is penalized once, however often it appeared.
@@ -88,7 +88,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
   }
   if (params_.temperature == 0.0f) {
     // First maximum wins: deterministic whatever produced the logits.
-    return int32_t(first_argmax(logits.data(), vocab));
+    candidates_.assign(1, int32_t(first_argmax(logits.data(), vocab)));
+    return 0;
   }
 
   // The candidates: every token (in id order), or the top_k best (sorted best first).
@@ -121,7 +122,6 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
       p = float(p / total);
     }
   }
-  auto probability = [&](int64_t i) { return probabilities_[size_t(candidates_[size_t(i)])]; };
   if (params_.top_p < 1.0f) kept = sorted ? sorted_nucleus(kept) : nucleus(logits, logits[size_t(best)], kept);
   if (params_.min_p > 0.0f) {  // the kept tokens at least min_p times as likely as the best
     const float threshold = params_.min_p * probabilities_[size_t(best)];
@@ -129,6 +129,13 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
                           [&](int32_t token) { return probabilities_[size_t(token)] >= threshold; }) -
            candidates_.begin();
   }
+  return kept;
+}
+
+int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> history) {
+  const int64_t kept = keep(logits, history);
+  if (kept == 0) return candidates_[0];
+  auto probability = [&](int64_t i) { return probabilities_[size_t(candidates_[size_t(i)])]; };
   double kept_mass = 0.0;
   for (int64_t i = 0; i < kept; ++i) kept_mass += probability(i);
   double draw = std::uniform_real_distribution<double>(0.0, kept_mass)(rng_);
@@ -137,6 +144,39 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
     if (draw < 0.0) return candidates_[size_t(i)];
   }
   return candidates_[size_t(kept - 1)];
+}
+
+std::span<const float> Sampler::distribution(std::span<float> logits, std::span<const int32_t> history) {
+  const int64_t kept = keep(logits, history);
+  distribution_.assign(logits.size(), 0.0f);
+  if (kept == 0) {
+    distribution_[size_t(candidates_[0])] = 1.0f;
+    return distribution_;
+  }
+  double kept_mass = 0.0;
+  for (int64_t i = 0; i < kept; ++i) kept_mass += probabilities_[size_t(candidates_[size_t(i)])];
+  for (int64_t i = 0; i < kept; ++i) {
+    const int32_t token = candidates_[size_t(i)];
+    distribution_[size_t(token)] = float(double(probabilities_[size_t(token)]) / kept_mass);
+  }
+  return distribution_;
+}
+
+double Sampler::uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
+
+int32_t Sampler::draw(std::span<const float> weights) {
+  double total = 0.0;
+  for (const float w : weights) total += w;
+  if (!(total > 0.0)) fail("sampler: nothing to draw from (the weights sum to {})", total);
+  double left = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  int32_t last = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] <= 0.0f) continue;
+    last = int32_t(i);
+    left -= weights[i];
+    if (left < 0.0) return last;
+  }
+  return last;
 }
 
 }  // namespace deepmoe

@@ -26,7 +26,20 @@ class Sampler {
   // logits is modified (penalty, scaling). history: tokens seen so far (prompt and output).
   int32_t sample(std::span<float> logits, std::span<const int32_t> history);
 
+  // What sample() draws from, by token id: greedy is one-hot on the argmax; otherwise the kept
+  // tokens' probabilities renormalized, zero elsewhere. Valid until the next call. (Speculative
+  // decoding's acceptance test reads it.)
+  std::span<const float> distribution(std::span<float> logits, std::span<const int32_t> history);
+  // Draws from the sampler's generator: a uniform number in [0, 1), and a token by `weights` (by
+  // token id, not necessarily normalized, with a positive total).
+  double uniform();
+  int32_t draw(std::span<const float> weights);
+
  private:
+  // Repetition penalty, then the candidates: greedy leaves the argmax in candidates_[0] and returns
+  // 0; otherwise probabilities_ by token id and the kept candidates first in candidates_ (returns
+  // how many).
+  int64_t keep(std::span<float> logits, std::span<const int32_t> history);
   int64_t sorted_nucleus(int64_t kept) const;
   int64_t nucleus(std::span<const float> logits, float max_logit, int64_t kept);
 
@@ -34,6 +47,7 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<int32_t> candidates_;
   std::vector<float> probabilities_;  // by token id
+  std::vector<float> distribution_;   // distribution()'s
 };
 
 }  // namespace deepmoe

@@ -105,6 +105,7 @@ Config parse_config(const nlohmann::json& json, const std::string& source) {
   c.tie_word_embeddings = field.boolean("tie_word_embeddings", false);
   c.max_position_embeddings = field.integer("max_position_embeddings", v3 ? 4096 : 2048, 1);
   c.num_nextn_predict_layers = field.integer("num_nextn_predict_layers", 0, 0);
+  if (c.num_nextn_predict_layers > 64) fail("{}: num_nextn_predict_layers: at most 64", source);
 
   const std::string scoring = field.string("scoring_func", v3 ? "sigmoid" : "softmax");
   if (scoring == "softmax") c.scoring_func = ScoringFunc::Softmax;

@@ -58,9 +58,13 @@ struct Config {
   std::optional<RopeScaling> rope_scaling;
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 4096;
+  // Multi-token-prediction modules (DeepSeek-V3 §2.2): module d is layer num_hidden_layers + d.
+  // Loaders set it to the modules a checkpoint holds (many V3 conversions drop them).
   int64_t num_nextn_predict_layers = 0;
   std::optional<QuantizationConfig> quantization;
 
+  // The main layers, then the MTP modules' decoder blocks (each with its own latent cache).
+  int64_t layer_count() const { return num_hidden_layers + num_nextn_predict_layers; }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const {
     return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;

@@ -1,5 +1,6 @@
 #include "model/embedding.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/linear_backward.h"
@@ -26,9 +27,10 @@ void head_forward(const Context& ctx, const WeightMatrix& lm_head, const float* 
 
 void head_backward(const Context& ctx, const WeightMatrix& lm_head, const float* norm, const float* x, int64_t n,
                    const float* inv_rms, const float* normed, const float* d_logits, float* d_lm_head, float* d_norm,
-                   float* dx) {
+                   float* dx, const float* d_normed_extra) {
   const int64_t hidden = lm_head.cols;
   std::vector<float> d_normed(size_t(n * hidden), 0.0f);
+  if (d_normed_extra) std::copy_n(d_normed_extra, d_normed.size(), d_normed.begin());
   linear_backward(ctx, normed, hidden, d_logits, n, lm_head, d_normed.data(), d_lm_head);
   rmsnorm_backward(x, hidden, norm, inv_rms, d_normed.data(), n, hidden, dx, d_norm);
 }

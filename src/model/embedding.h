@@ -18,9 +18,10 @@ void embed_backward(std::span<const int32_t> tokens, const float* dx, int64_t hi
 // normed rows, inv_rms [n] (optional) what backward needs.
 void head_forward(const Context& ctx, const WeightMatrix& lm_head, const float* norm, float eps, const float* x,
                   int64_t n, float* normed, float* inv_rms, float* logits);
-// dx [n, hidden] += ∂loss/∂x from d_logits; the lm_head's and the norm's gradients accumulate.
+// dx [n, hidden] += ∂loss/∂x from d_logits (and d_normed_extra, ∂loss/∂normed through another
+// path: an MTP module's output feeds the next module); the lm_head's and the norm's gradients accumulate.
 void head_backward(const Context& ctx, const WeightMatrix& lm_head, const float* norm, const float* x, int64_t n,
                    const float* inv_rms, const float* normed, const float* d_logits, float* d_lm_head, float* d_norm,
-                   float* dx);
+                   float* dx, const float* d_normed_extra = nullptr);
 
 }  // namespace deepmoe

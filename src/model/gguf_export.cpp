@@ -29,6 +29,7 @@ constexpr int kNormal = 1, kControl = 3, kUserDefined = 4, kUnused = 5;
 class TensorSource {
  public:
   explicit TensorSource(const std::string& dir) : reader_(dir) {}
+  bool has(const std::string& name) const { return reader_.find(name) != nullptr; }
 
   // The tensor widened to f32, checked against the expected HF shape.
   std::vector<float> f32(const std::string& name, const std::vector<int64_t>& shape) const {
@@ -143,7 +144,9 @@ void add_metadata(const Config& c, const std::string& name, GgmlType weight_type
   if (weight_type == GgmlType::Q8_0 || weight_type == GgmlType::Q4_0) w.add("general.quantization_version", u32(2));
   w.add(a + "context_length", u32(c.max_position_embeddings));
   w.add(a + "embedding_length", u32(c.hidden_size));
-  w.add(a + "block_count", u32(c.num_hidden_layers));
+  // MTP modules as llama.cpp's V3.2 and GLM converters write them: counted as blocks.
+  w.add(a + "block_count", u32(c.layer_count()));
+  if (c.num_nextn_predict_layers > 0) w.add(a + "nextn_predict_layers", u32(c.num_nextn_predict_layers));
   w.add(a + "feed_forward_length", u32(c.intermediate_size));
   w.add(a + "attention.head_count", u32(c.num_attention_heads));
   w.add(a + "attention.head_count_kv", u32(1));  // MLA: one latent "head" shared by all
@@ -264,13 +267,15 @@ std::vector<TensorInfo> gguf_order(std::vector<TensorInfo> tensors) {
 }  // namespace
 
 void export_gguf(const std::string& model_dir, const std::string& out_path, GgmlType weight_type) {
-  const Config c = load_config((fs::path(model_dir) / "config.json").string());
+  Config c = load_config((fs::path(model_dir) / "config.json").string());
+  const auto source = std::make_shared<TensorSource>(model_dir);
+  c.num_nextn_predict_layers = mtp_modules_held(c, [&](const std::string& name) { return source->has(name); });
   if (c.moe_layer_freq != 1) fail("{}: moe_layer_freq {} has no deepseek2 GGUF form", model_dir, c.moe_layer_freq);
   GgufWriter writer;
   add_metadata(c, fs::path(model_dir).filename().string(), weight_type, writer);
   if (fs::exists(fs::path(model_dir) / "tokenizer.json")) add_tokenizer(c, model_dir, writer);
 
-  Exporter ex{c, std::make_shared<TensorSource>(model_dir), weight_type, writer};
+  Exporter ex{c, source, weight_type, writer};
   const std::vector<TensorInfo> tensors = gguf_order(tensor_list(c));
   std::map<std::string, std::vector<std::string>> stacked;  // GGUF name → its experts' HF names, in order
   for (const TensorInfo& t : tensors)

@@ -80,6 +80,10 @@ nlohmann::json config_json(const GgufFile& f) {
       mla_layout ? f.get_u32(a + "attention.value_length_mla") : f.get_u32(a + "attention.value_length");
   const bool sigmoid = u32_or(a + "expert_gating_func", 1) == 2;
   const int64_t groups = u32_or(a + "expert_group_count", 1);
+  const int64_t nextn = u32_or(a + "nextn_predict_layers", 0);
+  if (nextn >= int64_t(f.get_u32(a + "block_count")))
+    fail("{}: {}nextn_predict_layers {} leaves no main layers of block_count {}", f.file, a, nextn,
+         f.get_u32(a + "block_count"));
   const GgufTensor* embed = f.find_tensor("token_embd.weight");
   if (embed == nullptr || embed->dims.size() != 2) fail("{}: missing tensor token_embd.weight", f.file);
   nlohmann::json c = {
@@ -88,7 +92,9 @@ nlohmann::json config_json(const GgufFile& f) {
       {"hidden_size", f.get_u32(a + "embedding_length")},
       {"intermediate_size", f.get_u32(a + "feed_forward_length")},
       {"moe_intermediate_size", u32_or(a + "expert_feed_forward_length", 0)},
-      {"num_hidden_layers", f.get_u32(a + "block_count")},
+      // llama.cpp counts the MTP ("NextN") layers as blocks (its V3.2 and GLM converters).
+      {"num_hidden_layers", int64_t(f.get_u32(a + "block_count")) - nextn},
+      {"num_nextn_predict_layers", nextn},
       {"num_attention_heads", f.get_u32(a + "attention.head_count")},
       {"kv_lora_rank", f.get_u32(a + "attention.kv_lora_rank")},
       {"qk_rope_head_dim", rope},

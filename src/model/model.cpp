@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "model/embedding.h"
+#include "model/mtp.h"
 
 namespace deepmoe {
 
@@ -27,20 +28,30 @@ class ContiguousRows final : public LatentRows {
 };
 }  // namespace
 
-void Model::forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits) {
+void Model::forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits,
+                    float* hidden_out) {
   const int64_t n_tokens = int64_t(tokens.size());
   if (n_tokens == 0) return;
   if (cache.length + n_tokens > cache.capacity)
     fail("sequence of {} tokens exceeds the cache capacity of {}", cache.length + n_tokens, cache.capacity);
   const BatchSequence sequence{tokens, cache.length, which};
   ContiguousRows rows(cache);
-  forward_batch(std::span(&sequence, 1), rows, logits);
+  forward_batch(std::span(&sequence, 1), rows, logits, hidden_out);
   cache.length += n_tokens;
 }
 
-void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cache, float* logits) {
+void Model::draft(int64_t module, std::span<const int32_t> tokens, int64_t first_position, LatentCache& cache,
+                  const float* hidden, LogitsFor which, float* logits, float* hidden_out) {
+  if (first_position + int64_t(tokens.size()) > cache.capacity)
+    fail("draft of {} tokens exceeds the cache capacity of {}", first_position + int64_t(tokens.size()),
+         cache.capacity);
+  const BatchSequence sequence{tokens, first_position, which};
+  ContiguousRows rows(cache);
+  draft_batch(module, std::span(&sequence, 1), rows, hidden, logits, hidden_out);
+}
+
+int64_t Model::gather_batch(std::span<const BatchSequence> batch) {
   const Config& c = config();
-  const int64_t hidden = c.hidden_size;
   positions_.clear();
   token_ids_.clear();
   for (const BatchSequence& sequence : batch) {
@@ -51,15 +62,19 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
     token_ids_.insert(token_ids_.end(), sequence.tokens.begin(), sequence.tokens.end());
   }
   const int64_t n_tokens = int64_t(positions_.size());
-  if (n_tokens == 0) return;
-
-  const size_t activations = size_t(n_tokens * hidden);
+  const size_t activations = size_t(n_tokens * c.hidden_size);
   if (hidden_.size() < activations) {
     hidden_.resize(activations);
     last_rows_.resize(activations);
     normed_.resize(activations);
   }
-  rope_.compute(c, positions_);
+  if (n_tokens > 0) rope_.compute(c, positions_);
+  return n_tokens;
+}
+
+void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cache, float* logits, float* hidden_out) {
+  const Config& c = config();
+  if (gather_batch(batch) == 0) return;
   embed_forward(weights_.embed_tokens, token_ids_, hidden_.data());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const LayerWeights& layer = weights_.layers[size_t(i)];
@@ -70,8 +85,29 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
       for (size_t e = 0; e < load.size(); ++e) load[e] += begin[e + 1] - begin[e];
     }
   }
+  head_rows(batch, weights_.norm, logits, hidden_out);
+}
 
-  // The head only for the rows whose logits are wanted, gathered in order.
+void Model::draft_batch(int64_t module, std::span<const BatchSequence> batch, LatentRows& cache, const float* hidden,
+                        float* logits, float* hidden_out) {
+  const Config& c = config();
+  if (module < 0 || module >= c.num_nextn_predict_layers)
+    fail("the model has {} multi-token-prediction modules; module {} asked for", c.num_nextn_predict_layers, module);
+  const int64_t n_tokens = gather_batch(batch);
+  if (n_tokens == 0) return;
+  joined_.resize(size_t(n_tokens * 2 * c.hidden_size));
+  const MtpWeights& mtp = weights_.mtp[size_t(module)];
+  mtp_input_forward(context_, c, mtp, weights_.embed_tokens, token_ids_, hidden, n_tokens, joined_.data(), nullptr,
+                    hidden_.data());
+  const int64_t layer = c.num_hidden_layers + module;
+  decoder_forward(context_, c, weights_.layers[size_t(layer)], layer, batch, rope_, &cache, attention_mode_, scratch_,
+                  nullptr, hidden_.data());
+  head_rows(batch, mtp.shared_head_norm, logits, hidden_out);
+}
+
+void Model::head_rows(std::span<const BatchSequence> batch, const float* norm, float* logits, float* hidden_out) {
+  const Config& c = config();
+  const int64_t hidden = c.hidden_size;
   int64_t logit_rows = 0, first_token = 0;
   for (const BatchSequence& sequence : batch) {
     const int64_t count = int64_t(sequence.tokens.size()), rows = sequence.logit_rows();
@@ -80,8 +116,12 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
     logit_rows += rows;
     first_token += count;
   }
-  head_forward(context_, weights_.lm_head, weights_.norm, float(c.rms_norm_eps), last_rows_.data(), logit_rows,
-               normed_.data(), nullptr, logits);
+  if (hidden_out)
+    rmsnorm_rows(context_, hidden_.data(), hidden, norm, first_token, hidden, float(c.rms_norm_eps), hidden_out, hidden,
+                 nullptr);
+  if (logit_rows > 0)
+    head_forward(context_, weights_.lm_head, norm, float(c.rms_norm_eps), last_rows_.data(), logit_rows, normed_.data(),
+                 nullptr, logits);
 }
 
 }  // namespace deepmoe

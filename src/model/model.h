@@ -36,12 +36,28 @@ class Model {
   // Runs `tokens` at positions cache.length ... and appends them to `cache`. logits receives
   // [n_tokens, vocab] (AllTokens) or [1, vocab] (LastToken). Throws Error on a token id outside
   // the vocabulary or a full cache.
-  void forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits);
+  // hidden_out (optional) receives every token's hidden state after the final norm (what an MTP
+  // module's first draft step reads), [n_tokens, hidden].
+  void forward(std::span<const int32_t> tokens, LatentCache& cache, LogitsFor which, float* logits,
+               float* hidden_out = nullptr);
 
   // Runs every sequence's chunk in one pass (see model/batch.h). logits receives each sequence's
   // logit_rows() rows of [vocab], one sequence after another. The caller has checked positions
   // against its cache; throws Error on a token id outside the vocabulary.
-  void forward_batch(std::span<const BatchSequence> batch, LatentRows& cache, float* logits);
+  void forward_batch(std::span<const BatchSequence> batch, LatentRows& cache, float* logits,
+                     float* hidden_out = nullptr);
+
+  // Runs MTP module `module` (< config().num_nextn_predict_layers) over the batch: sequence s's
+  // tokens are the tokens that follow positions first_position, ... (t_{i+1} for position i),
+  // `hidden` [n_tokens, hidden] the previous depth's hidden states at those positions (forward's
+  // hidden_out, or an earlier draft step's). Writes the module's latent rows at those positions
+  // (a LatentCache's length is the caller's to keep); logits for the logit rows, and hidden_out
+  // (optional) every token's state after shared_head.norm, the next draft step's `hidden`.
+  void draft_batch(int64_t module, std::span<const BatchSequence> batch, LatentRows& cache, const float* hidden,
+                   float* logits, float* hidden_out = nullptr);
+  // One sequence: `tokens` at positions `first_position`, ... of `cache` (its length unchanged).
+  void draft(int64_t module, std::span<const int32_t> tokens, int64_t first_position, LatentCache& cache,
+             const float* hidden, LogitsFor which, float* logits, float* hidden_out = nullptr);
 
   // Tokens routed to each expert since construction: [layer][n_routed_experts] (zeros for dense layers).
   const std::vector<std::vector<int64_t>>& expert_load() const { return expert_load_; }
@@ -57,7 +73,14 @@ class Model {
   std::vector<int64_t> positions_;
   std::vector<int32_t> token_ids_;
   std::vector<std::vector<int64_t>> expert_load_;
+  // Checks the ids and lays out positions_ and token_ids_ for the batch; returns the token count.
+  int64_t gather_batch(std::span<const BatchSequence> batch);
+  // The head over the rows whose logits are wanted (gathered in order from hidden_), normed by
+  // `norm`; hidden_out (optional) every row normed.
+  void head_rows(std::span<const BatchSequence> batch, const float* norm, float* logits, float* hidden_out);
+
   std::vector<float> hidden_, last_rows_, normed_;  // [n_tokens, hidden]
+  std::vector<float> joined_;                       // [n_tokens, 2·hidden]: an MTP module's input
   DecoderScratch scratch_;
 };
 

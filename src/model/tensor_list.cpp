@@ -58,10 +58,27 @@ class Walker {
     for (int64_t i = 0; i < c_.num_hidden_layers; ++i) layer(i);
     add(Norm, "model.norm.weight", "output_norm.weight", {hidden}, field(w_, &ModelWeights::norm));
     if (!c_.tie_word_embeddings) visit_(lm_head_info(c_), slot(field(w_, &ModelWeights::lm_head)));
+    for (int64_t d = 0; d < c_.num_nextn_predict_layers; ++d) mtp_module(d);
   }
 
  private:
   static constexpr Block Attn = Block::Attention, Ffn = Block::FeedForward;
+
+  // Its own tensors around a full decoder block, all under layer num_hidden_layers + d (DeepSeek's
+  // names; GGUF's blk.L.nextn.*, as llama.cpp's converters write them).
+  void mtp_module(int64_t d) {
+    using enum TensorRole;
+    const int64_t hidden = c_.hidden_size, index = c_.num_hidden_layers + d;
+    auto* m = w_ ? &w_->mtp[size_t(d)] : nullptr;
+    layer_ = index;
+    add(Attn, Norm, "enorm.weight", "nextn.enorm.weight", {hidden}, field(m, &MtpWeights::enorm));
+    add(Attn, Norm, "hnorm.weight", "nextn.hnorm.weight", {hidden}, field(m, &MtpWeights::hnorm));
+    add(Attn, Projection, "eh_proj.weight", "nextn.eh_proj.weight", {hidden, 2 * hidden},
+        field(m, &MtpWeights::eh_proj));
+    layer(index);
+    add(Ffn, Norm, "shared_head.norm.weight", "nextn.shared_head_norm.weight", {hidden},
+        field(m, &MtpWeights::shared_head_norm));
+  }
 
   void layer(int64_t i) {
     using enum TensorRole;
@@ -138,9 +155,10 @@ class Walker {
   template <typename Field>
   void add(Block block, TensorRole role, const std::string& hf, const std::string& gguf, std::vector<int64_t> shape,
            Field* f, Extra extra = {}) {
-    visit_(make_info(role, fmt::format("model.layers.{}.{}", layer_, hf), fmt::format("blk.{}.{}", layer_, gguf),
-                     std::move(shape), block, layer_, extra),
-           slot(f));
+    TensorInfo info = make_info(role, fmt::format("model.layers.{}.{}", layer_, hf),
+                                fmt::format("blk.{}.{}", layer_, gguf), std::move(shape), block, layer_, extra);
+    info.mtp = layer_ >= c_.num_hidden_layers;
+    visit_(info, slot(f));
   }
 
   // &(s->*member), or nullptr when walking without weights.
@@ -158,8 +176,9 @@ class Walker {
 };
 
 void size_to_config(const Config& c, ModelWeights& w) {
-  w.layers.resize(size_t(c.num_hidden_layers));
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+  w.layers.resize(size_t(c.layer_count()));
+  w.mtp.resize(size_t(c.num_nextn_predict_layers));
+  for (int64_t i = 0; i < c.layer_count(); ++i) {
     LayerWeights& layer = w.layers[size_t(i)];
     layer.is_moe = c.is_moe_layer(i);
     if (!layer.is_moe) continue;
@@ -169,15 +188,15 @@ void size_to_config(const Config& c, ModelWeights& w) {
 }
 
 void check_sized(const Config& c, const ModelWeights& w) {
-  bool sized = int64_t(w.layers.size()) == c.num_hidden_layers;
-  for (int64_t i = 0; sized && i < c.num_hidden_layers; ++i) {
+  bool sized = int64_t(w.layers.size()) == c.layer_count() && int64_t(w.mtp.size()) == c.num_nextn_predict_layers;
+  for (int64_t i = 0; sized && i < c.layer_count(); ++i) {
     const LayerWeights& layer = w.layers[size_t(i)];
     sized =
         layer.is_moe == c.is_moe_layer(i) && (!layer.is_moe || int64_t(layer.moe.experts.size()) == c.n_routed_experts);
   }
   if (!sized)
     fail("for_each_tensor: the weights' {} layers are not laid out for a config of {} layers", w.layers.size(),
-         c.num_hidden_layers);
+         c.layer_count());
 }
 
 }  // namespace
@@ -212,8 +231,9 @@ void for_each_tensor(const Config& config, const ModelWeights& weights,
 int64_t tensor_count(const Config& c) {
   // Walker::layer's tensors, counted: two norms, the query path (3 with q_lora_rank, else 1),
   // kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj; then a dense MLP (3) or the router, its
-  // bias (noaux_tc), 3 per routed expert and 3 for the shared experts.
-  const int64_t layers = c.num_hidden_layers;
+  // bias (noaux_tc), 3 per routed expert and 3 for the shared experts. An MTP module adds 4 to
+  // its block.
+  const int64_t layers = c.layer_count();
   const int64_t first_moe = std::min(layers, c.first_k_dense_replace);
   // Config::is_moe_layer: the multiples of moe_layer_freq in [first_k_dense_replace, layers).
   const auto multiples_below = [&](int64_t x) { return x / c.moe_layer_freq + (x % c.moe_layer_freq != 0); };
@@ -222,7 +242,8 @@ int64_t tensor_count(const Config& c) {
   const int64_t moe_fixed = 1 + (c.topk_method == TopkMethod::NoauxTc ? 1 : 0) + (c.n_shared_experts > 0 ? 3 : 0);
   // In long double: exact while the count fits in 64 bits, and a hostile product saturates.
   const long double total = (long double)(layers) * (attention + 3) + (long double)(moe_layers) * (moe_fixed - 3) +
-                            3.0L * moe_layers * c.n_routed_experts + 2 + (c.tie_word_embeddings ? 0 : 1);
+                            3.0L * moe_layers * c.n_routed_experts + 2 + (c.tie_word_embeddings ? 0 : 1) +
+                            4.0L * c.num_nextn_predict_layers;
   return total >= (long double)(INT64_MAX) ? INT64_MAX : int64_t(total);  // + embedding, final norm, head
 }
 
@@ -254,6 +275,19 @@ KvBHalves kv_b_proj_halves(int64_t layer) {
   return {fmt::format("blk.{}.attn_k_b.weight", layer), fmt::format("blk.{}.attn_v_b.weight", layer),
           fmt::format("model.layers.{}.self_attn.k_b_proj.weight", layer),
           fmt::format("model.layers.{}.self_attn.v_b_proj.weight", layer)};
+}
+
+int64_t mtp_modules_held(const Config& config, const std::function<bool(const std::string&)>& holds) {
+  int64_t d = 0;
+  while (d < config.num_nextn_predict_layers &&
+         holds(fmt::format("model.layers.{}.eh_proj.weight", config.num_hidden_layers + d)))
+    ++d;
+  return d;
+}
+
+std::vector<std::string> mtp_shared_copies(int64_t layer) {
+  return {fmt::format("model.layers.{}.embed_tokens.weight", layer),
+          fmt::format("model.layers.{}.shared_head.head.weight", layer)};
 }
 
 }  // namespace deepmoe

@@ -1,5 +1,5 @@
 // The one list of the model's tensors (gemma.cpp's ForEachTensor): for a Config, every tensor of
-// the main layers (never the multi-token-prediction layers past num_hidden_layers) in one fixed
+// the main layers, then of the num_nextn_predict_layers multi-token-prediction modules, in one fixed
 // order, with its HF and GGUF names, shape, role, how random init fills it, whether quantization
 // and the optimizer touch it, and the field of ModelWeights it binds to. Loading (safetensors and
 // GGUF), random init, parameter counts, decode bytes, bf16 rounding, quantization, GGUF export and
@@ -56,6 +56,7 @@ struct TensorInfo {
   int64_t expert = -1;       // routed expert index; -1 otherwise
   bool quantizable = false;  // quantize_model converts it (projections and the head, kv_b_proj excepted)
   bool trainable = true;     // the optimizer updates it (all but RouterBias)
+  bool mtp = false;          // part of a multi-token-prediction module (layer >= num_hidden_layers)
 
   int64_t numel() const;
 };
@@ -103,5 +104,13 @@ struct KvBHalves {
   std::string gguf_keys, gguf_values, hf_keys, hf_values;
 };
 KvBHalves kv_b_proj_halves(int64_t layer);
+
+// How many MTP modules a checkpoint holds, of those `config` names: module d counts when
+// `holds(name)` for its eh_proj and every module before it does. Loaders set
+// num_nextn_predict_layers to it (a V3 conversion that dropped layer 61 loads without MTP).
+int64_t mtp_modules_held(const Config& config, const std::function<bool(const std::string& hf_name)>& holds);
+// The HF names of the copies of the embedding and head an MTP module's layer may carry
+// (model.layers.L.embed_tokens.weight, shared_head.head.weight): the main model's are used.
+std::vector<std::string> mtp_shared_copies(int64_t layer);
 
 }  // namespace deepmoe

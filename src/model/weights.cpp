@@ -91,11 +91,12 @@ class WeightLoader {
     return *tensor;
   }
 
-  // Layers past num_hidden_layers are multi-token-prediction modules: not part of this pass.
+  // Layers past those the config counts: MTP modules the checkpoint holds only in part (or more of
+  // them than its config names), not loaded.
   bool is_extra_layer(const std::string& name) const {
     int layer = -1;
     if (std::sscanf(name.c_str(), "model.layers.%d.", &layer) != 1) return false;
-    return layer >= model_.config.num_hidden_layers;
+    return layer >= model_.config.layer_count();
   }
 
   // Zero copy unless the file puts the tensor at an address its dtype cannot be read from.
@@ -214,8 +215,10 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, L
     model->config_json = read_text_file(config_path);
     model->reader_ = std::make_unique<CheckpointReader>(model_dir, load);
   }
-  const Config& c = model->config;
   const CheckpointReader& reader = *model->reader_;
+  model->config.num_nextn_predict_layers =
+      mtp_modules_held(model->config, [&](const std::string& name) { return reader.find(name) != nullptr; });
+  const Config& c = model->config;
   if (const auto missing = first_missing_tensor(c, int64_t(reader.tensors().size()),
                                                 [&](const TensorInfo& t) { return reader.find(t.hf_name) != nullptr; }))
     fail("{}: missing tensor {}", model_dir, missing->hf_name);
@@ -238,6 +241,8 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::string& model_dir, L
   });
   // As HF ties them: the embedding is the head, and a stored lm_head.weight is not used.
   if (c.tie_word_embeddings) loader.skip(lm_head_info(c).hf_name);
+  for (int64_t d = 0; d < c.num_nextn_predict_layers; ++d)
+    for (const std::string& copy : mtp_shared_copies(c.num_hidden_layers + d)) loader.skip(copy);
   model->derive_matrices(true);
   model->ignored_tensors = loader.unused_names();
   return model;
@@ -332,14 +337,22 @@ std::vector<std::pair<std::string, const WeightMatrix*>> ModelWeights::named_mat
 // From the list's shapes, so kv_b_proj counts whether it is held whole or as its two halves.
 int64_t ModelWeights::parameter_count() const {
   int64_t total = 0;
-  for (const TensorInfo& t : tensor_list(config)) total += t.numel();
+  for (const TensorInfo& t : tensor_list(config))
+    if (!t.mtp) total += t.numel();
   return total;
 }
 
 int64_t ModelWeights::active_parameter_count() const {
   int64_t total = 0;
   for (const TensorInfo& t : tensor_list(config))
-    if (t.expert < config.num_experts_per_tok) total += t.numel();
+    if (!t.mtp && t.expert < config.num_experts_per_tok) total += t.numel();
+  return total;
+}
+
+int64_t ModelWeights::mtp_parameter_count() const {
+  int64_t total = 0;
+  for (const TensorInfo& t : tensor_list(config))
+    if (t.mtp) total += t.numel();
   return total;
 }
 
@@ -369,10 +382,12 @@ std::string ModelWeights::file_residence() const {
   return locked && !reader_->files().empty() ? out + ", locked" : out;
 }
 
-size_t ModelWeights::decode_weight_bytes() const {
-  size_t bytes = lm_head.bytes();  // the head, tied or not, reads all of its rows
+size_t ModelWeights::decode_weight_bytes(bool mtp) const {
+  size_t bytes = lm_head.bytes();                      // the head, tied or not, reads all of its rows
+  const int64_t mtp_layer = config.num_hidden_layers;  // the first module's
   for_each_tensor(config, *this, [&](const TensorInfo& t, ConstTensorSlot slot) {
     if (!slot.matrix || t.role == TensorRole::Head || t.expert >= config.num_experts_per_tok) return;
+    if (mtp ? t.role != TensorRole::Embedding && t.layer != mtp_layer : t.mtp) return;
     if (t.role == TensorRole::Embedding) {
       bytes += slot.matrix->row_bytes();  // one row looked up
     } else if (t.gguf_form == GgufForm::SplitKvB) {

@@ -67,14 +67,27 @@ struct LayerWeights {
   MoeWeights moe;  // MoE layers
 };
 
+// A multi-token-prediction module (DeepSeek-V3 §2.2), model.layers.{num_hidden_layers + d}.*:
+// h' = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]), then its decoder block
+// (layers[num_hidden_layers + d]), then shared_head_norm and the main model's head. The embedding
+// and head are the main model's (a checkpoint's copies, embed_tokens and shared_head.head, are
+// skipped on load and not written).
+struct MtpWeights {
+  const float* enorm = nullptr;             // [hidden], on the next token's embedding
+  const float* hnorm = nullptr;             // [hidden], on the previous depth's (post-norm) hidden state
+  WeightMatrix eh_proj;                     // [hidden, 2·hidden]: the embedding's columns first
+  const float* shared_head_norm = nullptr;  // [hidden]
+};
+
 struct ModelWeights {
   Config config;
-  std::string config_json;    // the text config was parsed from (rebuilt for a .gguf)
-  WeightMatrix embed_tokens;  // [vocab, hidden]
-  std::vector<LayerWeights> layers;
+  std::string config_json;           // the text config was parsed from (rebuilt for a .gguf)
+  WeightMatrix embed_tokens;         // [vocab, hidden]
+  std::vector<LayerWeights> layers;  // config.layer_count(): the main layers, then the MTP blocks
   const float* norm = nullptr;
   WeightMatrix lm_head;                      // [vocab, hidden]; embed_tokens when tied
-  std::vector<std::string> ignored_tensors;  // unknown names (warned about); MTP layers excluded
+  std::vector<MtpWeights> mtp;               // config.num_nextn_predict_layers
+  std::vector<std::string> ignored_tensors;  // unknown names (warned about); uncounted MTP layers excluded
 
   // Loads config.json and the safetensors of `model_dir` (or a .gguf), mapped or read into memory
   // as `load` says; throws Error naming the file and tensor.
@@ -108,14 +121,16 @@ struct ModelWeights {
   std::vector<std::pair<std::string, const MlaWeights*>> kv_b_proj_to_join() const;
   const CheckpointReader& reader() const;
 
-  int64_t parameter_count() const;         // every parameter of the main layers
+  int64_t parameter_count() const;         // every parameter of the main model (no MTP modules)
   int64_t active_parameter_count() const;  // per token: top-k routed experts only
+  int64_t mtp_parameter_count() const;     // the MTP modules' own (the shared embedding and head excluded)
   size_t weight_bytes() const;             // as held (mapped or widened)
   // How the checkpoint's files are held, for a person: "mmap", "read into memory" (+ ", locked").
   std::string file_residence() const;
   // Weight bytes one decoded token reads: every matrix it multiplies by, with num_experts_per_tok
-  // experts per MoE layer (the memory traffic that bounds decode speed).
-  size_t decode_weight_bytes() const;
+  // experts per MoE layer (the memory traffic that bounds decode speed). mtp: one MTP module's
+  // draft step instead (its block, eh_proj and the shared head).
+  size_t decode_weight_bytes(bool mtp = false) const;
 
  private:
   // Binds what derives from the list's tensors: lm_head (embed_tokens when tied), and where

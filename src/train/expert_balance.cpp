@@ -19,7 +19,8 @@ ExpertLoadStats expert_load_stats(const std::vector<int64_t>& load) {
 
 void update_balance_bias(const Config& config, Parameters& p, const ExpertLoads& loads, double gamma) {
   size_t moe_index = 0;
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+  // The main layers', then the MTP modules' when they were trained (their loads come last).
+  for (int64_t l = 0; l < config.layer_count() && moe_index < loads.size(); ++l) {
     if (!config.is_moe_layer(l)) continue;
     const auto& load = loads[moe_index++];
     float* bias = p.value(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", l));

@@ -20,9 +20,10 @@
 namespace deepmoe::train {
 
 struct StepLoss {
-  double loss = 0;                                  // cross_entropy + aux_weight * balance
-  double cross_entropy = 0;                         // mean over batch * seq targets
-  double balance = 0;                               // Σ over MoE layers of the batch-mean sequence-wise balance loss
+  double loss = 0;               // cross_entropy + aux_weight * balance
+  double cross_entropy = 0;      // mean over batch * seq targets
+  double balance = 0;            // Σ over MoE layers of the batch-mean sequence-wise balance loss
+  double mtp_cross_entropy = 0;  // the MTP loss before its weight: the mean over depths of each depth's mean CE
   std::vector<std::vector<int32_t>> expert_counts;  // per MoE layer (in layer order): selections per expert
 };
 
@@ -74,6 +75,12 @@ class TrainGraph {
   void refresh_bf16(const Parameters& p, size_t begin, size_t end);
   std::span<uint16_t> bf16_weights() { return bf16_bits_; }
 
+  // DeepSeek-V3's multi-token-prediction loss (§2.2): with weight λ > 0 and no objective (pretraining),
+  // run() adds λ × the mean over the config's MTP modules (depth k = module k − 1) of the mean
+  // cross-entropy of predicting token i + k + 1 from position i, and its gradients (scaled by
+  // grad_scale like the main loss's). Modules the run does not train stay untouched (0, the default).
+  void set_mtp_weight(double weight) { mtp_weight_ = weight; }
+
   // Bytes held by the saved activations now (after a run: the step's activation memory).
   size_t activation_bytes() const;
   // The graph's context: its pool serves the optimizer step too.
@@ -83,6 +90,22 @@ class TrainGraph {
   // Points the weight views at p's buffers (again, when they moved) and refreshes the bf16 copy.
   void bind(const Parameters& p);
   DecoderSaved take_layer(int64_t layer, ActivationSlab& slab, int64_t batch, int64_t seq) const;
+
+  // One MTP depth's forward state (slab spans), kept for its backward.
+  struct MtpDepth {
+    int64_t seq = 0, rows = 0;                    // positions per sequence (seq − depth), batch · seq
+    std::vector<int32_t> next, targets;           // t_{i+k} embedded, t_{i+k+1} predicted, per row
+    std::span<float> h_in, joined, inv_rms;       // the previous depth's hidden rows, eh_proj's input, 2 norms
+    DecoderSaved block;                           // its decoder layer
+    std::span<float> y, head_inv_rms, z, logits;  // block output, shared_head.norm of it, logits
+    std::vector<double> sums, gradient;           // softmax sums; d loss / d log p(target)
+  };
+  // The MTP depths' forward (after the main head; hidden: the main rows after the final norm) and
+  // their loss into `result`; then their backward, which returns ∂loss/∂hidden for the main head.
+  void mtp_forward(const ModelWeights& forward_weights, std::span<const int32_t> targets, int64_t batch, int64_t seq,
+                   StepLoss& result);
+  std::vector<float> mtp_backward(const ModelWeights& forward_weights, int64_t batch, int64_t seq, double aux_weight,
+                                  float grad_scale);
 
   Config config_;
   Context context_;
@@ -104,6 +127,10 @@ class TrainGraph {
   std::vector<std::span<float>> layer_inputs_;  // recompute_ only: each layer's input
   std::span<float> final_in_, final_inv_rms_, final_normed_, logits_;
   DecoderScratch scratch_;
+  double mtp_weight_ = 0;
+  std::vector<MtpDepth> mtp_;
+  std::vector<RopeTable> mtp_rope_;  // per depth: positions r % (seq − depth)
+  std::vector<int64_t> mtp_rope_rows_;
 };
 
 }  // namespace deepmoe::train

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
+#include "model/random_init.h"
 
 namespace deepmoe::train {
 
@@ -40,7 +43,7 @@ std::vector<ParameterTensor> Parameters::layout(const Config& config, ExpertShar
 
 Parameters::Parameters(const Config& config, ExpertShare share)
     : config_(config), share_(share), tensors_(layout(config, share)) {
-  const size_t n_layers = size_t(config.num_hidden_layers);
+  const size_t n_layers = size_t(config.layer_count());
   layer_ranges_.assign(n_layers, {0, 0});
   expert_ranges_.assign(n_layers, {0, 0});
   size_t total = 0;
@@ -69,8 +72,10 @@ Parameters::Parameters(const Config& config, ExpertShare share)
 
 Parameters Parameters::load(const std::string& model_dir, ExpertShare share) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
-  const Config config = load_config(config_path);
+  Config config = load_config(config_path);
   const CheckpointReader reader(model_dir);
+  config.num_nextn_predict_layers =
+      mtp_modules_held(config, [&](const std::string& name) { return reader.find(name) != nullptr; });
   if (const auto missing = first_missing_tensor(config, int64_t(reader.tensors().size()),
                                                 [&](const TensorInfo& t) { return reader.find(t.hf_name) != nullptr; }))
     fail("{}: missing tensor {}", model_dir, missing->hf_name);
@@ -88,6 +93,30 @@ Parameters Parameters::load(const std::string& model_dir, ExpertShare share) {
     convert_to_f32(view->dtype, view->data, p.values_.data() + t.offset, t.size);
   }
   return p;
+}
+
+Parameters Parameters::with_mtp_modules(int64_t depth, uint64_t seed) const {
+  Config config = config_;
+  config.num_nextn_predict_layers = depth;
+  Parameters out(config, share_);
+  for (const TensorInfo& info : tensor_list(config)) {
+    const ParameterTensor* to = out.find(info.hf_name);
+    if (to == nullptr) continue;  // another rank's expert
+    if (const ParameterTensor* from = find(info.hf_name))
+      std::copy_n(values_.data() + from->offset, from->size, out.values_.data() + to->offset);
+    else fill_random(info, seed, out.values_.data() + to->offset);
+  }
+  if (!config_text_.empty()) {
+    nlohmann::json json = nlohmann::json::parse(config_text_);
+    json["num_nextn_predict_layers"] = depth;
+    out.config_text_ = json.dump(2) + "\n";
+  }
+  return out;
+}
+
+void Parameters::freeze_mtp() {
+  for (ParameterTensor& t : tensors_)
+    if (t.layer >= config_.num_hidden_layers) t.trainable = false;
 }
 
 const ParameterTensor* Parameters::find(const std::string& name) const {

@@ -42,13 +42,20 @@ struct ExpertShare {
 
 class Parameters {
  public:
-  // The tensors of `config` (main layers; never MTP; the routed experts `share` names), read from
+  // The tensors of `config` (the MTP modules the directory holds; the routed experts `share` names), read from
   // the model directory's safetensors in any float dtype and widened to f32. Throws Error naming
   // a missing tensor.
   static Parameters load(const std::string& model_dir, ExpertShare share = {});
   explicit Parameters(const Config& config, ExpertShare share = {});  // zero-filled, for tests and init
   // The layout alone: the tensors, with offsets, that Parameters(config, share) holds.
   static std::vector<ParameterTensor> layout(const Config& config, ExpertShare share);
+
+  // A copy holding `depth` multi-token-prediction modules: this one's tensors, the modules it
+  // lacks drawn as a random checkpoint would (seeded per tensor), and config.json saying so.
+  Parameters with_mtp_modules(int64_t depth, uint64_t seed) const;
+  // The MTP modules' tensors become untrainable: the optimizer leaves them as they are (a run that
+  // does not train them carries them unchanged).
+  void freeze_mtp();
 
   const Config& config() const { return config_; }
   const ExpertShare& expert_share() const { return share_; }

@@ -34,6 +34,11 @@ void check_options(const TrainerOptions& o, int ranks) {
       fail("--plateau-factor must be in (0, 1), found {}", o.plateau_factor);
     if (o.plateau_patience < 0) fail("--plateau-patience must be >= 0, found {}", o.plateau_patience);
   }
+  if (o.mtp_depth < 0 || o.mtp_depth > 64) fail("--mtp-depth must be in [0, 64], found {}", o.mtp_depth);
+  if (o.mtp_depth > 0 && !(o.mtp_weight > 0 && std::isfinite(o.mtp_weight)))
+    fail("--mtp-weight must be a positive number, found {}", o.mtp_weight);
+  if (o.mtp_depth >= o.seq)
+    fail("--mtp-depth {} needs --seq above it (depth k predicts k + 1 tokens ahead)", o.mtp_depth);
   if (o.expert_parallel < 1 || ranks % o.expert_parallel != 0)
     fail("--expert-parallel {} must divide the {} ranks", o.expert_parallel, ranks);
   if (o.expert_parallel == 1) return;
@@ -83,9 +88,17 @@ ExpertShare expert_share_of(const std::string& model_dir, int expert_parallel, i
 }
 
 // The starting weights this rank holds (block `block` of the experts under expert parallelism).
+// The MTP modules --mtp-depth asks for are added when the model lacks them, and frozen without it.
 Parameters load_parameters(const TrainerOptions& o, const dist::Communicator& world, int block) {
   const std::string model_dir = prepare_model_dir(o, world);
-  return Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
+  Parameters p = Parameters::load(model_dir, expert_share_of(model_dir, o.expert_parallel, block));
+  const int64_t held = p.config().num_nextn_predict_layers;
+  if (o.mtp_depth == 0) p.freeze_mtp();
+  else if (held > o.mtp_depth)
+    fail("--mtp-depth {}: {} holds {} multi-token-prediction modules; train them all (--mtp-depth {})", o.mtp_depth,
+         model_dir, held, held);
+  else if (held < o.mtp_depth) p = p.with_mtp_modules(o.mtp_depth, o.seed);
+  return p;
 }
 
 // A rank's error-feedback residual in a checkpoint.
@@ -167,6 +180,7 @@ Trainer::Trainer(TrainerOptions options, const dist::Communicator* world, std::u
       sharded_master_(precision_ == GemmPrecision::BF16 && world_.size() > 1),
       graph_(p_.config(), options_.threads, precision_, options_.recompute,
              options_.expert_parallel > 1 ? &expert_exchange_ : nullptr, sharded_master_) {
+  if (options_.mtp_depth > 0) graph_.set_mtp_weight(options_.mtp_weight);
   for (const ParameterTensor& t : p_.tensors()) {
     if (!t.read_as_f32) continue;
     if (!f32_ranges_.empty() && f32_ranges_.back().second == t.offset) f32_ranges_.back().second = t.offset + t.size;
@@ -297,7 +311,7 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
     if (o.comm_overlap) reduce_range(begin, end);
     else ready_ranges_.emplace_back(begin, end);
   };
-  double losses[2] = {0, 0};  // loss, cross-entropy
+  double losses[3] = {0, 0, 0};  // loss, cross-entropy, MTP cross-entropy
   for (int64_t micro = 0; micro < local_accum_; ++micro) {
     // Weighted by its part of the step, the micro-batches of all ranks add up to the step's loss.
     const MicroBatch m = data_->train_batch(first_window + micro * local_batch_, local_batch_, o.batch * o.grad_accum);
@@ -305,8 +319,9 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
     const double aux = o.aux_loss * m.share;
     const StepLoss r = graph_.run(p_, m.inputs, m.targets, m.rows, o.seq, aux, true, float(m.weight),
                                   micro + 1 == local_accum_ ? reduce : GradientsReady(), m.objective);
-    losses[0] += r.cross_entropy * m.weight + aux * r.balance;
+    losses[0] += r.cross_entropy * m.weight + aux * r.balance + o.mtp_weight * r.mtp_cross_entropy * m.weight;
     losses[1] += r.cross_entropy * m.weight;
+    losses[2] += r.mtp_cross_entropy * m.weight;
     if (m.metrics)
       for (const auto& [name, value] : *m.metrics) merge_metric(report.extra, name, value);
     loads.resize(r.expert_counts.size());
@@ -325,6 +340,7 @@ Trainer::ShardGrads Trainer::forward_backward(int64_t step, StepReport& report, 
   sum_over_ranks(report.extra, report.comm_wait_s);
   report.loss = losses[0];
   report.cross_entropy = losses[1];
+  if (o.mtp_depth > 0) report.extra["mtp_loss"] = losses[2];
   if (world_.size() > 1) {
     std::vector<int64_t> flat;
     for (const auto& load : loads) flat.insert(flat.end(), load.begin(), load.end());

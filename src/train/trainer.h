@@ -61,10 +61,14 @@ struct TrainerOptions {
   // `deepmoe fisher`'s output: adds ewc_lambda / 2 Σ F (θ − θ*)² to the loss (empty: off).
   std::string ewc_dir;
   double ewc_lambda = 0;
-  OptimizerOptions optimizer;                    // its betas as they are: Lion's defaults are the caller's to set
-  double clip = 1.0;                             // global gradient-norm limit (0: off)
-  double aux_loss = 0.0;                         // weight of the sequence-wise balance loss
-  double bias_update = 0.0;                      // balance-bias step per training step (0: off)
+  OptimizerOptions optimizer;  // its betas as they are: Lion's defaults are the caller's to set
+  double clip = 1.0;           // global gradient-norm limit (0: off)
+  double aux_loss = 0.0;       // weight of the sequence-wise balance loss
+  double bias_update = 0.0;    // balance-bias step per training step (0: off)
+  // Multi-token prediction: the MTP modules trained (added, randomly initialized, when the model
+  // holds fewer) and the weight λ of their loss. 0: the model's modules are carried unchanged.
+  int64_t mtp_depth = 0;
+  double mtp_weight = 0.3;
   int64_t eval_every = 0;                        // validation loss every N steps and at the last (0: never)
   int64_t save_every = 0, keep_last = 3;         // checkpoint every N steps and at the last (0: never)
   bool resume = false;                           // continue from the newest good checkpoint in out_dir

@@ -460,5 +460,53 @@ flip_bit only_corrupt/checkpoints/step-2/model.safetensors
 expect_error "resume with only a corrupt checkpoint: one error line" \
   "no usable checkpoint.*step-2/model.safetensors: corrupt" \
   "$deepmoe" train "${common[@]}" --steps 4 --resume --out only_corrupt
+# Multi-token prediction: train adds an MTP module, speculative decoding gives plain decoding's
+# tokens, the module survives GGUF and is carried unchanged by a run that does not train it.
+/usr/bin/python3 -c "import numpy as n; (n.arange(6000) * 7 % 97 * 3 % 300).astype(n.uint32).tofile('periodic.u32')"
+"$deepmoe" train --init model --data periodic.u32 --seq 32 --batch 4 --steps 40 --lr 3e-3 --mtp-depth 1 \
+  --out mtp >mtp_train.txt 2>&1 && grep -q "mtp_loss" mtp/metrics.jsonl &&
+  grep -q '"num_nextn_predict_layers": 1' mtp/config.json && "$deepmoe" info --model mtp | grep -q "multi-token pred.  1 module" &&
+  ok "train --mtp-depth adds and trains an MTP module" || bad "train --mtp-depth ($(tail -c 300 mtp_train.txt))"
+plain=$("$deepmoe" generate --model mtp --tokens 21,147,144 -n 50 --temperature 0 2>/dev/null)
+all_same=1
+for k in 1 2 4; do
+  spec=$("$deepmoe" generate --model mtp --tokens 21,147,144 -n 50 --temperature 0 --speculative mtp:$k 2>spec_err.txt)
+  [ -n "$plain" ] && [ "$spec" = "$plain" ] || all_same=0
+done
+[ "$all_same" -eq 1 ] && ok "greedy speculative decoding (mtp:1, 2, 4) gives plain decoding's tokens" ||
+  bad "greedy speculative decoding differs ($plain / $spec)"
+/usr/bin/python3 - spec_err.txt <<'PY' && ok "speculative decoding reports acceptance (high on learned data)" ||
+import re, sys
+line = open(sys.argv[1]).read()
+m = re.search(r"(\d+) of (\d+) drafts accepted", line)
+assert m and int(m.group(1)) > 0.8 * int(m.group(2)), line
+PY
+  bad "speculative acceptance ($(cat spec_err.txt))"
+"$deepmoe" convert --to gguf --model mtp --out mtp.gguf --type f32 >/dev/null &&
+  "$deepmoe" logits --model mtp --tokens 5,6,7,8 --mtp --out mtp_hf.npy &&
+  "$deepmoe" logits --model mtp.gguf --tokens 5,6,7,8 --mtp --out mtp_gguf.npy && cmp -s mtp_hf.npy mtp_gguf.npy &&
+  ok "the MTP module survives GGUF (blk.N.nextn.*)" || bad "the MTP module survives GGUF"
+"$deepmoe" train --init mtp --data periodic.u32 --seq 32 --batch 4 --steps 2 --lr 3e-3 --out mtp_frozen >/dev/null 2>&1 &&
+  /usr/bin/python3 - "$here/../reference" <<'PY' && ok "a run without --mtp-depth carries the MTP module unchanged" ||
+import sys
+sys.path.insert(0, sys.argv[1])
+from safetensors_io import read_safetensors
+a, b = read_safetensors("mtp/model.safetensors"), read_safetensors("mtp_frozen/model.safetensors")
+mtp = [n for n in a if n.startswith("model.layers.2.")]
+assert mtp and all((a[n] == b[n]).all() for n in mtp), "an MTP tensor changed"
+assert any(not (a[n] == b[n]).all() for n in a if n not in mtp), "nothing trained"
+PY
+  bad "a run without --mtp-depth carries the MTP module unchanged"
+"$deepmoe" train --init mtp --data periodic.u32 --seq 32 --batch 4 --steps 2 --lr 3e-3 --mtp-depth 2 \
+  --out mtp2 >/dev/null 2>&1 && "$deepmoe" info --model mtp2 | grep -q "multi-token pred.  2 module" &&
+  ok "--mtp-depth 2 adds a second module to a model holding one" || bad "--mtp-depth 2 adds a second module"
+expect_error "--mtp-depth below the modules held" "holds 2 multi-token-prediction modules" "$deepmoe" train \
+  --init mtp2 --data periodic.u32 --seq 32 --batch 4 --steps 1 --mtp-depth 1 --out x_mtp_bad
+expect_error "--speculative without an MTP module" "no.*multi-token-prediction\|has none" "$deepmoe" generate \
+  --model model --tokens 1,2 --speculative mtp:2
+expect_error "--speculative with a bad spec" "expected mtp:K" "$deepmoe" generate --model mtp --tokens 1,2 \
+  --speculative mtp:99
+expect_error "--mtp-depth past --seq" "--mtp-depth 40 needs --seq above it" "$deepmoe" train --init mtp \
+  --data periodic.u32 --seq 32 --batch 4 --steps 1 --mtp-depth 40 --out x_mtp_seq
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

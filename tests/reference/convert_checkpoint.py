@@ -41,31 +41,28 @@ def load_all(in_dir):
     return out
 
 
-def mtp_tensors(config, rng):
-    """Fake MTP module tensors at layer index num_hidden_layers (how DeepSeek-V3 ships its
-    next-token-prediction layer). Shapes are plausible; values random; loaders must skip them."""
+def mtp_tensors(config, tensors, rng):
+    """MTP modules at layer indices num_hidden_layers + d, laid out as DeepSeek-V3 ships its
+    next-token-prediction layer: enorm, hnorm, eh_proj [h, 2h], shared_head.norm, a full decoder
+    block (here the last main layer's tensors, perturbed) and copies of the embedding and head,
+    which loaders skip. Logit tests check the main model is unchanged by them."""
     h = config["hidden_size"]
-    vocab = config["vocab_size"]
-    kv_lora = config.get("kv_lora_rank", 512)
-    rope = config.get("qk_rope_head_dim", 64)
     first = config["num_hidden_layers"]
     count = max(1, int(config.get("num_nextn_predict_layers", 1) or 1))
+    last = f"model.layers.{first - 1}."
+    embed = tensors["model.embed_tokens.weight"][0]
     out = {}
     for layer in range(first, first + count):
         p = f"model.layers.{layer}."
-        shapes = {
-            "eh_proj.weight": (h, 2 * h),
-            "enorm.weight": (h,),
-            "hnorm.weight": (h,),
-            "embed_tokens.weight": (vocab, h),
-            "input_layernorm.weight": (h,),
-            "self_attn.kv_a_proj_with_mqa.weight": (kv_lora + rope, h),
-            "self_attn.kv_a_layernorm.weight": (kv_lora,),
-            "shared_head.norm.weight": (h,),
-            "shared_head.head.weight": (vocab, h),
-        }
-        for suffix, shape in shapes.items():
-            out[p + suffix] = (rng.standard_normal(shape) * 0.02, False)
+        for name, (value, is_int) in tensors.items():
+            if name.startswith(last) and not is_int:
+                noise = rng.standard_normal(value.shape).astype(value.dtype) * 0.01
+                out[p + name[len(last):]] = (value + noise, False)
+        for suffix in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
+            out[p + suffix] = (1.0 + 0.1 * rng.standard_normal(h).astype(embed.dtype), False)
+        out[p + "eh_proj.weight"] = (rng.standard_normal((h, 2 * h)).astype(embed.dtype) / np.sqrt(2 * h), False)
+        out[p + "embed_tokens.weight"] = (embed.copy(), False)
+        out[p + "shared_head.head.weight"] = (tensors.get("lm_head.weight", (embed,))[0].copy(), False)
     return out
 
 
@@ -119,7 +116,7 @@ def main():
     parser.add_argument("--out", dest="out_dir", required=True)
     parser.add_argument("--to", choices=sorted(TARGET_DTYPE), required=True)
     parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--add-mtp", action="store_true", help="append fake MTP-layer tensors")
+    parser.add_argument("--add-mtp", action="store_true", help="append MTP modules (num_nextn_predict_layers of them)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the fake MTP tensors")
     args = parser.parse_args()
     if args.shards < 1:
@@ -142,7 +139,7 @@ def main():
         config = json.load(f)
     tensors = load_all(args.in_dir)
     if args.add_mtp:
-        tensors.update(mtp_tensors(config, np.random.default_rng(args.seed)))
+        tensors.update(mtp_tensors(config, tensors, np.random.default_rng(args.seed)))
     encoded = encode(tensors, args.to)
 
     metadata = {"format": "pt"}

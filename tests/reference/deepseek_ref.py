@@ -267,8 +267,21 @@ class _Float64Weights:
         return name in self.weights
 
 
-def forward(model_dir, tokens):
-    """Logits [len(tokens), vocab_size] (float64) of one causal pass over `tokens`."""
+def decoder_layer(x, w, layer, cfg, cos, sin):
+    """One pre-norm decoder layer (MLA, then the dense MLP or the MoE) over positions 0.. of x."""
+    eps = cfg.rms_norm_eps
+    p = f"model.layers.{layer}."
+    h = x + mla_attention(rms_norm(x, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.", cfg, cos, sin)
+    normed = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+    return h + (moe(normed, w, p + "mlp.", cfg) if is_moe_layer(cfg, layer) else gated_mlp(normed, w, p + "mlp."))
+
+
+def forward(model_dir, tokens, mtp=False):
+    """Logits [len(tokens), vocab_size] (float64) of one causal pass over `tokens`. mtp: instead the
+    first multi-token-prediction module's [len(tokens) - 1, vocab], position i joining
+    enorm(Emb(tokens[i + 1])) (embedding first, as DeepSeek's released eh_proj is laid out) with
+    hnorm of the main model's normed output at i, then its decoder layer num_hidden_layers at
+    positions 0.., shared_head.norm and the shared head (DeepSeek-V3 §2.2)."""
     cfg = Config.load(model_dir)
     w = _Float64Weights(ModelWeights(model_dir))
     tokens = torch.as_tensor(list(tokens), dtype=torch.long)
@@ -282,14 +295,17 @@ def forward(model_dir, tokens):
 
     embed = w["model.embed_tokens.weight"]
     x = embed[tokens]
-    # layers >= num_hidden_layers (MTP modules) are never touched
+    # layers >= num_hidden_layers (MTP modules) only with mtp
     for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
-        h = x + mla_attention(rms_norm(x, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.", cfg, cos, sin)
-        normed = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
-        mlp = moe(normed, w, p + "mlp.", cfg) if is_moe_layer(cfg, layer) else gated_mlp(normed, w, p + "mlp.")
-        x = h + mlp
+        x = decoder_layer(x, w, layer, cfg, cos, sin)
     x = rms_norm(x, w["model.norm.weight"], eps)
+    if mtp:
+        p = f"model.layers.{cfg.num_hidden_layers}."
+        e = rms_norm(embed[tokens[1:]], w[p + "enorm.weight"], eps)
+        joined = torch.cat([e, rms_norm(x[:-1], w[p + "hnorm.weight"], eps)], dim=-1)
+        y = decoder_layer(linear(joined, w[p + "eh_proj.weight"]), w, cfg.num_hidden_layers, cfg, cos[:T - 1],
+                          sin[:T - 1])
+        x = rms_norm(y, w[p + "shared_head.norm.weight"], eps)
     if cfg.tie_word_embeddings:
         # HF ties lm_head to the embedding, so the embedding is what a tied model computes with
         head = embed
@@ -306,9 +322,10 @@ def main():
     parser.add_argument("--model", required=True, help="HF model directory (config.json + safetensors)")
     parser.add_argument("--tokens", required=True, help="comma-separated token ids")
     parser.add_argument("--out", required=True, help="output .npy (float32 [n_tokens, vocab])")
+    parser.add_argument("--mtp", action="store_true", help="the first MTP module's logits instead")
     args = parser.parse_args()
     tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
-    logits = forward(args.model, tokens)
+    logits = forward(args.model, tokens, args.mtp)
     np.save(args.out, logits.numpy().astype(np.float32))
 
 

@@ -58,41 +58,74 @@ def scores_of(x, w, prefix, cfg):
 
 def sequence_loss(tokens, targets, w, cfg):
     """(cross-entropy sum over positions, balance loss of this sequence summed over MoE layers)."""
-    logprobs, balance = sequence_terms(tokens, targets, w, cfg)
+    logprobs, balance, _ = sequence_terms(tokens, targets, w, cfg)
     return -logprobs.sum(), balance
 
 
-def sequence_terms(tokens, targets, w, cfg):
-    """(log p(target) at each position, balance loss of this sequence summed over MoE layers)."""
-    T = len(tokens)
+def decoder_layer(x, w, layer, cfg):
+    """One pre-norm decoder layer over the positions 0.. of x: (its output, its balance loss term)."""
+    T = len(x)
     cos, sin = ref.rope_tables(cfg, T)
+    eps = cfg.rms_norm_eps
+    p = f"model.layers.{layer}."
+    h = x + ref.mla_attention(ref.rms_norm(x, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.", cfg, cos, sin)
+    normed = ref.rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+    if not ref.is_moe_layer(cfg, layer):
+        return h + ref.gated_mlp(normed, w, p + "mlp."), torch.zeros((), dtype=torch.float64)
+    out = ref.moe(normed, w, p + "mlp.", cfg)
+    idx, _ = ref.route(normed, w, p + "mlp.", cfg)
+    s = scores_of(normed, w, p + "mlp.", cfg)
+    probs = s if cfg.scoring_func == "softmax" else s / s.sum(dim=-1, keepdim=True)
+    E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
+    counts = torch.bincount(idx.reshape(-1), minlength=E).to(torch.float64)
+    f = E / (K * T) * counts  # constant
+    return h + out, (f * probs.mean(dim=0)).sum()
+
+
+def target_logprobs(x, targets, w, cfg):
+    head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]
+    logits = ref.linear(x, head)
+    return torch.log_softmax(logits, dim=-1).gather(1, torch.as_tensor(targets).reshape(-1, 1)).reshape(-1)
+
+
+def sequence_terms(tokens, targets, w, cfg, mtp_depth=0):
+    """(log p(target) at each position, balance loss of this sequence summed over MoE layers, and
+    for each MTP depth k its log p(t_{i+k+1}) at positions i < T - k)."""
     eps = cfg.rms_norm_eps
     x = w["model.embed_tokens.weight"][torch.as_tensor(tokens)]
     balance = torch.zeros((), dtype=torch.float64)
     for layer in range(cfg.num_hidden_layers):
-        p = f"model.layers.{layer}."
-        h = x + ref.mla_attention(ref.rms_norm(x, w[p + "input_layernorm.weight"], eps), w, p + "self_attn.", cfg, cos, sin)
-        normed = ref.rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
-        if ref.is_moe_layer(cfg, layer):
-            out = ref.moe(normed, w, p + "mlp.", cfg)
-            idx, _ = ref.route(normed, w, p + "mlp.", cfg)
-            s = scores_of(normed, w, p + "mlp.", cfg)
-            probs = s if cfg.scoring_func == "softmax" else s / s.sum(dim=-1, keepdim=True)
-            E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
-            counts = torch.bincount(idx.reshape(-1), minlength=E).to(torch.float64)
-            f = E / (K * T) * counts  # constant
-            balance = balance + (f * probs.mean(dim=0)).sum()
-        else:
-            out = ref.gated_mlp(normed, w, p + "mlp.")
-        x = h + out
+        x, term = decoder_layer(x, w, layer, cfg)
+        balance = balance + term
     x = ref.rms_norm(x, w["model.norm.weight"], eps)
-    head = w["model.embed_tokens.weight"] if cfg.tie_word_embeddings else w["lm_head.weight"]
-    logits = ref.linear(x, head)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(1, torch.as_tensor(targets).reshape(-1, 1)).reshape(-1)
-    return logprobs, balance
+    logprobs = target_logprobs(x, targets, w, cfg)
+    # DeepSeek-V3 §2.2 as released code runs it: depth k at position i joins enorm(Emb(t_{i+k}))
+    # (embedding first) with hnorm of the previous depth's state (the main model's normed output,
+    # then each module's after its shared_head.norm), runs its decoder layer num_hidden_layers + k - 1
+    # over positions 0..T-k-1, and predicts t_{i+k+1} through shared_head.norm and the shared head.
+    mtp = []
+    T = len(tokens)
+    for k in range(1, mtp_depth + 1):
+        layer = cfg.num_hidden_layers + k - 1
+        p = f"model.layers.{layer}."
+        n = T - k
+        nxt = torch.as_tensor(targets[k - 1: k - 1 + n])
+        e = ref.rms_norm(w["model.embed_tokens.weight"][nxt], w[p + "enorm.weight"], eps)
+        hh = ref.rms_norm(x[:n], w[p + "hnorm.weight"], eps)
+        y, term = decoder_layer(ref.linear(torch.cat([e, hh], dim=-1), w[p + "eh_proj.weight"]), w, layer, cfg)
+        balance = balance + term
+        x = ref.rms_norm(y, w[p + "shared_head.norm.weight"], eps)
+        mtp.append(target_logprobs(x, targets[k: k + n], w, cfg))
+    return logprobs, balance, mtp
 
 
-def check(name, overrides, aux, deepmoe, work, extra_args=(), tolerance=1e-4):
+def check(name, overrides, aux, deepmoe, work, extra_args=(), tolerance=1e-4, mtp=(0, 0.0)):
+    """mtp: (depth D, weight λ): the model carries D MTP modules and the loss adds
+    λ/D Σ_k mean CE of depth k (DeepSeek-V3 eq. 25)."""
+    mtp_depth, mtp_weight = mtp
+    if mtp_depth:
+        overrides = dict(overrides, num_nextn_predict_layers=mtp_depth)
+        extra_args = [*extra_args, "--mtp-depth", str(mtp_depth), "--mtp-weight", str(mtp_weight)]
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     cfg_raw = dict(BASE, **overrides)
@@ -116,12 +149,17 @@ def check(name, overrides, aux, deepmoe, work, extra_args=(), tolerance=1e-4):
     w = {n: stored[n].to(torch.float64).clone().requires_grad_(True) for n in stored.names()}
     ce_total = torch.zeros((), dtype=torch.float64)
     balance_total = torch.zeros((), dtype=torch.float64)
+    mtp_totals = [torch.zeros((), dtype=torch.float64) for _ in range(mtp_depth)]
     for b in range(BATCH):
         window = data[b * SEQ: b * SEQ + SEQ + 1].astype(np.int64)
-        ce, balance = sequence_loss(window[:-1], window[1:], w, cfg)
-        ce_total = ce_total + ce
+        logprobs, balance, mtp_logprobs = sequence_terms(window[:-1], window[1:], w, cfg, mtp_depth)
+        ce_total = ce_total - logprobs.sum()
         balance_total = balance_total + balance
+        for k, lp in enumerate(mtp_logprobs):
+            mtp_totals[k] = mtp_totals[k] - lp.sum()
     loss = ce_total / (BATCH * SEQ) + aux * balance_total / BATCH
+    for k, total in enumerate(mtp_totals, start=1):
+        loss = loss + mtp_weight / mtp_depth * total / (BATCH * (SEQ - k))
     loss.backward()
 
     failures = []
@@ -180,6 +218,12 @@ EXTRA_CASES = {
     "v3_noaux_tc_sigmoid_qlora_yarn_aux_bf16": ("v3_noaux_tc_sigmoid_qlora_yarn_aux", ["--precision", "bf16"], 5e-2),
     "v2_greedy_softmax_no_qlora_aux_bf16": ("v2_greedy_softmax_no_qlora_aux", ["--precision", "bf16"], 5e-2),
 }
+# Multi-token prediction (--mtp-depth D --mtp-weight λ): an MoE MTP layer chained over two depths
+# (the second reads the first's output), and a dense one on a tied head.
+MTP_CASES = {
+    "v3_noaux_tc_sigmoid_qlora_yarn_aux_mtp2": ("v3_noaux_tc_sigmoid_qlora_yarn_aux", (2, 0.3)),
+    "v2_group_limited_normalized_tied_mtp1_dense": ("v2_group_limited_normalized_tied", (1, 0.5)),
+}
 
 
 # A bf16 run routes each token by bf16-rounded activations: where two experts' scores are close, it
@@ -202,6 +246,11 @@ def main():
         overrides, aux = VARIANTS[base]
         run = check_on_seeds if "--precision" in extra else check
         cases.append(lambda d, w, n=name, o=overrides, a=aux, e=extra, t=tolerance, r=run: r(n, o, a, d, w, e, t))
+    for name, (base, mtp) in MTP_CASES.items():
+        overrides, aux = VARIANTS[base]
+        if name.endswith("_dense"):  # first_k_dense_replace past every layer: the MTP block dense too
+            overrides = dict(overrides, first_k_dense_replace=4)
+        cases.append(lambda d, w, n=name, o=overrides, a=aux, m=mtp: check(n, o, a, d, w, mtp=m))
     run_cases(__doc__, cases)
 
 

@@ -222,6 +222,26 @@ TEST_F(ModelTest, UnknownTensorsAreListedAndMtpLayersSkipped) {
   EXPECT_EQ(weights->ignored_tensors, std::vector<std::string>{"model.extra_thing"});
 }
 
+// A config that names an MTP module its checkpoint lacks (many V3 conversions drop layer 61)
+// loads without one; a module held only in part names the tensor it lacks.
+TEST_F(ModelTest, MtpModulesLoadWhenHeldWhole) {
+  std::string config = kSmallConfig;
+  config.insert(config.rfind('}'), R"(, "num_nextn_predict_layers": 1)");
+  std::ofstream(dir_ / "mtp_config.json") << config;
+  write_random_checkpoint((dir_ / "mtp_config.json").string(), (dir_ / "mtp").string(), 11, DType::F32);
+  const auto with = ModelWeights::load((dir_ / "mtp").string());
+  EXPECT_EQ(with->config.num_nextn_predict_layers, 1);
+  EXPECT_EQ(with->layers.size(), 4u);
+  EXPECT_TRUE(with->ignored_tensors.empty());
+  std::ofstream(dir_ / "model" / "config.json") << config;  // says 1, holds none
+  const auto without = ModelWeights::load((dir_ / "model").string());
+  EXPECT_EQ(without->config.num_nextn_predict_layers, 0);
+  EXPECT_EQ(without->parameter_count(), with->parameter_count());
+  const std::string victim = "model.layers.3.self_attn.o_proj.weight";
+  rewrite_checkpoint(dir_ / "mtp", [&](TensorToWrite& t, std::vector<uint8_t>&) { return t.name != victim; });
+  EXPECT_NE(load_error(dir_ / "mtp").find("missing tensor " + victim), std::string::npos);
+}
+
 TEST_F(ModelTest, TruncatedFileIsAnError) {
   const fs::path file = dir_ / "model" / "model.safetensors";
   fs::resize_file(file, fs::file_size(file) - 100);

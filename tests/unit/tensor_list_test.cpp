@@ -128,6 +128,11 @@ TEST(TensorList, CountIsTheListsLengthAndAHostileConfigIsRefusedFirst) {
       c.num_hidden_layers = 7;
       EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size())) << "moe_layer_freq " << freq;
     }
+    for (const int64_t modules : {1, 2}) {  // MTP modules: their own 4 tensors around a block each
+      c.num_nextn_predict_layers = modules;
+      EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size())) << modules << " MTP modules";
+    }
+    c.num_nextn_predict_layers = 0;
     c.n_routed_experts = 0;
     EXPECT_EQ(tensor_count(c), int64_t(tensor_list(c).size())) << "no experts";
   }
