@@ -6,6 +6,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/generator.h"
+#include "infer/speculative.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,13 +33,17 @@ void add_chat_command(CLI::App& app) {
   add_speculative_option(command, options->speculative);
   command->callback([options] {
     validate(options->sampling);
-    const int64_t drafts = parse_speculative(options->speculative);
+    const SpeculativeFlag speculative = parse_speculative(options->speculative);
     if (options->max_reply < 1) fail("-n must be >= 1, found {}", options->max_reply);
     const auto tokenizer = load_model_tokenizer(options->model);
     if (tokenizer->chat_template().empty()) fail("{}: tokenizer_config.json has no chat_template", options->model);
     const ChatTemplate chat_template(tokenizer->chat_template());
     const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
+    std::unique_ptr<ModelWeights> draft_weights;
+    const auto draft_model =
+        load_draft_model(speculative, options->model, resolve_threads(options->threads), draft_weights);
+    const Speculation speculation{speculative.tokens, draft_model.get()};
     const bool interactive = isatty(STDIN_FILENO) != 0;
     if (interactive) fmt::print(stderr, "deepmoe chat: one message per line; /reset starts over; Ctrl-D ends\n");
 
@@ -71,7 +76,7 @@ void add_chat_command(CLI::App& app) {
             std::fflush(stdout);
             return true;
           },
-          drafts);
+          &speculation);
       const std::string rest = stream.finish();
       reply += rest;
       fmt::print("{}\n", rest);

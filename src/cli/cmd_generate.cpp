@@ -3,6 +3,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "infer/generator.h"
+#include "infer/speculative.h"
 #include "tokenizer/tokenizer.h"
 
 namespace deepmoe::cli {
@@ -32,7 +33,7 @@ void add_generate_command(CLI::App& app) {
     if (!*tokens && !*prompt) fail("generate needs --prompt TEXT or --tokens IDS");
     validate(options->sampling);
     if (options->n_new < 0) fail("-n must be >= 0, found {}", options->n_new);
-    const int64_t drafts = parse_speculative(options->speculative);
+    const SpeculativeFlag speculative = parse_speculative(options->speculative);
     std::unique_ptr<Tokenizer> tokenizer;
     std::vector<int32_t> ids;
     if (*prompt) {
@@ -43,6 +44,10 @@ void add_generate_command(CLI::App& app) {
     }
     const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
+    std::unique_ptr<ModelWeights> draft_weights;
+    const auto draft_model =
+        load_draft_model(speculative, options->model, resolve_threads(options->threads), draft_weights);
+    const Speculation speculation{speculative.tokens, draft_model.get()};
     bool first = true;
     std::unique_ptr<StreamingDecoder> text;
     if (tokenizer) text = std::make_unique<StreamingDecoder>(*tokenizer, true);
@@ -59,11 +64,11 @@ void add_generate_command(CLI::App& app) {
           first = false;
           return true;
         },
-        drafts);
+        &speculation);
     fmt::print("{}\n", text ? text->finish() : "");
     fmt::print(stderr, "prefill: {} tokens, {:.1f} tok/s; decode: {} tokens, {:.1f} tok/s\n", stats.prompt_tokens,
                stats.prefill_tokens_per_second(), stats.generated_tokens, stats.decode_tokens_per_second());
-    if (drafts > 0 && stats.verify_steps > 0) {
+    if (speculative.tokens > 0 && stats.verify_steps > 0) {
       std::string by_position;
       for (const int64_t n : stats.accepted_at)
         by_position += fmt::format(" {:.3f}", double(n) / double(stats.verify_steps));

@@ -48,22 +48,42 @@ void add_sampling_options(CLI::App* command, SamplingParams& sampling) {
   command->add_option("--seed", sampling.seed, "sampling seed");
 }
 
-int64_t parse_speculative(const std::string& spec) {
-  if (spec.empty() || spec == "off") return 0;
-  constexpr std::string_view kMtp = "mtp:";
-  int64_t k = 0;
-  if (spec.starts_with(kMtp)) {
-    const std::string count = spec.substr(kMtp.size());
-    const auto [end, error] = std::from_chars(count.data(), count.data() + count.size(), k);
-    if (error == std::errc() && end == count.data() + count.size() && k >= 1 && k <= 16) return k;
+SpeculativeFlag parse_speculative(const std::string& spec) {
+  if (spec.empty() || spec == "off") return {};
+  const auto count_of = [&](const std::string& text) -> int64_t {
+    int64_t k = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), k);
+    return error == std::errc() && end == text.data() + text.size() && k >= 1 && k <= 16 ? k : 0;
+  };
+  const size_t last = spec.rfind(':');
+  if (spec.starts_with("mtp:") && last == 3) {
+    if (const int64_t k = count_of(spec.substr(4))) return {k, ""};
+  } else if (spec.starts_with("draft:") && last > 6) {
+    if (const int64_t k = count_of(spec.substr(last + 1))) return {k, spec.substr(6, last - 6)};
   }
-  fail("--speculative: expected mtp:K with K in [1, 16] (or off), found '{}'", spec);
+  fail("--speculative: expected mtp:K or draft:DIR:K with K in [1, 16] (or off), found '{}'", spec);
+}
+
+std::unique_ptr<Model> load_draft_model(const SpeculativeFlag& flag, const std::string& model_dir, int threads,
+                                        std::unique_ptr<ModelWeights>& weights) {
+  if (flag.draft_dir.empty()) return nullptr;
+  const auto tokenizer_of = [](const std::string& dir) {
+    const std::string path = (std::filesystem::path(dir) / "tokenizer.json").string();
+    return std::filesystem::exists(path) ? read_file(path) : std::string();
+  };
+  const std::string ours = tokenizer_of(model_dir), theirs = tokenizer_of(flag.draft_dir);
+  if (!ours.empty() && !theirs.empty() && ours != theirs)
+    fail("--speculative draft:{}: its tokenizer.json differs from {}'s: a draft model must share the tokenizer",
+         flag.draft_dir, model_dir);
+  weights = load_model(flag.draft_dir, {});
+  return std::make_unique<Model>(*weights, threads);
 }
 
 void add_speculative_option(CLI::App* command, std::string& spec) {
   command->add_option("--speculative", spec,
-                      "mtp:K: the model's multi-token-prediction module drafts K tokens a step, the model verifies "
-                      "them in one pass (same output, faster when drafts are accepted)");
+                      "mtp:K (the model's multi-token-prediction module) or draft:DIR:K (a smaller model with the "
+                      "same tokenizer) drafts K tokens a step, the model verifies them in one pass: the same output, "
+                      "faster when drafts are accepted");
 }
 
 std::string read_file(const std::string& path) {

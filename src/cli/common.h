@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "infer/sampler.h"
+#include "model/model.h"
 #include "model/weights.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -42,10 +43,18 @@ void add_grpo_command(CLI::App& app);
 // that samples.
 void add_sampling_options(CLI::App* command, SamplingParams& sampling);
 
-// --speculative: "mtp:K", the model's multi-token-prediction module drafting K tokens a step
-// (1 <= K <= 16), or "off". Returns K (0: off); throws Error naming the flag.
-int64_t parse_speculative(const std::string& spec);
+// --speculative: "mtp:K" (the model's multi-token-prediction module drafts K tokens a step),
+// "draft:DIR:K" (the model in DIR drafts), or "off"; 1 <= K <= 16. Throws Error naming the flag.
+struct SpeculativeFlag {
+  int64_t tokens = 0;     // K; 0: off
+  std::string draft_dir;  // empty: the MTP module
+};
+SpeculativeFlag parse_speculative(const std::string& spec);
 void add_speculative_option(CLI::App* command, std::string& spec);
+// The draft model SpeculativeFlag names, loaded and checked against the model's tokenizer (the
+// same tokenizer.json when both have one); null for MTP or off. `weights` receives its weights.
+std::unique_ptr<Model> load_draft_model(const SpeculativeFlag& flag, const std::string& model_dir, int threads,
+                                        std::unique_ptr<ModelWeights>& weights);
 
 // Parses "1,2,3" into token ids; throws Error naming the bad element.
 std::vector<int32_t> parse_token_list(const std::string& text, const char* flag = "--tokens");

@@ -8,10 +8,11 @@
 namespace deepmoe {
 
 GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                         const std::function<bool(int32_t)>& on_token, int64_t draft_tokens) {
+                         const std::function<bool(int32_t)>& on_token, const Speculation* speculation) {
   if (prompt.empty()) fail("generate: the prompt has no tokens");
   if (n_new < 0) fail("generate: -n must be >= 0, found {}", n_new);
-  if (draft_tokens > 0) return generate_speculative(model, prompt, n_new, params, on_token, draft_tokens);
+  if (speculation && speculation->tokens > 0)
+    return generate_speculative(model, prompt, n_new, params, on_token, *speculation);
   const Config& c = model.config();
   Sampler sampler(params);
   LatentCache cache(c, int64_t(prompt.size()) + n_new);

@@ -30,9 +30,10 @@ constexpr int64_t kPrefillChunk = 512;
 
 // Generates up to n_new tokens after `prompt`; on_token is called with each as it is chosen and
 // returns false to stop there (an end-of-sequence token, a stop string).
-// Allocates the latent cache for prompt + n_new tokens. draft_tokens > 0: speculative decoding
-// with the model's first MTP module drafting that many tokens a step (infer/speculative.h).
+// Allocates the latent cache for prompt + n_new tokens. With speculation.tokens > 0, speculative
+// decoding (infer/speculative.h): the same output, drafted by the MTP module or a draft model.
+struct Speculation;
 GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                         const std::function<bool(int32_t)>& on_token, int64_t draft_tokens = 0);
+                         const std::function<bool(int32_t)>& on_token, const Speculation* speculation = nullptr);
 
 }  // namespace deepmoe

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
 
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -20,68 +19,131 @@ int32_t accept_draft(std::span<const float> p, int32_t draft, Sampler& sampler, 
 
 namespace {
 
-// One sequence's speculative decode: the main model's cache holds positions [0, length); the MTP
-// module's rows [0, length − 1) hold (h_i, t_{i+1}) for every position whose next token is known.
-class SpeculativeDecoder {
+// Slot i of the module pairs the main model's h_i with token i + 1 and drafts token i + 2.
+class MtpDrafter final : public Drafter {
  public:
-  SpeculativeDecoder(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
-                     int64_t drafts)
+  MtpDrafter(Model& model, LatentCache& cache)
       : model_(model),
-        c_(model.config()),
-        k_(drafts),
-        sampler_(params),
-        greedy_(params.temperature == 0.0f),
-        cache_(c_, int64_t(prompt.size()) + n_new + drafts + 1),
-        history_(prompt.begin(), prompt.end()),
-        logits_(size_t((drafts + 1) * c_.vocab_size)),
-        hidden_(size_t(std::max<int64_t>(kPrefillChunk, drafts + 1) * c_.hidden_size)),
-        draft_logits_(size_t(c_.vocab_size)),
-        draft_hidden_(size_t(drafts + 1) * size_t(c_.hidden_size)) {
-    if (c_.num_nextn_predict_layers == 0)
+        cache_(cache),
+        logits_(size_t(model.config().vocab_size)),
+        state_(size_t(model.config().hidden_size)) {
+    const Config& c = model.config();
+    if (c.num_nextn_predict_layers == 0)
       fail(
           "speculative decoding with MTP needs a model with a multi-token-prediction module "
           "(num_nextn_predict_layers > 0 and its model.layers.{}.* tensors); this one has none",
-          c_.num_hidden_layers);
+          c.num_hidden_layers);
   }
 
-  // Runs the prompt through the main model and the MTP module; returns the first token.
+  void observe(std::span<const int32_t> tokens, int64_t first, const float* hidden, int32_t next) override {
+    std::vector<int32_t> following(tokens.begin() + 1, tokens.end());
+    following.push_back(next);
+    states_.resize(following.size() * state_.size());
+    model_.draft(0, following, first, cache_, hidden, LogitsFor::LastToken, logits_.data(), states_.data());
+    std::copy(states_.end() - std::ptrdiff_t(state_.size()), states_.end(), state_.begin());
+    position_ = first + int64_t(tokens.size());  // the position `next` will take
+  }
+
+  std::vector<int32_t> draft(int64_t k) override {
+    std::vector<int32_t> out;
+    for (int64_t j = 0; j < k; ++j) {
+      out.push_back(int32_t(first_argmax(logits_.data(), int64_t(logits_.size()))));
+      // The module at the next slot: the draft just made, and the module's own state.
+      if (j + 1 < k)
+        model_.draft(0, std::span(&out.back(), 1), position_ + j, cache_, state_.data(), LogitsFor::LastToken,
+                     logits_.data(), state_.data());
+    }
+    return out;
+  }
+
+ private:
+  Model& model_;
+  LatentCache& cache_;
+  std::vector<float> logits_, state_, states_;
+  int64_t position_ = 0;
+};
+
+// Its cache holds fed_ (every final token it has run, then drafts it fed itself); what the main
+// model made final since is run before the next drafts.
+class ModelDrafter final : public Drafter {
+ public:
+  ModelDrafter(Model& model, const Config& main, int64_t capacity)
+      : model_(model), cache_(model.config(), capacity), logits_(size_t(model.config().vocab_size)) {
+    if (model.config().vocab_size != main.vocab_size)
+      fail("the draft model's vocabulary has {} ids, the model's {}: a draft model must share the tokenizer",
+           model.config().vocab_size, main.vocab_size);
+  }
+
+  void observe(std::span<const int32_t> tokens, int64_t, const float*, int32_t next) override {
+    final_.insert(final_.end(), tokens.begin(), tokens.end());
+    // `next` is final too; the main model ran tokens but not next yet: keep both in one list.
+    final_.push_back(next);
+    size_t common = 0;
+    while (common < fed_.size() && common < final_.size() && fed_[common] == final_[common]) ++common;
+    fed_.resize(common);
+    cache_.length = int64_t(common);
+    final_.pop_back();
+    next_ = next;
+  }
+
+  std::vector<int32_t> draft(int64_t k) override {
+    std::vector<int32_t> pending(final_.begin() + std::ptrdiff_t(fed_.size()), final_.end());
+    pending.push_back(next_);
+    std::vector<int32_t> out;
+    for (int64_t j = 0; j < k; ++j) {
+      model_.forward(pending, cache_, LogitsFor::LastToken, logits_.data());
+      fed_.insert(fed_.end(), pending.begin(), pending.end());
+      out.push_back(int32_t(first_argmax(logits_.data(), int64_t(logits_.size()))));
+      pending.assign(1, out.back());
+    }
+    return out;
+  }
+
+ private:
+  Model& model_;
+  LatentCache cache_;
+  std::vector<float> logits_;
+  std::vector<int32_t> final_, fed_;  // final_: every final token before next_
+  int32_t next_ = 0;
+};
+
+// One sequence's speculative decode.
+class SpeculativeDecoder {
+ public:
+  SpeculativeDecoder(Model& model, std::span<const int32_t> prompt, int64_t n_new, const SamplingParams& params,
+                     const Speculation& speculation)
+      : model_(model),
+        c_(model.config()),
+        k_(speculation.tokens),
+        sampler_(params),
+        greedy_(params.temperature == 0.0f),
+        cache_(c_, int64_t(prompt.size()) + n_new + k_ + 1),
+        drafter_(speculation.draft_model ? model_drafter(*speculation.draft_model, c_, cache_.capacity)
+                                         : mtp_drafter(model, cache_)),
+        history_(prompt.begin(), prompt.end()),
+        logits_(size_t((k_ + 1) * c_.vocab_size)),
+        hidden_(size_t(std::max<int64_t>(kPrefillChunk, k_ + 1) * c_.hidden_size)) {}
+
+  // Runs the prompt through the main model and the drafter; returns the first token.
   int32_t prefill(std::span<const int32_t> prompt) {
-    const int64_t n = int64_t(prompt.size()), hidden = c_.hidden_size;
-    std::vector<float> last(static_cast<size_t>(hidden));
+    const int64_t n = int64_t(prompt.size());
     for (int64_t first = 0; first < n; first += kPrefillChunk) {
       const int64_t count = std::min<int64_t>(kPrefillChunk, n - first);
-      model_.forward(prompt.subspan(size_t(first), size_t(count)), cache_, LogitsFor::LastToken, logits_.data(),
-                     hidden_.data());
-      // The chunk's positions whose next token is in the prompt; the last one waits for the first
-      // generated token.
-      const int64_t known = first + count < n ? count : count - 1;
-      if (known > 0)
-        model_.draft(0, prompt.subspan(size_t(first + 1), size_t(known)), first, cache_, hidden_.data(),
-                     LogitsFor::None, nullptr);
-      std::copy_n(hidden_.data() + (count - 1) * hidden, hidden, last.data());
+      const auto chunk = prompt.subspan(size_t(first), size_t(count));
+      model_.forward(chunk, cache_, LogitsFor::LastToken, logits_.data(), hidden_.data());
+      const int32_t next = first + count < n ? prompt[size_t(first + count)] : choose(first_row());
+      drafter_->observe(chunk, first, hidden_.data(), next);
+      if (first + count == n) return next;
     }
-    const int32_t token = choose(std::span(logits_.data(), size_t(c_.vocab_size)));
-    // MTP slot n − 1: (h_{n−1}, the token) drafts the token after it.
-    model_.draft(0, std::span(&token, 1), n - 1, cache_, last.data(), LogitsFor::LastToken, draft_logits_.data(),
-                 draft_hidden_.data());
-    return token;
+    fail("generate: the prompt has no tokens");
   }
 
   // One step after `token` (the last token chosen, not yet in the main cache): drafts, verifies,
   // and returns the tokens it adds (accepted drafts, then the main model's own).
   std::vector<int32_t> step(int32_t token, GenerationStats& stats) {
     const int64_t vocab = c_.vocab_size, position = cache_.length;
-    // Draft K tokens: the first from the MTP output already at hand, each next one by feeding the
-    // module its own draft and output state at the next position.
     std::vector<int32_t> verify = {token};
-    for (int64_t j = 0; j < k_; ++j) {
-      const int32_t draft = int32_t(first_argmax(draft_logits_.data(), vocab));
-      verify.push_back(draft);
-      if (j + 1 < k_)
-        model_.draft(0, std::span(&verify.back(), 1), position + j, cache_, draft_hidden_.data(), LogitsFor::LastToken,
-                     draft_logits_.data(), draft_hidden_.data());
-    }
-    // Verify: one pass of the main model over [token, d_1..d_K].
+    for (const int32_t d : drafter_->draft(k_)) verify.push_back(d);
     model_.forward(verify, cache_, LogitsFor::AllTokens, logits_.data(), hidden_.data());
     std::vector<int32_t> out;
     int64_t accepted = 0;
@@ -100,27 +162,26 @@ class SpeculativeDecoder {
       } else {
         next = accept_draft(sampler_.distribution(row, history_), draft, sampler_, kept);
       }
-      if (!kept) break;
+      if (!kept) {
+        history_.push_back(next);
+        break;
+      }
       out.push_back(draft);
       history_.push_back(draft);
       ++stats.accepted_at[size_t(accepted)];
     }
-    out.push_back(next);
-    history_.push_back(next);
     stats.verify_steps += 1;
     stats.drafted += k_;
     stats.accepted += accepted;
-    // Roll the main cache back to the kept positions, then the MTP module's rows for them: slot
-    // position + m pairs h_{position+m} with the token after it.
+    // Roll the main cache back to the kept positions: token and the accepted drafts.
     cache_.length = position + 1 + accepted;
-    model_.draft(0, out, position, cache_, hidden_.data(), LogitsFor::LastToken, draft_logits_.data(),
-                 draft_hidden_.data());
-    // The next draft chain continues from the last slot's state.
-    std::copy_n(draft_hidden_.data() + accepted * c_.hidden_size, c_.hidden_size, draft_hidden_.data());
+    drafter_->observe(std::span(verify).first(size_t(accepted + 1)), position, hidden_.data(), next);
+    out.push_back(next);
     return out;
   }
 
  private:
+  std::span<float> first_row() { return {logits_.data(), size_t(c_.vocab_size)}; }
   int32_t choose(std::span<float> row) {
     const int32_t token = sampler_.sample(row, history_);
     history_.push_back(token);
@@ -133,20 +194,29 @@ class SpeculativeDecoder {
   Sampler sampler_;
   bool greedy_;
   LatentCache cache_;
+  std::unique_ptr<Drafter> drafter_;
   std::vector<int32_t> history_;
-  std::vector<float> logits_, hidden_, draft_logits_, draft_hidden_;
+  std::vector<float> logits_, hidden_;
 };
 
 }  // namespace
 
+std::unique_ptr<Drafter> mtp_drafter(Model& model, LatentCache& cache) {
+  return std::make_unique<MtpDrafter>(model, cache);
+}
+
+std::unique_ptr<Drafter> model_drafter(Model& draft_model, const Config& main_config, int64_t capacity) {
+  return std::make_unique<ModelDrafter>(draft_model, main_config, capacity);
+}
+
 GenerationStats generate_speculative(Model& model, std::span<const int32_t> prompt, int64_t n_new,
                                      const SamplingParams& params, const std::function<bool(int32_t)>& on_token,
-                                     int64_t draft_tokens) {
+                                     const Speculation& speculation) {
   if (prompt.empty()) fail("generate: the prompt has no tokens");
-  SpeculativeDecoder decoder(model, prompt, n_new, params, draft_tokens);
+  SpeculativeDecoder decoder(model, prompt, n_new, params, speculation);
   GenerationStats stats;
   stats.prompt_tokens = int64_t(prompt.size());
-  stats.accepted_at.assign(size_t(draft_tokens), 0);
+  stats.accepted_at.assign(size_t(speculation.tokens), 0);
   if (n_new == 0) return stats;
   using Clock = std::chrono::steady_clock;
   auto start = Clock::now();

@@ -504,8 +504,16 @@ expect_error "--mtp-depth below the modules held" "holds 2 multi-token-predictio
   --init mtp2 --data periodic.u32 --seq 32 --batch 4 --steps 1 --mtp-depth 1 --out x_mtp_bad
 expect_error "--speculative without an MTP module" "no.*multi-token-prediction\|has none" "$deepmoe" generate \
   --model model --tokens 1,2 --speculative mtp:2
-expect_error "--speculative with a bad spec" "expected mtp:K" "$deepmoe" generate --model mtp --tokens 1,2 \
+expect_error "--speculative with a bad spec" "expected mtp:K or draft:DIR:K" "$deepmoe" generate --model mtp --tokens 1,2 \
   --speculative mtp:99
+spec=$("$deepmoe" generate --model mtp --tokens 21,147,144 -n 50 --temperature 0 --speculative draft:mtp:3 2>spec_err.txt)
+[ "$spec" = "$plain" ] && grep -q "150 of 150 drafts accepted\|of .* drafts accepted (100.0%)" spec_err.txt &&
+  ok "a draft model (the model itself: every draft accepted) gives plain decoding's tokens" ||
+  bad "draft model speculation ($(cat spec_err.txt))"
+sed 's/"vocab_size": 300/"vocab_size": 310/' config.json >config_310.json
+"$deepmoe" init --config config_310.json --out model_310 --seed 5 >/dev/null
+expect_error "a draft model of another vocabulary" "must share the tokenizer" "$deepmoe" generate --model mtp \
+  --tokens 1,2 --speculative draft:model_310:2
 expect_error "--mtp-depth past --seq" "--mtp-depth 40 needs --seq above it" "$deepmoe" train --init mtp \
   --data periodic.u32 --seq 32 --batch 4 --steps 1 --mtp-depth 40 --out x_mtp_seq
 echo "$passed passed, $failed failed"

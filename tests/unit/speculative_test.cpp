@@ -65,15 +65,16 @@ class SpeculativeTest : public ::testing::Test {
   }
 
   static std::vector<int32_t> run(Model& model, std::span<const int32_t> prompt, int64_t n, const SamplingParams& p,
-                                  int64_t drafts, GenerationStats* stats = nullptr) {
+                                  int64_t drafts, GenerationStats* stats = nullptr, Model* draft_model = nullptr) {
     std::vector<int32_t> out;
+    const Speculation speculation{drafts, draft_model};
     const GenerationStats s = generate(
         model, prompt, n, p,
         [&](int32_t t) {
           out.push_back(t);
           return true;
         },
-        drafts);
+        &speculation);
     if (stats) *stats = s;
     return out;
   }
@@ -123,6 +124,21 @@ void SpeculativeTest::greedy_equals_plain(const ModelWeights& weights) {
   if (&weights == agreeing_) {  // rollback after partial acceptance was exercised
     EXPECT_GT(accepted, drafted / 4);
     EXPECT_LT(accepted, drafted);
+  }
+}
+
+// A draft model through the same verify path: another random model (drafts mostly rejected), and
+// the model itself (every draft accepted: the bonus token each step).
+TEST_F(SpeculativeTest, ADraftModelGivesPlainDecodingsTokens) {
+  Model model(*weights_, 2), other(*agreeing_, 1), itself(*weights_, 1);
+  SamplingParams greedy;
+  const std::vector<int32_t> prompt = {9, 3, 27, 40, 11};
+  const std::vector<int32_t> plain = run(model, prompt, 40, greedy, 0);
+  for (const int64_t k : {1, 3, 4}) {
+    GenerationStats stats;
+    EXPECT_EQ(run(model, prompt, 40, greedy, k, &stats, &other), plain) << "K " << k;
+    EXPECT_EQ(run(model, prompt, 40, greedy, k, &stats, &itself), plain) << "K " << k;
+    EXPECT_EQ(stats.accepted, stats.drafted) << "the model drafting for itself, K " << k;
   }
 }
 
