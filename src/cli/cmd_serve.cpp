@@ -65,6 +65,7 @@ void add_serve_command(CLI::App& app) {
     ServerOptions server;
     EngineOptions engine;
     double kv_cache_mb = 1024;
+    std::string speculative;
     int threads = 0;
     int64_t drain_seconds = 30;
   };
@@ -103,6 +104,11 @@ void add_serve_command(CLI::App& app) {
                    "weights as stored (auto) or f32 matrices rounded to bf16 at load (bf16: half the bytes per "
                    "step; activations stay f32)")
       ->check(CLI::IsMember({"auto", "bf16"}));
+  command->add_option("--speculative", o->speculative,
+                      "mtp:K: the model's multi-token-prediction module drafts K tokens per sequence and step, "
+                      "verified in the same batched pass (the same output)");
+  command->add_option("--speculative-max-batch", o->engine.speculative_max_batch,
+                      "speculate only while at most this many sequences decode (default 4)");
   command->add_option("--drain-seconds", o->drain_seconds,
                       "on SIGTERM, how long requests in flight may finish (default 30)");
   command->callback([o] {
@@ -114,6 +120,11 @@ void add_serve_command(CLI::App& app) {
       fail("--read-timeout must be in (0, 3600], found {}", o->read_timeout);
     if (o->server.max_connections < 1 || o->server.max_connections > 65536)
       fail("--max-connections must be in [1, 65536], found {}", o->server.max_connections);
+    const SpeculativeFlag speculative = parse_speculative(o->speculative);
+    if (!speculative.draft_dir.empty()) fail("--speculative: serve drafts with the model's MTP module (mtp:K)");
+    if (o->engine.speculative_max_batch < 1)
+      fail("--speculative-max-batch must be >= 1, found {}", o->engine.speculative_max_batch);
+    o->engine.speculative_tokens = speculative.tokens;
     o->server.read_timeout = std::chrono::milliseconds(int64_t(o->read_timeout * 1000));
     o->server.api_key = resolve_api_key(o->server.api_key, o->api_key_file);
     raise_descriptor_limit();
@@ -130,8 +141,8 @@ void add_serve_command(CLI::App& app) {
     if (o->engine.context > config.max_position_embeddings)
       fail("--ctx {} exceeds the model's max_position_embeddings {}", o->engine.context,
            config.max_position_embeddings);
-    o->engine.kv_blocks =
-        PagedLatentCache::blocks_for_bytes(config, o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
+    o->engine.kv_blocks = PagedLatentCache::blocks_for_bytes(
+        config, o->engine.cache_layers(config), o->engine.block_tokens, int64_t(o->kv_cache_mb * 1048576.0));
     o->engine.never_sample = unspellable_ids(*tokenizer, config.vocab_size);
     // A request's tokens must not depend on what it is batched with.
     ModelOptions model_options;

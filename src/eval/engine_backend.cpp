@@ -47,8 +47,9 @@ EngineBackend::EngineBackend(Model& model, const Tokenizer& tokenizer, const Eng
   e.context = options_.context;
   e.max_queue = int64_t(1) << 20;  // the backend bounds what it has in flight itself
   const int64_t one_sequence = (e.context + e.block_tokens - 1) / e.block_tokens;
-  e.kv_blocks = std::max(one_sequence, PagedLatentCache::blocks_for_bytes(model.config(), e.block_tokens,
-                                                                          int64_t(options_.kv_cache_mb * 1048576.0)));
+  e.kv_blocks = std::max(
+      one_sequence, PagedLatentCache::blocks_for_bytes(model.config(), e.cache_layers(model.config()), e.block_tokens,
+                                                       int64_t(options_.kv_cache_mb * 1048576.0)));
   e.never_sample = unspellable_ids(tokenizer, model.config().vocab_size);
   engine_ = std::make_unique<Engine>(model, e);
 }

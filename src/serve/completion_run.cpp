@@ -47,7 +47,12 @@ bool CompletionRun::done() const {
 }
 
 Usage CompletionRun::usage() const {
-  return {prompt_tokens_, completion_tokens_, choices_.empty() ? 0 : choices_[0].stream->cached_tokens()};
+  Usage usage{prompt_tokens_, completion_tokens_, choices_.empty() ? 0 : choices_[0].stream->cached_tokens()};
+  for (const Choice& choice : choices_) {
+    usage.drafted_tokens += choice.stream->drafted_tokens();
+    usage.accepted_tokens += choice.stream->accepted_tokens();
+  }
+  return usage;
 }
 
 bool CompletionRun::take(size_t index, std::chrono::milliseconds timeout, std::vector<ChoiceDelta>& deltas) {

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "infer/speculative.h"
 #include "kernels/ops.h"
 
 namespace deepmoe {
@@ -22,6 +23,13 @@ struct Engine::Sequence {
   bool done = false;
   int64_t prompt_size = 0;
   std::vector<EngineToken> prompt_logprobs;  // [prompt_logprobs_from, prompt_size), by index
+  // Speculation: the MTP module's rows hold slots [0, mtp_computed) (slot p: h_p with token p + 1);
+  // draft is its argmax at the last slot (-1: none yet) and draft_state its output there. drafts:
+  // this step's, verified after the pending token.
+  int64_t mtp_computed = 0;
+  int32_t draft = -1;
+  std::vector<float> draft_state;
+  std::vector<int32_t> drafts;
 
   Sequence(EngineRequest r, uint64_t order)
       : stream(std::make_shared<RequestStream>()), request(std::move(r)), sampler(request.sampling), arrival(order) {
@@ -39,7 +47,13 @@ Engine::Engine(Model& model, const EngineOptions& options)
     : model_(model),
       options_(options),
       blocks_(options.kv_blocks, options.block_tokens),
-      cache_(model.config(), options.kv_blocks, options.block_tokens) {
+      cache_(model.config(), options.cache_layers(model.config()), options.kv_blocks, options.block_tokens) {
+  if (options_.speculative_tokens < 0 || options_.speculative_tokens > 16)
+    fail("--speculative: K must be in [1, 16], found {}", options_.speculative_tokens);
+  if (options_.speculative_tokens > 0 && model.config().num_nextn_predict_layers == 0)
+    fail(
+        "--speculative mtp:K needs a model with a multi-token-prediction module (num_nextn_predict_layers > 0 and "
+        "its tensors); this one has none");
   if (options_.max_batch < 1) fail("--max-batch must be >= 1, found {}", options_.max_batch);
   if (options_.max_batch_tokens < 1) fail("--max-batch-tokens must be >= 1, found {}", options_.max_batch_tokens);
   if (options_.context < 2) fail("--ctx must be >= 2, found {}", options_.context);
@@ -154,6 +168,8 @@ void Engine::release_blocks(Sequence& sequence) {
   sequence.blocks.clear();
   sequence.keys.clear();
   sequence.computed = 0;
+  sequence.mtp_computed = 0;
+  sequence.draft = -1;
 }
 
 void Engine::finish(Sequence& sequence, FinishReason reason, const std::string& error) {
@@ -223,6 +239,9 @@ void Engine::admit_prefix(Sequence& sequence) {
     sequence.keys.push_back(key);
   }
   sequence.computed = int64_t(sequence.blocks.size()) * block_tokens;
+  // A cached block holds the MTP module's rows too (published after the step filled them); the one
+  // at its last position was made with whatever token followed it then, which only costs drafts.
+  sequence.mtp_computed = sequence.computed;
   sequence.stream->set_cached_tokens(sequence.computed);
   std::lock_guard lock(mutex_);
   stats_.prefix_queried_tokens += int64_t(sequence.tokens.size());
@@ -284,8 +303,14 @@ void Engine::deliver(Sequence& sequence, EngineToken token) {
 
 void Engine::step() {
   drop_cancelled();
-  std::vector<Sequence*> scheduled;
+  std::vector<Sequence*> scheduled, speculating;
   int64_t budget = options_.max_batch_tokens;
+  // Speculate while the batch is small: a verify step reads each selected expert once for all its
+  // positions, so with few sequences it costs about one step; with many, their tokens already
+  // reach most experts and the drafts' extra positions are extra compute (docs/serving.md).
+  int64_t decoders = 0;
+  for (auto& sequence : running_) decoders += sequence->pending() == 1;
+  const bool speculate = options_.speculative_tokens > 0 && decoders <= options_.speculative_max_batch;
   // Running sequences oldest first: those decoding (one token each) before those still in their
   // prompt, so a long prompt never stalls the replies in flight.
   for (const bool decoding : {true, false}) {
@@ -297,9 +322,17 @@ void Engine::step() {
       if (std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s.get() == sequence; }) ==
           running_.end())
         continue;  // preempted by an older sequence of this step
-      const int64_t chunk = std::min(sequence->pending(), budget);
+      // Drafts up to what the request, the context and the budget leave room for; none for a request
+      // that wants logprobs (they would be the verify rows', computed alike, but are not threaded through).
+      const EngineRequest& r = sequence->request;
+      const int64_t room = std::min({options_.speculative_tokens, r.max_tokens - sequence->generated - 1,
+                                     options_.context - int64_t(sequence->tokens.size()) - 1, budget - 1});
+      const int64_t drafts = decoding && speculate && sequence->draft >= 0 && r.top_logprobs < 0 ? room : 0;
+      const int64_t chunk = std::min(sequence->pending(), budget) + std::max<int64_t>(drafts, 0);
       if (!ensure_blocks(*sequence, sequence->computed + chunk, scheduled)) continue;
       sequence->chunk = chunk;
+      sequence->drafts.assign(size_t(std::max<int64_t>(drafts, 0)), -1);
+      if (drafts > 0) speculating.push_back(sequence);
       scheduled.push_back(sequence);
       budget -= chunk;
     }
@@ -317,6 +350,7 @@ void Engine::step() {
     }
     for (int64_t b = 0; b < needed; ++b) sequence.blocks.push_back(blocks_.allocate());
     sequence.chunk = chunk;
+    sequence.drafts.clear();
     scheduled.push_back(&sequence);
     budget -= chunk;
     auto position = std::upper_bound(running_.begin(), running_.end(), sequence.arrival,
@@ -325,12 +359,25 @@ void Engine::step() {
     waiting_.pop_front();
   }
   if (scheduled.empty()) return;
+  if (!speculating.empty()) draft_chains(speculating);
 
   std::vector<BatchSequence> batch;
   std::vector<const std::vector<int32_t>*> tables;
-  std::vector<int64_t> first_row;  // each sequence's first logits row
+  std::vector<int64_t> first_row;                                // each sequence's first logits row
+  std::vector<std::vector<int32_t>> verified(scheduled.size());  // a speculating sequence's [token, drafts]
   int64_t logit_rows = 0, tokens = 0;
-  for (Sequence* sequence : scheduled) {
+  for (size_t i = 0; i < scheduled.size(); ++i) {
+    Sequence* sequence = scheduled[i];
+    if (!sequence->drafts.empty()) {
+      verified[i].assign(1, sequence->tokens.back());
+      verified[i].insert(verified[i].end(), sequence->drafts.begin(), sequence->drafts.end());
+      batch.push_back({verified[i], sequence->computed, LogitsFor::AllTokens});
+      tables.push_back(&sequence->blocks);
+      first_row.push_back(logit_rows);
+      logit_rows += batch.back().logit_rows();
+      tokens += sequence->chunk;
+      continue;
+    }
     const bool last = sequence->chunk == sequence->pending();
     const LogitsFor which = sequence->scores_prompt() ? LogitsFor::AllTokens
                             : last                    ? LogitsFor::LastToken
@@ -345,17 +392,24 @@ void Engine::step() {
   const int64_t vocab = model_.config().vocab_size;
   if (logits_.size() < size_t(logit_rows * vocab)) logits_.resize(size_t(logit_rows * vocab));
   cache_.bind(batch, tables);
-  model_.forward_batch(batch, cache_, logits_.data());
+  if (speculate) hidden_.resize(size_t(tokens * model_.config().hidden_size));
+  model_.forward_batch(batch, cache_, logits_.data(), speculate ? hidden_.data() : nullptr);
   {
     std::lock_guard lock(mutex_);
     ++stats_.steps;
     stats_.tokens_computed += tokens;
+    stats_.speculative_steps += speculating.empty() ? 0 : 1;
   }
   std::vector<Sequence*> sampling;  // with the logits row each samples from
   std::vector<float*> sampling_rows;
   for (size_t i = 0; i < scheduled.size(); ++i) {
     Sequence& sequence = *scheduled[i];
     float* rows = logits_.data() + first_row[i] * vocab;
+    if (!sequence.drafts.empty()) {  // verified below; computed moves by what it keeps
+      sampling.push_back(&sequence);
+      sampling_rows.push_back(rows);
+      continue;
+    }
     if (batch[i].logits == LogitsFor::AllTokens) score_prompt(sequence, sequence.computed, sequence.chunk, rows);
     sequence.computed += sequence.chunk;
     publish_full_blocks(sequence);
@@ -371,12 +425,148 @@ void Engine::step() {
   }
   // Each sequence samples from its own row with its own generator: in parallel (a serial
   // loop cost a tenth of a 16-sequence step at top_p 0.9), delivered in batch order.
-  std::vector<EngineToken> chosen(sampling.size());
+  std::vector<std::vector<EngineToken>> chosen(sampling.size());
+  std::vector<int64_t> accepted(sampling.size(), 0);
   model_.context().pool().parallel_for(int64_t(sampling.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) chosen[size_t(k)] = choose(*sampling[size_t(k)], sampling_rows[size_t(k)]);
+    for (int64_t k = begin; k < end; ++k) {
+      Sequence& sequence = *sampling[size_t(k)];
+      chosen[size_t(k)] = sequence.drafts.empty() ? std::vector<EngineToken>{choose(sequence, sampling_rows[size_t(k)])}
+                                                  : verify(sequence, sampling_rows[size_t(k)], accepted[size_t(k)]);
+    }
   });
-  for (size_t k = 0; k < sampling.size(); ++k) deliver(*sampling[k], std::move(chosen[k]));
+  for (size_t k = 0; k < sampling.size(); ++k) {
+    Sequence& sequence = *sampling[k];
+    if (!sequence.drafts.empty()) {  // the pending token and the accepted drafts are now in the cache
+      sequence.computed += 1 + accepted[k];
+      publish_full_blocks(sequence);
+      sequence.stream->add_speculation(int64_t(sequence.drafts.size()), accepted[k]);
+      std::lock_guard lock(mutex_);
+      stats_.draft_tokens += int64_t(sequence.drafts.size());
+      stats_.accepted_tokens += accepted[k];
+    }
+    for (EngineToken& token : chosen[k]) {
+      if (sequence.done) break;
+      deliver(sequence, std::move(token));
+    }
+  }
+  // The module's rows follow only while speculating: at a large batch its pass would cost every
+  // step a layer and a head row per sequence for drafts no one verifies. A sequence whose rows
+  // fell behind then decodes plainly to its end.
+  if (speculate) extend_mtp(scheduled, batch);
   std::erase_if(running_, [](const auto& s) { return s->done; });
+}
+
+void Engine::draft_chains(std::span<Sequence* const> speculating) {
+  // Draft 1 is at hand (the module's argmax at the last slot); draft j + 1 runs the module at the
+  // next slot on draft j and the module's own state, for every speculating sequence at once.
+  const Config& c = model_.config();
+  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  std::vector<Sequence*> chain;
+  for (Sequence* sequence : speculating) sequence->drafts[0] = sequence->draft;
+  for (size_t j = 1;; ++j) {
+    chain.clear();
+    for (Sequence* sequence : speculating)
+      if (sequence->drafts.size() > j) chain.push_back(sequence);
+    if (chain.empty()) return;
+    std::vector<BatchSequence> batch;
+    std::vector<const std::vector<int32_t>*> tables;
+    states_.resize(chain.size() * size_t(hidden));
+    for (size_t s = 0; s < chain.size(); ++s) {
+      Sequence& sequence = *chain[s];
+      batch.push_back(
+          {std::span(sequence.drafts).subspan(j - 1, 1), sequence.computed + int64_t(j) - 1, LogitsFor::LastToken});
+      tables.push_back(&sequence.blocks);
+      std::copy(sequence.draft_state.begin(), sequence.draft_state.end(), states_.begin() + int64_t(s) * hidden);
+    }
+    draft_logits_.resize(chain.size() * size_t(vocab));
+    cache_.bind(batch, tables);
+    model_.draft_batch(0, batch, cache_, states_.data(), draft_logits_.data(), states_.data());
+    for (size_t s = 0; s < chain.size(); ++s) {
+      Sequence& sequence = *chain[s];
+      sequence.drafts[j] = int32_t(first_argmax(draft_logits_.data() + int64_t(s) * vocab, vocab));
+      std::copy_n(states_.begin() + int64_t(s) * hidden, hidden, sequence.draft_state.begin());
+    }
+  }
+}
+
+std::vector<EngineToken> Engine::verify(Sequence& sequence, float* rows, int64_t& accepted) {
+  // Row j is the model's distribution after draft j (row 0: after the pending token).
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<EngineToken> out;
+  std::vector<int32_t> history = sequence.tokens;
+  const bool greedy = sequence.request.sampling.temperature == 0.0f;
+  const auto& stops = sequence.request.stop_tokens;
+  accepted = 0;
+  for (size_t j = 0; j <= sequence.drafts.size(); ++j) {
+    float* row = rows + int64_t(j) * vocab;
+    for (const int32_t id : options_.never_sample) row[id] = -std::numeric_limits<float>::infinity();
+    const std::span<float> logits(row, size_t(vocab));
+    if (j == sequence.drafts.size()) {  // every draft kept: the model's own next token
+      out.push_back({sequence.sampler.sample(logits, history), 0.0f, {}});
+      break;
+    }
+    const int32_t draft = sequence.drafts[j];
+    bool kept = false;
+    int32_t token = 0;
+    if (greedy) {
+      token = sequence.sampler.sample(logits, history);
+      kept = token == draft;
+    } else {
+      token = accept_draft(sequence.sampler.distribution(logits, history), draft, sequence.sampler, kept);
+    }
+    out.push_back({token, 0.0f, {}});
+    if (!kept) break;
+    ++accepted;
+    history.push_back(token);
+    // A stop token ends the sequence: what the drafts say after it does not matter.
+    if (std::find(stops.begin(), stops.end(), token) != stops.end()) break;
+  }
+  return out;
+}
+
+void Engine::extend_mtp(std::span<Sequence* const> scheduled, std::span<const BatchSequence> batch) {
+  // Slot p of the module pairs the model's normed row at position p with token p + 1: every
+  // position of the step whose next token is known now, in the rows the step just wrote.
+  const Config& c = model_.config();
+  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  std::vector<BatchSequence> slots;
+  std::vector<const std::vector<int32_t>*> tables;
+  std::vector<Sequence*> owners;
+  states_.clear();
+  int64_t row = 0;
+  for (size_t i = 0; i < scheduled.size(); ++i) {
+    Sequence& sequence = *scheduled[i];
+    const int64_t first = batch[i].first_position, step_rows = int64_t(batch[i].tokens.size());
+    const int64_t begin = std::max(sequence.mtp_computed, first);
+    const int64_t end = std::min(sequence.computed, int64_t(sequence.tokens.size()) - 1);
+    if (!sequence.done && begin < end && begin == sequence.mtp_computed) {
+      slots.push_back(
+          {std::span(sequence.tokens).subspan(size_t(begin + 1), size_t(end - begin)), begin, LogitsFor::LastToken});
+      tables.push_back(&sequence.blocks);
+      owners.push_back(&sequence);
+      states_.insert(states_.end(), hidden_.begin() + (row + begin - first) * hidden,
+                     hidden_.begin() + (row + end - first) * hidden);
+      sequence.mtp_computed = end;
+    } else if (begin != sequence.mtp_computed) {
+      sequence.draft = -1;  // its rows fell behind (steps without speculation): no more drafts
+    }
+    row += step_rows;
+  }
+  if (slots.empty()) return;
+  int64_t logit_rows = 0;
+  for (const BatchSequence& s : slots) logit_rows += s.logit_rows();
+  draft_logits_.resize(size_t(std::max<int64_t>(logit_rows, 1) * vocab));
+  std::vector<float> out(states_.size());
+  cache_.bind(slots, tables);
+  model_.draft_batch(0, slots, cache_, states_.data(), draft_logits_.data(), out.data());
+  int64_t logit_row = 0, state_row = 0;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    Sequence& sequence = *owners[s];
+    state_row += int64_t(slots[s].tokens.size());
+    sequence.draft = int32_t(first_argmax(draft_logits_.data() + logit_row * vocab, vocab));
+    sequence.draft_state.assign(out.begin() + (state_row - 1) * hidden, out.begin() + state_row * hidden);
+    ++logit_row;
+  }
 }
 
 }  // namespace deepmoe

@@ -35,6 +35,14 @@ struct EngineOptions {
   // Ids never sampled nor reported among top logprobs: those the tokenizer cannot spell
   // (a vocab_size padded past the tokenizer's ids, holes in its vocabulary).
   std::vector<int32_t> never_sample;
+  // Speculative decoding with the model's MTP module: drafts per sequence and step (0: off), and
+  // the most decoding sequences a step speculates for (above it, plain steps: docs/serving.md).
+  int64_t speculative_tokens = 0;
+  int64_t speculative_max_batch = 4;
+  // The layers the latent cache holds: the main ones, and with speculation the MTP module's.
+  int64_t cache_layers(const Config& config) const {
+    return speculative_tokens > 0 ? config.layer_count() : config.num_hidden_layers;
+  }
 };
 
 struct EngineRequest {
@@ -56,6 +64,8 @@ struct EngineStats {
   int64_t kv_blocks_used = 0, kv_blocks_free = 0, kv_blocks_cached = 0, kv_block_tokens = 0;
   int64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // at admissions
   int64_t preemptions = 0, steps = 0, tokens_computed = 0, generated_tokens = 0;
+  // Speculative decoding: steps that verified drafts, drafts verified, drafts accepted.
+  int64_t speculative_steps = 0, draft_tokens = 0, accepted_tokens = 0;
   std::vector<std::vector<int64_t>> expert_load;  // [layer][expert], tokens routed since start
 };
 
@@ -103,6 +113,12 @@ class Engine {
   // Scores the prompt tokens that a chunk's logits rows (one per position) predict.
   void score_prompt(Sequence& sequence, int64_t first_position, int64_t rows, const float* logits);
   void deliver(Sequence& sequence, EngineToken token);
+  // Speculation: each speculating sequence's drafts (the MTP module's chain over its own states),
+  // the tokens its verify rows keep, and the module's rows for the positions the step made final
+  // (with the next step's first draft).
+  void draft_chains(std::span<Sequence* const> speculating);
+  std::vector<EngineToken> verify(Sequence& sequence, float* rows, int64_t& accepted);
+  void extend_mtp(std::span<Sequence* const> scheduled, std::span<const BatchSequence> batch);
 
   Model& model_;
   EngineOptions options_;
@@ -122,6 +138,7 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<float> logits_;
+  std::vector<float> hidden_, states_, draft_logits_;  // speculation: the step's normed rows, the module's
   std::thread thread_;
 };
 

@@ -98,6 +98,12 @@ std::string Metrics::render(const EngineStats& e) const {
   out += fmt::format("deepmoe_preemptions_total {}\n", e.preemptions);
   header(out, "deepmoe_engine_steps_total", "counter", "batched forward steps");
   out += fmt::format("deepmoe_engine_steps_total {}\n", e.steps);
+  header(out, "deepmoe_spec_decode_steps_total", "counter", "steps that verified drafts (speculative decoding)");
+  out += fmt::format("deepmoe_spec_decode_steps_total {}\n", e.speculative_steps);
+  header(out, "deepmoe_spec_decode_draft_tokens_total", "counter", "draft tokens verified");
+  out += fmt::format("deepmoe_spec_decode_draft_tokens_total {}\n", e.draft_tokens);
+  header(out, "deepmoe_spec_decode_accepted_tokens_total", "counter", "draft tokens accepted");
+  out += fmt::format("deepmoe_spec_decode_accepted_tokens_total {}\n", e.accepted_tokens);
   header(out, "deepmoe_expert_tokens_total", "counter", "tokens routed to each expert of each MoE layer");
   for (size_t layer = 0; layer < e.expert_load.size(); ++layer) {
     const auto& load = e.expert_load[layer];

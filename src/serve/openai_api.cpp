@@ -394,10 +394,14 @@ nlohmann::json chat_logprob(const Tokenizer& tokenizer, const EngineToken& token
 }
 
 json usage_json(const Usage& usage) {
-  return {{"prompt_tokens", usage.prompt_tokens},
-          {"completion_tokens", usage.completion_tokens},
-          {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
-          {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
+  json out = {{"prompt_tokens", usage.prompt_tokens},
+              {"completion_tokens", usage.completion_tokens},
+              {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
+              {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
+  if (usage.drafted_tokens > 0)
+    out["completion_tokens_details"] = {{"accepted_prediction_tokens", usage.accepted_tokens},
+                                        {"rejected_prediction_tokens", usage.drafted_tokens - usage.accepted_tokens}};
+  return out;
 }
 
 namespace {

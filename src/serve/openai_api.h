@@ -139,9 +139,13 @@ struct ResponseIds {
 struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;
   int64_t cached_tokens = 0;  // prompt tokens served from the prefix cache
+  // Speculative decoding: drafts verified, drafts accepted (over the request's choices).
+  int64_t drafted_tokens = 0, accepted_tokens = 0;
 };
 
-// {prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details: {cached_tokens}}
+// {prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details: {cached_tokens}}, and
+// with speculation completion_tokens_details: {accepted_prediction_tokens,
+// rejected_prediction_tokens} (OpenAI's fields for predicted tokens kept and thrown away).
 nlohmann::json usage_json(const Usage& usage);
 
 // A whole response, "text_completion" or "chat.completion", with n_choices choices made of all

@@ -7,15 +7,14 @@
 
 namespace deepmoe {
 
-PagedLatentCache::PagedLatentCache(const Config& config, int64_t n_blocks, int64_t block_tokens)
+PagedLatentCache::PagedLatentCache(const Config& config, int64_t layers, int64_t n_blocks, int64_t block_tokens)
     : row_size_(config.kv_cache_values_per_token()), n_blocks_(n_blocks), block_tokens_(block_tokens) {
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
+  for (int64_t layer = 0; layer < layers; ++layer)
     layers_.emplace_back(new float[size_t(n_blocks * block_tokens * row_size_)]);
 }
 
-int64_t PagedLatentCache::blocks_for_bytes(const Config& config, int64_t block_tokens, int64_t bytes) {
-  const int64_t block_bytes =
-      config.num_hidden_layers * block_tokens * config.kv_cache_values_per_token() * int64_t(sizeof(float));
+int64_t PagedLatentCache::blocks_for_bytes(const Config& config, int64_t layers, int64_t block_tokens, int64_t bytes) {
+  const int64_t block_bytes = layers * block_tokens * config.kv_cache_values_per_token() * int64_t(sizeof(float));
   return std::max<int64_t>(1, bytes / block_bytes);
 }
 

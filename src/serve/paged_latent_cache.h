@@ -14,10 +14,11 @@ namespace deepmoe {
 
 class PagedLatentCache final : public LatentRows {
  public:
-  PagedLatentCache(const Config& config, int64_t n_blocks, int64_t block_tokens);
+  // layers: the main ones (config.num_hidden_layers), or with the MTP modules' (layer_count()).
+  PagedLatentCache(const Config& config, int64_t layers, int64_t n_blocks, int64_t block_tokens);
 
-  // Blocks of block_tokens that fit in `bytes` for this config (at least 1).
-  static int64_t blocks_for_bytes(const Config& config, int64_t block_tokens, int64_t bytes);
+  // Blocks of block_tokens that fit in `bytes` for this config and layer count (at least 1).
+  static int64_t blocks_for_bytes(const Config& config, int64_t layers, int64_t block_tokens, int64_t bytes);
   int64_t n_blocks() const { return n_blocks_; }
   int64_t block_tokens() const { return block_tokens_; }
 

@@ -31,9 +31,9 @@ train::RolloutSampler policy_sampler(std::shared_ptr<const Tokenizer> shared, co
     e.max_batch = std::min<int64_t>(64, int64_t(prompts.size()) * group);
     e.max_batch_tokens = 512;
     e.max_queue = int64_t(prompts.size()) * group;
-    e.kv_blocks =
-        std::max((e.context + e.block_tokens - 1) / e.block_tokens,
-                 PagedLatentCache::blocks_for_bytes(config, e.block_tokens, int64_t(options.kv_cache_mb * 1048576.0)));
+    e.kv_blocks = std::max((e.context + e.block_tokens - 1) / e.block_tokens,
+                           PagedLatentCache::blocks_for_bytes(config, e.cache_layers(config), e.block_tokens,
+                                                              int64_t(options.kv_cache_mb * 1048576.0)));
     e.never_sample = unspellable_ids(tokenizer, config.vocab_size);
     Engine engine(model, e);
     std::vector<EngineRequest> requests;

@@ -42,6 +42,9 @@ class RequestStream {
   std::string error() const;
   // Prompt tokens served from the prefix cache at admission (the last admission, after a preemption).
   int64_t cached_tokens() const { return cached_tokens_; }
+  // Speculative decoding: drafts verified for this request, and how many were accepted.
+  int64_t drafted_tokens() const { return drafted_; }
+  int64_t accepted_tokens() const { return accepted_; }
   // The prompt's tokens from EngineRequest::prompt_logprobs_from on, each scored given the ones
   // before it; complete before the first generated token (or the end) is delivered.
   std::vector<EngineToken> prompt_logprobs() const;
@@ -53,6 +56,10 @@ class RequestStream {
   void push(EngineToken token);
   void finish(FinishReason reason, std::string error = {});
   void set_cached_tokens(int64_t n) { cached_tokens_ = n; }
+  void add_speculation(int64_t drafted, int64_t accepted) {
+    drafted_ += drafted;
+    accepted_ += accepted;
+  }
   void set_prompt_logprobs(std::vector<EngineToken> logprobs);
 
  private:
@@ -66,6 +73,7 @@ class RequestStream {
   std::string error_;
   std::atomic<bool> cancelled_{false};
   std::atomic<int64_t> cached_tokens_{0};
+  std::atomic<int64_t> drafted_{0}, accepted_{0};
 };
 
 }  // namespace deepmoe

@@ -160,6 +160,18 @@ grep -q '^deepmoe_requests_total{endpoint="/v1/completions",status="400"} [1-9]'
 start_server small --model model --threads 2 --api-key "$key" --kv-cache-mb 0.1 --ctx 256 && run_client preempt "$main_url" "$key" "$model" "$url"
 kill "$pid" 2>/dev/null
 
+# --speculative mtp:3: the same model with an MTP module added (train --steps 0 leaves the main
+# weights as they were) drafts; the text stays the main server's. A model without one: one line.
+head -c 8000 /dev/zero >zeros.u32
+"$deepmoe" train --init model --data zeros.u32 --seq 8 --batch 1 --steps 0 --mtp-depth 1 --out model_mtp \
+  >/dev/null 2>&1 && cp tok/* model_mtp/ || bad "an MTP module added to the model"
+start_server speculative --model model_mtp --model-name "$model" --threads 2 --api-key "$key" --speculative mtp:3 &&
+  run_client speculative "$main_url" "$key" "$model" "$url"
+kill "$pid" 2>/dev/null
+if "$deepmoe" serve --model model --speculative mtp:2 >/dev/null 2>spec.err; then bad "--speculative without a module accepted"
+elif [ "$(wc -l <spec.err)" -eq 1 ] && grep -q "multi-token-prediction" spec.err; then ok "--speculative without an MTP module: one line"
+else bad "--speculative without a module: $(cat spec.err)"; fi
+
 # --dtype bf16: the f32 weights rounded at load (the kernels read half the bytes); greedy requests
 # are still the same alone or among 15 others. A dtype it does not offer: one line naming it.
 start_server bf16 --model model --threads 2 --api-key "$key" --dtype bf16 && run_client invariance "$url" "$key" "$model"

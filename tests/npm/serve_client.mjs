@@ -8,6 +8,8 @@
 //   prefix BASE KEY MODEL       a repeated system prompt is served from the prefix cache
 //   load BASE KEY MODEL CLIENTS REQUESTS   concurrent clients, no failed or lost request
 //   preempt BASE KEY MODEL SMALL_BASE      a tiny cache preempts, and outputs stay the same
+//   speculative BASE KEY MODEL SPEC_BASE   a server drafting with the MTP module gives the same
+//                               text (alone, 8 at once, streamed) and reports drafts in usage and /metrics
 import OpenAI from "openai";
 
 const [mode, base, key, model, ...rest] = process.argv.slice(2);
@@ -223,6 +225,26 @@ async function preempt(smallBase) {
     `preemptions ${preemptions}, equal ${got.map((r, i) => r.choices[0].text === expected[i]).join(",")}`);
 }
 
+async function speculative(specBase) {
+  const spec = new OpenAI({ baseURL: `${specBase}/v1`, apiKey: key, maxRetries: 0, timeout: 120000 });
+  const requests = Array.from({ length: 8 }, (_, i) => ({ model, prompt: `Chapter ${i}: the jury said`, max_tokens: 60, temperature: 0, ignore_eos: true }));
+  const expected = [];
+  for (const r of requests) expected.push((await client.completions.create(r)).choices[0].text);
+  const alone = await spec.completions.create(requests[0]);
+  const together = await Promise.all(requests.map((r) => spec.completions.create(r)));
+  let streamed = "";
+  for await (const chunk of await spec.completions.create({ ...requests[1], stream: true })) streamed += chunk.choices[0]?.text ?? "";
+  check("speculative decoding: the same greedy text alone, 8 at once and streamed",
+    alone.choices[0].text === expected[0] && together.every((r, i) => r.choices[0].text === expected[i]) && streamed === expected[1],
+    `alone ${alone.choices[0].text === expected[0]}, together ${together.map((r, i) => r.choices[0].text === expected[i]).join(",")}, streamed ${streamed === expected[1]}`);
+  const details = alone.usage.completion_tokens_details ?? {};
+  const m = await metrics(specBase);
+  const drafted = m.value("deepmoe_spec_decode_draft_tokens_total"), accepted = m.value("deepmoe_spec_decode_accepted_tokens_total");
+  check("speculative decoding is reported: usage.completion_tokens_details and /metrics",
+    details.accepted_prediction_tokens + details.rejected_prediction_tokens > 0 && drafted > 0 && accepted >= 0 && accepted <= drafted,
+    `usage ${JSON.stringify(alone.usage)}, drafted ${drafted}, accepted ${accepted}`);
+}
+
 try {
   if (mode === "api") await api();
   else if (mode === "invariance") await invariance();
@@ -230,6 +252,7 @@ try {
   else if (mode === "prefix") await prefix();
   else if (mode === "load") await load(Number(rest[0]), Number(rest[1]));
   else if (mode === "preempt") await preempt(rest[0]);
+  else if (mode === "speculative") await speculative(rest[0]);
   else throw new Error(`unknown mode ${mode}`);
 } catch (e) {
   check(`${mode} ran`, false, e.stack);

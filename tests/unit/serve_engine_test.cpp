@@ -15,6 +15,7 @@
 #include "infer/generator.h"
 #include "kernels/matmul.h"
 #include "model/random_init.h"
+#include "mtp_test_model.h"
 #include "serve/block_pool.h"
 #include "test_util.h"
 
@@ -101,7 +102,7 @@ TEST_F(ServeEngine, PagedBatchedForwardMatchesOneSequenceAtATime) {
     model.forward(std::span(*all[s]).subspan(size_t(history[s])), alone, LogitsFor::LastToken,
                   expected.data() + s * vocab);
   }
-  PagedLatentCache paged(c, 12, 16);
+  PagedLatentCache paged(c, c.num_hidden_layers, 12, 16);
   const std::vector<std::vector<int32_t>> tables = {{7, 2}, {0, 9}, {3, 11, 5}};
   const std::vector<int32_t>* table_pointers[3] = {&tables[0], &tables[1], &tables[2]};
   for (size_t s = 0; s < 3; ++s) {
@@ -170,6 +171,51 @@ TEST_F(ServeEngine, PreemptedSequencesFinishWithTheSameTokens) {
     EXPECT_EQ(streams[size_t(i)]->finish_reason(), FinishReason::Length);
   }
   EXPECT_GT(engine.stats().preemptions, 0);
+}
+
+// Speculation (the MTP module drafting 3 a step) changes no greedy token: alone, among others
+// beyond --speculative-max-batch (plain steps while they run), preempted, and stopped mid-drafts.
+TEST_F(ServeEngine, SpeculativeDecodingGivesTheSameTokens) {
+  std::string config = kConfig;
+  config.insert(config.rfind('}'), R"(, "num_nextn_predict_layers": 1)");
+  const auto weights = testing::agreeing_mtp_model(dir_ / "mtp", config, 4);
+  std::vector<std::vector<int32_t>> expected;
+  {
+    Model model(*weights, serving(2));
+    Engine engine(model, options());
+    for (int i = 0; i < 6; ++i) expected.push_back(collect(*engine.submit(greedy(prompt(20, 40 + i), 60))));
+  }
+  EngineOptions speculative = options();
+  speculative.speculative_tokens = 3;
+  speculative.speculative_max_batch = 2;
+  for (const int64_t kv_blocks : {int64_t(256), int64_t(11)}) {  // 11: one full context and a block more
+    speculative.kv_blocks = kv_blocks;
+    Model model(*weights, serving(2));
+    Engine engine(model, speculative);
+    EXPECT_EQ(collect(*engine.submit(greedy(prompt(20, 40), 60))), expected[0]);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 6; ++i) streams.push_back(engine.submit(greedy(prompt(20, 40 + i), 60)));
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(collect(*streams[size_t(i)]), expected[size_t(i)]) << "request " << i;
+    // A stop token the drafts run past: the reply ends before it, as without speculation.
+    EngineRequest stopped = greedy(prompt(20, 41), 60);
+    stopped.stop_tokens = {expected[1][25]};
+    const auto stop_at = std::find(expected[1].begin(), expected[1].end(), expected[1][25]);
+    const auto stream = engine.submit(stopped);
+    EXPECT_EQ(collect(*stream), std::vector<int32_t>(expected[1].begin(), stop_at));
+    EXPECT_EQ(stream->finish_reason(), FinishReason::Stop);
+    const EngineStats stats = engine.stats();
+    EXPECT_GT(stats.accepted_tokens, stats.draft_tokens / 4) << kv_blocks << " blocks";
+    EXPECT_LT(stats.accepted_tokens, stats.draft_tokens);
+    EXPECT_GT(stats.speculative_steps, 0);
+    EXPECT_LT(stats.speculative_steps, stats.steps);
+    if (kv_blocks == 11) {
+      EXPECT_GT(stats.preemptions, 0);
+    }
+  }
+  EngineOptions no_module = options();
+  no_module.speculative_tokens = 2;
+  Model plain(*weights_, serving(1));
+  EXPECT_THROW(Engine(plain, no_module), Error);
 }
 
 TEST_F(ServeEngine, RepeatedPromptReusesCachedBlocks) {

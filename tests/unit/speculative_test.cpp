@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "model/random_init.h"
-#include "train/parameters.h"
+#include "mtp_test_model.h"
 
 namespace deepmoe {
 namespace {
@@ -35,33 +35,12 @@ class SpeculativeTest : public ::testing::Test {
     std::ofstream(dir_ / "config.json") << kConfig;
     write_random_checkpoint((dir_ / "config.json").string(), (dir_ / "model").string(), 3, DType::F32);
     weights_ = ModelWeights::load((dir_ / "model").string()).release();
-    agreeing_ = agreeing_model().release();
+    agreeing_ = testing::agreeing_mtp_model(dir_ / "tied", kConfig, 5).release();
   }
   static void TearDownTestSuite() {
     delete weights_;
     delete agreeing_;
     fs::remove_all(dir_);
-  }
-
-  // A random model's module drafts tokens the model almost never picks (under 1% accepted), which
-  // leaves acceptance and rollback untried. This one is tied (a random tied model mostly repeats
-  // its last token) and its module's eh_proj passes the next token's embedding through, so it
-  // drafts "repeat" too: most drafts are accepted, some not.
-  static std::unique_ptr<ModelWeights> agreeing_model() {
-    const fs::path tied = dir_ / "tied";
-    fs::create_directories(tied);
-    std::string config = kConfig;
-    config.insert(config.rfind('}'), R"(, "tie_word_embeddings": true)");
-    std::ofstream(tied / "config.json") << config;
-    write_random_checkpoint((tied / "config.json").string(), (tied / "model").string(), 5, DType::F32);
-    train::Parameters p = train::Parameters::load((tied / "model").string());
-    const int64_t hidden = p.config().hidden_size;
-    float* eh_proj = p.value("model.layers.2.eh_proj.weight");
-    if (eh_proj == nullptr) fail("no MTP module in the test model");
-    for (int64_t r = 0; r < hidden; ++r)
-      for (int64_t c = 0; c < 2 * hidden; ++c) eh_proj[r * 2 * hidden + c] = c == r ? 4.0f : 0.0f;
-    p.save((tied / "model").string());
-    return ModelWeights::load((tied / "model").string());
   }
 
   static std::vector<int32_t> run(Model& model, std::span<const int32_t> prompt, int64_t n, const SamplingParams& p,
@@ -78,7 +57,6 @@ class SpeculativeTest : public ::testing::Test {
     if (stats) *stats = s;
     return out;
   }
-
   static void greedy_equals_plain(const ModelWeights& weights);
 
   static inline fs::path dir_;
