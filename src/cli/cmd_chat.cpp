@@ -19,7 +19,7 @@ void add_chat_command(CLI::App& app) {
     int64_t max_reply = 512;
     int threads = 0;
     SamplingParams sampling;
-    std::string speculative;
+    SpeculativeOptions speculative;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand(
@@ -30,16 +30,17 @@ void add_chat_command(CLI::App& app) {
   command->add_option("-n", options->max_reply, "most tokens per reply");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   add_sampling_options(command, options->sampling);
-  add_speculative_option(command, options->speculative);
+  add_speculative_options(command, options->speculative);
   command->callback([options] {
     validate(options->sampling);
-    const SpeculativeFlag speculative = parse_speculative(options->speculative);
+    const SpeculativeFlag speculative = parse_speculative(options->speculative.spec);
     if (options->max_reply < 1) fail("-n must be >= 1, found {}", options->max_reply);
     const auto tokenizer = load_model_tokenizer(options->model);
     if (tokenizer->chat_template().empty()) fail("{}: tokenizer_config.json has no chat_template", options->model);
     const ChatTemplate chat_template(tokenizer->chat_template());
     const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
+    apply_draft_vocab(options->speculative, model);
     std::unique_ptr<ModelWeights> draft_weights;
     const auto draft_model =
         load_draft_model(speculative, options->model, resolve_threads(options->threads), draft_weights);

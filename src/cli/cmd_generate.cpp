@@ -15,7 +15,7 @@ void add_generate_command(CLI::App& app) {
     int64_t n_new = 16;
     int threads = 0;
     SamplingParams sampling;
-    std::string speculative;
+    SpeculativeOptions speculative;
   };
   auto options = std::make_shared<Options>();
   auto* command = app.add_subcommand("generate", "Generate after a prompt (text, or token ids)");
@@ -28,12 +28,12 @@ void add_generate_command(CLI::App& app) {
   command->add_option("-n", options->n_new, "tokens to generate (text generation also stops at EOS)");
   command->add_option("--threads", options->threads, "threads (0: all cores)");
   add_sampling_options(command, options->sampling);
-  add_speculative_option(command, options->speculative);
+  add_speculative_options(command, options->speculative);
   command->callback([options, tokens, prompt] {
     if (!*tokens && !*prompt) fail("generate needs --prompt TEXT or --tokens IDS");
     validate(options->sampling);
     if (options->n_new < 0) fail("-n must be >= 0, found {}", options->n_new);
-    const SpeculativeFlag speculative = parse_speculative(options->speculative);
+    const SpeculativeFlag speculative = parse_speculative(options->speculative.spec);
     std::unique_ptr<Tokenizer> tokenizer;
     std::vector<int32_t> ids;
     if (*prompt) {
@@ -44,6 +44,7 @@ void add_generate_command(CLI::App& app) {
     }
     const auto weights = load_model(options->model, options->load);
     Model model(*weights, resolve_threads(options->threads));
+    apply_draft_vocab(options->speculative, model);
     std::unique_ptr<ModelWeights> draft_weights;
     const auto draft_model =
         load_draft_model(speculative, options->model, resolve_threads(options->threads), draft_weights);
@@ -68,6 +69,10 @@ void add_generate_command(CLI::App& app) {
     fmt::print("{}\n", text ? text->finish() : "");
     fmt::print(stderr, "prefill: {} tokens, {:.1f} tok/s; decode: {} tokens, {:.1f} tok/s\n", stats.prompt_tokens,
                stats.prefill_tokens_per_second(), stats.generated_tokens, stats.decode_tokens_per_second());
+    const int64_t steps = stats.verify_steps > 0 ? stats.verify_steps : stats.generated_tokens - 1;
+    if (steps > 0 && stats.experts_read > 0)
+      fmt::print(stderr, "experts: {:.2f} routed experts read per decode step\n",
+                 double(stats.experts_read) / double(steps));
     if (speculative.tokens > 0 && stats.verify_steps > 0) {
       std::string by_position;
       for (const int64_t n : stats.accepted_at)

@@ -65,7 +65,7 @@ void add_serve_command(CLI::App& app) {
     ServerOptions server;
     EngineOptions engine;
     double kv_cache_mb = 1024;
-    std::string speculative;
+    SpeculativeOptions speculative;
     int threads = 0;
     int64_t drain_seconds = 30;
   };
@@ -104,9 +104,7 @@ void add_serve_command(CLI::App& app) {
                    "weights as stored (auto) or f32 matrices rounded to bf16 at load (bf16: half the bytes per "
                    "step; activations stay f32)")
       ->check(CLI::IsMember({"auto", "bf16"}));
-  command->add_option("--speculative", o->speculative,
-                      "mtp:K: the model's multi-token-prediction module drafts K tokens per sequence and step, "
-                      "verified in the same batched pass (the same output)");
+  add_speculative_options(command, o->speculative);
   command->add_option("--speculative-max-batch", o->engine.speculative_max_batch,
                       "speculate only while at most this many sequences decode (default 4)");
   command->add_option("--drain-seconds", o->drain_seconds,
@@ -120,7 +118,7 @@ void add_serve_command(CLI::App& app) {
       fail("--read-timeout must be in (0, 3600], found {}", o->read_timeout);
     if (o->server.max_connections < 1 || o->server.max_connections > 65536)
       fail("--max-connections must be in [1, 65536], found {}", o->server.max_connections);
-    const SpeculativeFlag speculative = parse_speculative(o->speculative);
+    const SpeculativeFlag speculative = parse_speculative(o->speculative.spec);
     if (!speculative.draft_dir.empty()) fail("--speculative: serve drafts with the model's MTP module (mtp:K)");
     if (o->engine.speculative_max_batch < 1)
       fail("--speculative-max-batch must be >= 1, found {}", o->engine.speculative_max_batch);
@@ -150,6 +148,7 @@ void add_serve_command(CLI::App& app) {
     model_options.attention_mode = AttentionMode::Absorbed;
     model_options.context.batch_invariant = true;
     Model model(*weights, model_options);
+    apply_draft_vocab(o->speculative, model);
     Engine engine(model, o->engine);
 
     std::string name = o->model_name;

@@ -79,11 +79,18 @@ std::unique_ptr<Model> load_draft_model(const SpeculativeFlag& flag, const std::
   return std::make_unique<Model>(*weights, threads);
 }
 
-void add_speculative_option(CLI::App* command, std::string& spec) {
-  command->add_option("--speculative", spec,
+void add_speculative_options(CLI::App* command, SpeculativeOptions& options) {
+  command->add_option("--speculative", options.spec,
                       "mtp:K (the model's multi-token-prediction module) or draft:DIR:K (a smaller model with the "
                       "same tokenizer) drafts K tokens a step, the model verifies them in one pass: the same output, "
                       "faster when drafts are accepted");
+  command->add_option("--draft-vocab", options.draft_vocab,
+                      "the MTP module drafts among the first N token ids only (its head is most of a draft step's "
+                      "bytes; the output is unchanged); default: all");
+}
+
+void apply_draft_vocab(const SpeculativeOptions& options, Model& model) {
+  if (options.draft_vocab != 0) model.set_draft_vocabulary(options.draft_vocab);
 }
 
 std::string read_file(const std::string& path) {

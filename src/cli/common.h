@@ -50,7 +50,14 @@ struct SpeculativeFlag {
   std::string draft_dir;  // empty: the MTP module
 };
 SpeculativeFlag parse_speculative(const std::string& spec);
-void add_speculative_option(CLI::App* command, std::string& spec);
+// --speculative, and --draft-vocab (Model::set_draft_vocabulary; 0: the whole vocabulary).
+struct SpeculativeOptions {
+  std::string spec;
+  int64_t draft_vocab = 0;
+};
+void add_speculative_options(CLI::App* command, SpeculativeOptions& options);
+// The --draft-vocab the options ask for, applied to `model` (a model with an MTP module).
+void apply_draft_vocab(const SpeculativeOptions& options, Model& model);
 // The draft model SpeculativeFlag names, loaded and checked against the model's tokenizer (the
 // same tokenizer.json when both have one); null for MTP or off. `weights` receives its weights.
 std::unique_ptr<Model> load_draft_model(const SpeculativeFlag& flag, const std::string& model_dir, int threads,

@@ -37,6 +37,7 @@ GenerationStats generate(Model& model, std::span<const int32_t> prompt, int64_t 
   start = Clock::now();
   while (more && stats.generated_tokens < n_new) {
     model.forward(std::span<const int32_t>(&token, 1), cache, LogitsFor::LastToken, logits.data());
+    stats.experts_read += model.experts_read();
     token = sampler.sample(logits, history);
     history.push_back(token);
     ++stats.generated_tokens;

@@ -18,6 +18,9 @@ struct GenerationStats {
   // the steps whose drafts 1..j+1 were all accepted (accepted_at[0] / steps: the first draft's rate).
   int64_t verify_steps = 0, drafted = 0, accepted = 0;
   std::vector<int64_t> accepted_at;
+  // Routed experts the decode passes ran (Model::experts_read), summed: per step, the expert
+  // weights a step reads (a verify pass reads each expert its positions share once).
+  int64_t experts_read = 0;
   double prefill_tokens_per_second() const { return prefill_seconds > 0 ? double(prompt_tokens) / prefill_seconds : 0; }
   // The first generated token comes from the prefill; decode timing covers the rest.
   double decode_tokens_per_second() const {

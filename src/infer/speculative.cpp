@@ -25,7 +25,7 @@ class MtpDrafter final : public Drafter {
   MtpDrafter(Model& model, LatentCache& cache)
       : model_(model),
         cache_(cache),
-        logits_(size_t(model.config().vocab_size)),
+        logits_(size_t(model.draft_vocabulary())),
         state_(size_t(model.config().hidden_size)) {
     const Config& c = model.config();
     if (c.num_nextn_predict_layers == 0)
@@ -145,6 +145,7 @@ class SpeculativeDecoder {
     std::vector<int32_t> verify = {token};
     for (const int32_t d : drafter_->draft(k_)) verify.push_back(d);
     model_.forward(verify, cache_, LogitsFor::AllTokens, logits_.data(), hidden_.data());
+    stats.experts_read += model_.experts_read();
     std::vector<int32_t> out;
     int64_t accepted = 0;
     int32_t next = 0;

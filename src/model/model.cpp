@@ -13,7 +13,14 @@ Model::Model(const ModelWeights& weights, ModelOptions options)
       attention_mode_(options.attention_mode),
       context_(options.threads, std::move(options.context)),
       expert_load_(size_t(weights.config.num_hidden_layers),
-                   std::vector<int64_t>(size_t(weights.config.n_routed_experts))) {}
+                   std::vector<int64_t>(size_t(weights.config.n_routed_experts))),
+      draft_vocab_(weights.config.vocab_size) {}
+
+void Model::set_draft_vocabulary(int64_t n) {
+  if (n < 1 || n > config().vocab_size)
+    fail("the draft vocabulary must be in [1, {}] ids, found {}", config().vocab_size, n);
+  draft_vocab_ = n;
+}
 
 namespace {
 // One sequence in one contiguous cache: its rows are the cache itself.
@@ -74,6 +81,7 @@ int64_t Model::gather_batch(std::span<const BatchSequence> batch) {
 
 void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cache, float* logits, float* hidden_out) {
   const Config& c = config();
+  experts_read_ = 0;
   if (gather_batch(batch) == 0) return;
   embed_forward(weights_.embed_tokens, token_ids_, hidden_.data());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -82,10 +90,13 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
     if (layer.is_moe) {
       const std::vector<int32_t>& begin = scratch_.moe.routing.expert_begin;
       std::vector<int64_t>& load = expert_load_[size_t(i)];
-      for (size_t e = 0; e < load.size(); ++e) load[e] += begin[e + 1] - begin[e];
+      for (size_t e = 0; e < load.size(); ++e) {
+        load[e] += begin[e + 1] - begin[e];
+        experts_read_ += begin[e + 1] > begin[e];
+      }
     }
   }
-  head_rows(batch, weights_.norm, logits, hidden_out);
+  head_rows(batch, weights_.lm_head, weights_.norm, logits, hidden_out);
 }
 
 void Model::draft_batch(int64_t module, std::span<const BatchSequence> batch, LatentRows& cache, const float* hidden,
@@ -102,10 +113,18 @@ void Model::draft_batch(int64_t module, std::span<const BatchSequence> batch, La
   const int64_t layer = c.num_hidden_layers + module;
   decoder_forward(context_, c, weights_.layers[size_t(layer)], layer, batch, rope_, &cache, attention_mode_, scratch_,
                   nullptr, hidden_.data());
-  head_rows(batch, mtp.shared_head_norm, logits, hidden_out);
+  experts_read_ = 0;
+  if (weights_.layers[size_t(layer)].is_moe) {
+    const std::vector<int32_t>& begin = scratch_.moe.routing.expert_begin;
+    for (size_t e = 0; e + 1 < begin.size(); ++e) experts_read_ += begin[e + 1] > begin[e];
+  }
+  WeightMatrix head = weights_.lm_head;  // its first draft_vocab_ rows
+  head.rows = draft_vocab_;
+  head_rows(batch, head, mtp.shared_head_norm, logits, hidden_out);
 }
 
-void Model::head_rows(std::span<const BatchSequence> batch, const float* norm, float* logits, float* hidden_out) {
+void Model::head_rows(std::span<const BatchSequence> batch, const WeightMatrix& head, const float* norm, float* logits,
+                      float* hidden_out) {
   const Config& c = config();
   const int64_t hidden = c.hidden_size;
   int64_t logit_rows = 0, first_token = 0;
@@ -120,8 +139,8 @@ void Model::head_rows(std::span<const BatchSequence> batch, const float* norm, f
     rmsnorm_rows(context_, hidden_.data(), hidden, norm, first_token, hidden, float(c.rms_norm_eps), hidden_out, hidden,
                  nullptr);
   if (logit_rows > 0)
-    head_forward(context_, weights_.lm_head, norm, float(c.rms_norm_eps), last_rows_.data(), logit_rows, normed_.data(),
-                 nullptr, logits);
+    head_forward(context_, head, norm, float(c.rms_norm_eps), last_rows_.data(), logit_rows, normed_.data(), nullptr,
+                 logits);
 }
 
 }  // namespace deepmoe

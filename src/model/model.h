@@ -55,9 +55,19 @@ class Model {
   // (optional) every token's state after shared_head.norm, the next draft step's `hidden`.
   void draft_batch(int64_t module, std::span<const BatchSequence> batch, LatentRows& cache, const float* hidden,
                    float* logits, float* hidden_out = nullptr);
+  // The ids the MTP module's head scores: [0, n) (n >= 1; the whole vocabulary by default).
+  // Drafting needs only the argmax, and the head is most of a draft step's bytes (a 102400-id
+  // head is 70 % of V2-Lite's module); byte-level BPE numbers its tokens in merge order, so the
+  // low ids are the common ones and a draft outside them is rare (FR-Spec, Zhao et al. 2025).
+  void set_draft_vocabulary(int64_t n);
+  int64_t draft_vocabulary() const { return draft_vocab_; }
   // One sequence: `tokens` at positions `first_position`, ... of `cache` (its length unchanged).
   void draft(int64_t module, std::span<const int32_t> tokens, int64_t first_position, LatentCache& cache,
              const float* hidden, LogitsFor which, float* logits, float* hidden_out = nullptr);
+
+  // Routed experts the last forward_batch or draft_batch ran (each once for all its tokens),
+  // summed over its MoE layers: with ModelWeights::routed_expert_bytes, the expert bytes it read.
+  int64_t experts_read() const { return experts_read_; }
 
   // Tokens routed to each expert since construction: [layer][n_routed_experts] (zeros for dense layers).
   const std::vector<std::vector<int64_t>>& expert_load() const { return expert_load_; }
@@ -73,11 +83,14 @@ class Model {
   std::vector<int64_t> positions_;
   std::vector<int32_t> token_ids_;
   std::vector<std::vector<int64_t>> expert_load_;
+  int64_t experts_read_ = 0;
+  int64_t draft_vocab_;
   // Checks the ids and lays out positions_ and token_ids_ for the batch; returns the token count.
   int64_t gather_batch(std::span<const BatchSequence> batch);
   // The head over the rows whose logits are wanted (gathered in order from hidden_), normed by
   // `norm`; hidden_out (optional) every row normed.
-  void head_rows(std::span<const BatchSequence> batch, const float* norm, float* logits, float* hidden_out);
+  void head_rows(std::span<const BatchSequence> batch, const WeightMatrix& head, const float* norm, float* logits,
+                 float* hidden_out);
 
   std::vector<float> hidden_, last_rows_, normed_;  // [n_tokens, hidden]
   std::vector<float> joined_;                       // [n_tokens, 2·hidden]: an MTP module's input

@@ -404,6 +404,15 @@ size_t ModelWeights::decode_weight_bytes(bool mtp) const {
   return bytes;
 }
 
+size_t ModelWeights::routed_expert_bytes() const {
+  for (const LayerWeights& layer : layers)
+    if (layer.is_moe && !layer.moe.experts.empty()) {
+      const MlpWeights& e = layer.moe.experts[0];
+      return e.gate_proj.bytes() + e.up_proj.bytes() + e.down_proj.bytes();
+    }
+  return 0;
+}
+
 int64_t ModelWeights::round_to_bf16() {
   std::vector<WeightMatrix*> matrices;
   for_each_tensor(config, *this, [&](const TensorInfo& t, TensorSlot slot) {

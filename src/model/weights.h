@@ -131,6 +131,8 @@ struct ModelWeights {
   // experts per MoE layer (the memory traffic that bounds decode speed). mtp: one MTP module's
   // draft step instead (its block, eh_proj and the shared head).
   size_t decode_weight_bytes(bool mtp = false) const;
+  // Bytes of one routed expert (gate, up and down), as held; 0 without MoE layers.
+  size_t routed_expert_bytes() const;
 
  private:
   // Binds what derives from the list's tensors: lm_head (embed_tokens when tied), and where

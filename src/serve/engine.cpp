@@ -460,7 +460,7 @@ void Engine::draft_chains(std::span<Sequence* const> speculating) {
   // Draft 1 is at hand (the module's argmax at the last slot); draft j + 1 runs the module at the
   // next slot on draft j and the module's own state, for every speculating sequence at once.
   const Config& c = model_.config();
-  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  const int64_t hidden = c.hidden_size, vocab = model_.draft_vocabulary();
   std::vector<Sequence*> chain;
   for (Sequence* sequence : speculating) sequence->drafts[0] = sequence->draft;
   for (size_t j = 1;; ++j) {
@@ -528,7 +528,7 @@ void Engine::extend_mtp(std::span<Sequence* const> scheduled, std::span<const Ba
   // Slot p of the module pairs the model's normed row at position p with token p + 1: every
   // position of the step whose next token is known now, in the rows the step just wrote.
   const Config& c = model_.config();
-  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  const int64_t hidden = c.hidden_size, vocab = model_.draft_vocabulary();
   std::vector<BatchSequence> slots;
   std::vector<const std::vector<int32_t>*> tables;
   std::vector<Sequence*> owners;

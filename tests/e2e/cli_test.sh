@@ -514,6 +514,10 @@ sed 's/"vocab_size": 300/"vocab_size": 310/' config.json >config_310.json
 "$deepmoe" init --config config_310.json --out model_310 --seed 5 >/dev/null
 expect_error "a draft model of another vocabulary" "must share the tokenizer" "$deepmoe" generate --model mtp \
   --tokens 1,2 --speculative draft:model_310:2
+spec=$("$deepmoe" generate --model mtp --tokens 21,147,144 -n 50 --temperature 0 --speculative mtp:2 --draft-vocab 150 2>/dev/null)
+[ "$spec" = "$plain" ] && ok "--draft-vocab: the same tokens" || bad "--draft-vocab changed the output"
+expect_error "--draft-vocab past the vocabulary" "draft vocabulary must be in \[1, 300\]" "$deepmoe" generate \
+  --model mtp --tokens 1,2 --speculative mtp:2 --draft-vocab 301
 expect_error "--mtp-depth past --seq" "--mtp-depth 40 needs --seq above it" "$deepmoe" train --init mtp \
   --data periodic.u32 --seq 32 --batch 4 --steps 1 --mtp-depth 40 --out x_mtp_seq
 echo "$passed passed, $failed failed"

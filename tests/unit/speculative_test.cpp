@@ -120,6 +120,22 @@ TEST_F(SpeculativeTest, ADraftModelGivesPlainDecodingsTokens) {
   }
 }
 
+// Drafting among the first ids only (--draft-vocab) changes acceptance, never the output.
+TEST_F(SpeculativeTest, ASmallerDraftVocabularyGivesTheSameTokens) {
+  Model model(*agreeing_, 2);
+  SamplingParams greedy;
+  const std::vector<int32_t> prompt = {9, 3, 27, 40, 11};
+  const std::vector<int32_t> plain = run(model, prompt, 40, greedy, 0);
+  for (const int64_t n : {61, 30, 5}) {
+    model.set_draft_vocabulary(n);
+    GenerationStats stats;
+    EXPECT_EQ(run(model, prompt, 40, greedy, 2, &stats), plain) << "draft vocabulary " << n;
+    EXPECT_GT(stats.verify_steps, 0);
+  }
+  EXPECT_THROW(model.set_draft_vocabulary(62), Error);
+  EXPECT_THROW(model.set_draft_vocabulary(0), Error);
+}
+
 TEST_F(SpeculativeTest, AModelWithoutModulesIsRefused) {
   fs::create_directories(dir_ / "plain");
   std::string config = kConfig;
