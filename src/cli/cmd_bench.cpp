@@ -42,21 +42,24 @@ nlohmann::ordered_json verify_costs(Model& model, const ModelWeights& weights, s
   const double fixed_bytes =
       double(weights.decode_weight_bytes()) - double(moe_layers * c.num_experts_per_tok) * expert_bytes;
   std::mt19937 rng(99);
-  nlohmann::ordered_json passes = nlohmann::json::array();
-  std::vector<double> times, read;
-  for (int64_t n = 1; n <= max_positions; ++n) {
-    std::vector<double> samples, bytes;
-    for (int64_t rep = 0; rep < reps; ++rep) {
+  // Every pass size once per round, rounds interleaved: the machine's drift (neighbours on the
+  // memory bus) falls on all sizes alike.
+  std::vector<std::vector<double>> samples(static_cast<size_t>(max_positions)), bytes(samples.size());
+  for (int64_t rep = 0; rep < reps; ++rep)
+    for (int64_t n = 1; n <= max_positions; ++n) {
       std::vector<int32_t> tokens(static_cast<size_t>(n));
       for (auto& token : tokens) token = int32_t(rng() % uint32_t(c.vocab_size));
       cache.length = prompt_length;
       const auto start = Clock::now();
       model.forward(tokens, cache, LogitsFor::AllTokens, logits.data());
-      samples.push_back(seconds(start));
-      bytes.push_back(fixed_bytes + double(model.experts_read()) * expert_bytes);
+      samples[size_t(n - 1)].push_back(seconds(start));
+      bytes[size_t(n - 1)].push_back(fixed_bytes + double(model.experts_read()) * expert_bytes);
     }
-    times.push_back(median(samples));
-    read.push_back(median(bytes));
+  nlohmann::ordered_json passes = nlohmann::json::array();
+  std::vector<double> times, read;
+  for (int64_t n = 1; n <= max_positions; ++n) {
+    times.push_back(median(samples[size_t(n - 1)]));
+    read.push_back(median(bytes[size_t(n - 1)]));
     passes.push_back({{"positions", n},
                       {"seconds", times.back()},
                       {"time_vs_one", times.back() / times.front()},
@@ -65,16 +68,16 @@ nlohmann::ordered_json verify_costs(Model& model, const ModelWeights& weights, s
   }
   nlohmann::ordered_json out = {{"passes", passes}};
   if (c.num_nextn_predict_layers == 0) return out;
-  std::vector<double> samples;
+  std::vector<double> draft_samples;
   const int32_t token = prompt.back();
   std::vector<float> state(size_t(c.hidden_size));
   for (int64_t rep = 0; rep < reps; ++rep) {
     const auto start = Clock::now();
     model.draft(0, std::span(&token, 1), prompt_length - 1, cache, hidden.data() + (prompt_length - 1) * c.hidden_size,
                 LogitsFor::LastToken, logits.data(), state.data());
-    samples.push_back(seconds(start));
+    draft_samples.push_back(seconds(start));
   }
-  const double draft = median(samples);
+  const double draft = median(draft_samples);
   out["mtp_draft_seconds"] = draft;
   // The head's rows past the draft vocabulary are not read.
   out["mtp_draft_weight_bytes"] =

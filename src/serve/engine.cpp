@@ -307,7 +307,7 @@ void Engine::step() {
   int64_t budget = options_.max_batch_tokens;
   // Speculate while the batch is small: a verify step reads each selected expert once for all its
   // positions, so with few sequences it costs about one step; with many, their tokens already
-  // reach most experts and the drafts' extra positions are extra compute (docs/serving.md).
+  // reach most experts and the drafts' extra positions are extra compute (docs/benchmarks.md "Multi-token prediction").
   int64_t decoders = 0;
   for (auto& sequence : running_) decoders += sequence->pending() == 1;
   const bool speculate = options_.speculative_tokens > 0 && decoders <= options_.speculative_max_batch;

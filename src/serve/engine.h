@@ -36,7 +36,8 @@ struct EngineOptions {
   // (a vocab_size padded past the tokenizer's ids, holes in its vocabulary).
   std::vector<int32_t> never_sample;
   // Speculative decoding with the model's MTP module: drafts per sequence and step (0: off), and
-  // the most decoding sequences a step speculates for (above it, plain steps: docs/serving.md).
+  // the most decoding sequences a step speculates for (above it, plain steps: docs/benchmarks.md "Multi-token
+  // prediction").
   int64_t speculative_tokens = 0;
   int64_t speculative_max_batch = 4;
   // The layers the latent cache holds: the main ones, and with speculation the MTP module's.
