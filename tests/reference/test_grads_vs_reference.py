@@ -58,7 +58,7 @@ def scores_of(x, w, prefix, cfg):
 
 def sequence_loss(tokens, targets, w, cfg):
     """(cross-entropy sum over positions, balance loss of this sequence summed over MoE layers)."""
-    logprobs, balance, _ = sequence_terms(tokens, targets, w, cfg)
+    logprobs, balance = sequence_terms(tokens, targets, w, cfg)
     return -logprobs.sum(), balance
 
 
@@ -88,7 +88,13 @@ def target_logprobs(x, targets, w, cfg):
     return torch.log_softmax(logits, dim=-1).gather(1, torch.as_tensor(targets).reshape(-1, 1)).reshape(-1)
 
 
-def sequence_terms(tokens, targets, w, cfg, mtp_depth=0):
+def sequence_terms(tokens, targets, w, cfg):
+    """(log p(target) at each position, balance loss of this sequence summed over MoE layers)."""
+    logprobs, balance, _ = sequence_terms_with_mtp(tokens, targets, w, cfg, 0)
+    return logprobs, balance
+
+
+def sequence_terms_with_mtp(tokens, targets, w, cfg, mtp_depth):
     """(log p(target) at each position, balance loss of this sequence summed over MoE layers, and
     for each MTP depth k its log p(t_{i+k+1}) at positions i < T - k)."""
     eps = cfg.rms_norm_eps
@@ -152,7 +158,7 @@ def check(name, overrides, aux, deepmoe, work, extra_args=(), tolerance=1e-4, mt
     mtp_totals = [torch.zeros((), dtype=torch.float64) for _ in range(mtp_depth)]
     for b in range(BATCH):
         window = data[b * SEQ: b * SEQ + SEQ + 1].astype(np.int64)
-        logprobs, balance, mtp_logprobs = sequence_terms(window[:-1], window[1:], w, cfg, mtp_depth)
+        logprobs, balance, mtp_logprobs = sequence_terms_with_mtp(window[:-1], window[1:], w, cfg, mtp_depth)
         ce_total = ce_total - logprobs.sum()
         balance_total = balance_total + balance
         for k, lp in enumerate(mtp_logprobs):
