@@ -128,9 +128,9 @@ void add_bench_command(CLI::App& app) {
   command->callback([options] {
     if (options->prompt < 1 || options->gen < 2 || options->reps < 1)
       fail("bench: need --prompt >= 1, --gen >= 2, --reps >= 1");
-    const auto load_start = std::chrono::steady_clock::now();
+    const auto load_start = Clock::now();
     const auto weights = load_model(options->model, options->load);
-    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    const double load_seconds = seconds(load_start);
     const int threads = resolve_threads(options->threads);
     warn_if_gemm_is_held_back();
     Model model(*weights, threads);

@@ -164,14 +164,15 @@ std::span<const float> Sampler::distribution(std::span<float> logits, std::span<
 
 double Sampler::uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
 
-int32_t Sampler::draw(std::span<const float> weights) {
+int32_t Sampler::draw(std::span<const float> weights, int32_t excluded) {
   double total = 0.0;
-  for (const float w : weights) total += w;
+  for (size_t i = 0; i < weights.size(); ++i)
+    if (int32_t(i) != excluded) total += weights[i];
   if (!(total > 0.0)) fail("sampler: nothing to draw from (the weights sum to {})", total);
   double left = std::uniform_real_distribution<double>(0.0, total)(rng_);
   int32_t last = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
-    if (weights[i] <= 0.0f) continue;
+    if (weights[i] <= 0.0f || int32_t(i) == excluded) continue;
     last = int32_t(i);
     left -= weights[i];
     if (left < 0.0) return last;

@@ -31,9 +31,10 @@ class Sampler {
   // decoding's acceptance test reads it.)
   std::span<const float> distribution(std::span<float> logits, std::span<const int32_t> history);
   // Draws from the sampler's generator: a uniform number in [0, 1), and a token by `weights` (by
-  // token id, not necessarily normalized, with a positive total).
+  // token id, not necessarily normalized) leaving out `excluded` (-1: none); the rest must have a
+  // positive total.
   double uniform();
-  int32_t draw(std::span<const float> weights);
+  int32_t draw(std::span<const float> weights, int32_t excluded = -1);
 
  private:
   // Repetition penalty, then the candidates: greedy leaves the argmax in candidates_[0] and returns

@@ -11,10 +11,37 @@ namespace deepmoe {
 int32_t accept_draft(std::span<const float> p, int32_t draft, Sampler& sampler, bool& accepted) {
   // P(output = d) = p[d]; P(output = t ≠ d) = (1 − p[d]) · p[t] / (1 − p[d]) = p[t].
   accepted = sampler.uniform() < double(p[size_t(draft)]);
-  if (accepted) return draft;
-  std::vector<float> rest(p.begin(), p.end());
-  rest[size_t(draft)] = 0.0f;
-  return sampler.draw(rest);
+  return accepted ? draft : sampler.draw(p, draft);
+}
+
+std::vector<int32_t> verify_drafts(float* rows, int64_t vocab, std::span<const int32_t> drafts, Sampler& sampler,
+                                   bool greedy, std::vector<int32_t>& history, std::span<const int32_t> stops,
+                                   int64_t& accepted) {
+  std::vector<int32_t> out;
+  accepted = 0;
+  for (size_t j = 0; j <= drafts.size(); ++j) {
+    const std::span<float> row(rows + int64_t(j) * vocab, size_t(vocab));
+    if (j == drafts.size()) {  // every draft kept: the model's own token after them
+      out.push_back(sampler.sample(row, history));
+      history.push_back(out.back());
+      break;
+    }
+    bool kept = false;
+    int32_t token = 0;
+    if (greedy) {
+      token = sampler.sample(row, history);
+      kept = token == drafts[j];
+    } else {
+      token = accept_draft(sampler.distribution(row, history), drafts[j], sampler, kept);
+    }
+    out.push_back(token);
+    history.push_back(token);
+    if (!kept) break;
+    ++accepted;
+    // A stop token ends the sequence: what the drafts say after it does not matter.
+    if (std::find(stops.begin(), stops.end(), token) != stops.end()) break;
+  }
+  return out;
 }
 
 namespace {
@@ -141,43 +168,21 @@ class SpeculativeDecoder {
   // One step after `token` (the last token chosen, not yet in the main cache): drafts, verifies,
   // and returns the tokens it adds (accepted drafts, then the main model's own).
   std::vector<int32_t> step(int32_t token, GenerationStats& stats) {
-    const int64_t vocab = c_.vocab_size, position = cache_.length;
+    const int64_t position = cache_.length;
     std::vector<int32_t> verify = {token};
     for (const int32_t d : drafter_->draft(k_)) verify.push_back(d);
     model_.forward(verify, cache_, LogitsFor::AllTokens, logits_.data(), hidden_.data());
     stats.experts_read += model_.experts_read();
-    std::vector<int32_t> out;
     int64_t accepted = 0;
-    int32_t next = 0;
-    for (; accepted <= k_; ++accepted) {
-      const std::span<float> row(logits_.data() + accepted * vocab, size_t(vocab));
-      if (accepted == k_) {  // every draft kept: the main model's token after them
-        next = choose(row);
-        break;
-      }
-      const int32_t draft = verify[size_t(accepted + 1)];
-      bool kept = false;
-      if (greedy_) {
-        next = sampler_.sample(row, history_);
-        kept = next == draft;
-      } else {
-        next = accept_draft(sampler_.distribution(row, history_), draft, sampler_, kept);
-      }
-      if (!kept) {
-        history_.push_back(next);
-        break;
-      }
-      out.push_back(draft);
-      history_.push_back(draft);
-      ++stats.accepted_at[size_t(accepted)];
-    }
+    std::vector<int32_t> out = verify_drafts(logits_.data(), c_.vocab_size, std::span(verify).subspan(1), sampler_,
+                                             greedy_, history_, {}, accepted);
+    for (int64_t j = 0; j < accepted; ++j) ++stats.accepted_at[size_t(j)];
     stats.verify_steps += 1;
     stats.drafted += k_;
     stats.accepted += accepted;
     // Roll the main cache back to the kept positions: token and the accepted drafts.
     cache_.length = position + 1 + accepted;
-    drafter_->observe(std::span(verify).first(size_t(accepted + 1)), position, hidden_.data(), next);
-    out.push_back(next);
+    drafter_->observe(std::span(verify).first(size_t(accepted + 1)), position, hidden_.data(), out.back());
     return out;
   }
 

@@ -24,6 +24,16 @@ namespace deepmoe {
 // replacement; the output is distributed as p whatever d was (Leviathan et al. 2023).
 int32_t accept_draft(std::span<const float> p, int32_t draft, Sampler& sampler, bool& accepted);
 
+// One sequence's drafts checked against the model's rows of one verify pass: row j ([vocab]
+// logits, j = 0 .. drafts.size()) is the model after the pending token and drafts 1..j. Keeps
+// drafts while they pass (greedy: the model's own choice; sampling: accept_draft), then the
+// model's token from the row where one failed or from the last row; a kept draft in `stops` ends
+// it there. Appends the kept tokens to `history` (what the sampler's repetition penalty sees)
+// and returns them; `accepted` receives how many drafts were kept.
+std::vector<int32_t> verify_drafts(float* rows, int64_t vocab, std::span<const int32_t> drafts, Sampler& sampler,
+                                   bool greedy, std::vector<int32_t>& history, std::span<const int32_t> stops,
+                                   int64_t& accepted);
+
 // Proposes tokens for one sequence. The decoder tells it what became final, then asks for drafts.
 class Drafter {
  public:

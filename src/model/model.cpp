@@ -23,6 +23,14 @@ void Model::set_draft_vocabulary(int64_t n) {
 }
 
 namespace {
+// The routed experts a MoE layer's call ran (those routed at least one token).
+int64_t experts_with_tokens(const MoeRouting& routing) {
+  const std::vector<int32_t>& begin = routing.expert_begin;
+  int64_t count = 0;
+  for (size_t e = 0; e + 1 < begin.size(); ++e) count += begin[e + 1] > begin[e];
+  return count;
+}
+
 // One sequence in one contiguous cache: its rows are the cache itself.
 class ContiguousRows final : public LatentRows {
  public:
@@ -90,10 +98,8 @@ void Model::forward_batch(std::span<const BatchSequence> batch, LatentRows& cach
     if (layer.is_moe) {
       const std::vector<int32_t>& begin = scratch_.moe.routing.expert_begin;
       std::vector<int64_t>& load = expert_load_[size_t(i)];
-      for (size_t e = 0; e < load.size(); ++e) {
-        load[e] += begin[e + 1] - begin[e];
-        experts_read_ += begin[e + 1] > begin[e];
-      }
+      for (size_t e = 0; e < load.size(); ++e) load[e] += begin[e + 1] - begin[e];
+      experts_read_ += experts_with_tokens(scratch_.moe.routing);
     }
   }
   head_rows(batch, weights_.lm_head, weights_.norm, logits, hidden_out);
@@ -113,11 +119,7 @@ void Model::draft_batch(int64_t module, std::span<const BatchSequence> batch, La
   const int64_t layer = c.num_hidden_layers + module;
   decoder_forward(context_, c, weights_.layers[size_t(layer)], layer, batch, rope_, &cache, attention_mode_, scratch_,
                   nullptr, hidden_.data());
-  experts_read_ = 0;
-  if (weights_.layers[size_t(layer)].is_moe) {
-    const std::vector<int32_t>& begin = scratch_.moe.routing.expert_begin;
-    for (size_t e = 0; e + 1 < begin.size(); ++e) experts_read_ += begin[e + 1] > begin[e];
-  }
+  experts_read_ = weights_.layers[size_t(layer)].is_moe ? experts_with_tokens(scratch_.moe.routing) : 0;
   WeightMatrix head = weights_.lm_head;  // its first draft_vocab_ rows
   head.rows = draft_vocab_;
   head_rows(batch, head, mtp.shared_head_norm, logits, hidden_out);

@@ -327,11 +327,12 @@ void Engine::step() {
       const EngineRequest& r = sequence->request;
       const int64_t room = std::min({options_.speculative_tokens, r.max_tokens - sequence->generated - 1,
                                      options_.context - int64_t(sequence->tokens.size()) - 1, budget - 1});
-      const int64_t drafts = decoding && speculate && sequence->draft >= 0 && r.top_logprobs < 0 ? room : 0;
-      const int64_t chunk = std::min(sequence->pending(), budget) + std::max<int64_t>(drafts, 0);
+      const int64_t drafts =
+          decoding && speculate && sequence->draft >= 0 && r.top_logprobs < 0 ? std::max<int64_t>(room, 0) : 0;
+      const int64_t chunk = std::min(sequence->pending(), budget) + drafts;
       if (!ensure_blocks(*sequence, sequence->computed + chunk, scheduled)) continue;
       sequence->chunk = chunk;
-      sequence->drafts.assign(size_t(std::max<int64_t>(drafts, 0)), -1);
+      sequence->drafts.assign(size_t(drafts), -1);
       if (drafts > 0) speculating.push_back(sequence);
       scheduled.push_back(sequence);
       budget -= chunk;
@@ -490,37 +491,16 @@ void Engine::draft_chains(std::span<Sequence* const> speculating) {
 }
 
 std::vector<EngineToken> Engine::verify(Sequence& sequence, float* rows, int64_t& accepted) {
-  // Row j is the model's distribution after draft j (row 0: after the pending token).
   const int64_t vocab = model_.config().vocab_size;
+  for (size_t j = 0; j <= sequence.drafts.size(); ++j)
+    for (const int32_t id : options_.never_sample)
+      rows[int64_t(j) * vocab + id] = -std::numeric_limits<float>::infinity();
+  std::vector<int32_t> history = sequence.tokens;  // deliver() appends the kept tokens to the sequence
+  const std::vector<int32_t> kept =
+      verify_drafts(rows, vocab, sequence.drafts, sequence.sampler, sequence.request.sampling.temperature == 0.0f,
+                    history, sequence.request.stop_tokens, accepted);
   std::vector<EngineToken> out;
-  std::vector<int32_t> history = sequence.tokens;
-  const bool greedy = sequence.request.sampling.temperature == 0.0f;
-  const auto& stops = sequence.request.stop_tokens;
-  accepted = 0;
-  for (size_t j = 0; j <= sequence.drafts.size(); ++j) {
-    float* row = rows + int64_t(j) * vocab;
-    for (const int32_t id : options_.never_sample) row[id] = -std::numeric_limits<float>::infinity();
-    const std::span<float> logits(row, size_t(vocab));
-    if (j == sequence.drafts.size()) {  // every draft kept: the model's own next token
-      out.push_back({sequence.sampler.sample(logits, history), 0.0f, {}});
-      break;
-    }
-    const int32_t draft = sequence.drafts[j];
-    bool kept = false;
-    int32_t token = 0;
-    if (greedy) {
-      token = sequence.sampler.sample(logits, history);
-      kept = token == draft;
-    } else {
-      token = accept_draft(sequence.sampler.distribution(logits, history), draft, sequence.sampler, kept);
-    }
-    out.push_back({token, 0.0f, {}});
-    if (!kept) break;
-    ++accepted;
-    history.push_back(token);
-    // A stop token ends the sequence: what the drafts say after it does not matter.
-    if (std::find(stops.begin(), stops.end(), token) != stops.end()) break;
-  }
+  for (const int32_t token : kept) out.push_back({token, 0.0f, {}});
   return out;
 }
 
@@ -553,19 +533,15 @@ void Engine::extend_mtp(std::span<Sequence* const> scheduled, std::span<const Ba
     row += step_rows;
   }
   if (slots.empty()) return;
-  int64_t logit_rows = 0;
-  for (const BatchSequence& s : slots) logit_rows += s.logit_rows();
-  draft_logits_.resize(size_t(std::max<int64_t>(logit_rows, 1) * vocab));
-  std::vector<float> out(states_.size());
+  draft_logits_.resize(slots.size() * size_t(vocab));  // one row per sequence: its last slot's
   cache_.bind(slots, tables);
-  model_.draft_batch(0, slots, cache_, states_.data(), draft_logits_.data(), out.data());
-  int64_t logit_row = 0, state_row = 0;
+  model_.draft_batch(0, slots, cache_, states_.data(), draft_logits_.data(), states_.data());  // states in place
+  int64_t state_row = 0;
   for (size_t s = 0; s < slots.size(); ++s) {
     Sequence& sequence = *owners[s];
     state_row += int64_t(slots[s].tokens.size());
-    sequence.draft = int32_t(first_argmax(draft_logits_.data() + logit_row * vocab, vocab));
-    sequence.draft_state.assign(out.begin() + (state_row - 1) * hidden, out.begin() + state_row * hidden);
-    ++logit_row;
+    sequence.draft = int32_t(first_argmax(draft_logits_.data() + int64_t(s) * vocab, vocab));
+    sequence.draft_state.assign(states_.begin() + (state_row - 1) * hidden, states_.begin() + state_row * hidden);
   }
 }
 

@@ -33,6 +33,13 @@ std::vector<double> latency_buckets() {
 void header(std::string& out, const char* name, const char* type, const char* help) {
   out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
+
+// A metric of one unlabelled value.
+template <typename Value>
+void metric(std::string& out, const char* name, const char* type, const char* help, Value value) {
+  header(out, name, type, help);
+  out += fmt::format("{} {}\n", name, value);
+}
 }  // namespace
 
 Metrics::Metrics()
@@ -72,38 +79,28 @@ std::string Metrics::render(const EngineStats& e) const {
   inter_token_.render(out, "deepmoe_inter_token_latency_seconds");
   header(out, "deepmoe_request_latency_seconds", "histogram", "from request arrival to its last token");
   request_latency_.render(out, "deepmoe_request_latency_seconds");
-  header(out, "deepmoe_prompt_tokens_total", "counter", "prompt tokens of finished requests");
-  out += fmt::format("deepmoe_prompt_tokens_total {}\n", prompt_tokens_);
-  header(out, "deepmoe_generation_tokens_total", "counter", "tokens generated for finished requests");
-  out += fmt::format("deepmoe_generation_tokens_total {}\n", generated_tokens_);
-  header(out, "deepmoe_requests_running", "gauge", "sequences in the running batch");
-  out += fmt::format("deepmoe_requests_running {}\n", e.running);
-  header(out, "deepmoe_requests_waiting", "gauge", "requests queued for a batch slot");
-  out += fmt::format("deepmoe_requests_waiting {}\n", e.waiting);
+  metric(out, "deepmoe_prompt_tokens_total", "counter", "prompt tokens of finished requests", prompt_tokens_);
+  metric(out, "deepmoe_generation_tokens_total", "counter", "tokens generated for finished requests",
+         generated_tokens_);
+  metric(out, "deepmoe_requests_running", "gauge", "sequences in the running batch", e.running);
+  metric(out, "deepmoe_requests_waiting", "gauge", "requests queued for a batch slot", e.waiting);
   header(out, "deepmoe_kv_blocks", "gauge", "latent cache blocks: used (held by sequences), free (incl. cached)");
   out += fmt::format("deepmoe_kv_blocks{{state=\"used\"}} {}\ndeepmoe_kv_blocks{{state=\"free\"}} {}\n",
                      e.kv_blocks_used, e.kv_blocks_free);
-  header(out, "deepmoe_kv_blocks_cached", "gauge", "free blocks still holding a reusable prefix");
-  out += fmt::format("deepmoe_kv_blocks_cached {}\n", e.kv_blocks_cached);
-  header(out, "deepmoe_kv_block_tokens", "gauge", "positions per block");
-  out += fmt::format("deepmoe_kv_block_tokens {}\n", e.kv_block_tokens);
-  header(out, "deepmoe_prefix_cache_queries_total", "counter", "prompt tokens looked up in the prefix cache");
-  out += fmt::format("deepmoe_prefix_cache_queries_total {}\n", e.prefix_queried_tokens);
-  header(out, "deepmoe_prefix_cache_hits_total", "counter", "prompt tokens served from the prefix cache");
-  out += fmt::format("deepmoe_prefix_cache_hits_total {}\n", e.prefix_hit_tokens);
-  header(out, "deepmoe_prefix_cache_hit_rate", "gauge", "hits / queries since start");
-  out += fmt::format("deepmoe_prefix_cache_hit_rate {}\n",
-                     e.prefix_queried_tokens ? double(e.prefix_hit_tokens) / double(e.prefix_queried_tokens) : 0.0);
-  header(out, "deepmoe_preemptions_total", "counter", "sequences preempted for lack of cache blocks");
-  out += fmt::format("deepmoe_preemptions_total {}\n", e.preemptions);
-  header(out, "deepmoe_engine_steps_total", "counter", "batched forward steps");
-  out += fmt::format("deepmoe_engine_steps_total {}\n", e.steps);
-  header(out, "deepmoe_spec_decode_steps_total", "counter", "steps that verified drafts (speculative decoding)");
-  out += fmt::format("deepmoe_spec_decode_steps_total {}\n", e.speculative_steps);
-  header(out, "deepmoe_spec_decode_draft_tokens_total", "counter", "draft tokens verified");
-  out += fmt::format("deepmoe_spec_decode_draft_tokens_total {}\n", e.draft_tokens);
-  header(out, "deepmoe_spec_decode_accepted_tokens_total", "counter", "draft tokens accepted");
-  out += fmt::format("deepmoe_spec_decode_accepted_tokens_total {}\n", e.accepted_tokens);
+  metric(out, "deepmoe_kv_blocks_cached", "gauge", "free blocks still holding a reusable prefix", e.kv_blocks_cached);
+  metric(out, "deepmoe_kv_block_tokens", "gauge", "positions per block", e.kv_block_tokens);
+  metric(out, "deepmoe_prefix_cache_queries_total", "counter", "prompt tokens looked up in the prefix cache",
+         e.prefix_queried_tokens);
+  metric(out, "deepmoe_prefix_cache_hits_total", "counter", "prompt tokens served from the prefix cache",
+         e.prefix_hit_tokens);
+  metric(out, "deepmoe_prefix_cache_hit_rate", "gauge", "hits / queries since start",
+         e.prefix_queried_tokens ? double(e.prefix_hit_tokens) / double(e.prefix_queried_tokens) : 0.0);
+  metric(out, "deepmoe_preemptions_total", "counter", "sequences preempted for lack of cache blocks", e.preemptions);
+  metric(out, "deepmoe_engine_steps_total", "counter", "batched forward steps", e.steps);
+  metric(out, "deepmoe_spec_decode_steps_total", "counter", "steps that verified drafts (speculative decoding)",
+         e.speculative_steps);
+  metric(out, "deepmoe_spec_decode_draft_tokens_total", "counter", "draft tokens verified", e.draft_tokens);
+  metric(out, "deepmoe_spec_decode_accepted_tokens_total", "counter", "draft tokens accepted", e.accepted_tokens);
   header(out, "deepmoe_expert_tokens_total", "counter", "tokens routed to each expert of each MoE layer");
   for (size_t layer = 0; layer < e.expert_load.size(); ++layer) {
     const auto& load = e.expert_load[layer];
